@@ -1,0 +1,2 @@
+//! placeholder
+use proc_macro::TokenStream;

@@ -1,0 +1,635 @@
+//! The context of one run: the step engine (retry, timeout, panic capture), parallel and map
+//! helpers, compensation bookkeeping, and the current state.
+//!
+//! Generated code drives a run by calling [`Ctx`] methods; users normally never touch it.
+
+use core::future::Future;
+use core::panic::AssertUnwindSafe;
+use core::pin::Pin;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use core::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::FutureExt as _;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Attempt, CompensationFailure, Error, ErrorKind, Failure, GaveUp, StepError};
+use crate::event::{Event, EventKind, Observers, RunId};
+use crate::graph::{Graph, NodeId};
+use crate::policy::{SplitMix64, StepPolicy};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Compensation<E> = (NodeId, Box<dyn FnOnce() -> BoxFuture<Result<(), E>> + Send>);
+
+/// Where a run is: running, or one of the terminal states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The run is executing (or was created and not yet polled).
+    Running,
+    /// A failed run's compensations are running.
+    Compensating,
+    /// The run completed.
+    Completed,
+    /// The run failed.
+    Failed,
+    /// The run was cancelled.
+    Cancelled,
+}
+
+impl Status {
+    fn from_u8(v: u8) -> Status {
+        match v {
+            0 => Status::Running,
+            1 => Status::Compensating,
+            2 => Status::Completed,
+            3 => Status::Failed,
+            _ => Status::Cancelled,
+        }
+    }
+
+    /// Whether the run is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// A snapshot of a run's state: the node it is at and its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateView {
+    /// The node most recently entered (the start node before the first step; the end node once
+    /// the run is over).
+    pub node: NodeId,
+    /// That node's name.
+    pub name: &'static str,
+    /// Running, compensating, or terminal.
+    pub status: Status,
+}
+
+struct Inner<E> {
+    run: RunId,
+    parent: Option<RunId>,
+    graph: &'static Graph,
+    started: Instant,
+    current: AtomicU32,
+    status: AtomicU8,
+    observers: Observers,
+    cancel: Option<CancellationToken>,
+    rng: SplitMix64,
+    compensations: Mutex<Vec<Compensation<E>>>,
+    /// `#[workflow]`: the earlier attempts of the step whose error was last handed to the body.
+    surfaced: Mutex<Option<(StepError<E>, u32, Duration)>>,
+    has_surfaced: AtomicBool,
+    /// `#[workflow]`: a step failure with no value of the error type, which ends the run.
+    abort: Mutex<Option<StepError<E>>>,
+    aborted: AtomicBool,
+}
+
+/// The context of one run, shared by the generated state machine and the run's handle.
+///
+/// Cloning is cheap (a reference count).
+pub struct Ctx<E> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E> Clone for Ctx<E> {
+    fn clone(&self) -> Self {
+        Ctx {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means an observer or compensation panicked while holding it; the
+    // data (a list) is still consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Extracts the message of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn core::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_owned()
+    }
+}
+
+impl<E> Ctx<E> {
+    pub(crate) fn new(
+        run: RunId,
+        parent: Option<RunId>,
+        graph: &'static Graph,
+        observers: Observers,
+        cancel: Option<CancellationToken>,
+        seed: u64,
+    ) -> Self {
+        Ctx {
+            inner: Arc::new(Inner {
+                run,
+                parent,
+                graph,
+                started: Instant::now(),
+                current: AtomicU32::new(NodeId::START.0),
+                status: AtomicU8::new(0),
+                observers,
+                cancel,
+                rng: SplitMix64::new(seed),
+                compensations: Mutex::new(Vec::new()),
+                surfaced: Mutex::new(None),
+                has_surfaced: AtomicBool::new(false),
+                abort: Mutex::new(None),
+                aborted: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> RunId {
+        self.inner.run
+    }
+
+    /// The workflow's graph.
+    pub fn graph(&self) -> &'static Graph {
+        self.inner.graph
+    }
+
+    /// The current state.
+    pub fn state(&self) -> StateView {
+        let node = NodeId(self.inner.current.load(Ordering::Relaxed));
+        StateView {
+            node,
+            name: self.inner.graph.name_of(node),
+            status: Status::from_u8(self.inner.status.load(Ordering::Relaxed)),
+        }
+    }
+
+    pub(crate) fn set_status(&self, s: Status) {
+        let v = match s {
+            Status::Running => 0,
+            Status::Compensating => 1,
+            Status::Completed => 2,
+            Status::Failed => 3,
+            Status::Cancelled => 4,
+        };
+        if s.is_terminal() {
+            self.inner.current.store(NodeId::END.0, Ordering::Relaxed);
+        }
+        self.inner.status.store(v, Ordering::Relaxed);
+    }
+
+    pub(crate) fn cancel_token(&self) -> Option<&CancellationToken> {
+        self.inner.cancel.as_ref()
+    }
+
+    pub(crate) fn observers(&self) -> &Observers {
+        &self.inner.observers
+    }
+
+    pub(crate) fn seed_for_child(&self) -> u64 {
+        self.inner.rng.next_u64()
+    }
+
+    /// Whether anyone is listening (events are only built when this is true).
+    #[inline]
+    pub fn observed(&self) -> bool {
+        self.inner.observers.active()
+    }
+
+    pub(crate) fn emit(&self, node: NodeId, kind: EventKind) {
+        if !self.inner.observers.active() {
+            return;
+        }
+        let event = Event {
+            run: self.inner.run,
+            parent: self.inner.parent,
+            workflow: self.inner.graph.name,
+            node,
+            step: self.inner.graph.name_of(node),
+            at: self.inner.started.elapsed(),
+            kind,
+        };
+        self.inner.observers.emit(&event);
+    }
+
+    /// Enters a node: records it as the current state and emits [`EventKind::Entered`].
+    #[inline]
+    pub fn enter(&self, node: NodeId) {
+        self.inner.current.store(node.0, Ordering::Relaxed);
+        if self.inner.has_surfaced.load(Ordering::Relaxed) {
+            self.inner.has_surfaced.store(false, Ordering::Relaxed);
+            *lock(&self.inner.surfaced) = None;
+        }
+        self.emit(node, EventKind::Entered);
+    }
+}
+
+/// Runs one attempt: the future, under the timeout if any, with panics caught.
+async fn attempt<T, E2, Fut>(fut: Fut, timeout: Option<Duration>) -> Result<T, Failure<E2>>
+where
+    Fut: Future<Output = Result<T, E2>>,
+{
+    let guarded = AssertUnwindSafe(fut).catch_unwind();
+    let outcome = match timeout {
+        None => guarded.await,
+        Some(limit) => match tokio::time::timeout(limit, guarded).await {
+            Ok(r) => r,
+            Err(_) => return Err(Failure::TimedOut(limit)),
+        },
+    };
+    match outcome {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Failure::Error(e)),
+        Err(payload) => Err(Failure::Panicked(panic_message(&*payload))),
+    }
+}
+
+fn convert<E: From<E2>, E2>(f: Failure<E2>) -> Failure<E> {
+    match f {
+        Failure::Error(e) => Failure::Error(E::from(e)),
+        Failure::TimedOut(d) => Failure::TimedOut(d),
+        Failure::Panicked(m) => Failure::Panicked(m),
+    }
+}
+
+impl<E: core::fmt::Display> Ctx<E> {
+    /// Runs a step without policies: one attempt, panics caught.
+    ///
+    /// The step's error converts into the workflow's error type through `From`.
+    pub async fn step<T, E2, Fut>(&self, node: NodeId, fut: Fut) -> Result<T, StepError<E>>
+    where
+        Fut: Future<Output = Result<T, E2>>,
+        E: From<E2>,
+    {
+        self.enter(node);
+        self.emit(node, EventKind::AttemptStarted { attempt: 1 });
+        let start = Instant::now();
+        match attempt(fut, None).await {
+            Ok(v) => {
+                self.emit_success(node, 1, start);
+                Ok(v)
+            }
+            Err(f) => Err(self.fail(node, GaveUp::NotRetried, Vec::new(), 1, start, convert(f))),
+        }
+    }
+
+    /// Runs a step without policies whose error type is the workflow's (no conversion), so
+    /// that a `flow!` without a declared error type infers it from its steps.
+    pub async fn step_exact<T, Fut>(&self, node: NodeId, fut: Fut) -> Result<T, StepError<E>>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.step(node, fut).await
+    }
+
+    /// Runs a step under its policies. `make` creates the future of one attempt; it is called
+    /// once per attempt.
+    pub async fn step_with<T, E2, Fut, M>(
+        &self,
+        node: NodeId,
+        policy: StepPolicy<'_, E>,
+        mut make: M,
+    ) -> Result<T, StepError<E>>
+    where
+        M: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E2>>,
+        E: From<E2>,
+    {
+        self.enter(node);
+        let first_start = Instant::now();
+        // One counter per rule, allocated only once a retry is considered.
+        let mut counters: Vec<u32> = Vec::new();
+        let mut attempts: Vec<Attempt<E>> = Vec::new();
+        let mut number: u32 = 0;
+        loop {
+            number = number.saturating_add(1);
+            self.emit(node, EventKind::AttemptStarted { attempt: number });
+            let start = Instant::now();
+            let failure = match attempt(make(), policy.timeout).await {
+                Ok(v) => {
+                    self.emit_success(node, number, start);
+                    return Ok(v);
+                }
+                Err(f) => convert::<E, E2>(f),
+            };
+            let Some(rule_ix) = policy.retry.iter().position(|r| r.matches(&failure)) else {
+                return Err(self.fail(node, GaveUp::NotRetried, attempts, number, start, failure));
+            };
+            let rule = &policy.retry[rule_ix];
+            if counters.is_empty() {
+                counters = vec![0; policy.retry.len()];
+            }
+            counters[rule_ix] += 1;
+            let n = counters[rule_ix];
+            if n >= rule.max_attempts() {
+                return Err(self.fail(node, GaveUp::RetriesExhausted, attempts, number, start, failure));
+            }
+            let delay = rule.jitter().apply(rule.backoff().delay(n), &self.inner.rng);
+            if let Some(budget) = rule.max_elapsed() {
+                let resume_at = Instant::now().saturating_duration_since(first_start) + delay;
+                if resume_at > budget {
+                    return Err(self.fail(node, GaveUp::BudgetExhausted, attempts, number, start, failure));
+                }
+            }
+            if self.observed() {
+                self.emit(
+                    node,
+                    EventKind::AttemptFailed {
+                        attempt: number,
+                        error: failure.to_string(),
+                        retry_in: Some(delay),
+                    },
+                );
+            }
+            attempts.push(Attempt {
+                number,
+                elapsed: start.elapsed(),
+                failure,
+            });
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    fn emit_success(&self, node: NodeId, attempt: u32, start: Instant) {
+        if self.observed() {
+            self.emit(
+                node,
+                EventKind::StepSucceeded {
+                    attempt,
+                    elapsed: start.elapsed(),
+                },
+            );
+        }
+    }
+
+    fn fail(
+        &self,
+        node: NodeId,
+        gave_up: GaveUp,
+        mut attempts: Vec<Attempt<E>>,
+        number: u32,
+        start: Instant,
+        failure: Failure<E>,
+    ) -> StepError<E> {
+        if self.observed() {
+            let error = failure.to_string();
+            self.emit(
+                node,
+                EventKind::AttemptFailed {
+                    attempt: number,
+                    error: error.clone(),
+                    retry_in: None,
+                },
+            );
+            self.emit(
+                node,
+                EventKind::StepFailed {
+                    attempts: number,
+                    error,
+                },
+            );
+        }
+        attempts.push(Attempt {
+            number,
+            elapsed: start.elapsed(),
+            failure,
+        });
+        StepError::new(self.inner.graph.name_of(node), node, gave_up, attempts)
+    }
+
+    /// Routes a failed step to a recovery step when `catches` accepts the failure.
+    ///
+    /// `recover` receives the step error and produces the recovery step's future, run as node
+    /// `recovery` without policies. A failure `catches` rejects passes through unchanged.
+    pub async fn catch<T, E2, Fut>(
+        &self,
+        result: Result<T, StepError<E>>,
+        catches: impl FnOnce(&StepError<E>) -> bool,
+        recovery: NodeId,
+        recover: impl FnOnce(StepError<E>) -> Fut,
+    ) -> Result<T, StepError<E>>
+    where
+        Fut: Future<Output = Result<T, E2>>,
+        E: From<E2>,
+    {
+        match result {
+            Err(e) if catches(&e) => {
+                if self.observed() {
+                    self.emit(
+                        e.node(),
+                        EventKind::Caught {
+                            error: e.to_string(),
+                        },
+                    );
+                }
+                self.step(recovery, recover(e)).await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs `items` through `body` with at most `concurrency` bodies in flight (`0`: no
+    /// limit). Results keep the order of the items. The first failure cancels the bodies in
+    /// flight (they are dropped) and is returned.
+    pub async fn map<I, T, Fut, F>(
+        &self,
+        node: NodeId,
+        items: I,
+        concurrency: usize,
+        mut body: F,
+    ) -> Result<Vec<T>, StepError<E>>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Fut,
+        Fut: Future<Output = Result<T, StepError<E>>>,
+    {
+        self.enter(node);
+        let limit = if concurrency == 0 { usize::MAX } else { concurrency };
+        let mut items = items.into_iter().enumerate();
+        let mut results: Vec<Option<T>> = Vec::with_capacity(items.size_hint().0);
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < limit {
+                let Some((i, item)) = items.next() else { break };
+                results.push(None);
+                let fut = body(item);
+                in_flight.push(async move { (i, fut.await) });
+            }
+            match in_flight.next().await {
+                Some((i, Ok(v))) => results[i] = Some(v),
+                Some((_, Err(e))) => return Err(e),
+                None => break,
+            }
+        }
+        // Every slot was filled: each pushed index completed with `Ok`.
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// As [`map`](Self::map), but up to `tolerate` items may fail: their slots hold the step
+    /// error. One failure more than that cancels the rest and fails the map.
+    pub async fn map_tolerant<I, T, Fut, F>(
+        &self,
+        node: NodeId,
+        items: I,
+        concurrency: usize,
+        tolerate: usize,
+        mut body: F,
+    ) -> Result<Vec<Result<T, StepError<E>>>, StepError<E>>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Fut,
+        Fut: Future<Output = Result<T, StepError<E>>>,
+    {
+        self.enter(node);
+        let limit = if concurrency == 0 { usize::MAX } else { concurrency };
+        let mut items = items.into_iter().enumerate();
+        let mut results: Vec<Option<Result<T, StepError<E>>>> =
+            Vec::with_capacity(items.size_hint().0);
+        let mut failures = 0usize;
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < limit {
+                let Some((i, item)) = items.next() else { break };
+                results.push(None);
+                let fut = body(item);
+                in_flight.push(async move { (i, fut.await) });
+            }
+            match in_flight.next().await {
+                Some((i, Ok(v))) => results[i] = Some(Ok(v)),
+                Some((i, Err(e))) => {
+                    failures += 1;
+                    if failures > tolerate {
+                        return Err(e);
+                    }
+                    results[i] = Some(Err(e));
+                }
+                None => break,
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+}
+
+impl<E: core::fmt::Display + Send + 'static> Ctx<E> {
+    /// Registers the compensation of a step that just succeeded: `undo` gets a clone of the
+    /// step's output and runs, in reverse order of registration, if the run fails or is
+    /// cancelled later.
+    pub fn compensate<T, E2, Fut, U>(
+        &self,
+        node: NodeId,
+        result: Result<T, StepError<E>>,
+        undo: U,
+    ) -> Result<T, StepError<E>>
+    where
+        T: Clone + Send + 'static,
+        U: FnOnce(T) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E2>> + Send + 'static,
+        E: From<E2>,
+    {
+        if let Ok(v) = &result {
+            let v = v.clone();
+            let job: Box<dyn FnOnce() -> BoxFuture<Result<(), E>> + Send> =
+                Box::new(move || Box::pin(async move { undo(v).await.map_err(E::from) }));
+            lock(&self.inner.compensations).push((node, job));
+        }
+        result
+    }
+
+    /// Runs the registered compensations in reverse order; returns those that failed.
+    pub(crate) async fn run_compensations(&self) -> Vec<CompensationFailure<E>> {
+        let jobs = core::mem::take(&mut *lock(&self.inner.compensations));
+        let mut failures = Vec::new();
+        for (node, job) in jobs.into_iter().rev() {
+            self.emit(node, EventKind::CompensationStarted);
+            let outcome = AssertUnwindSafe(job()).catch_unwind().await;
+            let failure = match outcome {
+                Ok(Ok(())) => {
+                    self.emit(node, EventKind::CompensationSucceeded);
+                    continue;
+                }
+                Ok(Err(e)) => Failure::Error(e),
+                Err(payload) => Failure::Panicked(panic_message(&*payload)),
+            };
+            if self.observed() {
+                self.emit(
+                    node,
+                    EventKind::CompensationFailed {
+                        error: failure.to_string(),
+                    },
+                );
+            }
+            failures.push(CompensationFailure {
+                step: self.inner.graph.name_of(node),
+                failure,
+            });
+        }
+        failures
+    }
+
+    /// `#[workflow]`: hands a step's outcome to the workflow body.
+    ///
+    /// The step's own error goes back to the body as `Err` (the body may handle it; the earlier
+    /// attempts are kept so the run's error can list them). A timeout or panic has no value of
+    /// the error type: it ends the run, and this future never completes.
+    pub async fn surface<T>(&self, result: Result<T, StepError<E>>) -> Result<T, E> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(mut step_error) => {
+                match step_error.pop_attempt() {
+                    Some(Attempt {
+                        number,
+                        elapsed,
+                        failure: Failure::Error(e),
+                    }) => {
+                        *lock(&self.inner.surfaced) = Some((step_error, number, elapsed));
+                        self.inner.has_surfaced.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    Some(last) => step_error.push_attempt(last),
+                    None => {}
+                }
+                *lock(&self.inner.abort) = Some(step_error);
+                self.inner.aborted.store(true, Ordering::Release);
+                core::future::pending().await
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn aborted(&self) -> bool {
+        self.inner.aborted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn take_abort(&self) -> Option<StepError<E>> {
+        lock(&self.inner.abort).take()
+    }
+
+    /// `#[workflow]`: turns the body's result into the run's result, attributing an error the
+    /// body returned to the step it came from when that step's failure was the last thing the
+    /// body saw.
+    pub fn finish<T>(&self, result: Result<T, E>) -> Result<T, Error<E>> {
+        result.map_err(|e| {
+            let surfaced = if self.inner.has_surfaced.load(Ordering::Relaxed) {
+                lock(&self.inner.surfaced).take()
+            } else {
+                None
+            };
+            match surfaced {
+                Some((mut step_error, number, elapsed)) => {
+                    step_error.push_attempt(Attempt {
+                        number,
+                        elapsed,
+                        failure: Failure::Error(e),
+                    });
+                    Error::new(self.inner.graph.name, ErrorKind::Step(step_error))
+                }
+                None => Error::new(self.inner.graph.name, ErrorKind::Workflow(e)),
+            }
+        })
+    }
+}

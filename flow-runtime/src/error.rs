@@ -1,0 +1,453 @@
+//! Typed errors: what failed, where, and why.
+//!
+//! - [`Failure`]: why one attempt of a step failed (its own error, a timeout, a panic).
+//! - [`StepError`]: a step that failed for good, with every attempt's failure.
+//! - [`Error`]: a workflow run that failed, was cancelled or ran out of time, plus any
+//!   compensation that failed while undoing it.
+
+use core::fmt;
+use core::time::Duration;
+
+use crate::graph::NodeId;
+
+/// Why one attempt of a step failed.
+#[derive(Debug)]
+pub enum Failure<E> {
+    /// The step returned its error (converted into the workflow's error type).
+    Error(E),
+    /// The attempt ran longer than the step's timeout.
+    TimedOut(Duration),
+    /// The step panicked; the panic message, or `"<non-string panic payload>"`.
+    Panicked(String),
+}
+
+impl<E> Failure<E> {
+    /// The step's own error, if this failure is one.
+    pub fn error(&self) -> Option<&E> {
+        match self {
+            Failure::Error(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The step's own error, by value.
+    pub fn into_error(self) -> Option<E> {
+        match self {
+            Failure::Error(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the attempt timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Failure::TimedOut(_))
+    }
+
+    /// Whether the step panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, Failure::Panicked(_))
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Failure<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Error(e) => e.fmt(f),
+            Failure::TimedOut(d) => write!(f, "timed out after {d:?}"),
+            Failure::Panicked(msg) => write!(f, "panicked: {msg}"),
+        }
+    }
+}
+
+/// One failed attempt of a step.
+#[derive(Debug)]
+pub struct Attempt<E> {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// How long the attempt ran.
+    pub elapsed: Duration,
+    /// Why it failed.
+    pub failure: Failure<E>,
+}
+
+/// Why a failing step stopped trying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GaveUp {
+    /// No retry rule matched the failure (or the step has none, or it panicked).
+    NotRetried,
+    /// The matching rule's `max_attempts` was reached.
+    RetriesExhausted,
+    /// The next delay would have ended past the matching rule's `max_elapsed`.
+    BudgetExhausted,
+}
+
+/// A step that failed for good: every attempt failed and no retry was left.
+pub struct StepError<E> {
+    step: &'static str,
+    node: NodeId,
+    gave_up: GaveUp,
+    /// Never empty: the last entry is the failure that ended the step.
+    attempts: Vec<Attempt<E>>,
+}
+
+impl<E> StepError<E> {
+    /// Builds a step error. `attempts` must not be empty.
+    #[doc(hidden)]
+    pub fn new(step: &'static str, node: NodeId, gave_up: GaveUp, attempts: Vec<Attempt<E>>) -> Self {
+        debug_assert!(!attempts.is_empty());
+        StepError {
+            step,
+            node,
+            gave_up,
+            attempts,
+        }
+    }
+
+    /// The step's name, as written in the flow.
+    pub fn step(&self) -> &'static str {
+        self.step
+    }
+
+    /// The step's node in the workflow's graph.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Why the step stopped trying.
+    pub fn gave_up(&self) -> GaveUp {
+        self.gave_up
+    }
+
+    /// Every attempt, in order; the last one is the final failure.
+    pub fn attempts(&self) -> &[Attempt<E>] {
+        &self.attempts
+    }
+
+    /// The failure that ended the step.
+    pub fn failure(&self) -> &Failure<E> {
+        // The constructor's invariant: never empty. A fallback keeps this total anyway.
+        match self.attempts.last() {
+            Some(a) => &a.failure,
+            None => &Failure::TimedOut(Duration::ZERO),
+        }
+    }
+
+    /// Whether the final attempt timed out.
+    pub fn is_timeout(&self) -> bool {
+        self.failure().is_timeout()
+    }
+
+    /// Whether the step panicked.
+    pub fn is_panic(&self) -> bool {
+        self.failure().is_panic()
+    }
+
+    /// The final attempt's error, if it was the step's own error.
+    pub fn error(&self) -> Option<&E> {
+        self.failure().error()
+    }
+
+    /// Removes and returns the final attempt (the error is left with the earlier ones).
+    #[doc(hidden)]
+    pub fn pop_attempt(&mut self) -> Option<Attempt<E>> {
+        self.attempts.pop()
+    }
+
+    /// The final attempt's error, by value, if it was the step's own error.
+    pub fn into_error(mut self) -> Option<E> {
+        self.attempts.pop().and_then(|a| a.failure.into_error())
+    }
+
+    /// Appends an attempt (used to put back the final attempt taken by `pop_attempt`).
+    #[doc(hidden)]
+    pub fn push_attempt(&mut self, attempt: Attempt<E>) {
+        self.attempts.push(attempt);
+    }
+
+    /// Converts the errors of every attempt.
+    pub fn map_err<F>(self, mut f: impl FnMut(E) -> F) -> StepError<F> {
+        StepError {
+            step: self.step,
+            node: self.node,
+            gave_up: self.gave_up,
+            attempts: self
+                .attempts
+                .into_iter()
+                .map(|a| Attempt {
+                    number: a.number,
+                    elapsed: a.elapsed,
+                    failure: match a.failure {
+                        Failure::Error(e) => Failure::Error(f(e)),
+                        Failure::TimedOut(d) => Failure::TimedOut(d),
+                        Failure::Panicked(m) => Failure::Panicked(m),
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for StepError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepError")
+            .field("step", &self.step)
+            .field("node", &self.node)
+            .field("gave_up", &self.gave_up)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for StepError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.attempts.len();
+        write!(f, "step `{}` ", self.step)?;
+        match (self.gave_up, self.failure()) {
+            (_, Failure::Panicked(msg)) => write!(f, "panicked: {msg}")?,
+            (GaveUp::NotRetried, failure) if n == 1 => write!(f, "failed: {failure}")?,
+            (GaveUp::NotRetried, failure) => {
+                write!(f, "failed on attempt {n} with an error no retry rule covers: {failure}")?;
+            }
+            (GaveUp::RetriesExhausted, failure) => {
+                write!(f, "failed after {n} attempts (retries exhausted); last: {failure}")?;
+            }
+            (GaveUp::BudgetExhausted, failure) => write!(
+                f,
+                "failed after {n} attempts (retry time budget exhausted); last: {failure}"
+            )?,
+        }
+        Ok(())
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for StepError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error().map(|e| e as _)
+    }
+}
+
+/// A compensation that failed while a failed run was being undone.
+#[derive(Debug)]
+pub struct CompensationFailure<E> {
+    /// The step whose compensation failed.
+    pub step: &'static str,
+    /// Why it failed.
+    pub failure: Failure<E>,
+}
+
+/// What ended a run that did not complete.
+#[derive(Debug)]
+pub enum ErrorKind<E> {
+    /// A step failed and nothing caught the failure.
+    Step(StepError<E>),
+    /// The workflow's own code returned this error (it did not come from a failed step).
+    Workflow(E),
+    /// The run was cancelled through its handle. `step` is the step that was in flight.
+    Cancelled {
+        /// The step in flight when the run was cancelled.
+        step: Option<&'static str>,
+    },
+    /// The run exceeded the workflow's time limit.
+    TimedOut {
+        /// The workflow's limit.
+        limit: Duration,
+        /// The step in flight when the limit was reached.
+        step: Option<&'static str>,
+    },
+}
+
+/// The error of a workflow run: what ended it, and every compensation that failed afterwards.
+///
+/// A failing compensation never hides the original error: it is listed in
+/// [`compensation_failures`](Self::compensation_failures).
+pub struct Error<E> {
+    workflow: &'static str,
+    kind: ErrorKind<E>,
+    compensation_failures: Vec<CompensationFailure<E>>,
+}
+
+impl<E> Error<E> {
+    /// Builds an error of `workflow`.
+    #[doc(hidden)]
+    pub fn new(workflow: &'static str, kind: ErrorKind<E>) -> Self {
+        Error {
+            workflow,
+            kind,
+            compensation_failures: Vec::new(),
+        }
+    }
+
+    pub(crate) fn set_workflow(&mut self, workflow: &'static str) {
+        if self.workflow.is_empty() {
+            self.workflow = workflow;
+        }
+    }
+
+    pub(crate) fn add_compensation_failures(&mut self, failures: Vec<CompensationFailure<E>>) {
+        self.compensation_failures.extend(failures);
+    }
+
+    /// The workflow's name.
+    pub fn workflow(&self) -> &'static str {
+        self.workflow
+    }
+
+    /// What ended the run.
+    pub fn kind(&self) -> &ErrorKind<E> {
+        &self.kind
+    }
+
+    /// What ended the run, by value.
+    pub fn into_kind(self) -> ErrorKind<E> {
+        self.kind
+    }
+
+    /// Compensations that failed while undoing the run, in the order they ran.
+    pub fn compensation_failures(&self) -> &[CompensationFailure<E>] {
+        &self.compensation_failures
+    }
+
+    /// The failed step, if a step failure ended the run.
+    pub fn step_error(&self) -> Option<&StepError<E>> {
+        match &self.kind {
+            ErrorKind::Step(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The name of the step that failed or was in flight, if any.
+    pub fn step(&self) -> Option<&'static str> {
+        match &self.kind {
+            ErrorKind::Step(s) => Some(s.step()),
+            ErrorKind::Workflow(_) => None,
+            ErrorKind::Cancelled { step } | ErrorKind::TimedOut { step, .. } => *step,
+        }
+    }
+
+    /// Whether the run was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.kind, ErrorKind::Cancelled { .. })
+    }
+
+    /// The workflow's own error type, if the run ended with one (a step's error after its
+    /// retries, or an error returned by the workflow's code).
+    pub fn error(&self) -> Option<&E> {
+        match &self.kind {
+            ErrorKind::Step(s) => s.error(),
+            ErrorKind::Workflow(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The workflow's own error by value, as [`error`](Self::error).
+    pub fn into_error(self) -> Option<E> {
+        match self.kind {
+            ErrorKind::Step(s) => s.into_error(),
+            ErrorKind::Workflow(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<E> From<StepError<E>> for Error<E> {
+    fn from(e: StepError<E>) -> Self {
+        Error::new("", ErrorKind::Step(e))
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("workflow", &self.workflow)
+            .field("kind", &self.kind)
+            .field("compensation_failures", &self.compensation_failures)
+            .finish()
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "workflow `{}` ", self.workflow)?;
+        match &self.kind {
+            ErrorKind::Step(s) => write!(f, "failed: {s}")?,
+            ErrorKind::Workflow(e) => write!(f, "failed: {e}")?,
+            ErrorKind::Cancelled { step: Some(s) } => write!(f, "was cancelled during step `{s}`")?,
+            ErrorKind::Cancelled { step: None } => f.write_str("was cancelled")?,
+            ErrorKind::TimedOut { limit, step } => {
+                write!(f, "timed out after {limit:?}")?;
+                if let Some(s) = step {
+                    write!(f, " during step `{s}`")?;
+                }
+            }
+        }
+        for c in &self.compensation_failures {
+            write!(f, "; compensation of step `{}` also failed: {}", c.step, c.failure)?;
+        }
+        Ok(())
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ErrorKind::Step(s) => Some(s),
+            ErrorKind::Workflow(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(n: u32, f: Failure<String>) -> Attempt<String> {
+        Attempt {
+            number: n,
+            elapsed: Duration::from_millis(5),
+            failure: f,
+        }
+    }
+
+    #[test]
+    fn messages_say_what_and_where() {
+        let e = StepError::new(
+            "wait_healthy",
+            NodeId(3),
+            GaveUp::RetriesExhausted,
+            vec![
+                attempt(1, Failure::Error("refused".into())),
+                attempt(2, Failure::TimedOut(Duration::from_secs(30))),
+            ],
+        );
+        assert_eq!(
+            e.to_string(),
+            "step `wait_healthy` failed after 2 attempts (retries exhausted); last: timed out after 30s"
+        );
+        let mut w = Error::from(e);
+        w.set_workflow("provision");
+        w.add_compensation_failures(vec![CompensationFailure {
+            step: "launch_nodes",
+            failure: Failure::Error("kill failed".into()),
+        }]);
+        assert_eq!(
+            w.to_string(),
+            "workflow `provision` failed: step `wait_healthy` failed after 2 attempts (retries \
+             exhausted); last: timed out after 30s; compensation of step `launch_nodes` also \
+             failed: kill failed"
+        );
+        assert_eq!(w.step(), Some("wait_healthy"));
+    }
+
+    #[test]
+    fn panic_message() {
+        let e = StepError::<String>::new(
+            "seed",
+            NodeId(1),
+            GaveUp::NotRetried,
+            vec![attempt(1, Failure::Panicked("index out of bounds".into()))],
+        );
+        assert_eq!(e.to_string(), "step `seed` panicked: index out of bounds");
+        assert!(e.is_panic());
+    }
+}

@@ -1,0 +1,139 @@
+//! The [`Workflow`] trait, the state trait, and [`Flow`], the type `flow!` expands into.
+
+use core::future::Future;
+use core::marker::PhantomData;
+use core::time::Duration;
+
+use crate::ctx::{Ctx, StateView};
+use crate::error::Error;
+use crate::graph::{Graph, NodeId};
+use crate::runtime::Runtime;
+
+/// A state of a workflow's state machine: one per node of its graph.
+///
+/// The macros generate an enum per workflow that implements this trait: `#[workflow]` a plain
+/// enum (its values live in the async function's locals), `flow!` a generic enum whose
+/// variants carry the typed value on their incoming edge.
+pub trait WorkflowState: Sized {
+    /// The graph node this state stands for.
+    fn node(&self) -> NodeId;
+
+    /// The state for a snapshot of a run, when this state type carries no data.
+    fn from_view(view: &StateView) -> Option<Self> {
+        let _ = view;
+        None
+    }
+}
+
+/// A workflow: a typed state machine with a static graph.
+///
+/// Implemented by the types `#[workflow]` generates and by the value `flow!` returns. Run one
+/// with [`Runtime::run`] (on the current task) or [`Runtime::spawn`] (on its own task, with a
+/// [`Handle`](crate::Handle)).
+pub trait Workflow: Send + Sync {
+    /// What a run takes.
+    type Input: Send;
+    /// What a successful run returns.
+    type Output: Send;
+    /// The error type every step's error converts into.
+    type Error: core::fmt::Display + core::fmt::Debug + Send + 'static;
+    /// The state enum.
+    type State: WorkflowState;
+
+    /// The static graph.
+    fn graph(&self) -> &'static Graph;
+
+    /// The limit on a whole run, if any.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Runs the state machine from its start state. Called by the runtime, which adds
+    /// cancellation, the time limit, compensation and the run's events around it.
+    #[doc(hidden)]
+    fn execute(
+        &self,
+        ctx: Ctx<Self::Error>,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Self::Output, Error<Self::Error>>> + Send;
+}
+
+/// A workflow composed by `flow!`: a state enum `S` and a driver that runs it to the end.
+///
+/// The type parameters are inferred from the steps; a flow is usually held in a `let` and run
+/// with [`Flow::run`].
+pub struct Flow<In, Out, E, S, F> {
+    graph: &'static Graph,
+    start: fn(In) -> S,
+    driver: F,
+    timeout: Option<Duration>,
+    _types: PhantomData<fn(In) -> (Out, E)>,
+}
+
+impl<In, Out, E, S, F, Fut> Flow<In, Out, E, S, F>
+where
+    F: Fn(Ctx<E>, S) -> Fut,
+    Fut: Future<Output = Result<Out, Error<E>>>,
+{
+    /// Used by `flow!`.
+    #[doc(hidden)]
+    pub const fn new(
+        graph: &'static Graph,
+        start: fn(In) -> S,
+        timeout: Option<Duration>,
+        driver: F,
+    ) -> Self {
+        Flow {
+            graph,
+            start,
+            driver,
+            timeout,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<In, Out, E, S, F> Flow<In, Out, E, S, F> {
+    /// The flow's static graph.
+    pub fn graph(&self) -> &'static Graph {
+        self.graph
+    }
+}
+
+impl<In, Out, E, S, F, Fut> Flow<In, Out, E, S, F>
+where
+    Self: Workflow<Input = In, Output = Out, Error = E>,
+    F: Fn(Ctx<E>, S) -> Fut,
+{
+    /// Runs the flow on the current task with a default [`Runtime`] (no observers).
+    pub async fn run(&self, input: In) -> Result<Out, Error<E>> {
+        Runtime::new().run(self, input).await
+    }
+}
+
+impl<In, Out, E, S, F, Fut> Workflow for Flow<In, Out, E, S, F>
+where
+    In: Send,
+    Out: Send,
+    E: core::fmt::Display + core::fmt::Debug + Send + 'static,
+    S: WorkflowState + Send,
+    F: Fn(Ctx<E>, S) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<Out, Error<E>>> + Send,
+{
+    type Input = In;
+    type Output = Out;
+    type Error = E;
+    type State = S;
+
+    fn graph(&self) -> &'static Graph {
+        self.graph
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    fn execute(&self, ctx: Ctx<E>, input: In) -> impl Future<Output = Result<Out, Error<E>>> + Send {
+        (self.driver)(ctx, (self.start)(input))
+    }
+}
