@@ -1,1 +1,99 @@
-//! placeholder
+//! `flow`: code-level orchestration. Write an operations procedure as plain async Rust or as
+//! a pipeline, and get a typed state machine with a static graph, exact retry/timeout/
+//! compensation semantics and observable runs, checked by the compiler.
+//!
+//! ```
+//! use flow::prelude::*;
+//!
+//! #[derive(Debug)]
+//! struct Busy;
+//! impl std::fmt::Display for Busy {
+//!     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+//!         f.write_str("busy")
+//!     }
+//! }
+//!
+//! async fn fetch(id: u32) -> Result<String, Busy> { Ok(format!("record {id}")) }
+//! async fn store(record: String) -> Result<usize, Busy> { Ok(record.len()) }
+//!
+//! #[workflow]
+//! async fn import(id: u32) -> Result<usize, Busy> {
+//!     #[retry(max_attempts = 3, backoff = exponential("100ms", 2.0))]
+//!     let record = fetch(id).await?;
+//!     store(record).await
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Await it like any async fn...
+//! assert_eq!(import(7).await.unwrap(), 8);
+//! // ...or run it through a runtime, which can observe it, and look at its graph.
+//! let n = Runtime::new().run(&Import, (7,)).await.unwrap();
+//! assert_eq!(n, 8);
+//! assert!(Import::GRAPH.to_mermaid().contains("fetch"));
+//!
+//! // The same procedure as an inline pipeline:
+//! let pipeline = flow! { fetch -> store };
+//! assert_eq!(pipeline.run(7).await.unwrap(), 8);
+//! # }
+//! ```
+//!
+//! See the README for the grammar of both macros and the exact semantics of every policy.
+
+#[doc(inline)]
+pub use flow_macros::workflow;
+#[doc(inline)]
+pub use flow_runtime::*;
+
+/// The items most programs need: the macros, the runtime, the workflow trait and the errors.
+pub mod prelude {
+    pub use crate::{flow, join, settle, workflow};
+    pub use flow_runtime::{Error, ErrorKind, Event, EventKind, Runtime, StepError, Workflow};
+}
+
+/// Items the macros' expansion uses. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use flow_macros::flow_inner;
+    pub use flow_runtime::__private::*;
+}
+
+/// Composes a micro-workflow inline: `flow! { validate -> (reserve & charge) -> notify }`.
+///
+/// Evaluates to a [`Flow`], which implements [`Workflow`]; run it with [`Flow::run`] or a
+/// [`Runtime`]. The grammar and every construct are in the crate README.
+#[macro_export]
+macro_rules! flow {
+    ($($tokens:tt)*) => {
+        $crate::__private::flow_inner!($crate; $($tokens)*)
+    };
+}
+
+/// Runs 2 to 5 fallible futures concurrently; the first error cancels the others (fail fast).
+///
+/// Inside a `#[workflow]` body, `flow::join!(a(x), b(y)).await?` makes each call a step of a
+/// parallel group. Elsewhere it is a plain fail-fast join: it evaluates to a future of
+/// `Result<(A, B, ..), E>`.
+#[macro_export]
+macro_rules! join {
+    ($a:expr, $b:expr $(,)?) => { $crate::__private::try_join($a, $b) };
+    ($a:expr, $b:expr, $c:expr $(,)?) => { $crate::__private::try_join3($a, $b, $c) };
+    ($a:expr, $b:expr, $c:expr, $d:expr $(,)?) => { $crate::__private::try_join4($a, $b, $c, $d) };
+    ($a:expr, $b:expr, $c:expr, $d:expr, $e:expr $(,)?) => {
+        $crate::__private::try_join5($a, $b, $c, $d, $e)
+    };
+}
+
+/// Runs 2 to 5 fallible futures concurrently to the end and returns every result (settle).
+///
+/// Inside a `#[workflow]` body each call is a step, and each result is
+/// `Result<T, flow::StepError<E>>`.
+#[macro_export]
+macro_rules! settle {
+    ($a:expr, $b:expr $(,)?) => { $crate::__private::join($a, $b) };
+    ($a:expr, $b:expr, $c:expr $(,)?) => { $crate::__private::join3($a, $b, $c) };
+    ($a:expr, $b:expr, $c:expr, $d:expr $(,)?) => { $crate::__private::join4($a, $b, $c, $d) };
+    ($a:expr, $b:expr, $c:expr, $d:expr, $e:expr $(,)?) => {
+        $crate::__private::join5($a, $b, $c, $d, $e)
+    };
+}

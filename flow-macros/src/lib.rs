@@ -1,2 +1,31 @@
-//! placeholder
+//! The procedural macros of [`flow`](https://docs.rs/flow): `#[workflow]` and `flow!`.
+//!
+//! Use them through the `flow` crate, which re-exports them and provides the runtime their
+//! expansion needs. Each entry point below is one line: the work happens on `proc_macro2`
+//! types in the modules, so it can be tested (and fuzzed) outside a compiler.
+
+mod duration;
+mod errors;
+mod flow;
+mod kw;
+mod model;
+mod policy;
+mod step;
+mod workflow;
+
 use proc_macro::TokenStream;
+
+/// Turns an `async fn` into a workflow: every awaited call becomes a state of a typed state
+/// machine, with the policies given as attributes on its statement. See the `flow` crate.
+#[proc_macro_attribute]
+pub fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
+    workflow::expand(args.into(), item.into()).into()
+}
+
+/// The implementation of `flow!`, called by the `flow::flow!` wrapper with the facade's path
+/// first: `flow_inner!($crate; pipeline)`. See the `flow` crate.
+#[doc(hidden)]
+#[proc_macro]
+pub fn flow_inner(input: TokenStream) -> TokenStream {
+    flow::expand(input.into()).into()
+}

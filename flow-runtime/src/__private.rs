@@ -31,9 +31,19 @@ pub fn retry_arg<T: Clone>(arg: &T) -> T {
     arg.clone()
 }
 
-/// Pins the type of a `flow!` step's future to the flow's error type when no error type was
-/// declared: identity on the future, but fixes `E`.
+/// Identity on a future whose error type is `E` (see [`Ctx::error_type`]).
 #[inline]
-pub fn same_error<T, E, Fut: Future<Output = Result<T, E>>>(fut: Fut) -> Fut {
+pub fn typed<T, E, Fut>(_: core::marker::PhantomData<fn() -> E>, fut: Fut) -> Fut
+where
+    Fut: Future<Output = Result<T, E>>,
+{
     fut
+}
+
+pub use futures_util::future::{join3, join4, join5, try_join3, try_join4, try_join5};
+
+/// A copy of a parallel group's input for one branch (every branch but the last gets one).
+#[inline]
+pub fn branch_input<T: Clone>(input: &T) -> T {
+    input.clone()
 }

@@ -325,13 +325,29 @@ impl<E: core::fmt::Display> Ctx<E> {
             counters[rule_ix] += 1;
             let n = counters[rule_ix];
             if n >= rule.max_attempts() {
-                return Err(self.fail(node, GaveUp::RetriesExhausted, attempts, number, start, failure));
+                return Err(self.fail(
+                    node,
+                    GaveUp::RetriesExhausted,
+                    attempts,
+                    number,
+                    start,
+                    failure,
+                ));
             }
-            let delay = rule.jitter().apply(rule.backoff().delay(n), &self.inner.rng);
+            let delay = rule
+                .jitter()
+                .apply(rule.backoff().delay(n), &self.inner.rng);
             if let Some(budget) = rule.max_elapsed() {
                 let resume_at = Instant::now().saturating_duration_since(first_start) + delay;
                 if resume_at > budget {
-                    return Err(self.fail(node, GaveUp::BudgetExhausted, attempts, number, start, failure));
+                    return Err(self.fail(
+                        node,
+                        GaveUp::BudgetExhausted,
+                        attempts,
+                        number,
+                        start,
+                        failure,
+                    ));
                 }
             }
             if self.observed() {
@@ -449,7 +465,11 @@ impl<E: core::fmt::Display> Ctx<E> {
         Fut: Future<Output = Result<T, StepError<E>>>,
     {
         self.enter(node);
-        let limit = if concurrency == 0 { usize::MAX } else { concurrency };
+        let limit = if concurrency == 0 {
+            usize::MAX
+        } else {
+            concurrency
+        };
         let mut items = items.into_iter().enumerate();
         let mut results: Vec<Option<T>> = Vec::with_capacity(items.size_hint().0);
         let mut in_flight = FuturesUnordered::new();
@@ -486,7 +506,11 @@ impl<E: core::fmt::Display> Ctx<E> {
         Fut: Future<Output = Result<T, StepError<E>>>,
     {
         self.enter(node);
-        let limit = if concurrency == 0 { usize::MAX } else { concurrency };
+        let limit = if concurrency == 0 {
+            usize::MAX
+        } else {
+            concurrency
+        };
         let mut items = items.into_iter().enumerate();
         let mut results: Vec<Option<Result<T, StepError<E>>>> =
             Vec::with_capacity(items.size_hint().0);

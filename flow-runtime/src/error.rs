@@ -93,7 +93,12 @@ pub struct StepError<E> {
 impl<E> StepError<E> {
     /// Builds a step error. `attempts` must not be empty.
     #[doc(hidden)]
-    pub fn new(step: &'static str, node: NodeId, gave_up: GaveUp, attempts: Vec<Attempt<E>>) -> Self {
+    pub fn new(
+        step: &'static str,
+        node: NodeId,
+        gave_up: GaveUp,
+        attempts: Vec<Attempt<E>>,
+    ) -> Self {
         debug_assert!(!attempts.is_empty());
         StepError {
             step,
@@ -206,10 +211,16 @@ impl<E: fmt::Display> fmt::Display for StepError<E> {
             (_, Failure::Panicked(msg)) => write!(f, "panicked: {msg}")?,
             (GaveUp::NotRetried, failure) if n == 1 => write!(f, "failed: {failure}")?,
             (GaveUp::NotRetried, failure) => {
-                write!(f, "failed on attempt {n} with an error no retry rule covers: {failure}")?;
+                write!(
+                    f,
+                    "failed on attempt {n} with an error no retry rule covers: {failure}"
+                )?;
             }
             (GaveUp::RetriesExhausted, failure) => {
-                write!(f, "failed after {n} attempts (retries exhausted); last: {failure}")?;
+                write!(
+                    f,
+                    "failed after {n} attempts (retries exhausted); last: {failure}"
+                )?;
             }
             (GaveUp::BudgetExhausted, failure) => write!(
                 f,
@@ -381,7 +392,11 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             }
         }
         for c in &self.compensation_failures {
-            write!(f, "; compensation of step `{}` also failed: {}", c.step, c.failure)?;
+            write!(
+                f,
+                "; compensation of step `{}` also failed: {}",
+                c.step, c.failure
+            )?;
         }
         Ok(())
     }

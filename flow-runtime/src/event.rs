@@ -94,6 +94,42 @@ pub enum EventKind {
     RunCancelled,
 }
 
+impl core::fmt::Display for Event {
+    /// One line: time since the run started, the node, and what happened.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let secs = self.at.as_secs_f64();
+        write!(f, "[{secs:>8.3}s] {} {}: ", self.workflow, self.step)?;
+        match &self.kind {
+            EventKind::RunStarted => f.write_str("run started"),
+            EventKind::Entered => f.write_str("entered"),
+            EventKind::AttemptStarted { attempt } => write!(f, "attempt {attempt} started"),
+            EventKind::AttemptFailed {
+                attempt,
+                error,
+                retry_in: Some(d),
+            } => write!(f, "attempt {attempt} failed: {error}; retrying in {d:?}"),
+            EventKind::AttemptFailed {
+                attempt,
+                error,
+                retry_in: None,
+            } => write!(f, "attempt {attempt} failed: {error}"),
+            EventKind::StepSucceeded { attempt, elapsed } => {
+                write!(f, "succeeded on attempt {attempt} in {elapsed:?}")
+            }
+            EventKind::StepFailed { attempts, error } => {
+                write!(f, "failed after {attempts} attempt(s): {error}")
+            }
+            EventKind::Caught { error } => write!(f, "failure caught, recovering: {error}"),
+            EventKind::CompensationStarted => f.write_str("compensating"),
+            EventKind::CompensationSucceeded => f.write_str("compensated"),
+            EventKind::CompensationFailed { error } => write!(f, "compensation failed: {error}"),
+            EventKind::RunCompleted => f.write_str("run completed"),
+            EventKind::RunFailed { error } => write!(f, "run failed: {error}"),
+            EventKind::RunCancelled => f.write_str("run cancelled"),
+        }
+    }
+}
+
 /// Receives the events of runs.
 ///
 /// Called synchronously on the task that runs the workflow: keep it quick, or hand the event

@@ -188,13 +188,38 @@ mod tests {
     static G: Graph = Graph {
         name: "demo",
         nodes: &[
-            Node { name: "start", kind: NodeKind::Start, policy: "", parent: None },
-            Node { name: "end", kind: NodeKind::End, policy: "", parent: None },
-            Node { name: "fetch", kind: NodeKind::Step, policy: "retry(max_attempts = 3)", parent: None },
+            Node {
+                name: "start",
+                kind: NodeKind::Start,
+                policy: "",
+                parent: None,
+            },
+            Node {
+                name: "end",
+                kind: NodeKind::End,
+                policy: "",
+                parent: None,
+            },
+            Node {
+                name: "fetch",
+                kind: NodeKind::Step,
+                policy: "retry(max_attempts = 3)",
+                parent: None,
+            },
         ],
         edges: &[
-            Edge { from: 0, to: 2, kind: EdgeKind::Sequence, label: "" },
-            Edge { from: 2, to: 1, kind: EdgeKind::Sequence, label: "" },
+            Edge {
+                from: 0,
+                to: 2,
+                kind: EdgeKind::Sequence,
+                label: "",
+            },
+            Edge {
+                from: 2,
+                to: 1,
+                kind: EdgeKind::Sequence,
+                label: "",
+            },
         ],
         fingerprint: 1,
     };

@@ -15,6 +15,7 @@
 mod ctx;
 mod error;
 mod event;
+mod glue;
 mod graph;
 mod policy;
 mod runtime;

@@ -87,7 +87,12 @@ impl Runtime {
         self
     }
 
-    fn ctx<E>(&self, workflow: &impl Workflow<Error = E>, extra: Option<Arc<dyn Observer>>, cancel: Option<CancellationToken>) -> Ctx<E> {
+    fn ctx<E>(
+        &self,
+        workflow: &impl Workflow<Error = E>,
+        extra: Option<Arc<dyn Observer>>,
+        cancel: Option<CancellationToken>,
+    ) -> Ctx<E> {
         let mut observers = self.observers.clone();
         observers.extend(extra);
         Ctx::new(

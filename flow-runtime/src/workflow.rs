@@ -133,7 +133,11 @@ where
         self.timeout
     }
 
-    fn execute(&self, ctx: Ctx<E>, input: In) -> impl Future<Output = Result<Out, Error<E>>> + Send {
+    fn execute(
+        &self,
+        ctx: Ctx<E>,
+        input: In,
+    ) -> impl Future<Output = Result<Out, Error<E>>> + Send {
         (self.driver)(ctx, (self.start)(input))
     }
 }

@@ -137,10 +137,7 @@ mod tests {
     fn exponential_doubles_then_caps() {
         let b = Backoff::exponential(ms(200), 2.0).with_max_delay(ms(5000));
         let got: Vec<_> = b.delays().take(8).collect();
-        assert_eq!(
-            got,
-            [200, 400, 800, 1600, 3200, 5000, 5000, 5000].map(ms)
-        );
+        assert_eq!(got, [200, 400, 800, 1600, 3200, 5000, 5000, 5000].map(ms));
     }
 
     #[test]

@@ -127,7 +127,12 @@ mod tests {
     #[test]
     fn zero_delay_stays_zero() {
         let rng = SplitMix64::new(9);
-        for j in [Jitter::None, Jitter::Full, Jitter::Equal, Jitter::Spread(1.0)] {
+        for j in [
+            Jitter::None,
+            Jitter::Full,
+            Jitter::Equal,
+            Jitter::Spread(1.0),
+        ] {
             assert_eq!(j.apply(Duration::ZERO, &rng), Duration::ZERO);
         }
     }

@@ -1,0 +1,758 @@
+//! `flow!`: a pipeline of steps composed inline, expanded into a state enum whose variants
+//! carry the typed value on their incoming edge, and a driver that loops over it.
+//!
+//! Grammar (the README documents the same):
+//!
+//! ```text
+//! flow     := [option (',' option)* ';'] pipeline
+//! option   := 'name' '=' STRING | 'timeout' '=' STRING | 'error' '=' TYPE
+//! pipeline := stage ('->' stage)*
+//! stage    := unit ['[' policy (',' policy)* ']']
+//! unit     := PATH                                        step: async fn(In) -> Result<Out, E>
+//!           | '(' pipeline ('&' pipeline)+ ')'            parallel: output is a tuple
+//!           | '(' pipeline ')'                            grouping
+//!           | 'map' '(' pipeline (',' KEY '=' INT)* ')'   over an IntoIterator: keys concurrency, tolerate
+//!           | 'branch' '(' EXPR ')' '{' (PAT '=>' pipeline ','?)+ '}'
+//! policy   := 'retry' '(' KEY '=' VALUE, .. ')' | 'timeout' '=' STRING
+//!           | 'compensate' '=' EXPR | 'catch' '(' EXPR [',' 'when' '=' EXPR] ')' | 'settle'
+//! ```
+//!
+//! Input/output:
+//!
+//! ```text
+//! flow! { fetch -> (a & b) -> store }
+//! ```
+//!
+//! ```text
+//! {
+//!     enum __FlowState<T0, T1, T2, T3> { Start(T0), Fetch(T0), Join(T1), Store(T2), Completed(T3), .. }
+//!     Flow::new(GRAPH, __FlowState::Start, None, move |ctx, s| async move {
+//!         let mut s = s;
+//!         loop {
+//!             s = match s {
+//!                 Start(v) => Fetch(v),
+//!                 Fetch(v) => Join(ctx.step(NodeId(2), ctx.exact(fetch(v))).await?),
+//!                 Join(v) => Store({ ctx.enter(NodeId(3)); try_join(branch a, branch b).await? }),
+//!                 Store(v) => Completed(ctx.step(NodeId(6), ctx.exact(store(v))).await?),
+//!                 Completed(v) => return Ok(v),
+//!                 ..
+//!             }
+//!         }
+//!     })
+//! }
+//! ```
+//!
+//! Steps at the top level and in branch arms are states; the steps inside a parallel branch or
+//! a map's body run within their group's state (they still enter their own node, so every
+//! step is observed).
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, Ident, LitInt, LitStr, Pat, Token, Type};
+
+use crate::errors::{Errors, unknown_key};
+use crate::model::{EdgeKind, Kind, Model};
+use crate::policy::{Item, Policy};
+use crate::step::{Call, Gen};
+use crate::{duration, kw};
+
+// ---------------------------------------------------------------- syntax
+
+struct FlowInput {
+    krate: TokenStream,
+    name: Option<LitStr>,
+    timeout: Option<core::time::Duration>,
+    error: Option<Type>,
+    pipeline: Pipeline,
+}
+
+struct Pipeline {
+    stages: Vec<Stage>,
+}
+
+struct Stage {
+    unit: Unit,
+    policy: Policy,
+}
+
+enum Unit {
+    Step(Expr),
+    Parallel(Vec<Pipeline>, Span),
+    Group(Pipeline),
+    Map {
+        body: Pipeline,
+        concurrency: usize,
+        tolerate: Option<usize>,
+        span: Span,
+    },
+    Branch {
+        selector: Expr,
+        arms: Vec<(Pat, Pipeline)>,
+        span: Span,
+    },
+}
+
+/// Parsing records non-fatal problems (bad policies, unknown keys) here and keeps going.
+struct Parser<'a> {
+    errors: &'a mut Errors,
+}
+
+impl Parser<'_> {
+    fn input(&mut self, input: ParseStream) -> syn::Result<FlowInput> {
+        // The facade passes its own path first: `$crate;`.
+        let mut krate = TokenStream::new();
+        while !input.peek(Token![;]) {
+            if input.is_empty() {
+                return Err(input.error("flow_inner! expects the crate path first; use `flow::flow!`"));
+            }
+            krate.extend([input.parse::<TokenTree>()?]);
+        }
+        input.parse::<Token![;]>()?;
+        let mut out = FlowInput {
+            krate,
+            name: None,
+            timeout: None,
+            error: None,
+            pipeline: Pipeline { stages: Vec::new() },
+        };
+        // Options: `key = value, ...;` (a pipeline never starts with `ident =`).
+        if input.peek(Ident) && input.peek2(Token![=]) && !input.peek2(Token![=>]) {
+            loop {
+                let key: Ident = input.parse()?;
+                input.parse::<Token![=]>()?;
+                match key.to_string().as_str() {
+                    kw::NAME => out.name = Some(input.parse()?),
+                    kw::TIMEOUT => {
+                        let e: Expr = input.parse()?;
+                        out.timeout = self.errors.ok(duration::parse(&e, "the flow timeout"));
+                    }
+                    kw::ERROR => out.error = Some(input.parse()?),
+                    other => {
+                        self.errors.spanned(&key, unknown_key("`flow!` option", other, kw::FLOW_OPTIONS));
+                        let _: Expr = input.parse()?;
+                    }
+                }
+                if input.parse::<Option<Token![,]>>()?.is_none() {
+                    break;
+                }
+            }
+            input.parse::<Token![;]>().map_err(|e| {
+                syn::Error::new(e.span(), "end the `flow!` options with `;` before the pipeline")
+            })?;
+        }
+        if input.is_empty() {
+            return Err(input.error("a flow needs at least one step: `flow! { validate -> store }`"));
+        }
+        out.pipeline = self.pipeline(input)?;
+        if !input.is_empty() {
+            return Err(input.error("expected `->` between steps, or the end of the flow"));
+        }
+        Ok(out)
+    }
+
+    fn pipeline(&mut self, input: ParseStream) -> syn::Result<Pipeline> {
+        let mut stages = vec![self.stage(input)?];
+        while input.peek(Token![->]) {
+            input.parse::<Token![->]>()?;
+            stages.push(self.stage(input)?);
+        }
+        Ok(Pipeline { stages })
+    }
+
+    fn stage(&mut self, input: ParseStream) -> syn::Result<Stage> {
+        let unit = self.unit(input)?;
+        let mut policy = Policy::default();
+        if input.peek(syn::token::Bracket) {
+            let content;
+            syn::bracketed!(content in input);
+            let items = Punctuated::<Item, Token![,]>::parse_terminated(&content)?;
+            let allowed: &[&str] = match unit {
+                Unit::Parallel(..) => &[kw::SETTLE],
+                Unit::Step(_) => kw::STEP_POLICIES,
+                _ => &[],
+            };
+            for item in items {
+                if allowed.is_empty() {
+                    self.errors.spanned(&item.name, "policies go on steps (and `settle` on a parallel group), not on `map`, `branch` or a grouping");
+                    continue;
+                }
+                policy.add(item, allowed, self.errors);
+            }
+        }
+        Ok(Stage { unit, policy })
+    }
+
+    fn unit(&mut self, input: ParseStream) -> syn::Result<Unit> {
+        let lookahead = input.lookahead1();
+        if lookahead.peek(syn::token::Paren) {
+            let content;
+            let paren = syn::parenthesized!(content in input);
+            if content.is_empty() {
+                return Err(syn::Error::new(paren.span.join(), "empty parallel group: write `(a & b)` with at least two branches"));
+            }
+            let mut branches = vec![self.pipeline(&content)?];
+            while content.peek(Token![&]) {
+                content.parse::<Token![&]>()?;
+                if content.is_empty() {
+                    return Err(content.error("expected a branch after `&`"));
+                }
+                branches.push(self.pipeline(&content)?);
+            }
+            if !content.is_empty() {
+                return Err(content.error("expected `&` between parallel branches, or `->` between steps"));
+            }
+            if branches.len() == 1 {
+                return Ok(Unit::Group(branches.remove(0)));
+            }
+            return Ok(Unit::Parallel(branches, paren.span.join()));
+        }
+        if lookahead.peek(Ident) || lookahead.peek(Token![::]) || lookahead.peek(Token![crate]) || lookahead.peek(Token![self]) || lookahead.peek(Token![super]) {
+            if input.peek(Ident) && input.peek2(syn::token::Paren) {
+                let fork = input.fork();
+                let name: Ident = fork.parse()?;
+                if name == kw::MAP {
+                    return self.map(input);
+                }
+                if name == kw::BRANCH {
+                    return self.branch(input);
+                }
+                return Err(syn::Error::new(name.span(), format!("a step is named, not called: write `{name}`, and the value from the previous step is its argument")));
+            }
+            let path: syn::ExprPath = input.parse()?;
+            return Ok(Unit::Step(Expr::Path(path)));
+        }
+        Err(lookahead.error())
+    }
+
+    fn map(&mut self, input: ParseStream) -> syn::Result<Unit> {
+        let kw_ident: Ident = input.parse()?;
+        let content;
+        syn::parenthesized!(content in input);
+        if content.is_empty() {
+            return Err(syn::Error::new(kw_ident.span(), "`map` needs a body: `map(step, concurrency = 4)`"));
+        }
+        let body = self.pipeline(&content)?;
+        let mut concurrency = 0usize;
+        let mut tolerate = None;
+        while content.parse::<Option<Token![,]>>()?.is_some() {
+            if content.is_empty() {
+                break;
+            }
+            let key: Ident = content.parse()?;
+            content.parse::<Token![=]>()?;
+            let value: LitInt = content.parse()?;
+            let n = value.base10_parse::<usize>()?;
+            match key.to_string().as_str() {
+                kw::CONCURRENCY => {
+                    if n == 0 {
+                        self.errors.spanned(&value, "`concurrency` must be at least 1 (leave it out for no limit)");
+                    }
+                    concurrency = n;
+                }
+                kw::TOLERATE => tolerate = Some(n),
+                other => self.errors.spanned(&key, unknown_key("`map` key", other, kw::MAP_KEYS)),
+            }
+        }
+        if !content.is_empty() {
+            return Err(content.error("expected `,` and `concurrency = N` or `tolerate = N`"));
+        }
+        Ok(Unit::Map {
+            body,
+            concurrency,
+            tolerate,
+            span: kw_ident.span(),
+        })
+    }
+
+    fn branch(&mut self, input: ParseStream) -> syn::Result<Unit> {
+        let kw_ident: Ident = input.parse()?;
+        let content;
+        syn::parenthesized!(content in input);
+        let selector: Expr = content.parse()?;
+        if !content.is_empty() {
+            return Err(content.error("`branch` takes one selector: `branch(|x| x.kind) { .. }`"));
+        }
+        let arms_content;
+        let brace = syn::braced!(arms_content in input);
+        let mut arms = Vec::new();
+        while !arms_content.is_empty() {
+            let pat = Pat::parse_multi_with_leading_vert(&arms_content)?;
+            arms_content.parse::<Token![=>]>()?;
+            let p = self.pipeline(&arms_content)?;
+            arms.push((pat, p));
+            if arms_content.parse::<Option<Token![,]>>()?.is_none() && !arms_content.is_empty() {
+                return Err(arms_content.error("expected `,` between branch arms"));
+            }
+        }
+        if arms.is_empty() {
+            return Err(syn::Error::new(brace.span.join(), "a `branch` needs at least one arm: `{ Kind::A => step_a, Kind::B => step_b }`"));
+        }
+        Ok(Unit::Branch {
+            selector,
+            arms,
+            span: kw_ident.span(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------- plan (node ids, graph)
+
+enum PStage {
+    Step {
+        id: u32,
+        recovery: Option<u32>,
+        func: Expr,
+        policy: Policy,
+    },
+    Parallel {
+        id: u32,
+        branches: Vec<Vec<PStage>>,
+        settle: bool,
+        span: Span,
+    },
+    Map {
+        id: u32,
+        body: Vec<PStage>,
+        concurrency: usize,
+        tolerate: Option<usize>,
+        span: Span,
+    },
+    Branch {
+        id: u32,
+        selector: Expr,
+        arms: Vec<(Pat, Vec<PStage>)>,
+        span: Span,
+    },
+}
+
+impl PStage {
+    fn id(&self) -> u32 {
+        match self {
+            PStage::Step { id, .. }
+            | PStage::Parallel { id, .. }
+            | PStage::Map { id, .. }
+            | PStage::Branch { id, .. } => *id,
+        }
+    }
+}
+
+struct Planner {
+    model: Model,
+}
+
+impl Planner {
+    /// Numbers the stages of `p` and adds their nodes and edges. `frontier` are the nodes the
+    /// first stage follows (edges of kind `entry` labelled `label`); returns the stages and
+    /// the nodes the next stage follows.
+    fn plan(
+        &mut self,
+        p: Pipeline,
+        parent: Option<u32>,
+        states: bool,
+        mut frontier: Vec<u32>,
+        mut entry: (EdgeKind, String),
+    ) -> (Vec<PStage>, Vec<u32>) {
+        let mut out = Vec::new();
+        for stage in p.stages {
+            let mut link = |m: &mut Model, id: u32, frontier: &[u32]| {
+                for &f in frontier {
+                    m.edge(f, id, entry.0, entry.1.clone());
+                }
+            };
+            match stage.unit {
+                Unit::Group(inner) => {
+                    let (mut inner_stages, f) = self.plan(inner, parent, states, frontier, entry.clone());
+                    out.append(&mut inner_stages);
+                    frontier = f;
+                }
+                Unit::Step(func) => {
+                    let name = match &func {
+                        Expr::Path(p) => p.path.segments.last().map_or_else(|| "step".to_owned(), |s| s.ident.to_string()),
+                        other => other.to_token_stream().to_string(),
+                    };
+                    let id = self.model.add(&name, Kind::Step, stage.policy.display(), parent, states);
+                    link(&mut self.model, id, &frontier);
+                    frontier = vec![id];
+                    let recovery = stage.policy.catch.as_ref().map(|c| {
+                        let rname = match &c.recover {
+                            Expr::Path(p) => p.path.segments.last().map_or_else(|| "recover".to_owned(), |s| s.ident.to_string()),
+                            _ => "recover".to_owned(),
+                        };
+                        let r = self.model.add(&rname, Kind::Recovery, String::new(), parent, false);
+                        self.model.edge(id, r, EdgeKind::Catch, String::new());
+                        frontier.push(r);
+                        r
+                    });
+                    out.push(PStage::Step {
+                        id,
+                        recovery,
+                        func,
+                        policy: stage.policy,
+                    });
+                }
+                Unit::Parallel(branches, span) => {
+                    let settle = stage.policy.settle;
+                    let id = self.model.add("parallel", Kind::Parallel, if settle { "settle".into() } else { String::new() }, parent, states);
+                    link(&mut self.model, id, &frontier);
+                    let mut ends = Vec::new();
+                    let mut planned = Vec::new();
+                    for b in branches {
+                        let (s, f) = self.plan(b, Some(id), false, vec![id], (EdgeKind::Parallel, String::new()));
+                        planned.push(s);
+                        ends.extend(f);
+                    }
+                    frontier = ends;
+                    out.push(PStage::Parallel {
+                        id,
+                        branches: planned,
+                        settle,
+                        span,
+                    });
+                }
+                Unit::Map {
+                    body,
+                    concurrency,
+                    tolerate,
+                    span,
+                } => {
+                    let mut pol = Vec::new();
+                    if concurrency > 0 {
+                        pol.push(format!("concurrency = {concurrency}"));
+                    }
+                    if let Some(t) = tolerate {
+                        pol.push(format!("tolerate = {t}"));
+                    }
+                    let id = self.model.add("map", Kind::Map, pol.join(", "), parent, states);
+                    link(&mut self.model, id, &frontier);
+                    let (s, f) = self.plan(body, Some(id), false, vec![id], (EdgeKind::Map, String::new()));
+                    frontier = f;
+                    out.push(PStage::Map {
+                        id,
+                        body: s,
+                        concurrency,
+                        tolerate,
+                        span,
+                    });
+                }
+                Unit::Branch { selector, arms, span } => {
+                    let id = self.model.add("branch", Kind::Branch, String::new(), parent, states);
+                    link(&mut self.model, id, &frontier);
+                    let mut ends = Vec::new();
+                    let mut planned = Vec::new();
+                    for (pat, arm) in arms {
+                        let label = pat.to_token_stream().to_string().replace(" :: ", "::");
+                        let (s, f) = self.plan(arm, parent, states, vec![id], (EdgeKind::Branch, label));
+                        planned.push((pat, s));
+                        ends.extend(f);
+                    }
+                    frontier = ends;
+                    out.push(PStage::Branch {
+                        id,
+                        selector,
+                        arms: planned,
+                        span,
+                    });
+                }
+            }
+            entry = (EdgeKind::Sequence, String::new());
+        }
+        (out, frontier)
+    }
+}
+
+// ---------------------------------------------------------------- expansion
+
+struct Expander<'a> {
+    gen_: Gen<'a>,
+    krate: &'a TokenStream,
+    ctx: &'a Ident,
+    v: Ident,
+    state: Ident,
+    variants: Vec<Option<Ident>>,
+}
+
+impl Expander<'_> {
+    fn variant(&self, id: u32) -> TokenStream {
+        let state = &self.state;
+        match self.variants.get(id as usize).and_then(Option::as_ref) {
+            Some(v) => quote!(#state::#v),
+            None => quote!(#state::Completed),
+        }
+    }
+
+    /// An expression, evaluated in the driver's async context, that runs `stage` on `self.v`
+    /// and yields its output (errors propagate with `?`).
+    fn value(&self, stage: &PStage) -> TokenStream {
+        let (krate, ctx, v) = (self.krate, self.ctx, &self.v);
+        match stage {
+            PStage::Step {
+                id,
+                recovery,
+                func,
+                policy,
+            } => {
+                let span = func.span();
+                let call = Call::Input { func, input: v };
+                let code = self.gen_.step(*id, *recovery, policy, &call, span);
+                quote_spanned!(span=> #code?)
+            }
+            PStage::Parallel {
+                id,
+                branches,
+                settle,
+                span,
+            } => {
+                let n = branches.len();
+                let futs: Vec<TokenStream> = branches
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let input = if i + 1 < n {
+                            quote_spanned!(*span=> #krate::__private::branch_input(&#v))
+                        } else {
+                            quote!(#v)
+                        };
+                        self.inline(b, input)
+                    })
+                    .collect();
+                let joined = nest_join(krate, &futs, *settle);
+                let names: Vec<Ident> = (0..n).map(|i| format_ident!("__flow_b{}", i, span = Span::mixed_site())).collect();
+                let pattern = nest_pattern(&names);
+                let idt = quote!(#krate::NodeId(#id));
+                if *settle {
+                    quote!({ #ctx.enter(#idt); let #pattern = #joined.await; (#(#names),*) })
+                } else {
+                    quote!({ #ctx.enter(#idt); let #pattern = #joined.await?; (#(#names),*) })
+                }
+            }
+            PStage::Map {
+                id,
+                body,
+                concurrency,
+                tolerate,
+                span,
+            } => {
+                let item = format_ident!("__flow_item", span = Span::mixed_site());
+                let body = self.inline(body, quote!(#item));
+                let idt = quote!(#krate::NodeId(#id));
+                match tolerate {
+                    None => quote_spanned!(*span=> #ctx.map(#idt, #v, #concurrency, |#item| #body).await?),
+                    Some(t) => quote_spanned!(*span=> #ctx.map_tolerant(#idt, #v, #concurrency, #t, |#item| #body).await?),
+                }
+            }
+            PStage::Branch {
+                id,
+                selector,
+                arms,
+                span,
+            } => {
+                let idt = quote!(#krate::NodeId(#id));
+                let arms = arms.iter().map(|(pat, stages)| {
+                    let body = self.inline(stages, quote!(#v));
+                    quote!(#pat => #body.await?)
+                });
+                quote_spanned!(*span=> { #ctx.enter(#idt); match (#selector)(&#v) { #(#arms,)* } })
+            }
+        }
+    }
+
+    /// A future (an async block) that runs `stages` on `input` and yields
+    /// `Result<T, StepError<E>>`.
+    fn inline(&self, stages: &[PStage], input: TokenStream) -> TokenStream {
+        let (krate, ctx, v) = (self.krate, self.ctx, &self.v);
+        let steps = stages.iter().map(|s| {
+            let value = self.value(s);
+            quote!(let #v = #value;)
+        });
+        quote!({
+            let #ctx = #ctx.by_ref();
+            let #v = #input;
+            async move {
+                #(#steps)*
+                ::core::result::Result::<_, #krate::StepError<_>>::Ok(#v)
+            }
+        })
+    }
+
+    /// The match arms of the state machine for `stages` (top level or a branch arm); the last
+    /// stage moves to `next`.
+    fn arms(&self, stages: &[PStage], next: &TokenStream, out: &mut Vec<TokenStream>) {
+        let v = &self.v;
+        for (i, stage) in stages.iter().enumerate() {
+            let this = self.variant(stage.id());
+            let next_i = match stages.get(i + 1) {
+                Some(s) => self.variant(s.id()),
+                None => next.clone(),
+            };
+            match stage {
+                PStage::Branch {
+                    id,
+                    selector,
+                    arms,
+                    span,
+                } => {
+                    let (krate, ctx) = (self.krate, self.ctx);
+                    let idt = quote!(#krate::NodeId(#id));
+                    let targets = arms.iter().map(|(pat, s)| {
+                        let first = s.first().map_or_else(|| next_i.clone(), |f| self.variant(f.id()));
+                        quote!(#pat => #first(#v))
+                    });
+                    out.push(quote_spanned!(*span=> #this(#v) => { #ctx.enter(#idt); match (#selector)(&#v) { #(#targets,)* } }));
+                    for (_, s) in arms {
+                        self.arms(s, &next_i, out);
+                    }
+                }
+                other => {
+                    let value = self.value(other);
+                    out.push(quote!(#this(#v) => #next_i(#value)));
+                }
+            }
+        }
+    }
+}
+
+fn nest_join(krate: &TokenStream, futs: &[TokenStream], settle: bool) -> TokenStream {
+    let f = if settle {
+        quote!(#krate::__private::join)
+    } else {
+        quote!(#krate::__private::try_join)
+    };
+    match futs {
+        [] => quote!(()),
+        [one] => one.clone(),
+        [first, rest @ ..] => {
+            let rest = nest_join(krate, rest, settle);
+            quote!(#f(#first, #rest))
+        }
+    }
+}
+
+fn nest_pattern(names: &[Ident]) -> TokenStream {
+    match names {
+        [] => quote!(()),
+        [one] => quote!(#one),
+        [first, rest @ ..] => {
+            let rest = nest_pattern(rest);
+            quote!((#first, #rest))
+        }
+    }
+}
+
+pub(crate) fn expand(input: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let parsed = {
+        let mut p = Parser { errors: &mut errors };
+        syn::parse::Parser::parse2(|s: ParseStream| p.input(s), input)
+    };
+    let flow = match parsed {
+        Ok(f) => f,
+        Err(e) => {
+            errors.push(e);
+            return errors.into_compile_errors();
+        }
+    };
+    if !errors.is_empty() {
+        return errors.into_compile_errors();
+    }
+    expand_flow(flow)
+}
+
+fn expand_flow(flow: FlowInput) -> TokenStream {
+    let krate = &flow.krate;
+    let name = flow.name.as_ref().map_or_else(|| "flow".to_owned(), LitStr::value);
+    let mut planner = Planner {
+        model: Model::new(name),
+    };
+    let (stages, frontier) = planner.plan(
+        flow.pipeline,
+        None,
+        true,
+        vec![crate::model::START],
+        (EdgeKind::Sequence, String::new()),
+    );
+    planner.model.edges_from(&frontier, crate::model::END, EdgeKind::Sequence);
+    let mut model = planner.model;
+    model.name_variants();
+
+    let ctx = Ident::new("__flow_ctx", Span::mixed_site());
+    let state = Ident::new("__FlowState", Span::mixed_site());
+    let v = Ident::new("__flow_v", Span::mixed_site());
+    let s = Ident::new("__flow_s", Span::mixed_site());
+    let variants: Vec<Option<Ident>> = model.nodes.iter().map(|n| n.variant.clone()).collect();
+    let ex = Expander {
+        gen_: Gen {
+            krate,
+            ctx: &ctx,
+            exact: flow.error.is_none(),
+        },
+        krate,
+        ctx: &ctx,
+        v: v.clone(),
+        state: state.clone(),
+        variants,
+    };
+    let completed = quote!(#state::Completed);
+    let mut arms = Vec::new();
+    let first = stages.first().map_or_else(|| completed.clone(), |f| ex.variant(f.id()));
+    arms.push(quote!(#state::Start(#v) => #first(#v)));
+    ex.arms(&stages, &completed, &mut arms);
+
+    let state_variants: Vec<(u32, &Ident)> = model.state_variants().collect();
+    let params: Vec<Ident> = (0..=state_variants.len())
+        .map(|i| format_ident!("__T{}", i, span = Span::mixed_site()))
+        .collect();
+    let (last_param, variant_params) = match params.split_last() {
+        Some((l, rest)) => (l.clone(), rest.to_vec()),
+        None => return quote!(compile_error!("internal: no state parameters")),
+    };
+    let variant_defs = state_variants.iter().zip(&variant_params).map(|((_, v), p)| quote!(#v(#p)));
+    let node_arms = state_variants.iter().map(|(i, v)| quote!(#state::#v(_) => #krate::NodeId(#i)));
+    let graph = model.graph_tokens(krate);
+    let timeout = match flow.timeout {
+        Some(d) => {
+            let d = duration::to_tokens(d);
+            quote!(::core::option::Option::Some(#d))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let err_ty = match &flow.error {
+        Some(t) => quote!(#t),
+        None => quote!(_),
+    };
+    quote! {{
+        #[allow(non_camel_case_types, dead_code, clippy::enum_variant_names, clippy::large_enum_variant)]
+        enum #state<#(#params),*> {
+            #(#variant_defs,)*
+            Completed(#last_param),
+            Failed,
+            Cancelled,
+        }
+        #[automatically_derived]
+        impl<#(#params),*> #krate::WorkflowState for #state<#(#params),*> {
+            fn node(&self) -> #krate::NodeId {
+                match self {
+                    #(#node_arms,)*
+                    #state::Completed(_) | #state::Failed | #state::Cancelled => #krate::NodeId::END,
+                }
+            }
+        }
+        #krate::Flow::new(#graph, #state::Start, #timeout, move |#ctx: #krate::Ctx<#err_ty>, #s| async move {
+            let mut #s = #s;
+            #[allow(unreachable_code, clippy::never_loop)]
+            loop {
+                #s = match #s {
+                    #(#arms,)*
+                    #state::Completed(#v) => return ::core::result::Result::Ok(#v),
+                    #state::Failed | #state::Cancelled => {
+                        return ::core::result::Result::Err(#krate::Error::new(
+                            "", #krate::ErrorKind::Cancelled { step: ::core::option::Option::None },
+                        ));
+                    }
+                };
+            }
+        })
+    }}
+}

@@ -1,0 +1,168 @@
+//! The one piece of code generation both front ends share: a step call under its policies.
+//!
+//! Input/output pairs (`__ctx` is the run context, `k` the step's node id):
+//!
+//! ```text
+//! fetch(url).await                    { let __r = __ctx.step(NodeId(k), fetch(url)).await; __r }
+//!
+//! #[retry(max_attempts = 3)]          { let __a0 = url;
+//! fetch(url).await                      let __r = __ctx.step_with(NodeId(k), POLICY,
+//!                                           || fetch(retry_arg(&__a0))).await; __r }
+//!
+//! #[timeout("2s")] fetch(url).await   { let __r = __ctx.step_timeout(NodeId(k), 2s, fetch(url)).await; __r }
+//!
+//! + catch(recover, when = p)          let __r = __ctx.catch(__r, p, NodeId(r), recover).await;
+//! + compensate(undo)                  let __r = __ctx.compensate(NodeId(k), __r, undo);
+//! ```
+//!
+//! The block evaluates to `Result<T, flow::StepError<E>>`; `#[workflow]` hands it to the body
+//! with `__ctx.surface(..)`, `flow!` propagates it with `?`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::{AngleBracketedGenericArguments, Expr, Ident};
+
+use crate::policy::Policy;
+
+/// How the step is called.
+pub(crate) enum Call<'a> {
+    /// `func(args..)`
+    Func { func: &'a Expr, args: Vec<&'a Expr> },
+    /// `recv.method::<T>(args..)`
+    Method {
+        recv: &'a Expr,
+        method: &'a Ident,
+        turbofish: Option<&'a AngleBracketedGenericArguments>,
+        args: Vec<&'a Expr>,
+    },
+    /// `flow!`: `func(input)`, the value on the incoming edge.
+    Input { func: &'a Expr, input: &'a Ident },
+}
+
+/// Context shared by every step of one expansion.
+pub(crate) struct Gen<'a> {
+    pub(crate) krate: &'a TokenStream,
+    pub(crate) ctx: &'a Ident,
+    /// `flow!` without a declared error type: the steps' error type *is* the flow's.
+    pub(crate) exact: bool,
+}
+
+impl Gen<'_> {
+    fn node(&self, id: u32) -> TokenStream {
+        let krate = self.krate;
+        quote!(#krate::NodeId(#id))
+    }
+
+    fn exact(&self, fut: TokenStream) -> TokenStream {
+        let ctx = self.ctx;
+        if self.exact {
+            quote!(#ctx.exact(#fut))
+        } else {
+            fut
+        }
+    }
+
+    /// The step's call, with each argument replaced by `arg(i, expr)`.
+    fn call_with(&self, call: &Call<'_>, mut arg: impl FnMut(usize, &Expr) -> TokenStream) -> TokenStream {
+        match call {
+            Call::Func { func, args } => {
+                let args = args.iter().enumerate().map(|(i, a)| arg(i, a));
+                quote!(#func(#(#args),*))
+            }
+            Call::Method {
+                recv,
+                method,
+                turbofish,
+                args,
+            } => {
+                let args = args.iter().enumerate().map(|(i, a)| arg(i, a));
+                let tf = turbofish.map(|t| quote!(::#t));
+                quote!(#recv.#method #tf(#(#args),*))
+            }
+            Call::Input { func, input } => quote!(#func(#input)),
+        }
+    }
+
+    /// The expression (a block) that runs the step and yields `Result<T, StepError<E>>`.
+    pub(crate) fn step(
+        &self,
+        node: u32,
+        recovery: Option<u32>,
+        policy: &Policy,
+        call: &Call<'_>,
+        span: Span,
+    ) -> TokenStream {
+        let krate = self.krate;
+        let ctx = self.ctx;
+        let id = self.node(node);
+        let r = Ident::new("__flow_r", Span::mixed_site());
+        let mut out = TokenStream::new();
+
+        if !policy.retry.is_empty() {
+            // Every attempt needs its own arguments: evaluate them once, clone per attempt.
+            let mut hoisted = Vec::new();
+            let cloned = self.call_with(call, |i, a| {
+                let name = format_ident!("__flow_a{}", i, span = Span::mixed_site());
+                let a_span = syn::spanned::Spanned::span(a);
+                hoisted.push(quote_spanned!(a_span=> let #name = #a;));
+                quote_spanned!(a_span=> #krate::__private::retry_arg(&#name))
+            });
+            let (input_clone, cloned) = match call {
+                Call::Input { input, func } => (
+                    TokenStream::new(),
+                    quote!(#func(#krate::__private::retry_arg(&#input))),
+                ),
+                _ => (TokenStream::new(), cloned),
+            };
+            let fut = self.exact(cloned);
+            let pol = policy.to_step_policy(krate);
+            out.extend(quote_spanned! {span=>
+                #(#hoisted)*
+                #input_clone
+                let #r = #ctx.step_with(#id, #pol, || #fut).await;
+            });
+        } else if let Some(t) = policy.timeout {
+            let fut = self.exact(self.call_with(call, |_, a| quote!(#a)));
+            let t = crate::duration::to_tokens(t);
+            out.extend(quote_spanned! {span=>
+                let #r = #ctx.step_timeout(#id, #t, #fut).await;
+            });
+        } else {
+            let fut = self.exact(self.call_with(call, |_, a| quote!(#a)));
+            out.extend(quote_spanned! {span=>
+                let #r = #ctx.step(#id, #fut).await;
+            });
+        }
+
+        if let (Some(c), Some(rec)) = (&policy.catch, recovery) {
+            let rec_id = self.node(rec);
+            let recover = &c.recover;
+            let e = Ident::new("__flow_e", Span::mixed_site());
+            let when = match &c.when {
+                Some(w) => quote!(#w),
+                None => quote!(|_| true),
+            };
+            let recover_call = self.exact(quote!((#recover)(#e)));
+            out.extend(quote! {
+                let #r = #ctx.catch(#r, #when, #rec_id, |#e| #recover_call).await;
+            });
+        }
+
+        if let Some(undo) = &policy.compensate {
+            let o = Ident::new("__flow_o", Span::mixed_site());
+            let undo_fn = if self.exact {
+                let pe = Ident::new("__flow_pe", Span::mixed_site());
+                quote!({
+                    let #pe = #ctx.error_type();
+                    move |#o| #krate::__private::typed(#pe, (#undo)(#o))
+                })
+            } else {
+                quote!(#undo)
+            };
+            out.extend(quote! {
+                let #r = #ctx.compensate(#id, #r, #undo_fn);
+            });
+        }
+        quote!({ #out #r })
+    }
+}

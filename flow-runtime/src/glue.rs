@@ -1,0 +1,70 @@
+//! [`Ctx`] methods that exist for the macros' generated code rather than for the step engine:
+//! type-inference anchors and the one-attempt timeout path.
+
+use core::future::Future;
+use core::marker::PhantomData;
+use core::time::Duration;
+
+use crate::ctx::Ctx;
+use crate::error::StepError;
+use crate::graph::NodeId;
+use crate::policy::StepPolicy;
+
+impl<E: core::fmt::Display> Ctx<E> {
+    /// Runs a step with a per-attempt timeout and no retries: one attempt, which may move its
+    /// arguments (no `Clone` needed, unlike [`step_with`](Ctx::step_with)).
+    pub async fn step_timeout<T, E2, Fut>(
+        &self,
+        node: NodeId,
+        timeout: Duration,
+        fut: Fut,
+    ) -> Result<T, StepError<E>>
+    where
+        Fut: Future<Output = Result<T, E2>>,
+        E: From<E2>,
+    {
+        let mut once = Some(fut);
+        let policy = StepPolicy {
+            retry: &[],
+            timeout: Some(timeout),
+        };
+        // With no retry rule the engine calls `make` exactly once, so the `None` arm (which
+        // would wait forever) is never reached.
+        self.step_with(node, policy, || {
+            let fut = once.take();
+            async move {
+                match fut {
+                    Some(f) => f.await,
+                    None => core::future::pending().await,
+                }
+            }
+        })
+        .await
+    }
+}
+
+impl<E> Ctx<E> {
+    /// Identity on a step's future whose error type must be the workflow's own: lets `flow!`
+    /// infer its error type from the steps when none is declared.
+    #[inline]
+    pub fn exact<T, Fut>(&self, fut: Fut) -> Fut
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        fut
+    }
+
+    /// The context by reference, whether it is held by value or by reference: generated code
+    /// calls it to share one context among concurrent branches.
+    #[inline]
+    pub fn by_ref(&self) -> &Self {
+        self
+    }
+
+    /// A zero-sized token of the workflow's error type, for `'static` closures (compensations)
+    /// that must name it without holding the context.
+    #[inline]
+    pub fn error_type(&self) -> PhantomData<fn() -> E> {
+        PhantomData
+    }
+}
