@@ -48,7 +48,7 @@
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
-use syn::parse::{Parse, ParseStream};
+use syn::parse::ParseStream;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, Ident, LitInt, LitStr, Pat, Token, Type};
@@ -357,7 +357,7 @@ impl Planner {
     ) -> (Vec<PStage>, Vec<u32>) {
         let mut out = Vec::new();
         for stage in p.stages {
-            let mut link = |m: &mut Model, id: u32, frontier: &[u32]| {
+            let link = |m: &mut Model, id: u32, frontier: &[u32]| {
                 for &f in frontier {
                     m.edge(f, id, entry.0, entry.1.clone());
                 }

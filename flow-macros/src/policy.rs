@@ -82,7 +82,6 @@ pub(crate) enum BackoffSpec {
 }
 
 pub(crate) struct RetryRule {
-    pub(crate) span: Span,
     max_attempts: u32,
     backoff: BackoffSpec,
     max_delay: Option<Duration>,
@@ -115,11 +114,6 @@ impl Policy {
             && self.compensate.is_none()
             && self.catch.is_none()
             && !self.settle
-    }
-
-    /// Whether the step needs the retrying/timeout engine (`step_with`).
-    pub(crate) fn needs_engine(&self) -> bool {
-        !self.retry.is_empty() || self.timeout.is_some()
     }
 
     /// Adds one item; errors are recorded, never thrown.
@@ -293,7 +287,6 @@ impl Parse for CatchArgs {
 fn parse_retry(tokens: TokenStream, span: Span, errors: &mut Errors) -> syn::Result<RetryRule> {
     let pairs = syn::parse::Parser::parse2(Punctuated::<KeyValue, Token![,]>::parse_terminated, tokens)?;
     let mut rule = RetryRule {
-        span,
         max_attempts: 0,
         backoff: BackoffSpec::None,
         max_delay: None,

@@ -107,18 +107,15 @@ impl Gen<'_> {
                 hoisted.push(quote_spanned!(a_span=> let #name = #a;));
                 quote_spanned!(a_span=> #krate::__private::retry_arg(&#name))
             });
-            let (input_clone, cloned) = match call {
-                Call::Input { input, func } => (
-                    TokenStream::new(),
-                    quote!(#func(#krate::__private::retry_arg(&#input))),
-                ),
-                _ => (TokenStream::new(), cloned),
+            // `flow!`: the step's one argument is the value on the incoming edge.
+            let cloned = match call {
+                Call::Input { input, func } => quote!(#func(#krate::__private::retry_arg(&#input))),
+                _ => cloned,
             };
             let fut = self.exact(cloned);
             let pol = policy.to_step_policy(krate);
             out.extend(quote_spanned! {span=>
                 #(#hoisted)*
-                #input_clone
                 let #r = #ctx.step_with(#id, #pol, || #fut).await;
             });
         } else if let Some(t) = policy.timeout {

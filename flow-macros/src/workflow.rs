@@ -230,8 +230,6 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<Signature> {
     if !ok {
         return None;
     }
-    let krate_placeholder = TokenStream::new();
-    let _ = krate_placeholder;
     let (okt, errt) = split_result(&ret);
     Some(Signature {
         params,
@@ -407,7 +405,6 @@ impl Rewriter<'_> {
             return;
         };
         let ctx = self.ctx.clone();
-        let krate = self.krate.clone();
         let new = match kind {
             StepExpr::Call(call) => {
                 let code = self.step_code(&call, &policy, span);
@@ -420,7 +417,6 @@ impl Rewriter<'_> {
                 self.group_code(settle, branches, gspan)
             }
         };
-        let _ = krate;
         match syn::parse2::<Expr>(new) {
             Ok(e) => *expr = e,
             Err(e) => self.errors.push(e),
@@ -472,13 +468,17 @@ impl Rewriter<'_> {
             let id = self.model.add(&name, Kind::Step, policy.display(), Some(gid), false);
             self.model.edge(gid, id, EdgeKind::Parallel, String::new());
             ends.push(id);
+            // Evaluate every branch's arguments first, in order, as an unawaited call would;
+            // each branch then owns its arguments (`async move`) and borrows the context.
+            let (hoisted, owned_args) = hoist_args(&call, futs.len());
+            let owned_call = with_args(&call, &owned_args);
             let g = Gen {
                 krate: &self.krate,
                 ctx: &self.ctx,
                 exact: false,
             };
-            let code = g.step(id, None, &policy, &call, e.span());
-            futs.push(quote!(async { #code }));
+            let code = g.step(id, None, &policy, &owned_call, e.span());
+            futs.push(quote!({ #(#hoisted)* async move { #code } }));
         }
         self.frontier = ends;
         let gnode = quote!(#krate::NodeId(#gid));
@@ -493,11 +493,58 @@ impl Rewriter<'_> {
             (true, 4) => quote!(#krate::__private::join4),
             (true, _) => quote!(#krate::__private::join5),
         };
+        let call = quote_spanned!(span=> {
+            let #ctx = #ctx.by_ref();
+            #ctx.enter(#gnode);
+            #f(#(#futs),*).await
+        });
         if settle {
-            quote_spanned!(span=> { #ctx.enter(#gnode); #f(#(#futs),*).await })
+            call
         } else {
-            quote_spanned!(span=> #ctx.surface({ #ctx.enter(#gnode); #f(#(#futs),*).await }).await)
+            quote_spanned!(span=> #ctx.surface(#call).await)
         }
+    }
+}
+
+/// `let __flow_p{branch}_{i} = ARG;` for each argument, and the path expressions naming them.
+fn hoist_args(call: &Call<'_>, branch: usize) -> (Vec<TokenStream>, Vec<Expr>) {
+    let args: &[&Expr] = match call {
+        Call::Func { args, .. } | Call::Method { args, .. } => args,
+        Call::Input { .. } => &[],
+    };
+    let mut hoisted = Vec::new();
+    let mut names = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        let name = Ident::new(&format!("__flow_p{branch}_{i}"), Span::mixed_site());
+        hoisted.push(quote_spanned!(a.span()=> let #name = #a;));
+        names.push(Expr::Path(syn::ExprPath {
+            attrs: Vec::new(),
+            qself: None,
+            path: name.into(),
+        }));
+    }
+    (hoisted, names)
+}
+
+/// The same call with other arguments.
+fn with_args<'a>(call: &Call<'a>, args: &'a [Expr]) -> Call<'a> {
+    match call {
+        Call::Func { func, .. } => Call::Func {
+            func,
+            args: args.iter().collect(),
+        },
+        Call::Method {
+            recv,
+            method,
+            turbofish,
+            ..
+        } => Call::Method {
+            recv,
+            method,
+            turbofish: *turbofish,
+            args: args.iter().collect(),
+        },
+        Call::Input { func, input } => Call::Input { func, input },
     }
 }
 

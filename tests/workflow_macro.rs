@@ -1,0 +1,421 @@
+//! `#[workflow]`: one test per construct, timings on tokio's paused clock.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{DropFlag, Recorder, TestError};
+use flow::prelude::*;
+use flow::{GaveUp, NodeKind, Status, WorkflowState};
+use tokio::time::{Instant, sleep};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+// ---------------------------------------------------------------- sequence, states, events
+
+async fn launch(n: u32) -> Result<Vec<u32>, TestError> {
+    Ok((0..n).collect())
+}
+async fn check(nodes: Vec<u32>) -> Result<Vec<u32>, TestError> {
+    Ok(nodes)
+}
+async fn first(nodes: Vec<u32>) -> Result<u32, TestError> {
+    nodes.first().copied().ok_or(TestError::Busy)
+}
+
+#[workflow]
+async fn sequence(n: u32) -> Result<u32, TestError> {
+    let nodes = launch(n).await?;
+    let nodes = check(nodes).await?;
+    first(nodes).await
+}
+
+#[tokio::test]
+async fn sequence_states_and_events_follow_the_graph() {
+    let g = Sequence::GRAPH;
+    let steps: Vec<&str> = g.steps().map(|(_, n)| n.name).collect();
+    assert_eq!(steps, ["launch", "check", "first"]);
+    assert_eq!(g.nodes[0].kind, NodeKind::Start);
+    let edges: Vec<(u32, u32)> = g.edges.iter().map(|e| (e.from, e.to)).collect();
+    assert_eq!(edges, [(0, 2), (2, 3), (3, 4), (4, 1)]);
+
+    let mut handle = Runtime::new().spawn(Sequence, (3,));
+    let mut trace = Vec::new();
+    while let Some(e) = handle.events().next().await {
+        trace.push(common::short(&e));
+    }
+    assert_eq!(
+        trace,
+        [
+            "start:run-started",
+            "launch:entered",
+            "launch:attempt-1",
+            "launch:ok",
+            "check:entered",
+            "check:attempt-1",
+            "check:ok",
+            "first:entered",
+            "first:attempt-1",
+            "first:ok",
+            "end:run-completed",
+        ]
+    );
+    let state = handle.state();
+    assert_eq!(state.status, Status::Completed);
+    assert_eq!(handle.typed_state(), Some(SequenceState::Completed));
+    assert_eq!((&mut handle).await.unwrap(), 0);
+    // The state enum names every step.
+    assert_eq!(SequenceState::Launch.node(), flow::NodeId(2));
+    assert_eq!(SequenceState::First.node(), flow::NodeId(4));
+    assert_eq!(SequenceState::Start.node(), flow::NodeId::START);
+    // Awaiting the function directly runs the same workflow.
+    assert_eq!(sequence(2).await.unwrap(), 0);
+}
+
+// ---------------------------------------------------------------- retry, exact timings
+
+static RETRY_CALLS: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+
+async fn flaky(t0: Instant) -> Result<u32, TestError> {
+    let mut calls = RETRY_CALLS.lock().unwrap();
+    calls.push(t0.elapsed());
+    if calls.len() < 4 { Err(TestError::Busy) } else { Ok(calls.len() as u32) }
+}
+
+#[workflow]
+async fn retrying(t0: Instant) -> Result<u32, TestError> {
+    #[retry(max_attempts = 5, backoff = exponential("200ms", 2.0), max_delay = "700ms")]
+    let n = flaky(t0).await?;
+    Ok(n)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_delays_double_and_cap() {
+    let t0 = Instant::now();
+    assert_eq!(retrying(t0).await.unwrap(), 4);
+    // Attempts at 0, then after 200, 400, and 800 capped to 700.
+    assert_eq!(*RETRY_CALLS.lock().unwrap(), [ms(0), ms(200), ms(600), ms(1300)]);
+}
+
+async fn always_busy(calls: Arc<AtomicU32>) -> Result<(), TestError> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    Err(TestError::Busy)
+}
+
+#[workflow]
+async fn exhausting(calls: Arc<AtomicU32>) -> Result<(), TestError> {
+    #[retry(max_attempts = 3)]
+    always_busy(calls).await?;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_report_every_attempt() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let t0 = Instant::now();
+    let err = exhausting(calls.clone()).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "max_attempts counts the first attempt");
+    assert_eq!(t0.elapsed(), Duration::ZERO, "zero delay never touches the timer");
+    let step = err.step_error().expect("a step error");
+    assert_eq!(step.step(), "always_busy");
+    assert_eq!(step.gave_up(), GaveUp::RetriesExhausted);
+    assert_eq!(step.attempts().len(), 3);
+    assert!(step.attempts().iter().all(|a| a.failure.error() == Some(&TestError::Busy)));
+    assert_eq!(
+        err.to_string(),
+        "workflow `Exhausting` failed: step `always_busy` failed after 3 attempts (retries exhausted); last: busy"
+    );
+}
+
+// ---------------------------------------------------------------- timeout, catch, compensation
+
+async fn hang() -> Result<u32, TestError> {
+    sleep(Duration::from_secs(3600)).await;
+    Ok(1)
+}
+async fn fallback(e: flow::StepError<TestError>) -> Result<u32, TestError> {
+    assert!(e.is_timeout());
+    Ok(99)
+}
+
+#[workflow]
+async fn timing_out() -> Result<u32, TestError> {
+    #[timeout("250ms")]
+    let v = hang().await?;
+    Ok(v)
+}
+
+#[workflow]
+async fn catching() -> Result<u32, TestError> {
+    #[timeout("250ms")]
+    #[catch(fallback, when = |e| e.is_timeout())]
+    let v = hang().await?;
+    Ok(v)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_step_fails_the_run_or_is_caught() {
+    let t0 = Instant::now();
+    let err = timing_out().await.unwrap_err();
+    assert_eq!(t0.elapsed(), ms(250));
+    assert!(err.step_error().unwrap().is_timeout());
+    assert_eq!(err.step(), Some("hang"));
+
+    let t0 = Instant::now();
+    assert_eq!(catching().await.unwrap(), 99);
+    assert_eq!(t0.elapsed(), ms(250));
+    assert!(Catching::GRAPH.nodes.iter().any(|n| n.kind == NodeKind::Recovery && n.name == "fallback"));
+}
+
+static UNDONE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+async fn create(name: &'static str) -> Result<String, TestError> {
+    Ok(name.to_owned())
+}
+async fn destroy(name: String) -> Result<(), TestError> {
+    UNDONE.lock().unwrap().push(name);
+    Ok(())
+}
+async fn boom(_: String, _: String) -> Result<(), TestError> {
+    Err(TestError::Broken("disk full".into()))
+}
+async fn explode() -> Result<(), TestError> {
+    panic!("index out of bounds")
+}
+
+#[workflow]
+async fn compensating(panic_instead: bool) -> Result<(), TestError> {
+    #[compensate(destroy)]
+    let a = create("a").await?;
+    #[compensate(destroy)]
+    let b = create("b").await?;
+    if panic_instead {
+        explode().await?;
+    }
+    boom(a, b).await
+}
+
+#[tokio::test]
+async fn compensations_run_in_reverse_after_failure_and_panic() {
+    let err = compensating(false).await.unwrap_err();
+    assert_eq!(err.step(), Some("boom"));
+    assert_eq!(err.error(), Some(&TestError::Broken("disk full".into())));
+    assert_eq!(std::mem::take(&mut *UNDONE.lock().unwrap()), ["b", "a"]);
+
+    let err = compensating(true).await.unwrap_err();
+    let step = err.step_error().unwrap();
+    assert!(step.is_panic());
+    assert_eq!(step.step(), "explode");
+    assert_eq!(err.to_string(), "workflow `Compensating` failed: step `explode` panicked: index out of bounds");
+    assert_eq!(std::mem::take(&mut *UNDONE.lock().unwrap()), ["b", "a"]);
+}
+
+// ---------------------------------------------------------------- parallel
+
+async fn slow(v: u32, flag: Arc<AtomicBool>) -> Result<u32, TestError> {
+    let _guard = DropFlag(flag);
+    sleep(ms(100 * u64::from(v))).await;
+    Ok(v)
+}
+async fn fail_after(d: u64) -> Result<u32, TestError> {
+    sleep(ms(d)).await;
+    Err(TestError::Broken("branch".into()))
+}
+
+#[workflow]
+async fn fan_out(flag: Arc<AtomicBool>) -> Result<u32, TestError> {
+    let (a, b) = flow::join!(slow(1, flag.clone()), slow(2, flag)).await?;
+    Ok(a + b)
+}
+
+#[workflow]
+async fn fail_fast(flag: Arc<AtomicBool>) -> Result<u32, TestError> {
+    let (a, b) = flow::join!(slow(5, flag), fail_after(50)).await?;
+    Ok(a + b)
+}
+
+#[workflow]
+async fn settling(flag: Arc<AtomicBool>) -> Result<usize, TestError> {
+    let (a, b) = flow::settle!(slow(2, flag), fail_after(50)).await;
+    assert_eq!(a.as_ref().ok(), Some(&2));
+    assert_eq!(b.as_ref().err().map(|e| e.step()), Some("fail_after"));
+    Ok(usize::from(a.is_ok()) + usize::from(b.is_ok()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn join_runs_steps_concurrently_and_fails_fast() {
+    let t0 = Instant::now();
+    assert_eq!(fan_out(Arc::new(AtomicBool::new(false))).await.unwrap(), 3);
+    assert_eq!(t0.elapsed(), ms(200), "branches overlap");
+    let par = FanOut::GRAPH.nodes.iter().position(|n| n.kind == NodeKind::Parallel).unwrap() as u32;
+    assert_eq!(FanOut::GRAPH.edges.iter().filter(|e| e.from == par).count(), 2);
+
+    let dropped = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let err = fail_fast(dropped.clone()).await.unwrap_err();
+    assert_eq!(t0.elapsed(), ms(50), "the failure does not wait for the sibling");
+    assert!(dropped.load(Ordering::SeqCst), "the sibling was cancelled (dropped)");
+    assert_eq!(err.step(), Some("fail_after"));
+
+    let t0 = Instant::now();
+    assert_eq!(settling(Arc::new(AtomicBool::new(false))).await.unwrap(), 1);
+    assert_eq!(t0.elapsed(), ms(200), "settle waits for every branch");
+}
+
+// ---------------------------------------------------------------- nesting, cancellation, errors
+
+#[workflow]
+async fn child(n: u32) -> Result<u32, TestError> {
+    let nodes = launch(n).await?;
+    first(nodes).await
+}
+
+impl From<flow::Error<TestError>> for TestError {
+    fn from(e: flow::Error<TestError>) -> Self {
+        TestError::Broken(e.to_string())
+    }
+}
+
+#[workflow]
+async fn parent(n: u32) -> Result<u32, TestError> {
+    let x = child(n).await?;
+    Ok(x + 1)
+}
+
+#[tokio::test]
+async fn a_workflow_calling_another_runs_it_as_a_child_run() {
+    let rec = Recorder::default();
+    let out = Runtime::new().with_observer(rec.observer()).run(&Parent, (4,)).await.unwrap();
+    assert_eq!(out, 1);
+    let events = rec.events();
+    let parent_run = events[0].run;
+    let child_events: Vec<_> = events.iter().filter(|e| e.parent == Some(parent_run)).collect();
+    assert_eq!(child_events.first().map(|e| e.workflow), Some("Child"));
+    assert!(child_events.iter().any(|e| e.step == "launch"));
+    // The child's events arrive while the parent's `child` step is in flight.
+    let trace: Vec<String> = events.iter().map(|e| format!("{}/{}", e.workflow, common::short(e))).collect();
+    let started = trace.iter().position(|t| t == "Parent/child:attempt-1").unwrap();
+    let child_done = trace.iter().position(|t| t == "Child/end:run-completed").unwrap();
+    let parent_ok = trace.iter().position(|t| t == "Parent/child:ok").unwrap();
+    assert!(started < child_done && child_done < parent_ok, "{trace:#?}");
+}
+
+async fn wait_forever(flag: Arc<AtomicBool>) -> Result<(), TestError> {
+    let _guard = DropFlag(flag);
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+static UNDONE_ON_CANCEL: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+async fn destroy_on_cancel(name: String) -> Result<(), TestError> {
+    UNDONE_ON_CANCEL.lock().unwrap().push(name);
+    Ok(())
+}
+
+#[workflow]
+async fn cancellable(flag: Arc<AtomicBool>) -> Result<(), TestError> {
+    #[compensate(destroy_on_cancel)]
+    let _a = create("c").await?;
+    wait_forever(flag).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_through_the_handle_drops_the_step_and_compensates() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let handle = Runtime::new().spawn(Cancellable, (dropped.clone(),));
+    sleep(ms(10)).await;
+    assert_eq!(handle.state().name, "wait_forever");
+    assert_eq!(handle.typed_state(), Some(CancellableState::WaitForever));
+    handle.cancel();
+    let state_after = {
+        let err = (&mut { handle }).await.unwrap_err();
+        assert!(err.is_cancelled());
+        assert_eq!(err.step(), Some("wait_forever"));
+        err
+    };
+    assert!(dropped.load(Ordering::SeqCst));
+    assert_eq!(*UNDONE_ON_CANCEL.lock().unwrap(), ["c"]);
+    assert_eq!(state_after.to_string(), "workflow `Cancellable` was cancelled during step `wait_forever`");
+}
+
+#[workflow(timeout = "1s")]
+async fn deadline() -> Result<u32, TestError> {
+    hang().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn workflow_timeout_ends_the_run() {
+    let t0 = Instant::now();
+    let err = deadline().await.unwrap_err();
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    assert!(matches!(err.kind(), flow::ErrorKind::TimedOut { step: Some("hang"), .. }));
+}
+
+#[derive(Debug)]
+struct ParseError;
+impl From<ParseError> for TestError {
+    fn from(_: ParseError) -> Self {
+        TestError::Broken("parse".into())
+    }
+}
+async fn parse(s: String) -> Result<u32, ParseError> {
+    s.parse().map_err(|_| ParseError)
+}
+
+#[workflow]
+async fn converting(s: String) -> Result<u32, TestError> {
+    let n = parse(s).await?;
+    if n > 100 {
+        return Err(TestError::Broken("too big".into()));
+    }
+    Ok(n)
+}
+
+#[tokio::test]
+async fn step_errors_convert_and_workflow_errors_are_told_apart() {
+    assert_eq!(converting("7".into()).await.unwrap(), 7);
+    let err = converting("x".into()).await.unwrap_err();
+    assert_eq!(err.step(), Some("parse"), "a step's error is attributed to the step");
+    assert_eq!(err.error(), Some(&TestError::Broken("parse".into())));
+    let err = converting("500".into()).await.unwrap_err();
+    assert!(matches!(err.kind(), flow::ErrorKind::Workflow(TestError::Broken(s)) if s == "too big"));
+}
+
+// ---------------------------------------------------------------- hygiene
+
+mod shadowing {
+    #![allow(dead_code, clippy::all)]
+    use super::common::TestError;
+    struct Option;
+    struct Box;
+    struct Vec;
+    type Result<T> = core::result::Result<T, TestError>;
+    #[allow(non_snake_case)]
+    fn Ok() {}
+    #[allow(non_snake_case)]
+    fn Some() {}
+    #[allow(non_snake_case)]
+    fn Err() {}
+
+    async fn step(n: u32) -> Result<u32> {
+        core::result::Result::Ok(n + 1)
+    }
+
+    #[flow::workflow]
+    pub async fn shadowed(n: u32) -> Result<u32> {
+        #[retry(max_attempts = 2, backoff = exponential("1ms", 2.0))]
+        #[timeout("1s")]
+        let n = step(n).await?;
+        step(n).await
+    }
+}
+
+#[tokio::test]
+async fn expansion_ignores_shadowed_prelude_names() {
+    assert_eq!(shadowing::shadowed(1).await.unwrap(), 3);
+}
