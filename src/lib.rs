@@ -76,9 +76,15 @@ macro_rules! flow {
 /// `Result<(A, B, ..), E>`.
 #[macro_export]
 macro_rules! join {
-    ($a:expr, $b:expr $(,)?) => { $crate::__private::try_join($a, $b) };
-    ($a:expr, $b:expr, $c:expr $(,)?) => { $crate::__private::try_join3($a, $b, $c) };
-    ($a:expr, $b:expr, $c:expr, $d:expr $(,)?) => { $crate::__private::try_join4($a, $b, $c, $d) };
+    ($a:expr, $b:expr $(,)?) => {
+        $crate::__private::try_join($a, $b)
+    };
+    ($a:expr, $b:expr, $c:expr $(,)?) => {
+        $crate::__private::try_join3($a, $b, $c)
+    };
+    ($a:expr, $b:expr, $c:expr, $d:expr $(,)?) => {
+        $crate::__private::try_join4($a, $b, $c, $d)
+    };
     ($a:expr, $b:expr, $c:expr, $d:expr, $e:expr $(,)?) => {
         $crate::__private::try_join5($a, $b, $c, $d, $e)
     };
@@ -90,9 +96,15 @@ macro_rules! join {
 /// `Result<T, flow::StepError<E>>`.
 #[macro_export]
 macro_rules! settle {
-    ($a:expr, $b:expr $(,)?) => { $crate::__private::join($a, $b) };
-    ($a:expr, $b:expr, $c:expr $(,)?) => { $crate::__private::join3($a, $b, $c) };
-    ($a:expr, $b:expr, $c:expr, $d:expr $(,)?) => { $crate::__private::join4($a, $b, $c, $d) };
+    ($a:expr, $b:expr $(,)?) => {
+        $crate::__private::join($a, $b)
+    };
+    ($a:expr, $b:expr, $c:expr $(,)?) => {
+        $crate::__private::join3($a, $b, $c)
+    };
+    ($a:expr, $b:expr, $c:expr, $d:expr $(,)?) => {
+        $crate::__private::join4($a, $b, $c, $d)
+    };
     ($a:expr, $b:expr, $c:expr, $d:expr, $e:expr $(,)?) => {
         $crate::__private::join5($a, $b, $c, $d, $e)
     };

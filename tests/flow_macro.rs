@@ -16,7 +16,8 @@ fn ms(n: u64) -> Duration {
 }
 
 async fn parse(s: &'static str) -> Result<u32, TestError> {
-    s.parse().map_err(|_| TestError::Broken(format!("not a number: {s}")))
+    s.parse()
+        .map_err(|_| TestError::Broken(format!("not a number: {s}")))
 }
 async fn double(n: u32) -> Result<u32, TestError> {
     Ok(n * 2)
@@ -38,17 +39,39 @@ async fn sequence_and_events_follow_the_graph() {
     assert_eq!(f.run("3").await.unwrap(), 36);
 
     let rec = Recorder::default();
-    let err = Runtime::new().with_observer(rec.observer()).run(&f, "x").await.unwrap_err();
+    let err = Runtime::new()
+        .with_observer(rec.observer())
+        .run(&f, "x")
+        .await
+        .unwrap_err();
     assert_eq!(err.step(), Some("parse"));
     assert_eq!(
         rec.trace(),
-        ["start:run-started", "parse:entered", "parse:attempt-1", "parse:attempt-1-failed", "parse:failed", "end:run-failed"]
+        [
+            "start:run-started",
+            "parse:entered",
+            "parse:attempt-1",
+            "parse:attempt-1-failed",
+            "parse:failed",
+            "end:run-failed"
+        ]
     );
 
     let rec = Recorder::default();
-    Runtime::new().with_observer(rec.observer()).run(&f, "2").await.unwrap();
-    let entered: Vec<String> = rec.trace().into_iter().filter(|t| t.ends_with(":entered")).collect();
-    assert_eq!(entered, ["parse:entered", "double:entered", "square:entered"]);
+    Runtime::new()
+        .with_observer(rec.observer())
+        .run(&f, "2")
+        .await
+        .unwrap();
+    let entered: Vec<String> = rec
+        .trace()
+        .into_iter()
+        .filter(|t| t.ends_with(":entered"))
+        .collect();
+    assert_eq!(
+        entered,
+        ["parse:entered", "double:entered", "square:entered"]
+    );
 }
 
 /// The state type is named through the workflow and carries the value on its incoming edge.
@@ -71,10 +94,24 @@ async fn parallel_outputs_a_tuple_and_fails_fast() {
     let f = flow! { double -> (double & square) -> add };
     assert_eq!(f.run(3).await.unwrap(), 12 + 36);
     let g = f.graph();
-    let par = g.nodes.iter().position(|n| n.kind == NodeKind::Parallel).unwrap() as u32;
-    let branch_edges: Vec<&str> = g.edges.iter().filter(|e| e.from == par).map(|e| g.nodes[e.to as usize].name).collect();
+    let par = g
+        .nodes
+        .iter()
+        .position(|n| n.kind == NodeKind::Parallel)
+        .unwrap() as u32;
+    let branch_edges: Vec<&str> = g
+        .edges
+        .iter()
+        .filter(|e| e.from == par)
+        .map(|e| g.nodes[e.to as usize].name)
+        .collect();
     assert_eq!(branch_edges, ["double", "square"]);
-    assert!(g.edges.iter().filter(|e| e.from == par).all(|e| e.kind == EdgeKind::Parallel));
+    assert!(
+        g.edges
+            .iter()
+            .filter(|e| e.from == par)
+            .all(|e| e.kind == EdgeKind::Parallel)
+    );
 }
 
 static SLOW_DROPPED: AtomicBool = AtomicBool::new(false);
@@ -98,7 +135,12 @@ async fn failing_branch(_: u32) -> Result<u32, TestError> {
 async fn pair(p: (u32, u32)) -> Result<u32, TestError> {
     Ok(p.0 + p.1)
 }
-async fn count_ok(p: (Result<u32, flow::StepError<TestError>>, Result<u32, flow::StepError<TestError>>)) -> Result<usize, TestError> {
+async fn count_ok(
+    p: (
+        Result<u32, flow::StepError<TestError>>,
+        Result<u32, flow::StepError<TestError>>,
+    ),
+) -> Result<usize, TestError> {
     Ok(usize::from(p.0.is_ok()) + usize::from(p.1.is_ok()))
 }
 
@@ -133,7 +175,11 @@ async fn work(n: u64) -> Result<u64, TestError> {
     MAX_IN_FLIGHT.fetch_max(now, Ordering::SeqCst);
     // Later items finish first: the results must still come back in input order.
     sleep(ms(100 - n)).await;
-    if n == 13 { Err(TestError::Busy) } else { Ok(n * 10) }
+    if n == 13 {
+        Err(TestError::Busy)
+    } else {
+        Ok(n * 10)
+    }
 }
 async fn range(n: u64) -> Result<Vec<u64>, TestError> {
     Ok((0..n).collect())
@@ -156,7 +202,11 @@ async fn map_limits_concurrency_and_keeps_order() {
     let err = f.run(20).await.unwrap_err();
     assert_eq!(err.step(), Some("work"));
 
-    assert_eq!(IN_FLIGHT.load(Ordering::SeqCst), 0, "the failure dropped every item in flight");
+    assert_eq!(
+        IN_FLIGHT.load(Ordering::SeqCst),
+        0,
+        "the failure dropped every item in flight"
+    );
 
     MAX_IN_FLIGHT.store(0, Ordering::SeqCst);
     let tolerant = flow! { range -> map(work, concurrency = 8, tolerate = 1) -> ok_count };
@@ -175,7 +225,10 @@ struct Account {
     notes: Vec<&'static str>,
 }
 async fn open(plan: Plan) -> Result<Account, TestError> {
-    Ok(Account { plan, notes: vec!["opened"] })
+    Ok(Account {
+        plan,
+        notes: vec!["opened"],
+    })
 }
 async fn welcome(mut a: Account) -> Result<Account, TestError> {
     a.notes.push("welcome");
@@ -194,10 +247,21 @@ async fn branch_takes_the_matching_arm() {
             Plan::Pro => assign_manager -> welcome,
         }
     };
-    assert_eq!(f.run(Plan::Free).await.unwrap().notes, ["opened", "welcome"]);
-    assert_eq!(f.run(Plan::Pro).await.unwrap().notes, ["opened", "manager", "welcome"]);
+    assert_eq!(
+        f.run(Plan::Free).await.unwrap().notes,
+        ["opened", "welcome"]
+    );
+    assert_eq!(
+        f.run(Plan::Pro).await.unwrap().notes,
+        ["opened", "manager", "welcome"]
+    );
     let g = f.graph();
-    let labels: Vec<&str> = g.edges.iter().filter(|e| e.kind == EdgeKind::Branch).map(|e| e.label).collect();
+    let labels: Vec<&str> = g
+        .edges
+        .iter()
+        .filter(|e| e.kind == EdgeKind::Branch)
+        .map(|e| e.label)
+        .collect();
     assert_eq!(labels, ["Plan::Free", "Plan::Pro"]);
 }
 
@@ -242,19 +306,36 @@ async fn step_policies_retry_timeout_compensate_and_catch() {
     assert_eq!(f.run(1).await.unwrap(), 101);
     // 2s timeout, 200ms delay, immediate failure, 400ms delay, success.
     assert_eq!(t0.elapsed(), ms(2600));
-    assert!(REVOKED.lock().unwrap().is_empty(), "no compensation after success");
+    assert!(
+        REVOKED.lock().unwrap().is_empty(),
+        "no compensation after success"
+    );
 
     ATTEMPTS.lock().unwrap().clear();
     let err = f.run(999).await.unwrap_err();
     assert_eq!(err.step_error().unwrap().attempts().len(), 3);
-    assert_eq!(*REVOKED.lock().unwrap(), [1099], "compensation got the step's output");
+    assert_eq!(
+        *REVOKED.lock().unwrap(),
+        [1099],
+        "compensation got the step's output"
+    );
 
     ATTEMPTS.lock().unwrap().clear();
     let caught = flow! {
         reserve -> notify [retry(max_attempts = 3), timeout = "1s", catch(recover, when = |e| e.error().is_some())]
     };
-    assert_eq!(caught.run(999).await.unwrap(), 3, "the recovery step got all three attempts");
-    assert!(caught.graph().edges.iter().any(|e| e.kind == EdgeKind::Catch));
+    assert_eq!(
+        caught.run(999).await.unwrap(),
+        3,
+        "the recovery step got all three attempts"
+    );
+    assert!(
+        caught
+            .graph()
+            .edges
+            .iter()
+            .any(|e| e.kind == EdgeKind::Catch)
+    );
 }
 
 #[derive(Debug, PartialEq)]
@@ -281,7 +362,11 @@ async fn read_len(path: String) -> Result<u64, std::io::Error> {
     Ok(tokio::fs::metadata(path).await?.len())
 }
 async fn halve(n: u64) -> Result<u64, TestError> {
-    if n % 2 == 1 { Err(TestError::Busy) } else { Ok(n / 2) }
+    if n % 2 == 1 {
+        Err(TestError::Busy)
+    } else {
+        Ok(n / 2)
+    }
 }
 
 #[tokio::test]
@@ -292,7 +377,10 @@ async fn a_declared_error_type_takes_every_step_error_through_from() {
     std::fs::write(&file, b"0123456789").unwrap();
     let f = flow! { error = AppError; read_len -> halve };
     assert_eq!(f.run(file.display().to_string()).await.unwrap(), 5);
-    let err = f.run(dir.join("missing").display().to_string()).await.unwrap_err();
+    let err = f
+        .run(dir.join("missing").display().to_string())
+        .await
+        .unwrap_err();
     assert_eq!(err.error(), Some(&AppError::Io("entity not found".into())));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -325,10 +413,21 @@ async fn nested_constructs_and_a_workflow_as_a_step() {
     // map over [1,2,3]: each item -> (double->square, sub_workflow) -> sum
     // item 1: (4, 4) -> 8; item 2: (16, 16) -> 32; item 3: (36, 36) -> 72 => 112; plus sum(1,2,3)=6
     let rec = Recorder::default();
-    let out = Runtime::new().with_observer(rec.observer()).run(&f, 1).await.unwrap();
+    let out = Runtime::new()
+        .with_observer(rec.observer())
+        .run(&f, 1)
+        .await
+        .unwrap();
     assert_eq!(out, 112 + 6);
-    let child_runs = rec.events().iter().filter(|e| e.parent.is_some() && matches!(e.kind, flow::EventKind::RunCompleted)).count();
-    assert_eq!(child_runs, 3, "the workflow step ran once per item, as a child run");
+    let child_runs = rec
+        .events()
+        .iter()
+        .filter(|e| e.parent.is_some() && matches!(e.kind, flow::EventKind::RunCompleted))
+        .count();
+    assert_eq!(
+        child_runs, 3,
+        "the workflow step ran once per item, as a child run"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -346,7 +445,13 @@ async fn a_flow_timeout_and_cancellation() {
     let t0 = Instant::now();
     let err = f.run(4).await.unwrap_err();
     assert_eq!(t0.elapsed(), Duration::from_secs(3));
-    assert!(matches!(err.kind(), flow::ErrorKind::TimedOut { step: Some("forever"), .. }));
+    assert!(matches!(
+        err.kind(),
+        flow::ErrorKind::TimedOut {
+            step: Some("forever"),
+            ..
+        }
+    ));
     assert_eq!(*REVOKED_DOUBLE.lock().unwrap(), [8]);
 
     let handle = Runtime::new().spawn(f, 5);

@@ -83,7 +83,11 @@ static RETRY_CALLS: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
 async fn flaky(t0: Instant) -> Result<u32, TestError> {
     let mut calls = RETRY_CALLS.lock().unwrap();
     calls.push(t0.elapsed());
-    if calls.len() < 4 { Err(TestError::Busy) } else { Ok(calls.len() as u32) }
+    if calls.len() < 4 {
+        Err(TestError::Busy)
+    } else {
+        Ok(calls.len() as u32)
+    }
 }
 
 #[workflow]
@@ -98,7 +102,10 @@ async fn retry_delays_double_and_cap() {
     let t0 = Instant::now();
     assert_eq!(retrying(t0).await.unwrap(), 4);
     // Attempts at 0, then after 200, 400, and 800 capped to 700.
-    assert_eq!(*RETRY_CALLS.lock().unwrap(), [ms(0), ms(200), ms(600), ms(1300)]);
+    assert_eq!(
+        *RETRY_CALLS.lock().unwrap(),
+        [ms(0), ms(200), ms(600), ms(1300)]
+    );
 }
 
 async fn always_busy(calls: Arc<AtomicU32>) -> Result<(), TestError> {
@@ -118,13 +125,25 @@ async fn exhausted_retries_report_every_attempt() {
     let calls = Arc::new(AtomicU32::new(0));
     let t0 = Instant::now();
     let err = exhausting(calls.clone()).await.unwrap_err();
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "max_attempts counts the first attempt");
-    assert_eq!(t0.elapsed(), Duration::ZERO, "zero delay never touches the timer");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "max_attempts counts the first attempt"
+    );
+    assert_eq!(
+        t0.elapsed(),
+        Duration::ZERO,
+        "zero delay never touches the timer"
+    );
     let step = err.step_error().expect("a step error");
     assert_eq!(step.step(), "always_busy");
     assert_eq!(step.gave_up(), GaveUp::RetriesExhausted);
     assert_eq!(step.attempts().len(), 3);
-    assert!(step.attempts().iter().all(|a| a.failure.error() == Some(&TestError::Busy)));
+    assert!(
+        step.attempts()
+            .iter()
+            .all(|a| a.failure.error() == Some(&TestError::Busy))
+    );
     assert_eq!(
         err.to_string(),
         "workflow `Exhausting` failed: step `always_busy` failed after 3 attempts (retries exhausted); last: busy"
@@ -168,7 +187,12 @@ async fn a_timed_out_step_fails_the_run_or_is_caught() {
     let t0 = Instant::now();
     assert_eq!(catching().await.unwrap(), 99);
     assert_eq!(t0.elapsed(), ms(250));
-    assert!(Catching::GRAPH.nodes.iter().any(|n| n.kind == NodeKind::Recovery && n.name == "fallback"));
+    assert!(
+        Catching::GRAPH
+            .nodes
+            .iter()
+            .any(|n| n.kind == NodeKind::Recovery && n.name == "fallback")
+    );
 }
 
 static UNDONE: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -210,7 +234,10 @@ async fn compensations_run_in_reverse_after_failure_and_panic() {
     let step = err.step_error().unwrap();
     assert!(step.is_panic());
     assert_eq!(step.step(), "explode");
-    assert_eq!(err.to_string(), "workflow `Compensating` failed: step `explode` panicked: index out of bounds");
+    assert_eq!(
+        err.to_string(),
+        "workflow `Compensating` failed: step `explode` panicked: index out of bounds"
+    );
     assert_eq!(std::mem::take(&mut *UNDONE.lock().unwrap()), ["b", "a"]);
 }
 
@@ -251,14 +278,28 @@ async fn join_runs_steps_concurrently_and_fails_fast() {
     let t0 = Instant::now();
     assert_eq!(fan_out(Arc::new(AtomicBool::new(false))).await.unwrap(), 3);
     assert_eq!(t0.elapsed(), ms(200), "branches overlap");
-    let par = FanOut::GRAPH.nodes.iter().position(|n| n.kind == NodeKind::Parallel).unwrap() as u32;
-    assert_eq!(FanOut::GRAPH.edges.iter().filter(|e| e.from == par).count(), 2);
+    let par = FanOut::GRAPH
+        .nodes
+        .iter()
+        .position(|n| n.kind == NodeKind::Parallel)
+        .unwrap() as u32;
+    assert_eq!(
+        FanOut::GRAPH.edges.iter().filter(|e| e.from == par).count(),
+        2
+    );
 
     let dropped = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let err = fail_fast(dropped.clone()).await.unwrap_err();
-    assert_eq!(t0.elapsed(), ms(50), "the failure does not wait for the sibling");
-    assert!(dropped.load(Ordering::SeqCst), "the sibling was cancelled (dropped)");
+    assert_eq!(
+        t0.elapsed(),
+        ms(50),
+        "the failure does not wait for the sibling"
+    );
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the sibling was cancelled (dropped)"
+    );
     assert_eq!(err.step(), Some("fail_after"));
 
     let t0 = Instant::now();
@@ -289,17 +330,33 @@ async fn parent(n: u32) -> Result<u32, TestError> {
 #[tokio::test]
 async fn a_workflow_calling_another_runs_it_as_a_child_run() {
     let rec = Recorder::default();
-    let out = Runtime::new().with_observer(rec.observer()).run(&Parent, (4,)).await.unwrap();
+    let out = Runtime::new()
+        .with_observer(rec.observer())
+        .run(&Parent, (4,))
+        .await
+        .unwrap();
     assert_eq!(out, 1);
     let events = rec.events();
     let parent_run = events[0].run;
-    let child_events: Vec<_> = events.iter().filter(|e| e.parent == Some(parent_run)).collect();
+    let child_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.parent == Some(parent_run))
+        .collect();
     assert_eq!(child_events.first().map(|e| e.workflow), Some("Child"));
     assert!(child_events.iter().any(|e| e.step == "launch"));
     // The child's events arrive while the parent's `child` step is in flight.
-    let trace: Vec<String> = events.iter().map(|e| format!("{}/{}", e.workflow, common::short(e))).collect();
-    let started = trace.iter().position(|t| t == "Parent/child:attempt-1").unwrap();
-    let child_done = trace.iter().position(|t| t == "Child/end:run-completed").unwrap();
+    let trace: Vec<String> = events
+        .iter()
+        .map(|e| format!("{}/{}", e.workflow, common::short(e)))
+        .collect();
+    let started = trace
+        .iter()
+        .position(|t| t == "Parent/child:attempt-1")
+        .unwrap();
+    let child_done = trace
+        .iter()
+        .position(|t| t == "Child/end:run-completed")
+        .unwrap();
     let parent_ok = trace.iter().position(|t| t == "Parent/child:ok").unwrap();
     assert!(started < child_done && child_done < parent_ok, "{trace:#?}");
 }
@@ -340,7 +397,10 @@ async fn cancelling_through_the_handle_drops_the_step_and_compensates() {
     };
     assert!(dropped.load(Ordering::SeqCst));
     assert_eq!(*UNDONE_ON_CANCEL.lock().unwrap(), ["c"]);
-    assert_eq!(state_after.to_string(), "workflow `Cancellable` was cancelled during step `wait_forever`");
+    assert_eq!(
+        state_after.to_string(),
+        "workflow `Cancellable` was cancelled during step `wait_forever`"
+    );
 }
 
 #[workflow(timeout = "1s")]
@@ -353,7 +413,13 @@ async fn workflow_timeout_ends_the_run() {
     let t0 = Instant::now();
     let err = deadline().await.unwrap_err();
     assert_eq!(t0.elapsed(), Duration::from_secs(1));
-    assert!(matches!(err.kind(), flow::ErrorKind::TimedOut { step: Some("hang"), .. }));
+    assert!(matches!(
+        err.kind(),
+        flow::ErrorKind::TimedOut {
+            step: Some("hang"),
+            ..
+        }
+    ));
 }
 
 #[derive(Debug)]
@@ -380,10 +446,16 @@ async fn converting(s: String) -> Result<u32, TestError> {
 async fn step_errors_convert_and_workflow_errors_are_told_apart() {
     assert_eq!(converting("7".into()).await.unwrap(), 7);
     let err = converting("x".into()).await.unwrap_err();
-    assert_eq!(err.step(), Some("parse"), "a step's error is attributed to the step");
+    assert_eq!(
+        err.step(),
+        Some("parse"),
+        "a step's error is attributed to the step"
+    );
     assert_eq!(err.error(), Some(&TestError::Broken("parse".into())));
     let err = converting("500".into()).await.unwrap_err();
-    assert!(matches!(err.kind(), flow::ErrorKind::Workflow(TestError::Broken(s)) if s == "too big"));
+    assert!(
+        matches!(err.kind(), flow::ErrorKind::Workflow(TestError::Broken(s)) if s == "too big")
+    );
 }
 
 // ---------------------------------------------------------------- hygiene

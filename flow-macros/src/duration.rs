@@ -9,7 +9,10 @@ use syn::{Expr, ExprLit, Lit};
 
 /// Parses a duration literal; zero is rejected (a zero timeout or delay cap means nothing).
 pub(crate) fn parse(expr: &Expr, what: &str) -> syn::Result<Duration> {
-    let Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) = expr else {
+    let Expr::Lit(ExprLit {
+        lit: Lit::Str(s), ..
+    }) = expr
+    else {
         return Err(syn::Error::new_spanned(
             expr,
             format!("{what} must be a duration string such as \"250ms\", \"30s\" or \"5m\""),
@@ -45,7 +48,11 @@ mod tests {
         assert_eq!(parse_str("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_str("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_str("0s").unwrap_err().contains("is zero"));
-        assert!(parse_str("10 parsecs").unwrap_err().contains("is not a duration"));
+        assert!(
+            parse_str("10 parsecs")
+                .unwrap_err()
+                .contains("is not a duration")
+        );
         assert!(parse_str("").is_err());
     }
 }

@@ -67,7 +67,9 @@ pub(crate) fn unknown_key(what: &str, got: &str, valid: &[&str]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     match closest(got, valid) {
-        Some(best) => format!("unknown {what} `{got}`: did you mean `{best}`? (expected one of {list})"),
+        Some(best) => {
+            format!("unknown {what} `{got}`: did you mean `{best}`? (expected one of {list})")
+        }
         None => format!("unknown {what} `{got}` (expected one of {list})"),
     }
 }

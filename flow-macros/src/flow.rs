@@ -106,7 +106,9 @@ impl Parser<'_> {
         let mut krate = TokenStream::new();
         while !input.peek(Token![;]) {
             if input.is_empty() {
-                return Err(input.error("flow_inner! expects the crate path first; use `flow::flow!`"));
+                return Err(
+                    input.error("flow_inner! expects the crate path first; use `flow::flow!`")
+                );
             }
             krate.extend([input.parse::<TokenTree>()?]);
         }
@@ -131,7 +133,8 @@ impl Parser<'_> {
                     }
                     kw::ERROR => out.error = Some(input.parse()?),
                     other => {
-                        self.errors.spanned(&key, unknown_key("`flow!` option", other, kw::FLOW_OPTIONS));
+                        self.errors
+                            .spanned(&key, unknown_key("`flow!` option", other, kw::FLOW_OPTIONS));
                         let _: Expr = input.parse()?;
                     }
                 }
@@ -140,11 +143,16 @@ impl Parser<'_> {
                 }
             }
             input.parse::<Token![;]>().map_err(|e| {
-                syn::Error::new(e.span(), "end the `flow!` options with `;` before the pipeline")
+                syn::Error::new(
+                    e.span(),
+                    "end the `flow!` options with `;` before the pipeline",
+                )
             })?;
         }
         if input.is_empty() {
-            return Err(input.error("a flow needs at least one step: `flow! { validate -> store }`"));
+            return Err(
+                input.error("a flow needs at least one step: `flow! { validate -> store }`")
+            );
         }
         out.pipeline = self.pipeline(input)?;
         if !input.is_empty() {
@@ -191,7 +199,10 @@ impl Parser<'_> {
             let content;
             let paren = syn::parenthesized!(content in input);
             if content.is_empty() {
-                return Err(syn::Error::new(paren.span.join(), "empty parallel group: write `(a & b)` with at least two branches"));
+                return Err(syn::Error::new(
+                    paren.span.join(),
+                    "empty parallel group: write `(a & b)` with at least two branches",
+                ));
             }
             let mut branches = vec![self.pipeline(&content)?];
             while content.peek(Token![&]) {
@@ -202,14 +213,21 @@ impl Parser<'_> {
                 branches.push(self.pipeline(&content)?);
             }
             if !content.is_empty() {
-                return Err(content.error("expected `&` between parallel branches, or `->` between steps"));
+                return Err(
+                    content.error("expected `&` between parallel branches, or `->` between steps")
+                );
             }
             if branches.len() == 1 {
                 return Ok(Unit::Group(branches.remove(0)));
             }
             return Ok(Unit::Parallel(branches, paren.span.join()));
         }
-        if lookahead.peek(Ident) || lookahead.peek(Token![::]) || lookahead.peek(Token![crate]) || lookahead.peek(Token![self]) || lookahead.peek(Token![super]) {
+        if lookahead.peek(Ident)
+            || lookahead.peek(Token![::])
+            || lookahead.peek(Token![crate])
+            || lookahead.peek(Token![self])
+            || lookahead.peek(Token![super])
+        {
             if input.peek(Ident) && input.peek2(syn::token::Paren) {
                 let fork = input.fork();
                 let name: Ident = fork.parse()?;
@@ -219,7 +237,12 @@ impl Parser<'_> {
                 if name == kw::BRANCH {
                     return self.branch(input);
                 }
-                return Err(syn::Error::new(name.span(), format!("a step is named, not called: write `{name}`, and the value from the previous step is its argument")));
+                return Err(syn::Error::new(
+                    name.span(),
+                    format!(
+                        "a step is named, not called: write `{name}`, and the value from the previous step is its argument"
+                    ),
+                ));
             }
             let path: syn::ExprPath = input.parse()?;
             return Ok(Unit::Step(Expr::Path(path)));
@@ -232,7 +255,10 @@ impl Parser<'_> {
         let content;
         syn::parenthesized!(content in input);
         if content.is_empty() {
-            return Err(syn::Error::new(kw_ident.span(), "`map` needs a body: `map(step, concurrency = 4)`"));
+            return Err(syn::Error::new(
+                kw_ident.span(),
+                "`map` needs a body: `map(step, concurrency = 4)`",
+            ));
         }
         let body = self.pipeline(&content)?;
         let mut concurrency = 0usize;
@@ -248,12 +274,17 @@ impl Parser<'_> {
             match key.to_string().as_str() {
                 kw::CONCURRENCY => {
                     if n == 0 {
-                        self.errors.spanned(&value, "`concurrency` must be at least 1 (leave it out for no limit)");
+                        self.errors.spanned(
+                            &value,
+                            "`concurrency` must be at least 1 (leave it out for no limit)",
+                        );
                     }
                     concurrency = n;
                 }
                 kw::TOLERATE => tolerate = Some(n),
-                other => self.errors.spanned(&key, unknown_key("`map` key", other, kw::MAP_KEYS)),
+                other => self
+                    .errors
+                    .spanned(&key, unknown_key("`map` key", other, kw::MAP_KEYS)),
             }
         }
         if !content.is_empty() {
@@ -288,7 +319,10 @@ impl Parser<'_> {
             }
         }
         if arms.is_empty() {
-            return Err(syn::Error::new(brace.span.join(), "a `branch` needs at least one arm: `{ Kind::A => step_a, Kind::B => step_b }`"));
+            return Err(syn::Error::new(
+                brace.span.join(),
+                "a `branch` needs at least one arm: `{ Kind::A => step_a, Kind::B => step_b }`",
+            ));
         }
         Ok(Unit::Branch {
             selector,
@@ -300,6 +334,7 @@ impl Parser<'_> {
 
 // ---------------------------------------------------------------- plan (node ids, graph)
 
+#[allow(clippy::large_enum_variant)] // built once per expansion
 enum PStage {
     Step {
         id: u32,
@@ -364,24 +399,37 @@ impl Planner {
             };
             match stage.unit {
                 Unit::Group(inner) => {
-                    let (mut inner_stages, f) = self.plan(inner, parent, states, frontier, entry.clone());
+                    let (mut inner_stages, f) =
+                        self.plan(inner, parent, states, frontier, entry.clone());
                     out.append(&mut inner_stages);
                     frontier = f;
                 }
                 Unit::Step(func) => {
                     let name = match &func {
-                        Expr::Path(p) => p.path.segments.last().map_or_else(|| "step".to_owned(), |s| s.ident.to_string()),
+                        Expr::Path(p) => p
+                            .path
+                            .segments
+                            .last()
+                            .map_or_else(|| "step".to_owned(), |s| s.ident.to_string()),
                         other => other.to_token_stream().to_string(),
                     };
-                    let id = self.model.add(&name, Kind::Step, stage.policy.display(), parent, states);
+                    let id =
+                        self.model
+                            .add(&name, Kind::Step, stage.policy.display(), parent, states);
                     link(&mut self.model, id, &frontier);
                     frontier = vec![id];
                     let recovery = stage.policy.catch.as_ref().map(|c| {
                         let rname = match &c.recover {
-                            Expr::Path(p) => p.path.segments.last().map_or_else(|| "recover".to_owned(), |s| s.ident.to_string()),
+                            Expr::Path(p) => p
+                                .path
+                                .segments
+                                .last()
+                                .map_or_else(|| "recover".to_owned(), |s| s.ident.to_string()),
                             _ => "recover".to_owned(),
                         };
-                        let r = self.model.add(&rname, Kind::Recovery, String::new(), parent, false);
+                        let r =
+                            self.model
+                                .add(&rname, Kind::Recovery, String::new(), parent, false);
                         self.model.edge(id, r, EdgeKind::Catch, String::new());
                         frontier.push(r);
                         r
@@ -395,12 +443,28 @@ impl Planner {
                 }
                 Unit::Parallel(branches, span) => {
                     let settle = stage.policy.settle;
-                    let id = self.model.add("parallel", Kind::Parallel, if settle { "settle".into() } else { String::new() }, parent, states);
+                    let id = self.model.add(
+                        "parallel",
+                        Kind::Parallel,
+                        if settle {
+                            "settle".into()
+                        } else {
+                            String::new()
+                        },
+                        parent,
+                        states,
+                    );
                     link(&mut self.model, id, &frontier);
                     let mut ends = Vec::new();
                     let mut planned = Vec::new();
                     for b in branches {
-                        let (s, f) = self.plan(b, Some(id), false, vec![id], (EdgeKind::Parallel, String::new()));
+                        let (s, f) = self.plan(
+                            b,
+                            Some(id),
+                            false,
+                            vec![id],
+                            (EdgeKind::Parallel, String::new()),
+                        );
                         planned.push(s);
                         ends.extend(f);
                     }
@@ -425,9 +489,17 @@ impl Planner {
                     if let Some(t) = tolerate {
                         pol.push(format!("tolerate = {t}"));
                     }
-                    let id = self.model.add("map", Kind::Map, pol.join(", "), parent, states);
+                    let id = self
+                        .model
+                        .add("map", Kind::Map, pol.join(", "), parent, states);
                     link(&mut self.model, id, &frontier);
-                    let (s, f) = self.plan(body, Some(id), false, vec![id], (EdgeKind::Map, String::new()));
+                    let (s, f) = self.plan(
+                        body,
+                        Some(id),
+                        false,
+                        vec![id],
+                        (EdgeKind::Map, String::new()),
+                    );
                     frontier = f;
                     out.push(PStage::Map {
                         id,
@@ -437,14 +509,21 @@ impl Planner {
                         span,
                     });
                 }
-                Unit::Branch { selector, arms, span } => {
-                    let id = self.model.add("branch", Kind::Branch, String::new(), parent, states);
+                Unit::Branch {
+                    selector,
+                    arms,
+                    span,
+                } => {
+                    let id = self
+                        .model
+                        .add("branch", Kind::Branch, String::new(), parent, states);
                     link(&mut self.model, id, &frontier);
                     let mut ends = Vec::new();
                     let mut planned = Vec::new();
                     for (pat, arm) in arms {
                         let label = pat.to_token_stream().to_string().replace(" :: ", "::");
-                        let (s, f) = self.plan(arm, parent, states, vec![id], (EdgeKind::Branch, label));
+                        let (s, f) =
+                            self.plan(arm, parent, states, vec![id], (EdgeKind::Branch, label));
                         planned.push((pat, s));
                         ends.extend(f);
                     }
@@ -519,7 +598,9 @@ impl Expander<'_> {
                     })
                     .collect();
                 let joined = nest_join(krate, &futs, *settle);
-                let names: Vec<Ident> = (0..n).map(|i| format_ident!("__flow_b{}", i, span = Span::mixed_site())).collect();
+                let names: Vec<Ident> = (0..n)
+                    .map(|i| format_ident!("__flow_b{}", i, span = Span::mixed_site()))
+                    .collect();
                 let pattern = nest_pattern(&names);
                 let idt = quote!(#krate::NodeId(#id));
                 if *settle {
@@ -539,8 +620,12 @@ impl Expander<'_> {
                 let body = self.inline(body, quote!(#item));
                 let idt = quote!(#krate::NodeId(#id));
                 match tolerate {
-                    None => quote_spanned!(*span=> #ctx.map(#idt, #v, #concurrency, |#item| #body).await?),
-                    Some(t) => quote_spanned!(*span=> #ctx.map_tolerant(#idt, #v, #concurrency, #t, |#item| #body).await?),
+                    None => {
+                        quote_spanned!(*span=> #ctx.map(#idt, #v, #concurrency, |#item| #body).await?)
+                    }
+                    Some(t) => {
+                        quote_spanned!(*span=> #ctx.map_tolerant(#idt, #v, #concurrency, #t, |#item| #body).await?)
+                    }
                 }
             }
             PStage::Branch {
@@ -554,7 +639,7 @@ impl Expander<'_> {
                     let body = self.inline(stages, quote!(#v));
                     quote!(#pat => #body.await?)
                 });
-                quote_spanned!(*span=> { #ctx.enter(#idt); match (#selector)(&#v) { #(#arms,)* } })
+                quote_spanned!(*span=> { #ctx.enter(#idt); match #krate::__private::select(&#v, #selector) { #(#arms,)* } })
             }
         }
     }
@@ -597,10 +682,12 @@ impl Expander<'_> {
                     let (krate, ctx) = (self.krate, self.ctx);
                     let idt = quote!(#krate::NodeId(#id));
                     let targets = arms.iter().map(|(pat, s)| {
-                        let first = s.first().map_or_else(|| next_i.clone(), |f| self.variant(f.id()));
+                        let first = s
+                            .first()
+                            .map_or_else(|| next_i.clone(), |f| self.variant(f.id()));
                         quote!(#pat => #first(#v))
                     });
-                    out.push(quote_spanned!(*span=> #this(#v) => { #ctx.enter(#idt); match (#selector)(&#v) { #(#targets,)* } }));
+                    out.push(quote_spanned!(*span=> #this(#v) => { #ctx.enter(#idt); match #krate::__private::select(&#v, #selector) { #(#targets,)* } }));
                     for (_, s) in arms {
                         self.arms(s, &next_i, out);
                     }
@@ -644,7 +731,9 @@ fn nest_pattern(names: &[Ident]) -> TokenStream {
 pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let parsed = {
-        let mut p = Parser { errors: &mut errors };
+        let mut p = Parser {
+            errors: &mut errors,
+        };
         syn::parse::Parser::parse2(|s: ParseStream| p.input(s), input)
     };
     let flow = match parsed {
@@ -662,7 +751,10 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
 
 fn expand_flow(flow: FlowInput) -> TokenStream {
     let krate = &flow.krate;
-    let name = flow.name.as_ref().map_or_else(|| "flow".to_owned(), LitStr::value);
+    let name = flow
+        .name
+        .as_ref()
+        .map_or_else(|| "flow".to_owned(), LitStr::value);
     let mut planner = Planner {
         model: Model::new(name),
     };
@@ -673,7 +765,9 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
         vec![crate::model::START],
         (EdgeKind::Sequence, String::new()),
     );
-    planner.model.edges_from(&frontier, crate::model::END, EdgeKind::Sequence);
+    planner
+        .model
+        .edges_from(&frontier, crate::model::END, EdgeKind::Sequence);
     let mut model = planner.model;
     model.name_variants();
 
@@ -696,7 +790,9 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
     };
     let completed = quote!(#state::Completed);
     let mut arms = Vec::new();
-    let first = stages.first().map_or_else(|| completed.clone(), |f| ex.variant(f.id()));
+    let first = stages
+        .first()
+        .map_or_else(|| completed.clone(), |f| ex.variant(f.id()));
     arms.push(quote!(#state::Start(#v) => #first(#v)));
     ex.arms(&stages, &completed, &mut arms);
 
@@ -708,8 +804,13 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
         Some((l, rest)) => (l.clone(), rest.to_vec()),
         None => return quote!(compile_error!("internal: no state parameters")),
     };
-    let variant_defs = state_variants.iter().zip(&variant_params).map(|((_, v), p)| quote!(#v(#p)));
-    let node_arms = state_variants.iter().map(|(i, v)| quote!(#state::#v(_) => #krate::NodeId(#i)));
+    let variant_defs = state_variants
+        .iter()
+        .zip(&variant_params)
+        .map(|((_, v), p)| quote!(#v(#p)));
+    let node_arms = state_variants
+        .iter()
+        .map(|(i, v)| quote!(#state::#v(_) => #krate::NodeId(#i)));
     let graph = model.graph_tokens(krate);
     let timeout = match flow.timeout {
         Some(d) => {

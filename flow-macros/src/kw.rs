@@ -18,7 +18,15 @@ pub(crate) const WHEN: &str = "when";
 pub(crate) const ON: &str = "on";
 
 /// Keys of `retry(...)`.
-pub(crate) const RETRY_KEYS: &[&str] = &[MAX_ATTEMPTS, BACKOFF, MAX_DELAY, JITTER, MAX_ELAPSED, WHEN, ON];
+pub(crate) const RETRY_KEYS: &[&str] = &[
+    MAX_ATTEMPTS,
+    BACKOFF,
+    MAX_DELAY,
+    JITTER,
+    MAX_ELAPSED,
+    WHEN,
+    ON,
+];
 
 pub(crate) const EXPONENTIAL: &str = "exponential";
 pub(crate) const CONSTANT: &str = "constant";

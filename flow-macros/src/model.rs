@@ -141,7 +141,13 @@ impl Model {
             feed(&n.parent.map_or_else(String::new, |p| p.to_string()));
         }
         for e in &self.edges {
-            feed(&format!("{}>{}:{}:{}", e.from, e.to, edge_kind_name(e.kind), e.label));
+            feed(&format!(
+                "{}>{}:{}:{}",
+                e.from,
+                e.to,
+                edge_kind_name(e.kind),
+                e.label
+            ));
         }
         h
     }
@@ -177,10 +183,11 @@ impl Model {
 
     /// The Mermaid text of the graph, for docs. Mirrors `Graph::to_mermaid` in the runtime.
     pub(crate) fn state_variants(&self) -> impl Iterator<Item = (u32, &Ident)> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| n.variant.as_ref().map(|v| (u32::try_from(i).unwrap_or(u32::MAX), v)))
+        self.nodes.iter().enumerate().filter_map(|(i, n)| {
+            n.variant
+                .as_ref()
+                .map(|v| (u32::try_from(i).unwrap_or(u32::MAX), v))
+        })
     }
 }
 

@@ -203,7 +203,9 @@ impl Policy {
             let mut args = vec![format!("max_attempts = {}", r.max_attempts)];
             match r.backoff {
                 BackoffSpec::None => {}
-                BackoffSpec::Constant(d) => args.push(format!("backoff = constant({})", fmt_dur(d))),
+                BackoffSpec::Constant(d) => {
+                    args.push(format!("backoff = constant({})", fmt_dur(d)))
+                }
                 BackoffSpec::Exponential(d, f) => {
                     args.push(format!("backoff = exponential({}, {f})", fmt_dur(d)));
                 }
@@ -285,7 +287,8 @@ impl Parse for CatchArgs {
 }
 
 fn parse_retry(tokens: TokenStream, span: Span, errors: &mut Errors) -> syn::Result<RetryRule> {
-    let pairs = syn::parse::Parser::parse2(Punctuated::<KeyValue, Token![,]>::parse_terminated, tokens)?;
+    let pairs =
+        syn::parse::Parser::parse2(Punctuated::<KeyValue, Token![,]>::parse_terminated, tokens)?;
     let mut rule = RetryRule {
         max_attempts: 0,
         backoff: BackoffSpec::None,
@@ -361,7 +364,10 @@ fn int(e: &Expr, what: &str) -> syn::Result<u64> {
     {
         return i.base10_parse::<u64>();
     }
-    Err(syn::Error::new_spanned(e, format!("`{what}` must be a whole number")))
+    Err(syn::Error::new_spanned(
+        e,
+        format!("`{what}` must be a whole number"),
+    ))
 }
 
 fn float(e: &Expr) -> syn::Result<f64> {
@@ -372,7 +378,10 @@ fn float(e: &Expr) -> syn::Result<f64> {
             _ => {}
         }
     }
-    Err(syn::Error::new_spanned(e, "the backoff factor must be a number such as `2.0`"))
+    Err(syn::Error::new_spanned(
+        e,
+        "the backoff factor must be a number such as `2.0`",
+    ))
 }
 
 /// An identifier out of a fixed set (`full`, `equal`, `none`).
@@ -421,10 +430,12 @@ fn parse_backoff(e: &Expr) -> syn::Result<BackoffSpec> {
             };
             let initial = duration::parse(initial, "the first delay")?;
             let f = float(factor)?;
-            if !(f >= 1.0) || !f.is_finite() {
+            if f.is_nan() || f < 1.0 || !f.is_finite() {
                 return Err(syn::Error::new_spanned(
                     factor,
-                    format!("the backoff factor must be at least 1.0 (delays never shrink), not {f}"),
+                    format!(
+                        "the backoff factor must be at least 1.0 (delays never shrink), not {f}"
+                    ),
                 ));
             }
             Ok(BackoffSpec::Exponential(initial, f))

@@ -63,7 +63,11 @@ impl Gen<'_> {
     }
 
     /// The step's call, with each argument replaced by `arg(i, expr)`.
-    fn call_with(&self, call: &Call<'_>, mut arg: impl FnMut(usize, &Expr) -> TokenStream) -> TokenStream {
+    fn call_with(
+        &self,
+        call: &Call<'_>,
+        mut arg: impl FnMut(usize, &Expr) -> TokenStream,
+    ) -> TokenStream {
         match call {
             Call::Func { func, args } => {
                 let args = args.iter().enumerate().map(|(i, a)| arg(i, a));

@@ -63,30 +63,46 @@ fn parse_options(args: TokenStream, errors: &mut Errors) -> Options {
         name: None,
         krate: quote!(::flow),
     };
-    let Some(pairs) = errors.ok(Punctuated::<KeyValue, Token![,]>::parse_terminated.parse2(args)) else {
+    let Some(pairs) = errors.ok(Punctuated::<KeyValue, Token![,]>::parse_terminated.parse2(args))
+    else {
         return o;
     };
     for kv in pairs {
         match kv.key.to_string().as_str() {
-            kw::TIMEOUT => o.timeout = errors.ok(duration::parse(&kv.value, "the workflow timeout")),
+            kw::TIMEOUT => {
+                o.timeout = errors.ok(duration::parse(&kv.value, "the workflow timeout"))
+            }
             kw::NAME => match lit_str(&kv.value) {
                 Some(s) => match syn::parse_str::<Ident>(&s.value()) {
                     Ok(mut i) => {
                         i.set_span(s.span());
                         o.name = Some(i);
                     }
-                    Err(_) => errors.spanned(&kv.value, "`name` must be a type name such as \"Provision\""),
+                    Err(_) => errors.spanned(
+                        &kv.value,
+                        "`name` must be a type name such as \"Provision\"",
+                    ),
                 },
-                None => errors.spanned(&kv.value, "`name` must be a string: `name = \"Provision\"`"),
+                None => {
+                    errors.spanned(&kv.value, "`name` must be a string: `name = \"Provision\"`")
+                }
             },
             kw::CRATE => match lit_str(&kv.value) {
                 Some(s) => match s.parse::<syn::Path>() {
                     Ok(p) => o.krate = p.into_token_stream(),
-                    Err(_) => errors.spanned(&kv.value, "`crate` must be a path such as \"::my_flow\""),
+                    Err(_) => {
+                        errors.spanned(&kv.value, "`crate` must be a path such as \"::my_flow\"")
+                    }
                 },
-                None => errors.spanned(&kv.value, "`crate` must be a string: `crate = \"::my_flow\"`"),
+                None => errors.spanned(
+                    &kv.value,
+                    "`crate` must be a string: `crate = \"::my_flow\"`",
+                ),
             },
-            other => errors.spanned(&kv.key, unknown_key("`#[workflow]` option", other, kw::WORKFLOW_OPTIONS)),
+            other => errors.spanned(
+                &kv.key,
+                unknown_key("`#[workflow]` option", other, kw::WORKFLOW_OPTIONS),
+            ),
         }
     }
     o
@@ -94,7 +110,10 @@ fn parse_options(args: TokenStream, errors: &mut Errors) -> Options {
 
 fn lit_str(e: &Expr) -> Option<&syn::LitStr> {
     match e {
-        Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Some(s),
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        }) => Some(s),
         _ => None,
     }
 }
@@ -186,7 +205,10 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<Signature> {
     let sig = &f.sig;
     let mut ok = true;
     if sig.asyncness.is_none() {
-        errors.spanned(&sig.fn_token, "`#[workflow]` needs an `async fn`: the workflow's steps are awaited calls");
+        errors.spanned(
+            sig.fn_token,
+            "`#[workflow]` needs an `async fn`: the workflow's steps are awaited calls",
+        );
         ok = false;
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
@@ -289,7 +311,11 @@ struct Rewriter<'a> {
 
 enum StepExpr<'a> {
     Call(Call<'a>),
-    Group { settle: bool, branches: Vec<(Vec<Attribute>, Expr)>, span: Span },
+    Group {
+        settle: bool,
+        branches: Vec<(Vec<Attribute>, Expr)>,
+        span: Span,
+    },
 }
 
 /// The step inside `CALL.await`, if the awaited expression is a call.
@@ -318,7 +344,8 @@ fn classify(base: &Expr) -> Option<StepExpr<'_>> {
                 "settle" => true,
                 _ => return None,
             };
-            let parsed = Punctuated::<BranchExpr, Token![,]>::parse_terminated.parse2(m.mac.tokens.clone());
+            let parsed =
+                Punctuated::<BranchExpr, Token![,]>::parse_terminated.parse2(m.mac.tokens.clone());
             let branches = match parsed {
                 Ok(p) => p.into_iter().map(|b| (b.attrs, b.expr)).collect(),
                 Err(_) => return None,
@@ -375,7 +402,9 @@ impl Rewriter<'_> {
                 let name = Ident::new(&ident, a.path().span());
                 let args = match &a.meta {
                     syn::Meta::Path(_) => ItemArgs::None,
-                    syn::Meta::List(l) => ItemArgs::List(l.tokens.clone(), l.delimiter.span().join()),
+                    syn::Meta::List(l) => {
+                        ItemArgs::List(l.tokens.clone(), l.delimiter.span().join())
+                    }
                     syn::Meta::NameValue(nv) => ItemArgs::Value(nv.value.clone()),
                 };
                 policy.add(Item { name, args }, kw::STEP_POLICIES, self.errors);
@@ -410,7 +439,11 @@ impl Rewriter<'_> {
                 let code = self.step_code(&call, &policy, span);
                 quote_spanned!(span=> #ctx.surface(#code).await)
             }
-            StepExpr::Group { settle, branches, span: gspan } => {
+            StepExpr::Group {
+                settle,
+                branches,
+                span: gspan,
+            } => {
                 if let Some(s) = policy_span {
                     self.errors.at(s, "put policies on the steps inside `join!`, e.g. `flow::join!(#[retry(max_attempts = 3)] a(x), b(y))`");
                 }
@@ -425,15 +458,24 @@ impl Rewriter<'_> {
 
     fn step_code(&mut self, call: &Call<'_>, policy: &Policy, span: Span) -> TokenStream {
         let name = step_name(call);
-        let id = self.model.add(&name, Kind::Step, policy.display(), None, true);
-        self.model.edges_from(&self.frontier.clone(), id, EdgeKind::Sequence);
+        let id = self
+            .model
+            .add(&name, Kind::Step, policy.display(), None, true);
+        self.model
+            .edges_from(&self.frontier.clone(), id, EdgeKind::Sequence);
         self.frontier = vec![id];
         let recovery = policy.catch.as_ref().map(|c| {
             let rname = match &c.recover {
-                Expr::Path(p) => p.path.segments.last().map_or_else(|| "recover".to_owned(), |s| s.ident.to_string()),
+                Expr::Path(p) => p
+                    .path
+                    .segments
+                    .last()
+                    .map_or_else(|| "recover".to_owned(), |s| s.ident.to_string()),
                 _ => "recover".to_owned(),
             };
-            let r = self.model.add(&rname, Kind::Recovery, String::new(), None, true);
+            let r = self
+                .model
+                .add(&rname, Kind::Recovery, String::new(), None, true);
             self.model.edge(id, r, EdgeKind::Catch, String::new());
             self.frontier.push(r);
             r
@@ -446,16 +488,33 @@ impl Rewriter<'_> {
         g.step(id, recovery, policy, call, span)
     }
 
-    fn group_code(&mut self, settle: bool, branches: Vec<(Vec<Attribute>, Expr)>, span: Span) -> TokenStream {
+    fn group_code(
+        &mut self,
+        settle: bool,
+        branches: Vec<(Vec<Attribute>, Expr)>,
+        span: Span,
+    ) -> TokenStream {
         let krate = self.krate.clone();
         let ctx = self.ctx.clone();
         if !(2..=5).contains(&branches.len()) {
-            self.errors.at(span, "`join!` and `settle!` take 2 to 5 step calls");
+            self.errors
+                .at(span, "`join!` and `settle!` take 2 to 5 step calls");
             return quote!(());
         }
         let label = if settle { "settle" } else { "join" };
-        let gid = self.model.add(label, Kind::Parallel, if settle { "settle".into() } else { String::new() }, None, true);
-        self.model.edges_from(&self.frontier.clone(), gid, EdgeKind::Sequence);
+        let gid = self.model.add(
+            label,
+            Kind::Parallel,
+            if settle {
+                "settle".into()
+            } else {
+                String::new()
+            },
+            None,
+            true,
+        );
+        self.model
+            .edges_from(&self.frontier.clone(), gid, EdgeKind::Sequence);
         let mut futs = Vec::new();
         let mut ends = Vec::new();
         for (mut attrs, e) in branches {
@@ -465,7 +524,9 @@ impl Rewriter<'_> {
                 continue;
             };
             let name = step_name(&call);
-            let id = self.model.add(&name, Kind::Step, policy.display(), Some(gid), false);
+            let id = self
+                .model
+                .add(&name, Kind::Step, policy.display(), Some(gid), false);
             self.model.edge(gid, id, EdgeKind::Parallel, String::new());
             ends.push(id);
             // Evaluate every branch's arguments first, in order, as an unawaited call would;
@@ -605,10 +666,12 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
     let sig = check_signature(&func, errors)?;
     let krate = options.krate.clone();
     let fn_name = func.sig.ident.clone();
-    let type_name = options
-        .name
-        .clone()
-        .unwrap_or_else(|| Ident::new(&crate::model::upper_camel(&fn_name.to_string()), fn_name.span()));
+    let type_name = options.name.clone().unwrap_or_else(|| {
+        Ident::new(
+            &crate::model::upper_camel(&fn_name.to_string()),
+            fn_name.span(),
+        )
+    });
     let state_name = format_ident!("{}State", type_name);
     let ctx = Ident::new("__flow_ctx", Span::mixed_site());
 
@@ -621,7 +684,8 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
     };
     rw.visit_block_mut(&mut func.block);
     let frontier = rw.frontier.clone();
-    rw.model.edges_from(&frontier, crate::model::END, EdgeKind::Sequence);
+    rw.model
+        .edges_from(&frontier, crate::model::END, EdgeKind::Sequence);
     let mut model = rw.model;
     if !errors.is_empty() {
         return None;
@@ -656,15 +720,26 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
     };
     let variants: Vec<(u32, &Ident)> = model.state_variants().collect();
     let variant_idents = variants.iter().map(|(_, v)| *v);
-    let node_arms = variants.iter().map(|(i, v)| quote!(#state_name::#v => #krate::NodeId(#i)));
-    let view_arms = variants.iter().map(|(i, v)| quote!(#i => ::core::option::Option::Some(#state_name::#v)));
+    let node_arms = variants
+        .iter()
+        .map(|(i, v)| quote!(#state_name::#v => #krate::NodeId(#i)));
+    let view_arms = variants
+        .iter()
+        .map(|(i, v)| quote!(#i => ::core::option::Option::Some(#state_name::#v)));
     let ret_is_result = quote_spanned!(ret.span()=> const _: fn() = || {
         fn __flow_assert_result<T: #krate::__private::IsResult>() {}
         __flow_assert_result::<#ret>();
     };);
-    let doc_fn = format!(" This is a workflow: see [`{type_name}`] for its graph and state machine. Awaiting it runs the workflow (inside another workflow's step, as a child run) and returns `Result<_, flow::Error<_>>`.");
-    let doc_type = format!(" The workflow of [`{fn_name}`]: implements `flow::Workflow`; run it with `flow::Runtime`.\n\n ```mermaid\n{}```", model_mermaid(&model));
-    let doc_state = format!(" The states of [`{type_name}`]: start, one per step or group, and the terminal states.");
+    let doc_fn = format!(
+        " This is a workflow: see [`{type_name}`] for its graph and state machine. Awaiting it runs the workflow (inside another workflow's step, as a child run) and returns `Result<_, flow::Error<_>>`."
+    );
+    let doc_type = format!(
+        " The workflow of [`{fn_name}`]: implements `flow::Workflow`; run it with `flow::Runtime`.\n\n ```mermaid\n{}```",
+        model_mermaid(&model)
+    );
+    let doc_state = format!(
+        " The states of [`{type_name}`]: start, one per step or group, and the terminal states."
+    );
     let ctx_ty = quote!(#krate::Ctx<#err>);
     let tuple_tys = quote!((#(#param_tys,)*));
 

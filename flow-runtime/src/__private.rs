@@ -47,3 +47,9 @@ pub use futures_util::future::{join3, join4, join5, try_join3, try_join4, try_jo
 pub fn branch_input<T: Clone>(input: &T) -> T {
     input.clone()
 }
+
+/// Applies a `branch` selector to the value on the incoming edge.
+#[inline]
+pub fn select<T, R>(value: &T, selector: impl FnOnce(&T) -> R) -> R {
+    selector(value)
+}

@@ -46,8 +46,13 @@ pub fn short(e: &Event) -> String {
         EventKind::RunStarted => "run-started".to_owned(),
         EventKind::Entered => "entered".to_owned(),
         EventKind::AttemptStarted { attempt } => format!("attempt-{attempt}"),
-        EventKind::AttemptFailed { attempt, retry_in, .. } => {
-            format!("attempt-{attempt}-failed{}", if retry_in.is_some() { "-retrying" } else { "" })
+        EventKind::AttemptFailed {
+            attempt, retry_in, ..
+        } => {
+            format!(
+                "attempt-{attempt}-failed{}",
+                if retry_in.is_some() { "-retrying" } else { "" }
+            )
         }
         EventKind::StepSucceeded { .. } => "ok".to_owned(),
         EventKind::StepFailed { .. } => "failed".to_owned(),
