@@ -33,6 +33,10 @@ impl Errors {
         }
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.errors.len()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.errors.is_empty()
     }
@@ -79,26 +83,34 @@ pub(crate) fn closest<'a>(got: &str, valid: &[&'a str]) -> Option<&'a str> {
     valid
         .iter()
         .map(|k| (levenshtein(got, k), *k))
-        .filter(|(d, k)| *d <= (k.len().max(got.len()) / 3).max(1))
+        .filter(|(d, k)| *d <= (k.len().max(got.len()) / 3).clamp(1, 2) && *d < k.len())
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
 
+/// Edit distance counting an adjacent transposition as one edit (`retyr` is one from `retry`).
 fn levenshtein(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = Vec::with_capacity(b.len() + 1);
-        cur.push(i + 1);
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            let del = prev[j + 1] + 1;
-            let ins = cur[j] + 1;
-            cur.push(sub.min(del).min(ins));
-        }
-        prev = cur;
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    for (j, cell) in d.iter_mut().enumerate().take(w) {
+        *cell = j;
     }
-    prev[b.len()]
+    for i in 1..=a.len() {
+        d[i * w] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[(i - 1) * w + j] + 1)
+                .min(d[i * w + j - 1] + 1)
+                .min(d[(i - 1) * w + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[(i - 2) * w + j - 2] + 1);
+            }
+            d[i * w + j] = v;
+        }
+    }
+    d[a.len() * w + b.len()]
 }
 
 #[cfg(test)]
@@ -111,6 +123,7 @@ mod tests {
         assert_eq!(closest("max_attempt", &keys), Some("max_attempts"));
         assert_eq!(closest("maxattempts", &keys), Some("max_attempts"));
         assert_eq!(closest("jiter", &keys), Some("jitter"));
+        assert_eq!(closest("retyr", &["retry", "timeout"]), Some("retry"));
         assert_eq!(closest("colour", &keys), None);
         assert_eq!(
             unknown_key("retry key", "jiter", &keys),

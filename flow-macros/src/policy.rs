@@ -299,6 +299,7 @@ fn parse_retry(tokens: TokenStream, span: Span, errors: &mut Errors) -> syn::Res
     };
     let mut seen: Vec<String> = Vec::new();
     let mut has_max_attempts = false;
+    let errors_before = errors.len();
     for kv in pairs {
         let key = kv.key.to_string();
         if seen.contains(&key) {
@@ -349,7 +350,8 @@ fn parse_retry(tokens: TokenStream, span: Span, errors: &mut Errors) -> syn::Res
     if seen.iter().any(|k| k == kw::ON) && seen.iter().any(|k| k == kw::WHEN) {
         errors.at(span, "give either `on` or `when`, not both");
     }
-    if !has_max_attempts {
+    // After an unknown key (likely a misspelt `max_attempts`) the missing key is not news.
+    if !has_max_attempts && errors.len() == errors_before {
         return Err(syn::Error::new(
             span,
             "`retry` needs `max_attempts` (every attempt counts, the first included): `retry(max_attempts = 3)`",

@@ -83,7 +83,13 @@ impl Gen<'_> {
                 let tf = turbofish.map(|t| quote!(::#t));
                 quote!(#recv.#method #tf(#(#args),*))
             }
-            Call::Input { func, input } => quote!(#func(#input)),
+            // Spanned on the step's name, so a type mismatch points at the user's step.
+            Call::Input { func, input } => {
+                let span = syn::spanned::Spanned::span(func);
+                let mut input = (*input).clone();
+                input.set_span(Span::mixed_site().located_at(span));
+                quote_spanned!(span=> #func(#input))
+            }
         }
     }
 
@@ -113,7 +119,10 @@ impl Gen<'_> {
             });
             // `flow!`: the step's one argument is the value on the incoming edge.
             let cloned = match call {
-                Call::Input { input, func } => quote!(#func(#krate::__private::retry_arg(&#input))),
+                Call::Input { input, func } => {
+                    let span = syn::spanned::Spanned::span(func);
+                    quote_spanned!(span=> #func(#krate::__private::retry_arg(&#input)))
+                }
                 _ => cloned,
             };
             let fut = self.exact(cloned);

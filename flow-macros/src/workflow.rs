@@ -152,7 +152,7 @@ fn strip_policy_attrs(mut f: ItemFn) -> ItemFn {
     impl VisitMut for Strip {
         fn visit_stmt_mut(&mut self, s: &mut Stmt) {
             if let Some(attrs) = stmt_attrs(s) {
-                attrs.retain(|a| !is_policy_attr(a));
+                attrs.retain(|a| !is_policy_like_attr(a));
             }
             syn::visit_mut::visit_stmt_mut(self, s);
         }
@@ -166,6 +166,13 @@ fn is_policy_attr(a: &Attribute) -> bool {
     a.path()
         .get_ident()
         .is_some_and(|i| kw::STEP_POLICIES.contains(&i.to_string().as_str()))
+}
+
+/// A policy attribute or a near miss (`#[retyr]`), which is reported as ours.
+fn is_policy_like_attr(a: &Attribute) -> bool {
+    a.path()
+        .get_ident()
+        .is_some_and(|i| closest(&i.to_string(), kw::STEP_POLICIES).is_some())
 }
 
 fn stmt_attrs(s: &mut Stmt) -> Option<&mut Vec<Attribute>> {

@@ -1,0 +1,21 @@
+use flow::prelude::*;
+
+#[derive(Debug)]
+struct E;
+impl std::fmt::Display for E {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("e")
+    }
+}
+async fn step(n: u32) -> Result<u32, E> {
+    Ok(n)
+}
+
+#[workflow]
+async fn misplaced(n: u32) -> Result<u32, E> {
+    #[retry(max_attempts = 3)]
+    let m = n + 1;
+    step(m).await
+}
+
+fn main() {}
