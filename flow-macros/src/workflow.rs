@@ -256,6 +256,13 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<Signature> {
         }
         ReturnType::Type(_, t) => (**t).clone(),
     };
+    if let Some(what) = certainly_not_result(&ret) {
+        errors.spanned(
+            &ret,
+            format!("a `#[workflow]` function must return a `Result<T, E>`, but this returns {what}: a workflow can fail, and its steps' errors convert into `E`"),
+        );
+        return None;
+    }
     if !ok {
         return None;
     }
@@ -266,6 +273,30 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<Signature> {
         err: errt,
         ret,
     })
+}
+
+/// A description of the return type when it is certainly not a `Result` (an alias such as
+/// `MyResult<T>` cannot be told apart here; the type checker reports those through
+/// `IsResult`).
+fn certainly_not_result(ty: &Type) -> Option<String> {
+    const NOT_RESULTS: &[&str] = &[
+        "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+        "f32", "f64", "bool", "char", "str", "String", "Vec", "Option", "Box", "HashMap",
+    ];
+    match ty {
+        Type::Path(tp) => {
+            let last = tp.path.segments.last()?;
+            let name = last.ident.to_string();
+            NOT_RESULTS
+                .contains(&name.as_str())
+                .then(|| format!("`{}`", ty.to_token_stream().to_string().replace(' ', "")))
+        }
+        Type::Tuple(t) if t.elems.is_empty() => Some("`()`".to_owned()),
+        Type::Paren(p) => certainly_not_result(&p.elem),
+        Type::Group(g) => certainly_not_result(&g.elem),
+        Type::Macro(_) | Type::Verbatim(_) => None,
+        other => Some(format!("`{}`", other.to_token_stream())),
+    }
 }
 
 /// `Result<A, B>` -> (`A`, `B`); any other type -> projections through `IsResult` (filled in

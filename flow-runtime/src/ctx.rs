@@ -77,6 +77,9 @@ struct Inner<E> {
     observers: Observers,
     cancel: Option<CancellationToken>,
     rng: SplitMix64,
+    /// Formats a failure for events. Stored so that only constructing a context needs
+    /// `E: Display`: a missing `Display` is then reported once, at the workflow's error type.
+    describe: fn(&Failure<E>) -> String,
     compensations: Mutex<Vec<Compensation<E>>>,
     /// `#[workflow]`: the earlier attempts of the step whose error was last handed to the body.
     surfaced: Mutex<Option<(StepError<E>, u32, Duration)>>,
@@ -118,7 +121,7 @@ pub(crate) fn panic_message(payload: &(dyn core::any::Any + Send)) -> String {
     }
 }
 
-impl<E> Ctx<E> {
+impl<E: core::fmt::Display> Ctx<E> {
     pub(crate) fn new(
         run: RunId,
         parent: Option<RunId>,
@@ -138,6 +141,7 @@ impl<E> Ctx<E> {
                 observers,
                 cancel,
                 rng: SplitMix64::new(seed),
+                describe: |f| f.to_string(),
                 compensations: Mutex::new(Vec::new()),
                 surfaced: Mutex::new(None),
                 has_surfaced: AtomicBool::new(false),
@@ -147,6 +151,9 @@ impl<E> Ctx<E> {
         }
     }
 
+}
+
+impl<E> Ctx<E> {
     /// The run's id.
     pub fn run_id(&self) -> RunId {
         self.inner.run
@@ -255,7 +262,7 @@ fn convert<E: From<E2>, E2>(f: Failure<E2>) -> Failure<E> {
     }
 }
 
-impl<E: core::fmt::Display> Ctx<E> {
+impl<E> Ctx<E> {
     /// Runs a step without policies: one attempt, panics caught.
     ///
     /// The step's error converts into the workflow's error type through `From`.
@@ -355,7 +362,7 @@ impl<E: core::fmt::Display> Ctx<E> {
                     node,
                     EventKind::AttemptFailed {
                         attempt: number,
-                        error: failure.to_string(),
+                        error: (self.inner.describe)(&failure),
                         retry_in: Some(delay),
                     },
                 );
@@ -393,7 +400,7 @@ impl<E: core::fmt::Display> Ctx<E> {
         failure: Failure<E>,
     ) -> StepError<E> {
         if self.observed() {
-            let error = failure.to_string();
+            let error = (self.inner.describe)(&failure);
             self.emit(
                 node,
                 EventKind::AttemptFailed {
@@ -439,7 +446,7 @@ impl<E: core::fmt::Display> Ctx<E> {
                     self.emit(
                         e.node(),
                         EventKind::Caught {
-                            error: e.to_string(),
+                            error: (self.inner.describe)(e.failure()),
                         },
                     );
                 }
@@ -539,7 +546,7 @@ impl<E: core::fmt::Display> Ctx<E> {
     }
 }
 
-impl<E: core::fmt::Display + Send + 'static> Ctx<E> {
+impl<E: Send + 'static> Ctx<E> {
     /// Registers the compensation of a step that just succeeded: `undo` gets a clone of the
     /// step's output and runs, in reverse order of registration, if the run fails or is
     /// cancelled later.
@@ -583,7 +590,7 @@ impl<E: core::fmt::Display + Send + 'static> Ctx<E> {
                 self.emit(
                     node,
                     EventKind::CompensationFailed {
-                        error: failure.to_string(),
+                        error: (self.inner.describe)(&failure),
                     },
                 );
             }

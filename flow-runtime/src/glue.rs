@@ -10,7 +10,7 @@ use crate::error::StepError;
 use crate::graph::NodeId;
 use crate::policy::StepPolicy;
 
-impl<E: core::fmt::Display> Ctx<E> {
+impl<E> Ctx<E> {
     /// Runs a step with a per-attempt timeout and no retries: one attempt, which may move its
     /// arguments (no `Clone` needed, unlike [`step_with`](Ctx::step_with)).
     pub async fn step_timeout<T, E2, Fut>(

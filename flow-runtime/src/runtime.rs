@@ -87,7 +87,7 @@ impl Runtime {
         self
     }
 
-    fn ctx<E>(
+    fn ctx<E: core::fmt::Display>(
         &self,
         workflow: &impl Workflow<Error = E>,
         extra: Option<Arc<dyn Observer>>,
