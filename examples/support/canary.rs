@@ -191,8 +191,9 @@ async fn serve_conn(stream: TcpStream, state: Arc<AppState>) -> io::Result<()> {
             ["GET", _] | ["GET", _, _] => "404".to_string(),
             _ => "400".to_string(),
         };
-        wr.write_all(reply.as_bytes()).await?;
-        wr.write_all(b"\n").await?;
+        // One write per reply: two small writes on a kept-open connection would wait on
+        // Nagle's algorithm and the peer's delayed ACK (about 40 ms each).
+        wr.write_all(format!("{reply}\n").as_bytes()).await?;
         wr.flush().await?;
     }
     Ok(())

@@ -260,8 +260,7 @@ async fn serve_conn(stream: TcpStream, state: Arc<NodeState>) -> io::Result<()> 
     let mut lines = BufReader::new(rd).lines();
     while let Some(line) = lines.next_line().await? {
         let (reply, exit) = handle(&state, line.trim()).await;
-        wr.write_all(reply.as_bytes()).await?;
-        wr.write_all(b"\n").await?;
+        wr.write_all(format!("{reply}\n").as_bytes()).await?;
         wr.flush().await?;
         if exit {
             let _ = wr.shutdown().await;
@@ -724,8 +723,7 @@ pub async fn request(addr: SocketAddr, line: &str) -> io::Result<String> {
         .await
         .map_err(|e| ctx("connect for", e))?;
     let exchange = async {
-        stream.write_all(line.as_bytes()).await?;
-        stream.write_all(b"\n").await?;
+        stream.write_all(format!("{line}\n").as_bytes()).await?;
         stream.flush().await?;
         let mut reply = String::new();
         let n = BufReader::new(&mut stream).read_line(&mut reply).await?;

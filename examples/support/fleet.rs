@@ -185,8 +185,7 @@ async fn serve_conn(stream: TcpStream, state: Arc<WorkerState>) -> io::Result<()
     let mut lines = BufReader::new(rd).lines();
     while let Some(line) = lines.next_line().await? {
         let (reply, exit) = handle(&state, line.trim());
-        wr.write_all(reply.as_bytes()).await?;
-        wr.write_all(b"\n").await?;
+        wr.write_all(format!("{reply}\n").as_bytes()).await?;
         wr.flush().await?;
         if exit {
             let _ = wr.shutdown().await;
@@ -383,8 +382,7 @@ pub async fn request(w: &Worker, line: &str) -> io::Result<String> {
     };
     let mut stream = TcpStream::connect(w.addr).await.map_err(ctx)?;
     let exchange = async {
-        stream.write_all(line.as_bytes()).await?;
-        stream.write_all(b"\n").await?;
+        stream.write_all(format!("{line}\n").as_bytes()).await?;
         stream.flush().await?;
         let mut reply = String::new();
         if BufReader::new(&mut stream).read_line(&mut reply).await? == 0 {

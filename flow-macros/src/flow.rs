@@ -781,6 +781,7 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
             krate,
             ctx: &ctx,
             exact: flow.error.is_none(),
+            marker: false,
         },
         krate,
         ctx: &ctx,

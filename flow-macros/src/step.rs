@@ -45,6 +45,9 @@ pub(crate) struct Gen<'a> {
     pub(crate) ctx: &'a Ident,
     /// `flow!` without a declared error type: the steps' error type *is* the flow's.
     pub(crate) exact: bool,
+    /// `#[workflow]`: also yield a marker of the step's output type, so that the body gets the
+    /// step's own shape back (`Result<T, E>`, or `()` for an infallible step).
+    pub(crate) marker: bool,
 }
 
 impl Gen<'_> {
@@ -106,6 +109,9 @@ impl Gen<'_> {
         let ctx = self.ctx;
         let id = self.node(node);
         let r = Ident::new("__flow_r", Span::mixed_site());
+        let f = Ident::new("__flow_f", Span::mixed_site());
+        let m = Ident::new("__flow_m", Span::mixed_site());
+        let mk = Ident::new("__flow_mk", Span::mixed_site());
         let mut out = TokenStream::new();
 
         if !policy.retry.is_empty() {
@@ -129,18 +135,24 @@ impl Gen<'_> {
             let pol = policy.to_step_policy(krate);
             out.extend(quote_spanned! {span=>
                 #(#hoisted)*
-                let #r = #ctx.step_with(#id, #pol, || #fut).await;
+                let #mk = || #fut;
+                let #m = #krate::__private::output_of_make(&#mk);
+                let #r = #ctx.step_with(#id, #pol, #mk).await;
             });
         } else if let Some(t) = policy.timeout {
             let fut = self.exact(self.call_with(call, |_, a| quote!(#a)));
             let t = crate::duration::to_tokens(t);
             out.extend(quote_spanned! {span=>
-                let #r = #ctx.step_timeout(#id, #t, #fut).await;
+                let #f = #fut;
+                let #m = #krate::__private::output_of(&#f);
+                let #r = #ctx.step_timeout(#id, #t, #f).await;
             });
         } else {
             let fut = self.exact(self.call_with(call, |_, a| quote!(#a)));
             out.extend(quote_spanned! {span=>
-                let #r = #ctx.step(#id, #fut).await;
+                let #f = #fut;
+                let #m = #krate::__private::output_of(&#f);
+                let #r = #ctx.step(#id, #f).await;
             });
         }
 
@@ -173,6 +185,10 @@ impl Gen<'_> {
                 let #r = #ctx.compensate(#id, #r, #undo_fn);
             });
         }
-        quote!({ #out #r })
+        if self.marker {
+            quote!({ #out (#r, #m) })
+        } else {
+            quote!({ #out let _ = #m; #r })
+        }
     }
 }

@@ -475,7 +475,9 @@ impl Rewriter<'_> {
         let new = match kind {
             StepExpr::Call(call) => {
                 let code = self.step_code(&call, &policy, span);
-                quote_spanned!(span=> #ctx.surface(#code).await)
+                let r = Ident::new("__flow_sr", Span::mixed_site());
+                let m = Ident::new("__flow_sm", Span::mixed_site());
+                quote_spanned!(span=> { let (#r, #m) = #code; #ctx.surface_as(#r, #m).await })
             }
             StepExpr::Group {
                 settle,
@@ -522,6 +524,7 @@ impl Rewriter<'_> {
             krate: &self.krate,
             ctx: &self.ctx,
             exact: false,
+            marker: true,
         };
         g.step(id, recovery, policy, call, span)
     }
@@ -575,6 +578,7 @@ impl Rewriter<'_> {
                 krate: &self.krate,
                 ctx: &self.ctx,
                 exact: false,
+                marker: false,
             };
             let code = g.step(id, None, &policy, &owned_call, e.span());
             futs.push(quote!({ #(#hoisted)* async move { #code } }));

@@ -53,3 +53,15 @@ pub fn branch_input<T: Clone>(input: &T) -> T {
 pub fn select<T, R>(value: &T, selector: impl FnOnce(&T) -> R) -> R {
     selector(value)
 }
+
+/// The output type of a step's future, as a zero-sized marker (see `Ctx::surface_as`).
+#[inline]
+pub fn output_of<F: Future>(_: &F) -> core::marker::PhantomData<F::Output> {
+    core::marker::PhantomData
+}
+
+/// The output type of the futures `make` creates (a retried step).
+#[inline]
+pub fn output_of_make<M: FnMut() -> F, F: Future>(_: &M) -> core::marker::PhantomData<F::Output> {
+    core::marker::PhantomData
+}

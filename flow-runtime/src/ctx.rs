@@ -67,6 +67,20 @@ pub struct StateView {
     pub status: Status,
 }
 
+impl core::fmt::Display for StateView {
+    /// `wait_healthy (running)`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let status = match self.status {
+            Status::Running => "running",
+            Status::Compensating => "compensating",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        };
+        write!(f, "{} ({status})", self.name)
+    }
+}
+
 struct Inner<E> {
     run: RunId,
     parent: Option<RunId>,
@@ -150,7 +164,6 @@ impl<E: core::fmt::Display> Ctx<E> {
             }),
         }
     }
-
 }
 
 impl<E> Ctx<E> {
@@ -234,10 +247,15 @@ impl<E> Ctx<E> {
     }
 }
 
-/// Runs one attempt: the future, under the timeout if any, with panics caught.
-async fn attempt<T, E2, Fut>(fut: Fut, timeout: Option<Duration>) -> Result<T, Failure<E2>>
+/// Runs one attempt: the future, under the timeout if any, with panics caught; the step's
+/// output is turned into `Result<_, E>` by [`StepOutput`].
+async fn attempt<E, Fut>(
+    fut: Fut,
+    timeout: Option<Duration>,
+) -> Result<<Fut::Output as StepOutput<E>>::Ok, Failure<E>>
 where
-    Fut: Future<Output = Result<T, E2>>,
+    Fut: Future,
+    Fut::Output: StepOutput<E>,
 {
     let guarded = AssertUnwindSafe(fut).catch_unwind();
     let outcome = match timeout {
@@ -248,28 +266,72 @@ where
         },
     };
     match outcome {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Failure::Error(e)),
+        Ok(out) => out.into_result().map_err(Failure::Error),
         Err(payload) => Err(Failure::Panicked(panic_message(&*payload))),
     }
 }
 
-fn convert<E: From<E2>, E2>(f: Failure<E2>) -> Failure<E> {
-    match f {
-        Failure::Error(e) => Failure::Error(E::from(e)),
-        Failure::TimedOut(d) => Failure::TimedOut(d),
-        Failure::Panicked(m) => Failure::Panicked(m),
+/// What a step may return: `Result<T, E2>` whose error converts into the workflow's `E`, or
+/// `()` (an infallible step such as a `sleep`).
+#[diagnostic::on_unimplemented(
+    message = "an awaited call in a workflow is a step, and a step returns `Result<T, E>` or `()`, but this one returns `{Self}`",
+    label = "this call is a step",
+    note = "to await something that is not a step, bind the future first: `let fut = ...; fut.await`"
+)]
+pub trait StepOutput<E> {
+    /// The success value.
+    type Ok;
+    /// What a `#[workflow]` body sees: `Result<Ok, E>` for a fallible step, `()` for `()`.
+    type Surfaced;
+    /// The output as a result in the workflow's error type.
+    fn into_result(self) -> Result<Self::Ok, E>;
+    /// The result as the body sees it.
+    fn surfaced(result: Result<Self::Ok, E>) -> Self::Surfaced;
+}
+
+impl<T, E, E2> StepOutput<E> for Result<T, E2>
+where
+    E: From<E2>,
+{
+    type Ok = T;
+    type Surfaced = Result<T, E>;
+
+    #[inline]
+    fn into_result(self) -> Result<T, E> {
+        self.map_err(E::from)
     }
+
+    #[inline]
+    fn surfaced(result: Result<T, E>) -> Result<T, E> {
+        result
+    }
+}
+
+impl<E> StepOutput<E> for () {
+    type Ok = ();
+    type Surfaced = ();
+
+    #[inline]
+    fn into_result(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    #[inline]
+    fn surfaced(_: Result<(), E>) {}
 }
 
 impl<E> Ctx<E> {
     /// Runs a step without policies: one attempt, panics caught.
     ///
     /// The step's error converts into the workflow's error type through `From`.
-    pub async fn step<T, E2, Fut>(&self, node: NodeId, fut: Fut) -> Result<T, StepError<E>>
+    pub async fn step<Fut>(
+        &self,
+        node: NodeId,
+        fut: Fut,
+    ) -> Result<<Fut::Output as StepOutput<E>>::Ok, StepError<E>>
     where
-        Fut: Future<Output = Result<T, E2>>,
-        E: From<E2>,
+        Fut: Future,
+        Fut::Output: StepOutput<E>,
     {
         self.enter(node);
         self.emit(node, EventKind::AttemptStarted { attempt: 1 });
@@ -279,31 +341,22 @@ impl<E> Ctx<E> {
                 self.emit_success(node, 1, start);
                 Ok(v)
             }
-            Err(f) => Err(self.fail(node, GaveUp::NotRetried, Vec::new(), 1, start, convert(f))),
+            Err(f) => Err(self.fail(node, GaveUp::NotRetried, Vec::new(), 1, start, f)),
         }
-    }
-
-    /// Runs a step without policies whose error type is the workflow's (no conversion), so
-    /// that a `flow!` without a declared error type infers it from its steps.
-    pub async fn step_exact<T, Fut>(&self, node: NodeId, fut: Fut) -> Result<T, StepError<E>>
-    where
-        Fut: Future<Output = Result<T, E>>,
-    {
-        self.step(node, fut).await
     }
 
     /// Runs a step under its policies. `make` creates the future of one attempt; it is called
     /// once per attempt.
-    pub async fn step_with<T, E2, Fut, M>(
+    pub async fn step_with<Fut, M>(
         &self,
         node: NodeId,
         policy: StepPolicy<'_, E>,
         mut make: M,
-    ) -> Result<T, StepError<E>>
+    ) -> Result<<Fut::Output as StepOutput<E>>::Ok, StepError<E>>
     where
         M: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, E2>>,
-        E: From<E2>,
+        Fut: Future,
+        Fut::Output: StepOutput<E>,
     {
         self.enter(node);
         let first_start = Instant::now();
@@ -320,7 +373,7 @@ impl<E> Ctx<E> {
                     self.emit_success(node, number, start);
                     return Ok(v);
                 }
-                Err(f) => convert::<E, E2>(f),
+                Err(f) => f,
             };
             let Some(rule_ix) = policy.retry.iter().position(|r| r.matches(&failure)) else {
                 return Err(self.fail(node, GaveUp::NotRetried, attempts, number, start, failure));
@@ -429,7 +482,7 @@ impl<E> Ctx<E> {
     ///
     /// `recover` receives the step error and produces the recovery step's future, run as node
     /// `recovery` without policies. A failure `catches` rejects passes through unchanged.
-    pub async fn catch<T, E2, Fut>(
+    pub async fn catch<T, Fut>(
         &self,
         result: Result<T, StepError<E>>,
         catches: impl FnOnce(&StepError<E>) -> bool,
@@ -437,8 +490,8 @@ impl<E> Ctx<E> {
         recover: impl FnOnce(StepError<E>) -> Fut,
     ) -> Result<T, StepError<E>>
     where
-        Fut: Future<Output = Result<T, E2>>,
-        E: From<E2>,
+        Fut: Future,
+        Fut::Output: StepOutput<E, Ok = T>,
     {
         match result {
             Err(e) if catches(&e) => {
@@ -446,7 +499,7 @@ impl<E> Ctx<E> {
                     self.emit(
                         e.node(),
                         EventKind::Caught {
-                            error: (self.inner.describe)(e.failure()),
+                            error: e.message(self.inner.describe),
                         },
                     );
                 }
@@ -629,6 +682,17 @@ impl<E: Send + 'static> Ctx<E> {
                 core::future::pending().await
             }
         }
+    }
+
+    /// `#[workflow]`: as [`surface`](Self::surface), shaped as the step's own output: a
+    /// `()` step gives `()`. `output` names the step's output type.
+    pub async fn surface_as<O: StepOutput<E>>(
+        &self,
+        result: Result<O::Ok, StepError<E>>,
+        output: core::marker::PhantomData<O>,
+    ) -> O::Surfaced {
+        let _ = output;
+        O::surfaced(self.surface(result).await)
     }
 
     #[inline]

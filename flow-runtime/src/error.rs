@@ -203,31 +203,36 @@ impl<E: fmt::Debug> fmt::Debug for StepError<E> {
     }
 }
 
+impl<E> StepError<E> {
+    /// The error's message, with the failure formatted by `describe`.
+    pub(crate) fn message(&self, describe: impl Fn(&Failure<E>) -> String) -> String {
+        let n = self.attempts.len();
+        let step = self.step;
+        let failure = self.failure();
+        if let Failure::Panicked(msg) = failure {
+            return format!("step `{step}` panicked: {msg}");
+        }
+        let failure = describe(failure);
+        match self.gave_up {
+            GaveUp::NotRetried if n == 1 => format!("step `{step}` failed: {failure}"),
+            GaveUp::NotRetried => format!(
+                "step `{step}` failed on attempt {n} with an error no retry rule covers: {failure}"
+            ),
+            GaveUp::RetriesExhausted => {
+                format!(
+                    "step `{step}` failed after {n} attempts (retries exhausted); last: {failure}"
+                )
+            }
+            GaveUp::BudgetExhausted => format!(
+                "step `{step}` failed after {n} attempts (retry time budget exhausted); last: {failure}"
+            ),
+        }
+    }
+}
+
 impl<E: fmt::Display> fmt::Display for StepError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.attempts.len();
-        write!(f, "step `{}` ", self.step)?;
-        match (self.gave_up, self.failure()) {
-            (_, Failure::Panicked(msg)) => write!(f, "panicked: {msg}")?,
-            (GaveUp::NotRetried, failure) if n == 1 => write!(f, "failed: {failure}")?,
-            (GaveUp::NotRetried, failure) => {
-                write!(
-                    f,
-                    "failed on attempt {n} with an error no retry rule covers: {failure}"
-                )?;
-            }
-            (GaveUp::RetriesExhausted, failure) => {
-                write!(
-                    f,
-                    "failed after {n} attempts (retries exhausted); last: {failure}"
-                )?;
-            }
-            (GaveUp::BudgetExhausted, failure) => write!(
-                f,
-                "failed after {n} attempts (retry time budget exhausted); last: {failure}"
-            )?,
-        }
-        Ok(())
+        f.write_str(&self.message(ToString::to_string))
     }
 }
 

@@ -5,7 +5,7 @@ use core::future::Future;
 use core::marker::PhantomData;
 use core::time::Duration;
 
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, StepOutput};
 use crate::error::StepError;
 use crate::graph::NodeId;
 use crate::policy::StepPolicy;
@@ -13,15 +13,15 @@ use crate::policy::StepPolicy;
 impl<E> Ctx<E> {
     /// Runs a step with a per-attempt timeout and no retries: one attempt, which may move its
     /// arguments (no `Clone` needed, unlike [`step_with`](Ctx::step_with)).
-    pub async fn step_timeout<T, E2, Fut>(
+    pub async fn step_timeout<Fut>(
         &self,
         node: NodeId,
         timeout: Duration,
         fut: Fut,
-    ) -> Result<T, StepError<E>>
+    ) -> Result<<Fut::Output as StepOutput<E>>::Ok, StepError<E>>
     where
-        Fut: Future<Output = Result<T, E2>>,
-        E: From<E2>,
+        Fut: Future,
+        Fut::Output: StepOutput<E>,
     {
         let mut once = Some(fut);
         let policy = StepPolicy {

@@ -24,7 +24,7 @@ mod workflow;
 #[doc(hidden)]
 pub mod __private;
 
-pub use crate::ctx::{Ctx, StateView, Status};
+pub use crate::ctx::{Ctx, StateView, Status, StepOutput};
 pub use crate::error::{
     Attempt, CompensationFailure, Error, ErrorKind, Failure, GaveUp, StepError,
 };

@@ -1,0 +1,345 @@
+//! Provision a local database cluster with a `#[workflow]`: the README's main example.
+//!
+//! The procedure reads like a `main` that calls functions, but every awaited call is a step
+//! of a typed state machine with a static graph, exact retry/timeout semantics, compensation
+//! and observable events:
+//!
+//! 1. launch N real node processes (compensated by tearing them down if a later step fails),
+//! 2. wait until every node answers a TCP `PING` (retried with exponential backoff and
+//!    jitter, each attempt bounded by a timeout),
+//! 3. create the schema exactly once, on node 0, and show that a second `INIT_SCHEMA`
+//!    answers `EXISTS` (the race a per-node init would lose),
+//! 4. seed two tables in parallel (`flow::join!`),
+//! 5. verify the row counts on every node,
+//! 6. tear the cluster down.
+//!
+//! Run it:
+//!
+//! ```text
+//! cargo run --example provision_cluster                      # 3 healthy nodes
+//! cargo run --example provision_cluster -- --nodes 5
+//! cargo run --example provision_cluster -- --fault slow-start  # retries, then success
+//! cargo run --example provision_cluster -- --fault dead-node   # retries exhausted, compensation, exit 1
+//! cargo run --example provision_cluster -- --graph             # print the graph as Mermaid
+//! ```
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use flow::prelude::*;
+use futures_util::future::join_all;
+
+use cluster::{ClusterProcs, Fault};
+
+/// What to provision.
+#[derive(Debug, Clone)]
+struct ClusterSpec {
+    nodes: usize,
+    fault: Fault,
+    /// Scratch directory holding every node's data (and the cluster-wide schema marker).
+    dir: PathBuf,
+    users: u64,
+    orders: u64,
+}
+
+/// What a successful run returns.
+#[derive(Debug)]
+struct ClusterReport {
+    nodes: usize,
+    schema_created_on: usize,
+    users_per_node: u64,
+    orders_per_node: u64,
+    stopped: usize,
+}
+
+/// Everything that can make provisioning fail.
+#[derive(Debug)]
+enum ProvisionError {
+    /// Process, socket or file trouble (the message names the node and request).
+    Io(io::Error),
+    /// Some nodes did not answer `PING`.
+    NodesDown(Vec<String>),
+    /// The schema was not created by our single `INIT_SCHEMA`, or was created twice.
+    Schema(String),
+    /// A node holds the wrong number of rows.
+    Count {
+        node: usize,
+        table: &'static str,
+        expected: u64,
+        found: u64,
+    },
+}
+
+impl fmt::Display for ProvisionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProvisionError::Io(e) => write!(f, "{e}"),
+            ProvisionError::NodesDown(down) => {
+                write!(f, "{} node(s) not up: {}", down.len(), down.join("; "))
+            }
+            ProvisionError::Schema(msg) => write!(f, "schema: {msg}"),
+            ProvisionError::Count {
+                node,
+                table,
+                expected,
+                found,
+            } => write!(
+                f,
+                "node {node}: table {table} has {found} rows, expected {expected}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ProvisionError {}
+
+impl From<io::Error> for ProvisionError {
+    fn from(e: io::Error) -> Self {
+        ProvisionError::Io(e)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Steps: plain async functions doing real work.
+// ---------------------------------------------------------------------------------------
+
+/// Spawns the node processes.
+async fn launch_cluster(spec: &ClusterSpec) -> Result<ClusterProcs, io::Error> {
+    let procs = cluster::launch(spec.nodes, &spec.dir, spec.fault).await?;
+    let pids = procs.pids();
+    println!(
+        "    launched {} node(s); {} process(es) running (pids {pids:?}); data in {}",
+        procs.len(),
+        pids.len(),
+        spec.dir.display()
+    );
+    Ok(procs)
+}
+
+/// Compensation of `launch_cluster`: stops every node that is still running.
+async fn teardown_cluster(procs: ClusterProcs) -> Result<(), io::Error> {
+    let nodes = procs.nodes();
+    let pids = procs.pids();
+    let stopped = cluster::teardown(&procs).await?;
+    println!(
+        "    compensation: stopped and reaped {stopped} node process(es) {:?} (pids {pids:?})",
+        nodes.iter().map(|(id, _)| *id).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// Pings every node concurrently; fails (naming them) unless all of them answer.
+async fn wait_until_up(procs: &ClusterProcs) -> Result<Vec<(usize, SocketAddr)>, ProvisionError> {
+    let nodes = procs.nodes();
+    let pings = nodes.iter().map(|&(id, addr)| async move {
+        cluster::ping(addr)
+            .await
+            .map_err(|e| format!("node {id}: {e}"))
+    });
+    let mut down = Vec::new();
+    for result in join_all(pings).await {
+        if let Err(e) = result {
+            down.push(e);
+        }
+    }
+    if down.is_empty() {
+        println!("    all {} node(s) answered PING", nodes.len());
+        Ok(nodes)
+    } else {
+        Err(ProvisionError::NodesDown(down))
+    }
+}
+
+/// Creates the cluster-wide schema with one `INIT_SCHEMA`, on one node.
+async fn create_schema(node: (usize, SocketAddr)) -> Result<usize, ProvisionError> {
+    let (id, addr) = node;
+    if cluster::init_schema(addr).await? {
+        println!("    node {id}: INIT_SCHEMA -> CREATED");
+        Ok(id)
+    } else {
+        Err(ProvisionError::Schema(format!(
+            "node {id} answered EXISTS: the schema was already there before this run"
+        )))
+    }
+}
+
+/// Shows why the schema is created once: any later `INIT_SCHEMA`, on any node, says `EXISTS`.
+/// A per-node init racing on every node would have had exactly one winner and N-1 "failures".
+async fn confirm_schema_once(nodes: &[(usize, SocketAddr)]) -> Result<(), ProvisionError> {
+    let Some(&(id, addr)) = nodes.last() else {
+        return Ok(());
+    };
+    if cluster::init_schema(addr).await? {
+        return Err(ProvisionError::Schema(format!(
+            "node {id} created the schema a second time"
+        )));
+    }
+    println!(
+        "    node {id}: second INIT_SCHEMA -> EXISTS (a per-node init would race and lose here)"
+    );
+    Ok(())
+}
+
+/// Seeds `rows` rows of `table` on every node, all nodes concurrently.
+async fn seed_table(
+    nodes: &[(usize, SocketAddr)],
+    table: &'static str,
+    rows: u64,
+) -> Result<u64, ProvisionError> {
+    let seeds = nodes
+        .iter()
+        .map(|&(_, addr)| async move { cluster::seed(addr, table, rows).await });
+    for total in join_all(seeds).await {
+        total?;
+    }
+    println!(
+        "    seeded {rows} {table} row(s) on {} node(s)",
+        nodes.len()
+    );
+    Ok(rows)
+}
+
+async fn seed_users(nodes: &[(usize, SocketAddr)], rows: u64) -> Result<u64, ProvisionError> {
+    seed_table(nodes, "users", rows).await
+}
+
+async fn seed_orders(nodes: &[(usize, SocketAddr)], rows: u64) -> Result<u64, ProvisionError> {
+    seed_table(nodes, "orders", rows).await
+}
+
+/// Counts both tables on every node.
+async fn verify_counts(
+    nodes: &[(usize, SocketAddr)],
+    users: u64,
+    orders: u64,
+) -> Result<(), ProvisionError> {
+    for &(id, addr) in nodes {
+        for (table, expected) in [("users", users), ("orders", orders)] {
+            let found = cluster::count(addr, table).await?;
+            if found != expected {
+                return Err(ProvisionError::Count {
+                    node: id,
+                    table,
+                    expected,
+                    found,
+                });
+            }
+        }
+    }
+    println!("    every node holds {users} users and {orders} orders",);
+    Ok(())
+}
+
+/// The last step on success: stop every node.
+async fn shutdown_cluster(procs: &ClusterProcs) -> Result<usize, io::Error> {
+    let pids = procs.pids();
+    let stopped = cluster::teardown(procs).await?;
+    println!("    shut down {stopped} node process(es) (pids {pids:?})");
+    Ok(stopped)
+}
+
+// ---------------------------------------------------------------------------------------
+// The workflow.
+// ---------------------------------------------------------------------------------------
+
+#[workflow(timeout = "30s")]
+async fn provision(spec: ClusterSpec) -> Result<ClusterReport, ProvisionError> {
+    #[compensate(teardown_cluster)]
+    let procs = launch_cluster(&spec).await?;
+
+    #[retry(max_attempts = 6, backoff = exponential("200ms", 2.0), max_delay = "2s", jitter = equal)]
+    #[timeout("1s")]
+    let nodes = wait_until_up(&procs).await?;
+
+    // Once, on one node: no race between nodes.
+    let schema_created_on = create_schema(nodes[0]).await?;
+    confirm_schema_once(&nodes).await?;
+
+    let (users, orders) = flow::join!(
+        seed_users(&nodes, spec.users),
+        seed_orders(&nodes, spec.orders)
+    )
+    .await?;
+    verify_counts(&nodes, users, orders).await?;
+
+    let stopped = shutdown_cluster(&procs).await?;
+    Ok(ClusterReport {
+        nodes: nodes.len(),
+        schema_created_on,
+        users_per_node: users,
+        orders_per_node: orders,
+        stopped,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut argv: Vec<String> = std::env::args().collect();
+    // Node mode first: the cluster's nodes are this binary, re-executed.
+    if let Some(node) = cluster::node_args(&argv) {
+        return Ok(cluster::node_main(&node).await?);
+    }
+
+    if argv.iter().any(|a| a == "--graph") {
+        println!("{}", Provision::GRAPH.to_mermaid());
+        return Ok(());
+    }
+    argv.retain(|a| a != "--graph");
+    let cli = match cluster::parse_cli(&argv) {
+        Ok(cli) => cli,
+        Err(msg) => {
+            eprintln!("{msg}\n       <example> --graph   (print the workflow graph as Mermaid)");
+            std::process::exit(2);
+        }
+    };
+
+    let spec = ClusterSpec {
+        nodes: cli.nodes,
+        fault: cli.fault,
+        dir: cluster::scratch_dir("flow-provision")?,
+        users: 100,
+        orders: 250,
+    };
+    let dir = spec.dir.clone();
+    println!(
+        "provisioning a {}-node cluster (fault: {})",
+        spec.nodes, spec.fault
+    );
+
+    let runtime = flow::Runtime::new().with_observer(|e: &flow::Event| println!("{e}"));
+    let mut handle = runtime.spawn(Provision, (spec,));
+    // `&mut handle` so the handle is still there to show the final state.
+    let result = (&mut handle).await;
+    let state = handle.state();
+    // `typed_state` is the same state as a variant of the generated `ProvisionState` enum.
+    println!("final state: {state:?} = {:?}", handle.typed_state());
+
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        eprintln!("warning: could not remove {}: {e}", dir.display());
+    }
+
+    match result {
+        Ok(report) => {
+            println!(
+                "cluster provisioned: {} node(s), schema created once on node {}, \
+                 {} users + {} orders on every node, {} node process(es) stopped",
+                report.nodes,
+                report.schema_created_on,
+                report.users_per_node,
+                report.orders_per_node,
+                report.stopped
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // Every attempt is in the events above; the error names the step and the count.
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
