@@ -56,7 +56,7 @@ use syn::{Expr, Ident, LitInt, LitStr, Pat, Token, Type};
 use crate::errors::{Errors, unknown_key};
 use crate::model::{EdgeKind, Kind, Model};
 use crate::policy::{Item, Policy};
-use crate::step::{Call, Gen};
+use crate::step::{Call, Gen, Markers};
 use crate::{duration, kw};
 
 // ---------------------------------------------------------------- syntax
@@ -376,6 +376,9 @@ impl PStage {
 
 struct Planner {
     model: Model,
+    /// For each stage's node: the name of what produced its input (`None` for the flow's
+    /// input), for diagnostics ("the output of step `launch`").
+    prev: std::collections::HashMap<u32, Option<String>>,
 }
 
 impl Planner {
@@ -389,6 +392,7 @@ impl Planner {
         states: bool,
         mut frontier: Vec<u32>,
         mut entry: (EdgeKind, String),
+        mut prev: Option<String>,
     ) -> (Vec<PStage>, Vec<u32>) {
         let mut out = Vec::new();
         for stage in p.stages {
@@ -400,7 +404,10 @@ impl Planner {
             match stage.unit {
                 Unit::Group(inner) => {
                     let (mut inner_stages, f) =
-                        self.plan(inner, parent, states, frontier, entry.clone());
+                        self.plan(inner, parent, states, frontier, entry.clone(), prev.clone());
+                    if let Some(last) = inner_stages.last() {
+                        prev = Some(self.model.nodes[last.id() as usize].name.clone());
+                    }
                     out.append(&mut inner_stages);
                     frontier = f;
                 }
@@ -417,6 +424,7 @@ impl Planner {
                         self.model
                             .add(&name, Kind::Step, stage.policy.display(), parent, states);
                     link(&mut self.model, id, &frontier);
+                    self.prev.insert(id, prev.replace(name.clone()));
                     frontier = vec![id];
                     let recovery = stage.policy.catch.as_ref().map(|c| {
                         let rname = match &c.recover {
@@ -464,11 +472,13 @@ impl Planner {
                             false,
                             vec![id],
                             (EdgeKind::Parallel, String::new()),
+                            prev.clone(),
                         );
                         planned.push(s);
                         ends.extend(f);
                     }
                     frontier = ends;
+                    self.prev.insert(id, prev.replace("parallel".to_owned()));
                     out.push(PStage::Parallel {
                         id,
                         branches: planned,
@@ -499,8 +509,10 @@ impl Planner {
                         false,
                         vec![id],
                         (EdgeKind::Map, String::new()),
+                        Some("map".to_owned()),
                     );
                     frontier = f;
+                    self.prev.insert(id, prev.replace("map".to_owned()));
                     out.push(PStage::Map {
                         id,
                         body: s,
@@ -522,12 +534,19 @@ impl Planner {
                     let mut planned = Vec::new();
                     for (pat, arm) in arms {
                         let label = pat.to_token_stream().to_string().replace(" :: ", "::");
-                        let (s, f) =
-                            self.plan(arm, parent, states, vec![id], (EdgeKind::Branch, label));
+                        let (s, f) = self.plan(
+                            arm,
+                            parent,
+                            states,
+                            vec![id],
+                            (EdgeKind::Branch, label),
+                            prev.clone(),
+                        );
                         planned.push((pat, s));
                         ends.extend(f);
                     }
                     frontier = ends;
+                    self.prev.insert(id, prev.replace("branch".to_owned()));
                     out.push(PStage::Branch {
                         id,
                         selector,
@@ -545,6 +564,9 @@ impl Planner {
 // ---------------------------------------------------------------- expansion
 
 struct Expander<'a> {
+    /// Node names, by id.
+    gen_name: Vec<String>,
+    prev: &'a std::collections::HashMap<u32, Option<String>>,
     gen_: Gen<'a>,
     krate: &'a TokenStream,
     ctx: &'a Ident,
@@ -562,6 +584,10 @@ impl Expander<'_> {
         }
     }
 
+    fn name_of(&self, id: u32) -> String {
+        self.gen_name.get(id as usize).cloned().unwrap_or_default()
+    }
+
     /// An expression, evaluated in the driver's async context, that runs `stage` on `self.v`
     /// and yields its output (errors propagate with `?`).
     fn value(&self, stage: &PStage) -> TokenStream {
@@ -574,9 +600,31 @@ impl Expander<'_> {
                 policy,
             } => {
                 let span = func.span();
+                let name = self.name_of(*id);
+                // The step function is named once, so an unknown name is reported once.
+                let step_fn = Ident::new("__flow_step_fn", Span::mixed_site().located_at(span));
+                let bind = quote_spanned!(span=> let #step_fn = #func;);
+                let func = &syn::parse_quote!(#step_fn);
                 let call = Call::Input { func, input: v };
-                let code = self.gen_.step(*id, *recovery, policy, &call, span);
-                quote_spanned!(span=> #code?)
+                let code = self.gen_.step(*id, &name, *recovery, policy, &call, span);
+                // The edge into this step: does the step take the value? Not checked for the
+                // flow's first step, whose input type is the step's parameter type.
+                let check = match self.prev.get(id).cloned().flatten() {
+                    Some(prev) => {
+                        let s_m = self.gen_.markers.path(&name, span);
+                        let p_m = self.gen_.markers.path(&prev, span);
+                        quote_spanned! {span=> {
+                            #[allow(unused_imports)]
+                            use #krate::__private::{TakesNo as _, TakesYes as _};
+                            #krate::__private::edge::<_, #s_m, #p_m, _>(
+                                &#v,
+                                (&#krate::__private::probe_edge(&#func, &#v)).flow_takes(),
+                            );
+                        }}
+                    }
+                    None => TokenStream::new(),
+                };
+                quote_spanned!(span=> { #bind #check #code? })
             }
             PStage::Parallel {
                 id,
@@ -590,7 +638,19 @@ impl Expander<'_> {
                     .enumerate()
                     .map(|(i, b)| {
                         let input = if i + 1 < n {
-                            quote_spanned!(*span=> #krate::__private::branch_input(&#v))
+                            let prev = self.prev.get(id).cloned().flatten();
+                            let m = self
+                                .gen_
+                                .markers
+                                .path(prev.as_deref().unwrap_or("start"), *span);
+                            quote_spanned! {*span=> {
+                                #[allow(unused_imports)]
+                                use #krate::__private::{CloneNo as _, CloneYes as _};
+                                #krate::__private::branch_input::<#m, _, _>(
+                                    &#v,
+                                    (&#krate::__private::Probe(&#v, ::core::marker::PhantomData::<()>)).flow_clone(),
+                                )
+                            }}
                         } else {
                             quote!(#v)
                         };
@@ -619,12 +679,25 @@ impl Expander<'_> {
                 let item = format_ident!("__flow_item", span = Span::mixed_site());
                 let body = self.inline(body, quote!(#item));
                 let idt = quote!(#krate::NodeId(#id));
+                let prev = self.prev.get(id).cloned().flatten();
+                let m = self
+                    .gen_
+                    .markers
+                    .path(prev.as_deref().unwrap_or("start"), *span);
+                // The items pass through the check, so a failed check is the only error.
+                let items = quote_spanned! {*span=> {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{IterNo as _, IterYes as _};
+                    let __flow_check =
+                        (&#krate::__private::Probe(&#v, ::core::marker::PhantomData::<()>)).flow_iter();
+                    #krate::__private::map_input::<#m, _, _>(#v, __flow_check)
+                }};
                 match tolerate {
                     None => {
-                        quote_spanned!(*span=> #ctx.map(#idt, #v, #concurrency, |#item| #body).await?)
+                        quote_spanned!(*span=> #ctx.map(#idt, #items, #concurrency, |#item| #body).await?)
                     }
                     Some(t) => {
-                        quote_spanned!(*span=> #ctx.map_tolerant(#idt, #v, #concurrency, #t, |#item| #body).await?)
+                        quote_spanned!(*span=> #ctx.map_tolerant(#idt, #items, #concurrency, #t, |#item| #body).await?)
                     }
                 }
             }
@@ -639,7 +712,13 @@ impl Expander<'_> {
                     let body = self.inline(stages, quote!(#v));
                     quote!(#pat => #body.await?)
                 });
-                quote_spanned!(*span=> { #ctx.enter(#idt); match #krate::__private::select(&#v, #selector) { #(#arms,)* } })
+                {
+                    // The scrutinee carries the selector's span: a `match` that misses a case
+                    // is reported on the user's selector.
+                    let sel =
+                        Ident::new("__flow_sel", Span::mixed_site().located_at(selector.span()));
+                    quote_spanned!(*span=> { #ctx.enter(#idt); let #sel = #krate::__private::select(&#v, #selector); match #sel { #(#arms,)* } })
+                }
             }
         }
     }
@@ -687,7 +766,9 @@ impl Expander<'_> {
                             .map_or_else(|| next_i.clone(), |f| self.variant(f.id()));
                         quote!(#pat => #first(#v))
                     });
-                    out.push(quote_spanned!(*span=> #this(#v) => { #ctx.enter(#idt); match #krate::__private::select(&#v, #selector) { #(#targets,)* } }));
+                    let sel =
+                        Ident::new("__flow_sel", Span::mixed_site().located_at(selector.span()));
+                    out.push(quote_spanned!(*span=> #this(#v) => { #ctx.enter(#idt); let #sel = #krate::__private::select(&#v, #selector); match #sel { #(#targets,)* } }));
                     for (_, s) in arms {
                         self.arms(s, &next_i, out);
                     }
@@ -757,6 +838,7 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
         .map_or_else(|| "flow".to_owned(), LitStr::value);
     let mut planner = Planner {
         model: Model::new(name),
+        prev: std::collections::HashMap::new(),
     };
     let (stages, frontier) = planner.plan(
         flow.pipeline,
@@ -764,11 +846,13 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
         true,
         vec![crate::model::START],
         (EdgeKind::Sequence, String::new()),
+        None,
     );
     planner
         .model
         .edges_from(&frontier, crate::model::END, EdgeKind::Sequence);
     let mut model = planner.model;
+    let planner_prev = planner.prev;
     model.name_variants();
 
     let ctx = Ident::new("__flow_ctx", Span::mixed_site());
@@ -776,12 +860,18 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
     let v = Ident::new("__flow_v", Span::mixed_site());
     let s = Ident::new("__flow_s", Span::mixed_site());
     let variants: Vec<Option<Ident>> = model.nodes.iter().map(|n| n.variant.clone()).collect();
+    let error_tokens = flow.error.as_ref().map(ToTokens::to_token_stream);
+    let markers = Markers::new(Ident::new("__flow_steps", Span::call_site()));
     let ex = Expander {
+        gen_name: model.nodes.iter().map(|n| n.name.clone()).collect(),
+        prev: &planner_prev,
         gen_: Gen {
             krate,
             ctx: &ctx,
             exact: flow.error.is_none(),
             marker: false,
+            error_ty: error_tokens.as_ref(),
+            markers: &markers,
         },
         krate,
         ctx: &ctx,
@@ -824,7 +914,9 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
         Some(t) => quote!(#t),
         None => quote!(_),
     };
+    let marker_defs = markers.definitions();
     quote! {{
+        #marker_defs
         #[allow(non_camel_case_types, dead_code, clippy::enum_variant_names, clippy::large_enum_variant)]
         enum #state<#(#params),*> {
             #(#variant_defs,)*

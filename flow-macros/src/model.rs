@@ -218,7 +218,7 @@ pub(crate) fn upper_camel(s: &str) -> String {
     let mut out = String::new();
     let mut up = true;
     for c in s.chars() {
-        if c.is_alphanumeric() {
+        if c.is_alphanumeric() && syn::parse_str::<Ident>(&format!("_x{c}")).is_ok() {
             if up {
                 out.extend(c.to_uppercase());
             } else {
@@ -229,7 +229,7 @@ pub(crate) fn upper_camel(s: &str) -> String {
             up = true;
         }
     }
-    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+    if out.is_empty() || syn::parse_str::<Ident>(&out).is_err() {
         out.insert(0, 'S');
     }
     out

@@ -18,6 +18,9 @@
 //! The block evaluates to `Result<T, flow::StepError<E>>`; `#[workflow]` hands it to the body
 //! with `__ctx.surface(..)`, `flow!` propagates it with `?`.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::{AngleBracketedGenericArguments, Expr, Ident};
@@ -48,6 +51,62 @@ pub(crate) struct Gen<'a> {
     /// `#[workflow]`: also yield a marker of the step's output type, so that the body gets the
     /// step's own shape back (`Result<T, E>`, or `()` for an infallible step).
     pub(crate) marker: bool,
+    /// The workflow's error type, when it is written down: each step is then checked to
+    /// convert into it, with an error that names the step.
+    pub(crate) error_ty: Option<&'a TokenStream>,
+    /// Marker types named after the steps.
+    pub(crate) markers: &'a Markers,
+}
+
+/// Types named after the steps, so that our diagnostics can name them (`step `wait_healthy`
+/// ..`). Each is defined once per expansion, in a small module the front end emits (see
+/// [`Markers::definitions`]); defined once, its name is unique and rustc prints it short.
+pub(crate) struct Markers {
+    module: Ident,
+    names: RefCell<BTreeSet<String>>,
+}
+
+impl Markers {
+    pub(crate) fn new(module: Ident) -> Self {
+        Markers {
+            module,
+            names: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    /// The path of the marker type of step `name`.
+    pub(crate) fn path(&self, name: &str, span: Span) -> TokenStream {
+        let ident = match syn::parse_str::<Ident>(name) {
+            Ok(i) if !i.to_string().starts_with("r#") => i,
+            _ => Ident::new("step", Span::call_site()),
+        };
+        self.names.borrow_mut().insert(ident.to_string());
+        let module = &self.module;
+        let mut ident = ident;
+        ident.set_span(span);
+        quote_spanned!(span=> #module::#ident)
+    }
+
+    /// `mod __flow_steps { pub struct launch {} .. }`.
+    pub(crate) fn definitions(&self) -> TokenStream {
+        let module = &self.module;
+        let names = self
+            .names
+            .borrow()
+            .iter()
+            .map(|n| Ident::new(n, Span::call_site()))
+            .collect::<Vec<_>>();
+        quote! {
+            #[doc(hidden)]
+            #[allow(non_camel_case_types, non_snake_case, dead_code, unreachable_pub)]
+            mod #module {
+                #(
+                    #[doc(hidden)]
+                    pub struct #names {}
+                )*
+            }
+        }
+    }
 }
 
 impl Gen<'_> {
@@ -83,7 +142,7 @@ impl Gen<'_> {
                 args,
             } => {
                 let args = args.iter().enumerate().map(|(i, a)| arg(i, a));
-                let tf = turbofish.map(|t| quote!(::#t));
+                let tf = turbofish; // parsed with its `::`
                 quote!(#recv.#method #tf(#(#args),*))
             }
             // Spanned on the step's name, so a type mismatch points at the user's step.
@@ -96,10 +155,36 @@ impl Gen<'_> {
         }
     }
 
+    /// When the error type is written down: a check, with our message, that the step's
+    /// output fits it. `fut_type` is a `PhantomData` of the step's future type.
+    fn converts(
+        &self,
+        name: &str,
+        span: Span,
+        value: &Ident,
+        fut_type: TokenStream,
+    ) -> TokenStream {
+        let Some(err) = self.error_ty else {
+            return TokenStream::new();
+        };
+        let krate = self.krate;
+        let m = self.markers.path(name, span);
+        quote_spanned! {span=>
+            let #value = {
+                #[allow(unused_imports)]
+                use #krate::__private::{ConvertsNo as _, ConvertsYes as _};
+                let __flow_check =
+                    (&#krate::__private::Probe(&#fut_type, ::core::marker::PhantomData::<#err>)).flow_converts();
+                #krate::__private::converts::<#err, #m, _, _>(#value, __flow_check)
+            };
+        }
+    }
+
     /// The expression (a block) that runs the step and yields `Result<T, StepError<E>>`.
     pub(crate) fn step(
         &self,
         node: u32,
+        name: &str,
         recovery: Option<u32>,
         policy: &Policy,
         call: &Call<'_>,
@@ -117,17 +202,29 @@ impl Gen<'_> {
         if !policy.retry.is_empty() {
             // Every attempt needs its own arguments: evaluate them once, clone per attempt.
             let mut hoisted = Vec::new();
+            let copy = |value: &Ident, at: Span| {
+                let m = self.markers.path(name, at);
+                quote_spanned! {at=> {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{CloneNo as _, CloneYes as _};
+                    #krate::__private::retry_arg::<#m, _, _>(
+                        &#value,
+                        (&#krate::__private::Probe(&#value, ::core::marker::PhantomData::<()>)).flow_clone(),
+                    )
+                }}
+            };
             let cloned = self.call_with(call, |i, a| {
-                let name = format_ident!("__flow_a{}", i, span = Span::mixed_site());
+                let arg = format_ident!("__flow_a{}", i, span = Span::mixed_site());
                 let a_span = syn::spanned::Spanned::span(a);
-                hoisted.push(quote_spanned!(a_span=> let #name = #a;));
-                quote_spanned!(a_span=> #krate::__private::retry_arg(&#name))
+                hoisted.push(quote_spanned!(a_span=> let #arg = #a;));
+                copy(&arg, a_span)
             });
             // `flow!`: the step's one argument is the value on the incoming edge.
             let cloned = match call {
                 Call::Input { input, func } => {
                     let span = syn::spanned::Spanned::span(func);
-                    quote_spanned!(span=> #func(#krate::__private::retry_arg(&#input)))
+                    let c = copy(input, span);
+                    quote_spanned!(span=> #func(#c))
                 }
                 _ => cloned,
             };
@@ -136,6 +233,16 @@ impl Gen<'_> {
             out.extend(quote_spanned! {span=>
                 #(#hoisted)*
                 let #mk = || #fut;
+            });
+            // The marker comes after the check: when the check fails, nothing that follows
+            // reports the same problem again.
+            out.extend(self.converts(
+                name,
+                span,
+                &mk,
+                quote!(#krate::__private::made_future_type(&#mk)),
+            ));
+            out.extend(quote_spanned! {span=>
                 let #m = #krate::__private::output_of_make(&#mk);
                 let #r = #ctx.step_with(#id, #pol, #mk).await;
             });
@@ -144,6 +251,9 @@ impl Gen<'_> {
             let t = crate::duration::to_tokens(t);
             out.extend(quote_spanned! {span=>
                 let #f = #fut;
+            });
+            out.extend(self.converts(name, span, &f, quote!(#krate::__private::future_type(&#f))));
+            out.extend(quote_spanned! {span=>
                 let #m = #krate::__private::output_of(&#f);
                 let #r = #ctx.step_timeout(#id, #t, #f).await;
             });
@@ -151,6 +261,9 @@ impl Gen<'_> {
             let fut = self.exact(self.call_with(call, |_, a| quote!(#a)));
             out.extend(quote_spanned! {span=>
                 let #f = #fut;
+            });
+            out.extend(self.converts(name, span, &f, quote!(#krate::__private::future_type(&#f))));
+            out.extend(quote_spanned! {span=>
                 let #m = #krate::__private::output_of(&#f);
                 let #r = #ctx.step(#id, #f).await;
             });

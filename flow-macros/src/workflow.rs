@@ -48,7 +48,7 @@ use syn::{Attribute, Expr, FnArg, Ident, ItemFn, Pat, ReturnType, Stmt, Token, T
 use crate::errors::{Errors, closest, unknown_key};
 use crate::model::{EdgeKind, Kind, Model};
 use crate::policy::{Item, ItemArgs, KeyValue, Policy};
-use crate::step::{Call, Gen};
+use crate::step::{Call, Gen, Markers};
 use crate::{duration, kw};
 
 struct Options {
@@ -345,6 +345,9 @@ struct Rewriter<'a> {
     ctx: Ident,
     /// Nodes the next step follows.
     frontier: Vec<u32>,
+    /// The workflow's error type.
+    error_ty: TokenStream,
+    markers: Markers,
 }
 
 enum StepExpr<'a> {
@@ -525,8 +528,10 @@ impl Rewriter<'_> {
             ctx: &self.ctx,
             exact: false,
             marker: true,
+            error_ty: Some(&self.error_ty),
+            markers: &self.markers,
         };
-        g.step(id, recovery, policy, call, span)
+        g.step(id, &name, recovery, policy, call, span)
     }
 
     fn group_code(
@@ -579,8 +584,10 @@ impl Rewriter<'_> {
                 ctx: &self.ctx,
                 exact: false,
                 marker: false,
+                error_ty: Some(&self.error_ty),
+                markers: &self.markers,
             };
-            let code = g.step(id, None, &policy, &owned_call, e.span());
+            let code = g.step(id, &name, None, &policy, &owned_call, e.span());
             futs.push(quote!({ #(#hoisted)* async move { #code } }));
         }
         self.frontier = ends;
@@ -716,24 +723,6 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
     });
     let state_name = format_ident!("{}State", type_name);
     let ctx = Ident::new("__flow_ctx", Span::mixed_site());
-
-    let mut rw = Rewriter {
-        model: Model::new(type_name.to_string()),
-        errors,
-        krate: krate.clone(),
-        ctx: ctx.clone(),
-        frontier: vec![crate::model::START],
-    };
-    rw.visit_block_mut(&mut func.block);
-    let frontier = rw.frontier.clone();
-    rw.model
-        .edges_from(&frontier, crate::model::END, EdgeKind::Sequence);
-    let mut model = rw.model;
-    if !errors.is_empty() {
-        return None;
-    }
-    model.name_variants();
-
     let ret = &sig.ret;
     let (ok, err) = if sig.ok.is_empty() {
         (
@@ -743,6 +732,27 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
     } else {
         (sig.ok.clone(), sig.err.clone())
     };
+
+    let mut rw = Rewriter {
+        model: Model::new(type_name.to_string()),
+        errors,
+        krate: krate.clone(),
+        ctx: ctx.clone(),
+        frontier: vec![crate::model::START],
+        error_ty: err.clone(),
+        markers: Markers::new(format_ident!("__flow_steps_{}", fn_name)),
+    };
+    rw.visit_block_mut(&mut func.block);
+    let frontier = rw.frontier.clone();
+    rw.model
+        .edges_from(&frontier, crate::model::END, EdgeKind::Sequence);
+    let mut model = rw.model;
+    let markers = rw.markers.definitions();
+    if !errors.is_empty() {
+        return None;
+    }
+    model.name_variants();
+
     let vis = &func.vis;
     let attrs = &func.attrs;
     let body = &func.block;
@@ -794,6 +804,8 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         }
 
         #ret_is_result
+
+        #markers
 
         #[doc = #doc_type]
         #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug, ::core::default::Default)]

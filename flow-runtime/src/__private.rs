@@ -25,11 +25,7 @@ impl<T, E> IsResult for Result<T, E> {
     type Err = E;
 }
 
-/// A fresh copy of a retried step's argument for one attempt.
-#[inline]
-pub fn retry_arg<T: Clone>(arg: &T) -> T {
-    arg.clone()
-}
+pub use crate::checks::*;
 
 /// Identity on a future whose error type is `E` (see [`Ctx::error_type`]).
 #[inline]
@@ -41,12 +37,6 @@ where
 }
 
 pub use futures_util::future::{join3, join4, join5, try_join3, try_join4, try_join5};
-
-/// A copy of a parallel group's input for one branch (every branch but the last gets one).
-#[inline]
-pub fn branch_input<T: Clone>(input: &T) -> T {
-    input.clone()
-}
 
 /// Applies a `branch` selector to the value on the incoming edge.
 #[inline]

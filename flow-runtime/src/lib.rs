@@ -23,6 +23,7 @@ mod workflow;
 
 #[doc(hidden)]
 pub mod __private;
+mod checks;
 
 pub use crate::ctx::{Ctx, StateView, Status, StepOutput};
 pub use crate::error::{

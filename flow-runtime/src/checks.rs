@@ -1,0 +1,252 @@
+//! Compile-time checks whose failures read as our own error messages.
+//!
+//! `#[diagnostic::on_unimplemented]` only shows our wording when *no* impl of the trait could
+//! match; a blanket impl over `T: Clone` or `F: Fn(I)` would be picked and fail inside, and
+//! rustc would print its own message. So each check first dispatches with autoref
+//! specialisation (method probing skips an impl whose where-clause fails and falls back to
+//! the impl on `&Probe`), yielding either a "pass" value or a "fail" value; a second trait,
+//! implemented for the pass type only, then carries our message. Step names reach the
+//! message as marker types the macros name after the steps.
+//!
+//! Generated code brings the dispatch traits into scope with `use ... as _`.
+
+use core::marker::PhantomData;
+
+/// What a check inspects: a value (by reference) and the type-level facts it needs.
+pub struct Probe<'a, T, X = ()>(pub &'a T, pub PhantomData<X>);
+
+/// A check that passed, carrying what it produced.
+pub struct Pass<T>(pub T);
+/// A check that failed; `T` is the offending type.
+pub struct Fail<T>(PhantomData<T>);
+
+impl<T> Fail<T> {
+    fn new() -> Self {
+        Fail(PhantomData)
+    }
+}
+
+// ---------------------------------------------------------------- Clone (retry, parallel)
+
+/// Dispatch: the value's type is `Clone`.
+pub trait CloneYes<T> {
+    /// A copy of the value.
+    fn flow_clone(&self) -> Pass<T>;
+}
+impl<T: Clone, X> CloneYes<T> for Probe<'_, T, X> {
+    fn flow_clone(&self) -> Pass<T> {
+        Pass(self.0.clone())
+    }
+}
+/// Dispatch fallback: the value's type is not `Clone`.
+pub trait CloneNo<T> {
+    /// The failure.
+    fn flow_clone(&self) -> Fail<T>;
+}
+impl<T, X> CloneNo<T> for &Probe<'_, T, X> {
+    fn flow_clone(&self) -> Fail<T> {
+        Fail::new()
+    }
+}
+
+/// A retried step's argument, copied for one attempt.
+#[diagnostic::on_unimplemented(
+    message = "step `{S}` is retried, so every attempt needs its own copy of each argument, but `{T}` is not `Clone`",
+    label = "moved into a retried step",
+    note = "pass a reference, derive `Clone` for `{T}`, or drop the `retry`"
+)]
+pub trait RetryArg<T, S> {
+    /// The copy.
+    fn get(self) -> T;
+}
+impl<T, S> RetryArg<T, S> for Pass<T> {
+    fn get(self) -> T {
+        self.0
+    }
+}
+
+/// Checks and copies a retried step's argument (`S` names the step).
+#[inline]
+pub fn retry_arg<S, T, A: RetryArg<T, S>>(_: &T, copy: A) -> T {
+    copy.get()
+}
+
+/// A parallel group's input, copied for one branch.
+#[diagnostic::on_unimplemented(
+    message = "the parallel group after step `{S}` gives each branch its own copy of `{T}`, but `{T}` is not `Clone`",
+    label = "every branch but the last gets a clone of this value",
+    note = "derive `Clone` for `{T}`, or share it behind an `Arc`"
+)]
+pub trait BranchInput<T, S> {
+    /// The copy.
+    fn get(self) -> T;
+}
+impl<T, S> BranchInput<T, S> for Pass<T> {
+    fn get(self) -> T {
+        self.0
+    }
+}
+
+/// Checks and copies a parallel group's input (`S` names the step before the group).
+#[inline]
+pub fn branch_input<S, T, A: BranchInput<T, S>>(_: &T, copy: A) -> T {
+    copy.get()
+}
+
+// ---------------------------------------------------------------- map over an iterable
+
+/// Dispatch: the value is iterable.
+pub trait IterYes<T> {
+    /// The value, checked.
+    fn flow_iter(&self) -> Pass<PhantomData<T>>;
+}
+impl<T: IntoIterator, X> IterYes<T> for Probe<'_, T, X> {
+    fn flow_iter(&self) -> Pass<PhantomData<T>> {
+        Pass(PhantomData)
+    }
+}
+/// Dispatch fallback: the value is not iterable.
+pub trait IterNo<T> {
+    /// The failure.
+    fn flow_iter(&self) -> Fail<T>;
+}
+impl<T, X> IterNo<T> for &Probe<'_, T, X> {
+    fn flow_iter(&self) -> Fail<T> {
+        Fail::new()
+    }
+}
+
+/// The input of a `map`.
+#[diagnostic::on_unimplemented(
+    message = "`map` runs its body once per item, but `{T}`, the output of step `{S}`, is not iterable",
+    label = "the input of this `map`",
+    note = "make step `{S}` return a collection such as `Vec<_>`"
+)]
+pub trait MapInput<T, S> {
+    /// The checked input (on failure there is none, so nothing else reports on it).
+    type Items;
+    /// Passes the input through.
+    fn pass(value: T) -> Self::Items;
+}
+impl<T, S> MapInput<T, S> for Pass<PhantomData<T>> {
+    type Items = T;
+    fn pass(value: T) -> T {
+        value
+    }
+}
+
+/// Checks a `map`'s input (`S` names the step before the map) and passes it through.
+#[inline]
+pub fn map_input<S, T, A: MapInput<T, S>>(value: T, _: A) -> A::Items {
+    A::pass(value)
+}
+
+// ---------------------------------------------------------------- step input (flow! edges)
+
+/// Dispatch: the step `F` takes the value on its incoming edge.
+pub trait TakesYes {
+    /// Passed.
+    fn flow_takes(&self) -> Pass<()>;
+}
+impl<F, I, R, X> TakesYes for Probe<'_, F, (I, X)>
+where
+    F: Fn(I) -> R,
+{
+    fn flow_takes(&self) -> Pass<()> {
+        Pass(())
+    }
+}
+/// Dispatch fallback: the step does not take that value.
+pub trait TakesNo<I> {
+    /// The failure.
+    fn flow_takes(&self) -> Fail<I>;
+}
+impl<F, I, X> TakesNo<I> for &Probe<'_, F, (I, X)> {
+    fn flow_takes(&self) -> Fail<I> {
+        Fail::new()
+    }
+}
+
+/// An edge of a `flow!`: the output of step `P` is the input of step `S`.
+#[diagnostic::on_unimplemented(
+    message = "step `{S}` cannot take `{I}`, the output of step `{P}`",
+    label = "this step's parameter is not `{I}`",
+    note = "in a `flow!`, each step's output is the next step's input"
+)]
+pub trait Edge<I, S, P> {}
+impl<I, S, P> Edge<I, S, P> for Pass<()> {}
+
+/// Checks that step `S` takes `I`, the output of step `P`.
+#[inline]
+pub fn edge<I, S, P, A: Edge<I, S, P>>(_: &I, _: A) {}
+
+// ---------------------------------------------------------------- error conversion
+
+/// Dispatch: the step's output (`Result<T, E2>` or `()`) fits the workflow's error `E`.
+pub trait ConvertsYes {
+    /// Passed.
+    fn flow_converts(&self) -> Pass<()>;
+}
+impl<Fut, E> ConvertsYes for Probe<'_, PhantomData<Fut>, E>
+where
+    Fut: core::future::Future,
+    Fut::Output: crate::ctx::StepOutput<E>,
+{
+    fn flow_converts(&self) -> Pass<()> {
+        Pass(())
+    }
+}
+/// Dispatch fallback: it does not.
+pub trait ConvertsNo<E> {
+    /// The failure.
+    fn flow_converts(&self) -> Fail<E>;
+}
+impl<Fut, E> ConvertsNo<E> for &Probe<'_, PhantomData<Fut>, E> {
+    fn flow_converts(&self) -> Fail<E> {
+        Fail::new()
+    }
+}
+
+/// The error of step `S` converts into the workflow's error `E`; passes the step's future (or
+/// its `make` closure) `F` through, so that a failed check is the only error reported.
+#[diagnostic::on_unimplemented(
+    message = "the error of step `{S}` does not convert into the workflow's error type `{E}`",
+    label = "this step's error has no `From` conversion into `{E}` (or it does not return a `Result`)",
+    note = "implement `From<the step's error>` for `{E}`, or change the step's error type"
+)]
+pub trait Converts<E, S, F> {
+    /// `F`, checked.
+    type Checked;
+    /// Passes `F` through.
+    fn pass(f: F) -> Self::Checked;
+}
+impl<E, S, F> Converts<E, S, F> for Pass<()> {
+    type Checked = F;
+    fn pass(f: F) -> F {
+        f
+    }
+}
+
+/// Checks that step `S`'s error converts into `E`, passing the step's future through.
+#[inline]
+pub fn converts<E, S, F, A: Converts<E, S, F>>(f: F, _: A) -> A::Checked {
+    A::pass(f)
+}
+
+/// The type of a future, as a zero-sized value a [`Probe`] can hold.
+#[inline]
+pub fn future_type<F: core::future::Future>(_: &F) -> PhantomData<F> {
+    PhantomData
+}
+
+/// The type of the futures a retried step's `make` creates.
+#[inline]
+pub fn made_future_type<M: FnMut() -> F, F: core::future::Future>(_: &M) -> PhantomData<F> {
+    PhantomData
+}
+
+/// A probe of whether step function `f` takes `input` (see [`edge`]).
+#[inline]
+pub fn probe_edge<'a, F, I>(f: &'a F, _: &I) -> Probe<'a, F, (I, ())> {
+    Probe(f, PhantomData)
+}

@@ -1,0 +1,26 @@
+use flow::prelude::*;
+
+#[derive(Debug)]
+struct E;
+impl std::fmt::Display for E {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("e")
+    }
+}
+async fn step(n: u32) -> Result<u32, E> {
+    Ok(n)
+}
+
+#[derive(Debug)]
+struct AppError;
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("app")
+    }
+}
+
+fn build() {
+    let _f = flow! { error = AppError; step -> step };
+}
+
+fn main() {}
