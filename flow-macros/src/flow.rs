@@ -79,7 +79,8 @@ struct Stage {
 }
 
 enum Unit {
-    Step(Expr),
+    /// A step, with its label (`refetch: fetch`) if it has one.
+    Step(Expr, Option<Ident>),
     Parallel(Vec<Pipeline>, Span),
     Group(Pipeline),
     Map {
@@ -98,6 +99,38 @@ enum Unit {
 /// Parsing records non-fatal problems (bad policies, unknown keys) here and keeps going.
 struct Parser<'a> {
     errors: &'a mut Errors,
+    /// Explicit step labels, in order.
+    labels: Vec<Ident>,
+    /// Names of unlabeled steps (their function's name).
+    names: Vec<Ident>,
+}
+
+impl Parser<'_> {
+    /// Labels name steps in the graph, the events and durable runs: an explicit label must be
+    /// unique, and must not be another step's name. (An unlabeled function may repeat: its
+    /// nodes are told apart by position.)
+    fn check_labels(&mut self) {
+        for (i, label) in self.labels.iter().enumerate() {
+            if let Some(first) = self.labels[..i].iter().find(|l| *l == label) {
+                let mut e = syn::Error::new(
+                    label.span(),
+                    format!(
+                        "duplicate step label `{label}`: each label names one step of the flow"
+                    ),
+                );
+                e.combine(syn::Error::new(
+                    first.span(),
+                    format!("`{label}` first labels a step here"),
+                ));
+                self.errors.push(e);
+            } else if self.names.iter().any(|n| n == label) {
+                self.errors.push(syn::Error::new(
+                    label.span(),
+                    format!("step label `{label}` is already the name of another step in this flow; choose another label"),
+                ));
+            }
+        }
+    }
 }
 
 impl Parser<'_> {
@@ -179,7 +212,7 @@ impl Parser<'_> {
             let items = Punctuated::<Item, Token![,]>::parse_terminated(&content)?;
             let allowed: &[&str] = match unit {
                 Unit::Parallel(..) => &[kw::SETTLE],
-                Unit::Step(_) => kw::STEP_POLICIES,
+                Unit::Step(..) => kw::STEP_POLICIES,
                 _ => &[],
             };
             for item in items {
@@ -222,6 +255,19 @@ impl Parser<'_> {
             }
             return Ok(Unit::Parallel(branches, paren.span.join()));
         }
+        // `label: step`: a single colon (a path has two).
+        if input.peek(Ident) && input.peek2(Token![:]) && !input.peek2(Token![::]) {
+            let label: Ident = input.parse()?;
+            input.parse::<Token![:]>()?;
+            let path: syn::ExprPath = input.parse().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    format!("expected the step that `{label}:` labels, such as `{label}: fetch`"),
+                )
+            })?;
+            self.labels.push(label.clone());
+            return Ok(Unit::Step(Expr::Path(path), Some(label)));
+        }
         if lookahead.peek(Ident)
             || lookahead.peek(Token![::])
             || lookahead.peek(Token![crate])
@@ -245,7 +291,10 @@ impl Parser<'_> {
                 ));
             }
             let path: syn::ExprPath = input.parse()?;
-            return Ok(Unit::Step(Expr::Path(path)));
+            if let Some(last) = path.path.segments.last() {
+                self.names.push(last.ident.clone());
+            }
+            return Ok(Unit::Step(Expr::Path(path), None));
         }
         Err(lookahead.error())
     }
@@ -411,14 +460,15 @@ impl Planner {
                     out.append(&mut inner_stages);
                     frontier = f;
                 }
-                Unit::Step(func) => {
-                    let name = match &func {
-                        Expr::Path(p) => p
+                Unit::Step(func, label) => {
+                    let name = match (&label, &func) {
+                        (Some(l), _) => l.to_string(),
+                        (None, Expr::Path(p)) => p
                             .path
                             .segments
                             .last()
                             .map_or_else(|| "step".to_owned(), |s| s.ident.to_string()),
-                        other => other.to_token_stream().to_string(),
+                        (None, other) => other.to_token_stream().to_string(),
                     };
                     let id =
                         self.model
@@ -814,18 +864,27 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let parsed = {
         let mut p = Parser {
             errors: &mut errors,
+            labels: Vec::new(),
+            names: Vec::new(),
         };
-        syn::parse::Parser::parse2(|s: ParseStream| p.input(s), input)
+        let r = syn::parse::Parser::parse2(|s: ParseStream| p.input(s), input);
+        if r.is_ok() {
+            p.check_labels();
+        }
+        r
     };
+    // `flow!` is an expression: several `compile_error!`s must sit in a block.
     let flow = match parsed {
         Ok(f) => f,
         Err(e) => {
             errors.push(e);
-            return errors.into_compile_errors();
+            let errs = errors.into_compile_errors();
+            return quote!({ #errs });
         }
     };
     if !errors.is_empty() {
-        return errors.into_compile_errors();
+        let errs = errors.into_compile_errors();
+        return quote!({ #errs });
     }
     expand_flow(flow)
 }

@@ -13,6 +13,11 @@ mod policy;
 mod step;
 mod workflow;
 
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod snapshots;
+
 use proc_macro::TokenStream;
 
 /// Turns an `async fn` into a workflow: every awaited call becomes a state of a typed state

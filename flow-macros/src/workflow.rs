@@ -758,8 +758,19 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
     let body = &func.block;
     let param_pats: Vec<&Pat> = sig.params.iter().map(|(p, _)| p).collect();
     let param_tys: Vec<&Type> = sig.params.iter().map(|(_, t)| t).collect();
-    let arg_names: Vec<Ident> = (0..sig.params.len())
-        .map(|i| Ident::new(&format!("__flow_arg{i}"), Span::mixed_site()))
+    // The generated function keeps the user's parameter names where they are plain names (its
+    // docs read `spec: Spec`); patterns such as `(a, b): (u8, u8)` get a generated name.
+    let arg_names: Vec<Ident> = sig
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, (pat, _))| match pat {
+            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => Ident::new(
+                &p.ident.to_string(),
+                Span::mixed_site().located_at(p.ident.span()),
+            ),
+            _ => Ident::new(&format!("__flow_arg{i}"), Span::mixed_site()),
+        })
         .collect();
     let graph = model.graph_tokens(&krate);
     let fingerprint = model.fingerprint();
@@ -771,6 +782,22 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         None => quote!(::core::option::Option::None),
     };
     let variants: Vec<(u32, &Ident)> = model.state_variants().collect();
+    let variant_docs: Vec<String> = variants
+        .iter()
+        .map(|(i, _)| match model.nodes.get(*i as usize) {
+            Some(_) if *i == crate::model::START => " Before the first step.".to_owned(),
+            Some(n) => format!(
+                " At {} `{}`.",
+                if n.kind == Kind::Parallel {
+                    "the parallel group"
+                } else {
+                    "step"
+                },
+                n.name
+            ),
+            None => String::new(),
+        })
+        .collect();
     let variant_idents = variants.iter().map(|(_, v)| *v);
     let node_arms = variants
         .iter()
@@ -815,7 +842,7 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug, ::core::cmp::PartialEq, ::core::cmp::Eq, ::core::hash::Hash)]
         #[allow(clippy::enum_variant_names)]
         #vis enum #state_name {
-            #(#[doc = "A state of the workflow."] #variant_idents,)*
+            #(#[doc = #variant_docs] #variant_idents,)*
             /// The run completed.
             Completed,
             /// The run failed.
