@@ -478,16 +478,70 @@ mod shadowing {
         core::result::Result::Ok(n + 1)
     }
 
+    async fn pair(n: u32) -> Result<(u32, u32)> {
+        core::result::Result::Ok((n, n))
+    }
+    async fn sum(p: (u32, u32)) -> Result<u32> {
+        core::result::Result::Ok(p.0 + p.1)
+    }
+    async fn many(n: u32) -> Result<std::vec::Vec<u32>> {
+        core::result::Result::Ok(std::vec![n, n])
+    }
+    async fn total(v: std::vec::Vec<u32>) -> Result<u32> {
+        core::result::Result::Ok(v.iter().sum())
+    }
+
     #[flow::workflow]
     pub async fn shadowed(n: u32) -> Result<u32> {
         #[retry(max_attempts = 2, backoff = exponential("1ms", 2.0))]
         #[timeout("1s")]
         let n = step(n).await?;
-        step(n).await
+        let (a, b) = flow::join!(step(n), step(n)).await?;
+        step(a + b).await
+    }
+
+    pub async fn shadowed_flow(n: u32) -> core::result::Result<u32, flow::Error<TestError>> {
+        let f = flow::flow! {
+            step [retry(max_attempts = 2), timeout = "1s"]
+                -> (step & step) -> sum -> many -> map(step, concurrency = 2) -> total
+                -> branch(|n| *n > 100) { true => step, false => pair -> sum }
+        };
+        f.run(n).await
     }
 }
 
 #[tokio::test]
 async fn expansion_ignores_shadowed_prelude_names() {
-    assert_eq!(shadowing::shadowed(1).await.unwrap(), 3);
+    assert_eq!(shadowing::shadowed(1).await.unwrap(), 7);
+    // 1 -> 2 -> (3, 3) -> 6 -> [6, 6] -> [7, 7] -> 14 -> (14, 14) -> 28
+    assert_eq!(shadowing::shadowed_flow(1).await.unwrap(), 28);
+}
+
+// ---------------------------------------------------------------- reference and generic steps
+
+#[derive(Clone, Debug)]
+struct Spec {
+    nodes: u32,
+}
+
+async fn count_nodes(spec: &Spec) -> Result<u32, TestError> {
+    Ok(spec.nodes)
+}
+async fn describe<T: std::fmt::Display + Send>(value: T) -> Result<String, TestError> {
+    Ok(format!("<{value}>"))
+}
+
+#[workflow]
+async fn borrowing(spec: Spec) -> Result<String, TestError> {
+    #[retry(max_attempts = 2)]
+    let n = count_nodes(&spec).await?;
+    let again = count_nodes(&spec).await?;
+    describe::<u32>(n + again).await
+}
+
+#[tokio::test]
+async fn steps_may_borrow_and_be_generic() {
+    assert_eq!(borrowing(Spec { nodes: 2 }).await.unwrap(), "<4>");
+    let f = flow! { describe -> describe };
+    assert_eq!(f.run(7).await.unwrap(), "<<7>>");
 }
