@@ -455,7 +455,7 @@ impl Planner {
                     let (mut inner_stages, f) =
                         self.plan(inner, parent, states, frontier, entry.clone(), prev.clone());
                     if let Some(last) = inner_stages.last() {
-                        prev = Some(self.model.nodes[last.id() as usize].name.clone());
+                        prev = self.model.nodes.get(last.id() as usize).map(|n| n.name.clone());
                     }
                     out.append(&mut inner_stages);
                     frontier = f;
