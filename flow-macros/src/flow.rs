@@ -197,7 +197,10 @@ impl Parser<'_> {
     fn pipeline(&mut self, input: ParseStream) -> syn::Result<Pipeline> {
         let mut stages = vec![self.stage(input)?];
         while input.peek(Token![->]) {
-            input.parse::<Token![->]>()?;
+            let arrow = input.parse::<Token![->]>()?;
+            if input.is_empty() {
+                return Err(syn::Error::new_spanned(arrow, "expected a step after `->`"));
+            }
             stages.push(self.stage(input)?);
         }
         Ok(Pipeline { stages })
@@ -216,6 +219,13 @@ impl Parser<'_> {
                 _ => &[],
             };
             for item in items {
+                if item.name == kw::SETTLE && !matches!(unit, Unit::Parallel(..)) {
+                    self.errors.spanned(
+                        &item.name,
+                        "`settle` goes on a parallel group, `(a & b) [settle]`: it makes the group wait for every branch",
+                    );
+                    continue;
+                }
                 if allowed.is_empty() {
                     self.errors.spanned(&item.name, "policies go on steps (and `settle` on a parallel group), not on `map`, `branch` or a grouping");
                     continue;
@@ -318,7 +328,12 @@ impl Parser<'_> {
             }
             let key: Ident = content.parse()?;
             content.parse::<Token![=]>()?;
-            let value: LitInt = content.parse()?;
+            let value: LitInt = content.parse().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    format!("`{key}` takes a whole number, such as `{key} = 4`"),
+                )
+            })?;
             let n = value.base10_parse::<usize>()?;
             match key.to_string().as_str() {
                 kw::CONCURRENCY => {
@@ -455,7 +470,11 @@ impl Planner {
                     let (mut inner_stages, f) =
                         self.plan(inner, parent, states, frontier, entry.clone(), prev.clone());
                     if let Some(last) = inner_stages.last() {
-                        prev = self.model.nodes.get(last.id() as usize).map(|n| n.name.clone());
+                        prev = self
+                            .model
+                            .nodes
+                            .get(last.id() as usize)
+                            .map(|n| n.name.clone());
                     }
                     out.append(&mut inner_stages);
                     frontier = f;

@@ -99,10 +99,16 @@ fn parse_options(args: TokenStream, errors: &mut Errors) -> Options {
                     "`crate` must be a string: `crate = \"::my_flow\"`",
                 ),
             },
-            other => errors.spanned(
-                &kv.key,
-                unknown_key("`#[workflow]` option", other, kw::WORKFLOW_OPTIONS),
-            ),
+            other => {
+                let mut msg = unknown_key("`#[workflow]` option", other, kw::WORKFLOW_OPTIONS);
+                const STEP_WORDS: &[&str] = &[
+                    "retr", "attempt", "backoff", "jitter", "delay", "compens", "catch",
+                ];
+                if STEP_WORDS.iter().any(|w| other.contains(w)) {
+                    msg.push_str("; retries, timeouts, compensation and catch go on a step's statement, e.g. `#[retry(max_attempts = 3)] let x = step().await?;`");
+                }
+                errors.spanned(&kv.key, msg);
+            }
         }
     }
     o
