@@ -582,6 +582,16 @@ struct Stats {
 /// their messages and the rest.
 fn compile_errors(ts: TokenStream) -> (Vec<String>, Vec<TokenTree>) {
     let tts: Vec<TokenTree> = ts.into_iter().collect();
+    // `flow!` is an expression, so it wraps its errors in one block: `{ compile_error!(..) .. }`.
+    if let [TokenTree::Group(g)] = tts.as_slice()
+        && g.delimiter() == proc_macro2::Delimiter::Brace
+    {
+        let inner = g.stream();
+        let (msgs, rest) = compile_errors(inner.clone());
+        if !msgs.is_empty() && rest.is_empty() {
+            return (msgs, Vec::new());
+        }
+    }
     let text = |k: usize| tts.get(k).map(ToString::to_string).unwrap_or_default();
     let mut msgs = Vec::new();
     let mut i = 0;
