@@ -85,7 +85,9 @@ struct Inner<E> {
     run: RunId,
     parent: Option<RunId>,
     graph: &'static Graph,
-    started: Instant,
+    /// When the run started; read only for events, so taken only when the run has observers
+    /// (which are fixed when the context is made).
+    started: Option<Instant>,
     current: AtomicU32,
     status: AtomicU8,
     observers: Observers,
@@ -149,7 +151,7 @@ impl<E: core::fmt::Display> Ctx<E> {
                 run,
                 parent,
                 graph,
-                started: Instant::now(),
+                started: observers.active().then(Instant::now),
                 current: AtomicU32::new(NodeId::START.0),
                 status: AtomicU8::new(0),
                 observers,
@@ -219,17 +221,29 @@ impl<E> Ctx<E> {
         self.inner.observers.active()
     }
 
+    #[inline]
     pub(crate) fn emit(&self, node: NodeId, kind: EventKind) {
-        if !self.inner.observers.active() {
-            return;
+        if self.inner.observers.active() {
+            self.emit_at(node, kind, Instant::now());
         }
+    }
+
+    /// Emits an event that happened at `now` (several events of one instant share one clock
+    /// read). Only called when the run has observers.
+    #[cold]
+    #[inline(never)]
+    fn emit_at(&self, node: NodeId, kind: EventKind, now: Instant) {
+        let at = self
+            .inner
+            .started
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
         let event = Event {
             run: self.inner.run,
             parent: self.inner.parent,
             workflow: self.inner.graph.name,
             node,
             step: self.inner.graph.name_of(node),
-            at: self.inner.started.elapsed(),
+            at,
             kind,
         };
         self.inner.observers.emit(&event);
@@ -238,12 +252,41 @@ impl<E> Ctx<E> {
     /// Enters a node: records it as the current state and emits [`EventKind::Entered`].
     #[inline]
     pub fn enter(&self, node: NodeId) {
+        self.record_current(node);
+        self.emit(node, EventKind::Entered);
+    }
+
+    /// The state part of [`enter`](Self::enter): the current node, and the end of the previous
+    /// step's hand-off to a `#[workflow]` body.
+    #[inline]
+    fn record_current(&self, node: NodeId) {
         self.inner.current.store(node.0, Ordering::Relaxed);
         if self.inner.has_surfaced.load(Ordering::Relaxed) {
-            self.inner.has_surfaced.store(false, Ordering::Relaxed);
-            *lock(&self.inner.surfaced) = None;
+            self.clear_surfaced();
         }
-        self.emit(node, EventKind::Entered);
+    }
+
+    #[cold]
+    fn clear_surfaced(&self) {
+        self.inner.has_surfaced.store(false, Ordering::Relaxed);
+        *lock(&self.inner.surfaced) = None;
+    }
+
+    /// Enters a step's node and starts its attempt `number`: returns the attempt's start
+    /// time. One clock read serves the attempt's duration and both events.
+    #[inline]
+    fn start_attempt(&self, node: NodeId, number: u32, enter: bool) -> Instant {
+        if enter {
+            self.record_current(node);
+        }
+        let start = Instant::now();
+        if self.inner.observers.active() {
+            if enter {
+                self.emit_at(node, EventKind::Entered, start);
+            }
+            self.emit_at(node, EventKind::AttemptStarted { attempt: number }, start);
+        }
+        start
     }
 }
 
@@ -333,9 +376,7 @@ impl<E> Ctx<E> {
         Fut: Future,
         Fut::Output: StepOutput<E>,
     {
-        self.enter(node);
-        self.emit(node, EventKind::AttemptStarted { attempt: 1 });
-        let start = Instant::now();
+        let start = self.start_attempt(node, 1, true);
         match attempt(fut, None).await {
             Ok(v) => {
                 self.emit_success(node, 1, start);
@@ -358,16 +399,15 @@ impl<E> Ctx<E> {
         Fut: Future,
         Fut::Output: StepOutput<E>,
     {
-        self.enter(node);
-        let first_start = Instant::now();
         // One counter per rule, allocated only once a retry is considered.
         let mut counters: Vec<u32> = Vec::new();
         let mut attempts: Vec<Attempt<E>> = Vec::new();
         let mut number: u32 = 0;
+        let mut first_start = None;
         loop {
             number = number.saturating_add(1);
-            self.emit(node, EventKind::AttemptStarted { attempt: number });
-            let start = Instant::now();
+            let start = self.start_attempt(node, number, number == 1);
+            let first_start = *first_start.get_or_insert(start);
             let failure = match attempt(make(), policy.timeout).await {
                 Ok(v) => {
                     self.emit_success(node, number, start);
@@ -431,14 +471,17 @@ impl<E> Ctx<E> {
         }
     }
 
+    #[inline]
     fn emit_success(&self, node: NodeId, attempt: u32, start: Instant) {
         if self.observed() {
-            self.emit(
+            let now = Instant::now();
+            self.emit_at(
                 node,
                 EventKind::StepSucceeded {
                     attempt,
-                    elapsed: start.elapsed(),
+                    elapsed: now.saturating_duration_since(start),
                 },
+                now,
             );
         }
     }
@@ -693,6 +736,18 @@ impl<E: Send + 'static> Ctx<E> {
     ) -> O::Surfaced {
         let _ = output;
         O::surfaced(self.surface(result).await)
+    }
+
+    /// `#[workflow]`: a step's success, shaped as the step's own output, without going
+    /// through [`surface_as`](Self::surface_as)'s future (the common path stays synchronous).
+    #[inline]
+    pub fn surface_ok<O: StepOutput<E>>(
+        &self,
+        value: O::Ok,
+        output: core::marker::PhantomData<O>,
+    ) -> O::Surfaced {
+        let _ = output;
+        O::surfaced(Ok(value))
     }
 
     #[inline]

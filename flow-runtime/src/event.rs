@@ -163,6 +163,14 @@ impl Observers {
         self.0.is_some()
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_deref().map_or(0, <[_]>::len)
+    }
+
+    pub(crate) fn to_vec(&self) -> Vec<Arc<dyn Observer>> {
+        self.0.as_deref().map_or_else(Vec::new, <[_]>::to_vec)
+    }
+
     pub(crate) fn emit(&self, event: &Event) {
         if let Some(list) = &self.0 {
             for o in list.iter() {
