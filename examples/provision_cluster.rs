@@ -20,16 +20,22 @@
 //! cargo run --example provision_cluster -- --nodes 5
 //! cargo run --example provision_cluster -- --fault slow-start  # retries, then success
 //! cargo run --example provision_cluster -- --fault dead-node   # retries exhausted, compensation, exit 1
-//! cargo run --example provision_cluster -- --graph             # print the graph as Mermaid
+//! cargo run --example provision_cluster -- --graph mermaid     # print the graph and exit
+//! cargo run --example provision_cluster -- --graph dot         # ... as Graphviz DOT (| dot -Tsvg)
+//! cargo run --example provision_cluster -- --trace run.json    # write the run's trace (Perfetto)
 //! ```
+//!
+//! On a terminal the run is drawn live (`flow::ProgressObserver`); otherwise every event is
+//! printed as a line.
 
 #[path = "support/cluster.rs"]
 mod cluster;
 
 use std::fmt;
-use std::io;
+use std::io::{self, IsTerminal as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use flow::prelude::*;
 use futures_util::future::join_all;
@@ -104,6 +110,19 @@ impl From<io::Error> for ProvisionError {
     }
 }
 
+/// The live progress display, when stdout is a terminal: lines are printed above it.
+static PROGRESS: OnceLock<flow::ProgressObserver> = OnceLock::new();
+
+/// Prints a line (above the live progress, if it is drawn).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        match PROGRESS.get() {
+            Some(p) => p.println(format!($($arg)*)),
+            None => println!($($arg)*),
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------
 // Steps: plain async functions doing real work.
 // ---------------------------------------------------------------------------------------
@@ -112,7 +131,7 @@ impl From<io::Error> for ProvisionError {
 async fn launch_cluster(spec: &ClusterSpec) -> Result<ClusterProcs, io::Error> {
     let procs = cluster::launch(spec.nodes, &spec.dir, spec.fault).await?;
     let pids = procs.pids();
-    println!(
+    say!(
         "    launched {} node(s); {} process(es) running (pids {pids:?}); data in {}",
         procs.len(),
         pids.len(),
@@ -126,7 +145,7 @@ async fn teardown_cluster(procs: ClusterProcs) -> Result<(), io::Error> {
     let nodes = procs.nodes();
     let pids = procs.pids();
     let stopped = cluster::teardown(&procs).await?;
-    println!(
+    say!(
         "    compensation: stopped and reaped {stopped} node process(es) {:?} (pids {pids:?})",
         nodes.iter().map(|(id, _)| *id).collect::<Vec<_>>()
     );
@@ -148,7 +167,7 @@ async fn wait_until_up(procs: &ClusterProcs) -> Result<Vec<(usize, SocketAddr)>,
         }
     }
     if down.is_empty() {
-        println!("    all {} node(s) answered PING", nodes.len());
+        say!("    all {} node(s) answered PING", nodes.len());
         Ok(nodes)
     } else {
         Err(ProvisionError::NodesDown(down))
@@ -159,7 +178,7 @@ async fn wait_until_up(procs: &ClusterProcs) -> Result<Vec<(usize, SocketAddr)>,
 async fn create_schema(node: (usize, SocketAddr)) -> Result<usize, ProvisionError> {
     let (id, addr) = node;
     if cluster::init_schema(addr).await? {
-        println!("    node {id}: INIT_SCHEMA -> CREATED");
+        say!("    node {id}: INIT_SCHEMA -> CREATED");
         Ok(id)
     } else {
         Err(ProvisionError::Schema(format!(
@@ -179,9 +198,7 @@ async fn confirm_schema_once(nodes: &[(usize, SocketAddr)]) -> Result<(), Provis
             "node {id} created the schema a second time"
         )));
     }
-    println!(
-        "    node {id}: second INIT_SCHEMA -> EXISTS (a per-node init would race and lose here)"
-    );
+    say!("    node {id}: second INIT_SCHEMA -> EXISTS (a per-node init would race and lose here)");
     Ok(())
 }
 
@@ -197,7 +214,7 @@ async fn seed_table(
     for total in join_all(seeds).await {
         total?;
     }
-    println!(
+    say!(
         "    seeded {rows} {table} row(s) on {} node(s)",
         nodes.len()
     );
@@ -231,7 +248,7 @@ async fn verify_counts(
             }
         }
     }
-    println!("    every node holds {users} users and {orders} orders",);
+    say!("    every node holds {users} users and {orders} orders",);
     Ok(())
 }
 
@@ -239,7 +256,7 @@ async fn verify_counts(
 async fn shutdown_cluster(procs: &ClusterProcs) -> Result<usize, io::Error> {
     let pids = procs.pids();
     let stopped = cluster::teardown(procs).await?;
-    println!("    shut down {stopped} node process(es) (pids {pids:?})");
+    say!("    shut down {stopped} node process(es) (pids {pids:?})");
     Ok(stopped)
 }
 
@@ -279,23 +296,46 @@ async fn provision(spec: ClusterSpec) -> Result<ClusterReport, ProvisionError> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut argv: Vec<String> = std::env::args().collect();
+    let argv: Vec<String> = std::env::args().collect();
     // Node mode first: the cluster's nodes are this binary, re-executed.
     if let Some(node) = cluster::node_args(&argv) {
         return Ok(cluster::node_main(&node).await?);
     }
 
-    if argv.iter().any(|a| a == "--graph") {
-        println!("{}", Provision::GRAPH.to_mermaid());
-        return Ok(());
-    }
-    argv.retain(|a| a != "--graph");
-    let cli = match cluster::parse_cli(&argv) {
-        Ok(cli) => cli,
-        Err(msg) => {
-            eprintln!("{msg}\n       <example> --graph   (print the workflow graph as Mermaid)");
-            std::process::exit(2);
+    // Our own flags; the rest is the cluster's (`--nodes`, `--fault`).
+    let mut graph = None;
+    let mut trace = None;
+    let mut rest: Vec<String> = argv.first().cloned().into_iter().collect();
+    let mut args = argv.into_iter().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--graph" => graph = Some(args.next().unwrap_or_else(|| "mermaid".into())),
+            "--trace" => match args.next() {
+                Some(file) => trace = Some(PathBuf::from(file)),
+                None => usage("--trace needs a file name"),
+            },
+            _ => match (arg.strip_prefix("--graph="), arg.strip_prefix("--trace=")) {
+                (Some(g), _) => graph = Some(g.to_owned()),
+                (_, Some(t)) => trace = Some(PathBuf::from(t)),
+                _ => rest.push(arg),
+            },
         }
+    }
+    match graph.as_deref() {
+        Some("mermaid") => {
+            print!("{}", Provision::GRAPH.to_mermaid());
+            return Ok(());
+        }
+        Some("dot") => {
+            print!("{}", Provision::GRAPH.to_dot());
+            return Ok(());
+        }
+        Some(other) => usage(&format!("unknown graph format {other:?}")),
+        None => {}
+    }
+    let cli = match cluster::parse_cli(&rest) {
+        Ok(cli) => cli,
+        Err(msg) => usage(&msg),
     };
 
     let spec = ClusterSpec {
@@ -311,13 +351,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         spec.nodes, spec.fault
     );
 
-    let runtime = flow::Runtime::new().with_observer(|e: &flow::Event| println!("{e}"));
+    let mut runtime = flow::Runtime::new();
+    if io::stdout().is_terminal() {
+        // Drawn live: a line per step, pending / running / retrying / done / failed.
+        let progress = flow::ProgressObserver::new().with_graph(Provision::GRAPH);
+        runtime = runtime.with_observer(progress.clone());
+        let _ = PROGRESS.set(progress);
+    } else {
+        runtime = runtime.with_observer(|e: &flow::Event| println!("{e}"));
+    }
+    let timeline = flow::Timeline::new();
+    if trace.is_some() {
+        runtime = runtime.with_observer(timeline.clone());
+    }
     let mut handle = runtime.spawn(Provision, (spec,));
     // `&mut handle` so the handle is still there to show the final state.
     let result = (&mut handle).await;
     let state = handle.state();
     // `typed_state` is the same state as a variant of the generated `ProvisionState` enum.
-    println!("final state: {state:?} = {:?}", handle.typed_state());
+    say!("final state: {state:?} = {:?}", handle.typed_state());
+    if let Some(file) = &trace {
+        std::fs::write(file, timeline.to_chrome_trace())?;
+        say!(
+            "trace written to {} (open it in ui.perfetto.dev or chrome://tracing)",
+            file.display()
+        );
+    }
 
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         eprintln!("warning: could not remove {}: {e}", dir.display());
@@ -342,4 +401,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(1);
         }
     }
+}
+
+/// Prints the usage (after `msg`) and exits with status 2.
+fn usage(msg: &str) -> ! {
+    eprintln!(
+        "{msg}\n       <example> --graph mermaid|dot   (print the workflow graph and exit)\n       <example> --trace FILE          (write the run as Chrome trace-event JSON)"
+    );
+    std::process::exit(2);
 }

@@ -492,6 +492,8 @@ impl Planner {
                     let id =
                         self.model
                             .add(&name, Kind::Step, stage.policy.display(), parent, states);
+                    self.model
+                        .set_call(id, &quote::ToTokens::to_token_stream(&func));
                     link(&mut self.model, id, &frontier);
                     self.prev.insert(id, prev.replace(name.clone()));
                     frontier = vec![id];

@@ -486,7 +486,15 @@ impl Rewriter<'_> {
                 let code = self.step_code(&call, &policy, span);
                 let r = Ident::new("__flow_sr", Span::mixed_site());
                 let m = Ident::new("__flow_sm", Span::mixed_site());
-                quote_spanned!(span=> { let (#r, #m) = #code; #ctx.surface_as(#r, #m).await })
+                quote_spanned!(span=> {
+                    let (#r, #m) = #code;
+                    match #r {
+                        ::core::result::Result::Ok(__flow_ok) => #ctx.surface_ok(__flow_ok, #m),
+                        ::core::result::Result::Err(__flow_err) => {
+                            #ctx.surface_as(::core::result::Result::Err(__flow_err), #m).await
+                        }
+                    }
+                })
             }
             StepExpr::Group {
                 settle,
@@ -510,6 +518,7 @@ impl Rewriter<'_> {
         let id = self
             .model
             .add(&name, Kind::Step, policy.display(), None, true);
+        self.model.set_call(id, &crate::model::callee(call));
         self.model
             .edges_from(&self.frontier.clone(), id, EdgeKind::Sequence);
         self.frontier = vec![id];
@@ -579,6 +588,7 @@ impl Rewriter<'_> {
             let id = self
                 .model
                 .add(&name, Kind::Step, policy.display(), Some(gid), false);
+            self.model.set_call(id, &crate::model::callee(&call));
             self.model.edge(gid, id, EdgeKind::Parallel, String::new());
             ends.push(id);
             // Evaluate every branch's arguments first, in order, as an unawaited call would;
@@ -819,7 +829,7 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         " This is a workflow: see [`{type_name}`] for its graph and state machine. Awaiting it runs the workflow (inside another workflow's step, as a child run) and returns `Result<_, flow::Error<_>>`."
     );
     let doc_type = format!(
-        " The workflow of [`{fn_name}`]: implements `flow::Workflow`; run it with `flow::Runtime`.\n\n ```mermaid\n{}```",
+        " The workflow of [`{fn_name}`]: implements `flow::Workflow`; run it with `flow::Runtime`.\n\n{}",
         model_mermaid(&model)
     );
     let doc_state = format!(
@@ -919,20 +929,15 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
     })
 }
 
+/// The generated type's picture: the Mermaid `flowchart` (the same text as
+/// `GRAPH.to_mermaid()`; rendered by Mermaid-aware viewers and mermaid.live, shown as text by
+/// rustdoc, which needs no JavaScript or network for it) and a table of the steps, which
+/// rustdoc renders offline. The graph's fingerprint closes it.
 fn model_mermaid(m: &Model) -> String {
-    use core::fmt::Write as _;
-    let mut out = String::from("flowchart TD\n");
-    for (i, n) in m.nodes.iter().enumerate() {
-        let label = if n.policy.is_empty() {
-            n.name.clone()
-        } else {
-            format!("{}<br/>{}", n.name, n.policy)
-        }
-        .replace('"', "'");
-        let _ = writeln!(out, "    n{i}[\"{label}\"]");
-    }
-    for e in &m.edges {
-        let _ = writeln!(out, "    n{} --> n{}", e.from, e.to);
-    }
-    out
+    format!(
+        "# Graph\n\n```mermaid\n{}```\n\n# Steps\n\n{}\nGraph fingerprint: `{:#018x}` (`Self::FINGERPRINT`).",
+        m.to_mermaid(),
+        m.steps_table(),
+        m.fingerprint()
+    )
 }

@@ -111,74 +111,289 @@ impl Graph {
     }
 
     /// Renders the graph as a Mermaid `flowchart`.
+    ///
+    /// Steps are boxes labelled with their name and, one per line, their policies (retry,
+    /// timeout, compensation, catch); a parallel group is a subroutine box, a map a
+    /// parallelogram and a branch a rhombus whose outgoing edges carry the arm's pattern.
+    /// The members of a group ([`Node::parent`]) are drawn inside a subgraph with the group's
+    /// node; a catch edge (to a recovery step) is dashed. The output is deterministic (node
+    /// order), so it can be kept in golden files.
     pub fn to_mermaid(&self) -> String {
-        let mut out = String::from("flowchart TD\n");
-        for (i, n) in self.nodes.iter().enumerate() {
-            let label = node_label(n, "<br/>");
-            let _ = match n.kind {
-                NodeKind::Start | NodeKind::End => writeln!(out, "    n{i}([\"{label}\"])"),
-                NodeKind::Branch => writeln!(out, "    n{i}{{\"{label}\"}}"),
-                NodeKind::Parallel | NodeKind::Map => writeln!(out, "    n{i}[[\"{label}\"]]"),
-                NodeKind::Step | NodeKind::Recovery => writeln!(out, "    n{i}[\"{label}\"]"),
-            };
+        let tree = Tree::new(self.nodes.len(), |i| self.nodes[i].parent);
+        let mut out = format!("%% workflow {}\nflowchart TD\n", self.name);
+        for &r in &tree.roots {
+            self.mermaid_node(&tree, r, 1, &mut out);
         }
         for e in self.edges {
-            let arrow = match e.kind {
-                EdgeKind::Catch => "-.->",
-                _ => "-->",
+            let arrow = if e.kind == EdgeKind::Catch {
+                "-.->"
+            } else {
+                "-->"
             };
-            if e.label.is_empty() {
+            let label = edge_label(e.kind, e.label);
+            if label.is_empty() {
                 let _ = writeln!(out, "    n{} {arrow} n{}", e.from, e.to);
             } else {
-                let label = escape(e.label);
+                let label = mermaid_escape(label);
                 let _ = writeln!(out, "    n{} {arrow}|\"{label}\"| n{}", e.from, e.to);
             }
         }
+        out.push_str(MERMAID_CLASSES);
         out
     }
 
-    /// Renders the graph as Graphviz DOT.
+    fn mermaid_node(&self, tree: &Tree, i: usize, depth: usize, out: &mut String) {
+        let n = &self.nodes[i];
+        let pad = "    ".repeat(depth);
+        let label = label_lines(n)
+            .iter()
+            .map(|l| mermaid_escape(l))
+            .collect::<Vec<_>>()
+            .join("<br/>");
+        let (open, close) = match n.kind {
+            NodeKind::Start | NodeKind::End => ("([", "])"),
+            NodeKind::Step => ("[", "]"),
+            NodeKind::Recovery => ("(", ")"),
+            NodeKind::Parallel => ("[[", "]]"),
+            NodeKind::Map => ("[/", "/]"),
+            NodeKind::Branch => ("{", "}"),
+        };
+        let children = &tree.children[i];
+        if children.is_empty() {
+            let _ = writeln!(out, "{pad}n{i}{open}\"{label}\"{close}:::{}", class_of(n));
+            return;
+        }
+        let _ = writeln!(out, "{pad}subgraph g{i} [\"{}\"]", group_title(n.kind));
+        let _ = writeln!(
+            out,
+            "{pad}    n{i}{open}\"{label}\"{close}:::{}",
+            class_of(n)
+        );
+        for &c in children {
+            self.mermaid_node(tree, c, depth + 1, out);
+        }
+        let _ = writeln!(out, "{pad}end");
+    }
+
+    /// Renders the graph as Graphviz DOT (`dot -Tsvg` draws it).
+    ///
+    /// The same picture as [`to_mermaid`](Self::to_mermaid): shapes by node kind, policies
+    /// under the step's name, groups as clusters, branch edges labelled with their case,
+    /// catch edges dashed.
     pub fn to_dot(&self) -> String {
-        let mut out = format!("digraph \"{}\" {{\n    rankdir=TB;\n", escape(self.name));
-        for (i, n) in self.nodes.iter().enumerate() {
-            let shape = match n.kind {
-                NodeKind::Start | NodeKind::End => "oval",
-                NodeKind::Branch => "diamond",
-                NodeKind::Parallel | NodeKind::Map => "box3d",
-                NodeKind::Step | NodeKind::Recovery => "box",
-            };
-            let label = node_label(n, "\\n");
-            let _ = writeln!(out, "    n{i} [label=\"{label}\", shape={shape}];");
+        let tree = Tree::new(self.nodes.len(), |i| self.nodes[i].parent);
+        let mut out = String::new();
+        let _ = writeln!(out, "digraph \"{}\" {{", dot_escape(self.name));
+        let _ = writeln!(
+            out,
+            "    graph [rankdir=TB, fontname=\"Helvetica\", label=\"{}\", labelloc=t, fontsize=14];",
+            dot_escape(self.name)
+        );
+        out.push_str(
+            "    node [fontname=\"Helvetica\", fontsize=11, style=\"filled\", penwidth=1.2];\n",
+        );
+        out.push_str("    edge [fontname=\"Helvetica\", fontsize=10];\n");
+        for &r in &tree.roots {
+            self.dot_node(&tree, r, 1, &mut out);
         }
         for e in self.edges {
-            let style = if e.kind == EdgeKind::Catch {
-                ", style=dashed"
+            let mut attrs = Vec::new();
+            let label = edge_label(e.kind, e.label);
+            if !label.is_empty() {
+                attrs.push(format!("label=\"{}\"", dot_escape(label)));
+            }
+            if e.kind == EdgeKind::Catch {
+                attrs.push("style=dashed".to_owned());
+                attrs.push("color=\"#bf360c\"".to_owned());
+            }
+            if attrs.is_empty() {
+                let _ = writeln!(out, "    n{} -> n{};", e.from, e.to);
             } else {
-                ""
-            };
-            let _ = writeln!(
-                out,
-                "    n{} -> n{} [label=\"{}\"{style}];",
-                e.from,
-                e.to,
-                escape(e.label)
-            );
+                let _ = writeln!(out, "    n{} -> n{} [{}];", e.from, e.to, attrs.join(", "));
+            }
         }
         out.push_str("}\n");
         out
     }
-}
 
-fn node_label(n: &Node, newline: &str) -> String {
-    if n.policy.is_empty() {
-        escape(n.name)
-    } else {
-        format!("{}{newline}{}", escape(n.name), escape(n.policy))
+    fn dot_node(&self, tree: &Tree, i: usize, depth: usize, out: &mut String) {
+        let n = &self.nodes[i];
+        let pad = "    ".repeat(depth);
+        let lines = label_lines(n);
+        let mut label = format!("<b>{}</b>", html_escape(&lines[0]));
+        for l in &lines[1..] {
+            let _ = write!(
+                label,
+                "<br/><font point-size=\"9\">{}</font>",
+                html_escape(l)
+            );
+        }
+        let (shape, fill, extra) = match n.kind {
+            NodeKind::Start | NodeKind::End => ("oval", "#eceff1", ""),
+            NodeKind::Step if n.policy.is_empty() => {
+                ("box", "#e3f2fd", ", style=\"rounded,filled\"")
+            }
+            NodeKind::Step => ("box", "#fff8e1", ", style=\"rounded,filled\""),
+            NodeKind::Recovery => ("box", "#fbe9e7", ", style=\"rounded,filled,dashed\""),
+            NodeKind::Parallel => ("box3d", "#f3e5f5", ""),
+            NodeKind::Map => ("parallelogram", "#f3e5f5", ""),
+            NodeKind::Branch => ("diamond", "#f3e5f5", ""),
+        };
+        let children = &tree.children[i];
+        let line = format!("n{i} [label=<{label}>, shape={shape}, fillcolor=\"{fill}\"{extra}];");
+        if children.is_empty() {
+            let _ = writeln!(out, "{pad}{line}");
+            return;
+        }
+        let _ = writeln!(out, "{pad}subgraph cluster_g{i} {{");
+        let _ = writeln!(
+            out,
+            "{pad}    label=\"{}\"; style=\"rounded,dashed\"; color=\"#6a1b9a\"; fontsize=10;",
+            group_title(n.kind)
+        );
+        let _ = writeln!(out, "{pad}    {line}");
+        for &c in children {
+            self.dot_node(tree, c, depth + 1, out);
+        }
+        let _ = writeln!(out, "{pad}}}");
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "'")
+/// The Mermaid `classDef`s that [`Graph::to_mermaid`] refers to.
+const MERMAID_CLASSES: &str = "    classDef terminal fill:#eceff1,stroke:#546e7a
+    classDef step fill:#e3f2fd,stroke:#1565c0
+    classDef policy fill:#fff8e1,stroke:#f57f17
+    classDef group fill:#f3e5f5,stroke:#6a1b9a
+    classDef recovery fill:#fbe9e7,stroke:#bf360c,stroke-dasharray:4 3
+";
+
+/// The nodes of a graph arranged by group: `children[g]` are the members of group `g`.
+struct Tree {
+    roots: Vec<usize>,
+    children: Vec<Vec<usize>>,
+}
+
+impl Tree {
+    fn new(len: usize, parent: impl Fn(usize) -> Option<u32>) -> Tree {
+        let mut roots = Vec::new();
+        let mut children = vec![Vec::new(); len];
+        for i in 0..len {
+            // A parent that is not an earlier node (never produced by the macros) would make a
+            // cycle: such a node is drawn at the top level instead.
+            match parent(i).map(|p| p as usize) {
+                Some(p) if p < i => children[p].push(i),
+                _ => roots.push(i),
+            }
+        }
+        Tree { roots, children }
+    }
+}
+
+/// The lines of a node's label: its name, then one line per policy.
+fn label_lines(n: &Node) -> Vec<String> {
+    let mut lines = vec![n.name.to_owned()];
+    lines.extend(split_policies(n.policy));
+    if n.kind == NodeKind::Parallel && !n.policy.contains("settle") {
+        lines.push("fail fast".to_owned());
+    }
+    lines
+}
+
+/// Splits `retry(max_attempts = 3, ..), timeout = 2s` at the commas outside parentheses.
+pub(crate) fn split_policies(policy: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut cur = String::new();
+    for c in policy.chars() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(core::mem::take(&mut cur).trim().to_owned());
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    let last = cur.trim();
+    if !last.is_empty() {
+        parts.push(last.to_owned());
+    }
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+fn class_of(n: &Node) -> &'static str {
+    match n.kind {
+        NodeKind::Start | NodeKind::End => "terminal",
+        NodeKind::Step if n.policy.is_empty() => "step",
+        NodeKind::Step => "policy",
+        NodeKind::Recovery => "recovery",
+        NodeKind::Parallel | NodeKind::Map | NodeKind::Branch => "group",
+    }
+}
+
+fn group_title(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Parallel => "parallel",
+        NodeKind::Map => "map: once per item",
+        NodeKind::Branch => "branch",
+        _ => "group",
+    }
+}
+
+fn edge_label(kind: EdgeKind, label: &'static str) -> &'static str {
+    match kind {
+        EdgeKind::Catch if label.is_empty() => "on failure",
+        _ => label,
+    }
+}
+
+/// Escapes text for a quoted Mermaid label (entity codes, so `"`, `<`, `>` and `#` survive).
+fn mermaid_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '#' => out.push_str("#35;"),
+            '"' => out.push_str("#quot;"),
+            '<' => out.push_str("#lt;"),
+            '>' => out.push_str("#gt;"),
+            '&' => out.push_str("#amp;"),
+            '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes text for a double-quoted DOT string.
+fn dot_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes text for a Graphviz HTML-like label.
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -227,15 +442,46 @@ mod tests {
     #[test]
     fn mermaid_and_dot() {
         assert_eq!(
-            G.to_mermaid(),
-            "flowchart TD\n    n0([\"start\"])\n    n1([\"end\"])\n    n2[\"fetch<br/>retry(max_attempts = 3)\"]\n    n0 --> n2\n    n2 --> n1\n"
+            G.to_mermaid().lines().take(5).collect::<Vec<_>>(),
+            [
+                "%% workflow demo",
+                "flowchart TD",
+                "    n0([\"start\"]):::terminal",
+                "    n1([\"end\"]):::terminal",
+                "    n2[\"fetch<br/>retry(max_attempts = 3)\"]:::policy",
+            ]
         );
+        assert!(G.to_mermaid().contains("    n0 --> n2\n    n2 --> n1\n"));
         let dot = G.to_dot();
         assert!(dot.starts_with("digraph \"demo\" {"));
-        assert!(dot.contains("n2 [label=\"fetch\\nretry(max_attempts = 3)\", shape=box];"));
-        assert!(dot.contains("n0 -> n2 [label=\"\"];"));
+        assert!(dot.contains(
+            "n2 [label=<<b>fetch</b><br/><font point-size=\"9\">retry(max_attempts = 3)</font>>, shape=box"
+        ));
+        assert!(dot.contains("    n0 -> n2;\n"));
         assert_eq!(G.name_of(NodeId(2)), "fetch");
         assert_eq!(G.name_of(NodeId(9)), "?");
         assert_eq!(G.steps().count(), 1);
+    }
+
+    #[test]
+    fn policies_split_at_top_level_commas() {
+        assert_eq!(
+            split_policies("retry(max_attempts = 3, backoff = exponential(1s, 2)), timeout = 2s"),
+            [
+                "retry(max_attempts = 3, backoff = exponential(1s, 2))",
+                "timeout = 2s"
+            ]
+        );
+        assert!(split_policies("").is_empty());
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            mermaid_escape("a \"b\" <c> #1"),
+            "a #quot;b#quot; #lt;c#gt; #35;1"
+        );
+        assert_eq!(dot_escape("a \"b\" \\"), "a \\\"b\\\" \\\\");
+        assert_eq!(html_escape("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
     }
 }

@@ -10,7 +10,10 @@
 //! - Policies ([`Retry`], [`Backoff`], [`Jitter`], [`StepPolicy`]) with exact semantics,
 //!   documented on each type.
 //! - Errors ([`Error`], [`StepError`], [`Failure`]) that say which step failed and why.
-//! - [`Event`]s and [`Observer`]s: every transition of a run.
+//! - [`Event`]s and [`Observer`]s: every transition of a run. Built-in observers:
+//!   `TracingObserver` (feature `tracing`, on by default: spans `workflow` > `step`),
+//!   [`Timeline`] (Chrome trace JSON and Mermaid `gantt` of recorded runs) and
+//!   `ProgressObserver` (feature `progress`: live progress in the terminal).
 
 mod ctx;
 mod error;
@@ -18,7 +21,11 @@ mod event;
 mod glue;
 mod graph;
 mod policy;
+#[cfg(feature = "progress")]
+mod progress;
 mod runtime;
+mod timeline;
+mod trace;
 mod workflow;
 
 #[doc(hidden)]
@@ -32,5 +39,11 @@ pub use crate::error::{
 pub use crate::event::{Event, EventKind, Observer, RunId};
 pub use crate::graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};
 pub use crate::policy::{Backoff, Delays, Jitter, On, Retry, SplitMix64, StepPolicy};
+#[cfg(feature = "progress")]
+pub use crate::progress::ProgressObserver;
 pub use crate::runtime::{EventStream, Handle, Runtime};
+pub use crate::timeline::{Slice, SliceKind, SliceOutcome, Timeline};
+#[cfg(feature = "tracing")]
+pub use crate::trace::TracingObserver;
+pub use crate::trace::default_observers;
 pub use crate::workflow::{Flow, Workflow, WorkflowState};

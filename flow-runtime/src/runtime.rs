@@ -6,9 +6,9 @@ use core::pin::{Pin, pin};
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::{Context, Poll};
 use core::time::Duration;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
+use futures_util::future::Either;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,10 +25,9 @@ fn next_run_id() -> RunId {
     RunId(NEXT_RUN.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A random jitter seed: the thread's generator, itself seeded from the OS's hash keys.
 fn random_seed() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(NEXT_RUN.load(Ordering::Relaxed));
-    h.finish()
+    fastrand::u64(..)
 }
 
 /// What a running workflow inherits from the run whose step started it.
@@ -38,6 +37,8 @@ struct RunLink {
     observers: Observers,
     cancel: Option<CancellationToken>,
     seed: u64,
+    /// The root run's runtime had a fixed seed: every descendant's jitter is reproducible.
+    seeded: bool,
 }
 
 tokio::task_local! {
@@ -55,7 +56,8 @@ tokio::task_local! {
 /// ```
 #[derive(Clone, Default)]
 pub struct Runtime {
-    observers: Vec<Arc<dyn Observer>>,
+    /// Shared by every run of this runtime (one reference count per run, no allocation).
+    observers: Observers,
     seed: Option<u64>,
 }
 
@@ -69,14 +71,22 @@ impl core::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// A runtime with no observers and a random jitter seed.
+    /// A runtime with a random jitter seed and the default observers (none, unless tracing is on).
+    ///
+    /// With the `tracing` feature (on by default) and a `tracing` subscriber interested in the
+    /// `flow` target, the runtime starts with a [`TracingObserver`](crate::TracingObserver).
     pub fn new() -> Self {
-        Runtime::default()
+        Runtime {
+            observers: Observers::from_vec(crate::trace::default_observers()),
+            seed: None,
+        }
     }
 
     /// Adds an observer that receives every event of every run.
     pub fn with_observer(mut self, observer: impl Observer) -> Self {
-        self.observers.push(Arc::new(observer));
+        let mut all = self.observers.to_vec();
+        all.push(Arc::new(observer));
+        self.observers = Observers::from_vec(all);
         self
     }
 
@@ -93,13 +103,19 @@ impl Runtime {
         extra: Option<Arc<dyn Observer>>,
         cancel: Option<CancellationToken>,
     ) -> Ctx<E> {
-        let mut observers = self.observers.clone();
-        observers.extend(extra);
+        let observers = match extra {
+            None => self.observers.clone(),
+            Some(extra) => {
+                let mut all = self.observers.to_vec();
+                all.push(extra);
+                Observers::from_vec(all)
+            }
+        };
         Ctx::new(
             next_run_id(),
             None,
             workflow.graph(),
-            Observers::from_vec(observers),
+            observers,
             cancel,
             self.seed.unwrap_or_else(random_seed),
         )
@@ -115,7 +131,7 @@ impl Runtime {
         input: W::Input,
     ) -> Result<W::Output, Error<W::Error>> {
         let ctx = self.ctx(workflow, None, None);
-        drive(workflow, ctx, input).await
+        drive(workflow, ctx, input, self.seed.is_some()).await
     }
 
     /// Starts `workflow` on a new tokio task and returns its [`Handle`].
@@ -134,7 +150,8 @@ impl Runtime {
         let ctx = self.ctx(&workflow, Some(sender), Some(token.clone()));
         let view = ctx.clone();
         let view_run = ctx.run_id();
-        let task = tokio::spawn(async move { drive(&workflow, ctx, input).await });
+        let seeded = self.seed.is_some();
+        let task = tokio::spawn(async move { drive(&workflow, ctx, input, seeded).await });
         Handle {
             ctx: view,
             token,
@@ -166,7 +183,7 @@ pub async fn run_nested<W: Workflow>(
                 link.cancel.map(|t| t.child_token()),
                 link.seed,
             );
-            drive(workflow, ctx, input).await
+            drive(workflow, ctx, input, link.seeded).await
         }
         Err(_) => Runtime::new().run(workflow, input).await,
     }
@@ -179,22 +196,42 @@ enum Outcome<T, E> {
     TimedOut(Duration),
 }
 
+/// Runs the body of one run until it completes, fails, is cancelled or times out.
+///
+/// `seeded`: the run's jitter seed is fixed (a seeded runtime, or a child of such a run), so
+/// the runs its steps start must draw their seeds from it.
 async fn drive<W: Workflow>(
     workflow: &W,
     ctx: Ctx<W::Error>,
     input: W::Input,
+    seeded: bool,
 ) -> Result<W::Output, Error<W::Error>> {
     let name = workflow.graph().name;
     ctx.emit(NodeId::START, EventKind::RunStarted);
-    let link = RunLink {
+    // What workflows called inside this run's steps inherit. When there is nothing to inherit
+    // (no observers, no cancellation, a random seed) and no enclosing run's link to mask, a
+    // child run started without the link is exactly a child started with it (its parent id
+    // shows only in events, and nobody observes), so the task-local scope, whose cost is paid
+    // on every poll, is skipped.
+    let link = (ctx.observed()
+        || ctx.cancel_token().is_some()
+        || seeded
+        || CURRENT.try_with(|_| ()).is_ok())
+    .then(|| RunLink {
         run: ctx.run_id(),
         observers: ctx.observers().clone(),
         cancel: ctx.cancel_token().cloned(),
         seed: ctx.seed_for_child(),
-    };
+        seeded,
+    });
     let outcome = {
         // Scoped so that the body, and every step in flight, is dropped before compensating.
-        let mut body = pin!(CURRENT.scope(link, workflow.execute(ctx.clone(), input)));
+        // Pinned where it is built: moving it (into a helper's argument, say) would give the
+        // run's future a second slot of the body's size.
+        let mut body = pin!(match link {
+            Some(link) => Either::Left(CURRENT.scope(link, workflow.execute(ctx.clone(), input))),
+            None => Either::Right(workflow.execute(ctx.clone(), input)),
+        });
         let cancel = ctx.cancel_token().cloned();
         let mut cancelled = pin!(async move {
             match cancel {

@@ -202,7 +202,7 @@ fn __expansion() {
                         label: "",
                     },
                 ],
-                fingerprint: 12667570485124805175u64,
+                fingerprint: 8996582611188893244u64,
             },
             __FlowState::Start,
             ::core::option::Option::Some(::core::time::Duration::new(5400u64, 0u32)),

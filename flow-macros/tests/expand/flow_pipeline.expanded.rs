@@ -218,7 +218,7 @@ fn __expansion() {
                         label: "",
                     },
                 ],
-                fingerprint: 12893164726825072668u64,
+                fingerprint: 18360316387388380564u64,
             },
             __FlowState::Start,
             ::core::option::Option::None,

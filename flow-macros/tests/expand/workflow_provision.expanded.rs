@@ -26,16 +26,21 @@ mod __flow_steps_provision {
 }
 /** The workflow of [`provision`]: implements `flow::Workflow`; run it with `flow::Runtime`.
 
- ```mermaid
+# Graph
+
+```mermaid
+%% workflow Provision
 flowchart TD
-    n0["start"]
-    n1["end"]
-    n2["launch<br/>compensate = teardown"]
-    n3["wait_healthy<br/>retry(max_attempts = 8, backoff = exponential(200ms, 2), max_delay = 5s), timeout = 2s"]
-    n4["join"]
-    n5["seed"]
-    n6["seed"]
-    n7["verify"]
+    n0(["start"]):::terminal
+    n1(["end"]):::terminal
+    n2["launch<br/>compensate = teardown"]:::policy
+    n3["wait_healthy<br/>retry(max_attempts = 8, backoff = exponential(200ms, 2), max_delay = 5s)<br/>timeout = 2s"]:::policy
+    subgraph g4 ["parallel"]
+        n4[["join<br/>fail fast"]]:::group
+        n5["seed"]:::step
+        n6["seed"]:::step
+    end
+    n7["verify"]:::step
     n0 --> n2
     n2 --> n3
     n3 --> n4
@@ -44,7 +49,25 @@ flowchart TD
     n5 --> n7
     n6 --> n7
     n7 --> n1
-```*/
+    classDef terminal fill:#eceff1,stroke:#546e7a
+    classDef step fill:#e3f2fd,stroke:#1565c0
+    classDef policy fill:#fff8e1,stroke:#f57f17
+    classDef group fill:#f3e5f5,stroke:#6a1b9a
+    classDef recovery fill:#fbe9e7,stroke:#bf360c,stroke-dasharray:4 3
+```
+
+# Steps
+
+| node | step | kind | policies | next |
+| ---: | --- | --- | --- | --- |
+| 2 | `launch` | step | `compensate = teardown` | `wait_healthy` |
+| 3 | `wait_healthy` | step | `retry(max_attempts = 8, backoff = exponential(200ms, 2), max_delay = 5s)`<br>`timeout = 2s` | `join` |
+| 4 | `join` | parallel group |  | `seed`, `seed` |
+| 5 | `seed` | step, in `join` (node 4) |  | `verify` |
+| 6 | `seed` | step, in `join` (node 4) |  | `verify` |
+| 7 | `verify` | step |  | `end` |
+
+Graph fingerprint: `0x51602c05e981269c` (`Self::FINGERPRINT`).*/
 #[derive(
     ::core::clone::Clone,
     ::core::marker::Copy,
@@ -221,10 +244,10 @@ impl Provision {
                 label: "",
             },
         ],
-        fingerprint: 15722950562793630347u64,
+        fingerprint: 5863735118740399772u64,
     };
     /// A hash of the graph, fixed at compile time.
-    pub const FINGERPRINT: u64 = 15722950562793630347u64;
+    pub const FINGERPRINT: u64 = 5863735118740399772u64;
 }
 #[automatically_derived]
 impl ::flow::Workflow for Provision {
@@ -274,7 +297,19 @@ impl ::flow::Workflow for Provision {
                         .compensate(::flow::NodeId(2u32), __flow_r, teardown);
                     (__flow_r, __flow_m)
                 };
-                __flow_ctx.surface_as(__flow_sr, __flow_sm).await
+                match __flow_sr {
+                    ::core::result::Result::Ok(__flow_ok) => {
+                        __flow_ctx.surface_ok(__flow_ok, __flow_sm)
+                    }
+                    ::core::result::Result::Err(__flow_err) => {
+                        __flow_ctx
+                            .surface_as(
+                                ::core::result::Result::Err(__flow_err),
+                                __flow_sm,
+                            )
+                            .await
+                    }
+                }
             }?;
             let nodes = {
                 let (__flow_sr, __flow_sm) = {
@@ -335,7 +370,19 @@ impl ::flow::Workflow for Provision {
                         .await;
                     (__flow_r, __flow_m)
                 };
-                __flow_ctx.surface_as(__flow_sr, __flow_sm).await
+                match __flow_sr {
+                    ::core::result::Result::Ok(__flow_ok) => {
+                        __flow_ctx.surface_ok(__flow_ok, __flow_sm)
+                    }
+                    ::core::result::Result::Err(__flow_err) => {
+                        __flow_ctx
+                            .surface_as(
+                                ::core::result::Result::Err(__flow_err),
+                                __flow_sm,
+                            )
+                            .await
+                    }
+                }
             }?;
             let (users, orders) = __flow_ctx
                 .surface({
@@ -428,7 +475,19 @@ impl ::flow::Workflow for Provision {
                     let __flow_r = __flow_ctx.step(::flow::NodeId(7u32), __flow_f).await;
                     (__flow_r, __flow_m)
                 };
-                __flow_ctx.surface_as(__flow_sr, __flow_sm).await
+                match __flow_sr {
+                    ::core::result::Result::Ok(__flow_ok) => {
+                        __flow_ctx.surface_ok(__flow_ok, __flow_sm)
+                    }
+                    ::core::result::Result::Err(__flow_err) => {
+                        __flow_ctx
+                            .surface_as(
+                                ::core::result::Result::Err(__flow_err),
+                                __flow_sm,
+                            )
+                            .await
+                    }
+                }
             }
         }
         let (spec,) = __flow_input;

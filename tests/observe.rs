@@ -1,0 +1,472 @@
+//! Seeing a run: the `tracing` spans and events (`TracingObserver`, checked with a small
+//! hand-written subscriber), the timeline's Chrome trace-event JSON and Mermaid gantt
+//! (`Timeline`), and the live progress lines (`ProgressObserver`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flow::prelude::*;
+use flow::{ProgressObserver, Timeline, TracingObserver};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Metadata, Subscriber};
+
+// ---------------------------------------------------------------- workflows under test
+
+async fn first(n: u32) -> Result<u32, String> {
+    Ok(n + 1)
+}
+
+static FLAKY: AtomicU32 = AtomicU32::new(0);
+/// Fails its first call (of each test that resets it).
+async fn flaky(n: u32) -> Result<u32, String> {
+    if FLAKY.fetch_add(1, Ordering::SeqCst) == 0 {
+        Err("busy".into())
+    } else {
+        Ok(n * 2)
+    }
+}
+
+static SLOW: AtomicU32 = AtomicU32::new(0);
+/// Its first call outlives a 50 ms timeout.
+async fn slow(n: u32) -> Result<u32, String> {
+    if SLOW.fetch_add(1, Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(n)
+}
+
+async fn left(n: u32) -> Result<u32, String> {
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    Ok(n)
+}
+async fn right(n: u32) -> Result<u32, String> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(n)
+}
+
+#[workflow]
+async fn traced(n: u32) -> Result<u32, String> {
+    let a = first(n).await?;
+    #[retry(max_attempts = 3, backoff = constant("10ms"))]
+    let b = flaky(a).await?;
+    #[retry(max_attempts = 2, on = timeouts)]
+    #[timeout("50ms")]
+    let c = slow(b).await?;
+    let (x, y) = flow::join!(left(c), right(c)).await?;
+    Ok(x + y)
+}
+
+async fn undo(_: u32) -> Result<(), String> {
+    Ok(())
+}
+async fn boom(_: u32) -> Result<u32, String> {
+    Err("boom".into())
+}
+
+#[workflow]
+async fn undone(n: u32) -> Result<u32, String> {
+    #[compensate(undo)]
+    let a = first(n).await?;
+    boom(a).await
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// The tests share the flaky steps' counters: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn reset() -> std::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    FLAKY.store(0, Ordering::SeqCst);
+    SLOW.store(0, Ordering::SeqCst);
+    guard
+}
+
+// ---------------------------------------------------------------- a recording subscriber
+
+#[derive(Debug, Clone, Default)]
+struct SpanRec {
+    name: &'static str,
+    parent: Option<u64>,
+    fields: HashMap<String, String>,
+    closed: bool,
+}
+
+#[derive(Debug, Clone)]
+struct EventRec {
+    level: tracing::Level,
+    target: String,
+    parent: Option<u64>,
+    fields: HashMap<String, String>,
+}
+
+#[derive(Default)]
+struct Recorded {
+    next: AtomicU64,
+    spans: Mutex<HashMap<u64, SpanRec>>,
+    events: Mutex<Vec<EventRec>>,
+}
+
+#[derive(Clone, Default)]
+struct Rec(Arc<Recorded>);
+
+struct Fields<'a>(&'a mut HashMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl Subscriber for Rec {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        let id = self.0.next.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut rec = SpanRec {
+            name: attrs.metadata().name(),
+            // Explicit parents only: the observer never relies on the current span.
+            parent: attrs.parent().map(Id::into_u64),
+            ..SpanRec::default()
+        };
+        assert!(
+            !attrs.is_contextual(),
+            "span {} has no explicit parent",
+            rec.name
+        );
+        attrs.record(&mut Fields(&mut rec.fields));
+        self.0.spans.lock().unwrap().insert(id, rec);
+        Id::from_u64(id)
+    }
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        let mut spans = self.0.spans.lock().unwrap();
+        let rec = spans.get_mut(&span.into_u64()).unwrap();
+        values.record(&mut Fields(&mut rec.fields));
+    }
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = HashMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0.events.lock().unwrap().push(EventRec {
+            level: *event.metadata().level(),
+            target: event.metadata().target().to_owned(),
+            parent: event.parent().map(Id::into_u64),
+            fields,
+        });
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+    fn try_close(&self, id: Id) -> bool {
+        if let Some(s) = self.0.spans.lock().unwrap().get_mut(&id.into_u64()) {
+            s.closed = true;
+        }
+        true
+    }
+}
+
+// ---------------------------------------------------------------- tracing
+
+#[test]
+fn tracing_spans_nest_workflow_step_with_otel_fields() {
+    let _serial = reset();
+    let rec = Rec::default();
+    let out = tracing::subscriber::with_default(rec.clone(), || {
+        // Only when a subscriber wants `flow`'s spans does the runtime get the observer.
+        assert_eq!(flow::default_observers().len(), 1);
+        paused_runtime().block_on(async {
+            // `default()`: no built-in observers (`new()` may add a `TracingObserver` itself).
+            Runtime::default()
+                .with_observer(TracingObserver::new())
+                .run(&Traced, (1,))
+                .await
+        })
+    });
+    assert_eq!(out.unwrap(), 8);
+    assert!(
+        flow::default_observers().is_empty(),
+        "no subscriber, no observer"
+    );
+
+    let spans = rec.0.spans.lock().unwrap().clone();
+    let events = rec.0.events.lock().unwrap().clone();
+    let (&wf_id, wf) = spans.iter().find(|(_, s)| s.name == "workflow").unwrap();
+    assert_eq!(wf.parent, None);
+    assert_eq!(wf.fields["otel.name"], "Traced");
+    assert_eq!(wf.fields["flow.workflow"], "Traced");
+    assert!(wf.fields["flow.run_id"].parse::<u64>().is_ok());
+    assert_eq!(wf.fields["flow.status"], "completed");
+    assert_eq!(wf.fields["otel.status_code"], "OK");
+
+    let mut steps: Vec<(u64, &SpanRec)> = spans
+        .iter()
+        .filter(|(_, s)| s.name == "step")
+        .map(|(id, s)| (*id, s))
+        .collect();
+    steps.sort_by_key(|(id, _)| *id);
+    let names: Vec<&str> = steps
+        .iter()
+        .map(|(_, s)| s.fields["flow.step"].as_str())
+        .collect();
+    assert_eq!(names, ["first", "flaky", "slow", "left", "right"]);
+    for (_, s) in &steps {
+        assert_eq!(s.parent, Some(wf_id), "step > workflow");
+        assert_eq!(s.fields["otel.name"], s.fields["flow.step"]);
+        assert_eq!(s.fields["otel.status_code"], "OK");
+        assert_eq!(s.fields["flow.run_id"], wf.fields["flow.run_id"]);
+        assert!(s.closed, "{} closed", s.fields["flow.step"]);
+    }
+    assert!(wf.closed);
+    let span_of = |step: &str| {
+        steps
+            .iter()
+            .find(|(_, s)| s.fields["flow.step"] == step)
+            .unwrap()
+    };
+    assert_eq!(span_of("flaky").1.fields["flow.attempt"], "2");
+    assert_eq!(span_of("first").1.fields["flow.attempt"], "1");
+
+    // The retry of `flaky` and the timeout of `slow` are events inside their step's span.
+    let retry = events
+        .iter()
+        .find(|e| e.parent == Some(span_of("flaky").0) && e.level == tracing::Level::WARN)
+        .expect("a retry event for flaky");
+    assert_eq!(retry.target, "flow");
+    assert_eq!(retry.fields["flow.attempt"], "1");
+    assert_eq!(retry.fields["flow.failure"], "error");
+    assert_eq!(retry.fields["error.message"], "busy");
+    assert_eq!(retry.fields["flow.retry_in_ms"], "10.0");
+    let timeout = events
+        .iter()
+        .find(|e| e.parent == Some(span_of("slow").0) && e.level == tracing::Level::WARN)
+        .expect("a timeout event for slow");
+    assert_eq!(timeout.fields["flow.failure"], "timeout");
+    assert!(
+        timeout.fields["message"].contains("timed out"),
+        "{timeout:?}"
+    );
+    assert!(
+        events.iter().all(|e| e.parent.is_some()),
+        "events have explicit parents"
+    );
+}
+
+#[test]
+fn tracing_reports_failure_and_compensation() {
+    let _serial = reset();
+    let rec = Rec::default();
+    let out = tracing::subscriber::with_default(rec.clone(), || {
+        paused_runtime().block_on(async {
+            // `default()`: no built-in observers (`new()` may add a `TracingObserver` itself).
+            Runtime::default()
+                .with_observer(TracingObserver::new())
+                .run(&Undone, (1,))
+                .await
+        })
+    });
+    assert!(out.is_err());
+    let spans = rec.0.spans.lock().unwrap().clone();
+    let events = rec.0.events.lock().unwrap().clone();
+    let (&wf_id, wf) = spans.iter().find(|(_, s)| s.name == "workflow").unwrap();
+    assert_eq!(wf.fields["flow.status"], "failed");
+    assert_eq!(wf.fields["otel.status_code"], "ERROR");
+    assert!(wf.fields["error.message"].contains("boom"));
+    let boom = spans
+        .values()
+        .find(|s| s.name == "step" && s.fields["flow.step"] == "boom")
+        .unwrap();
+    assert_eq!(boom.fields["otel.status_code"], "ERROR");
+    assert_eq!(boom.fields["error.message"], "boom");
+    let messages: Vec<&str> = events
+        .iter()
+        .filter(|e| e.parent == Some(wf_id))
+        .map(|e| e.fields["message"].as_str())
+        .collect();
+    assert!(messages.contains(&"compensating first"), "{messages:?}");
+    assert!(messages.contains(&"compensated first"), "{messages:?}");
+    assert!(messages.contains(&"run failed"), "{messages:?}");
+}
+
+// ---------------------------------------------------------------- timeline
+
+/// Checks `json` against the trace-event format: the required fields, a matching `E` for
+/// every `B` on its track (properly nested), timestamps in order. Returns the `B` events.
+fn check_trace_events(json: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+    let events = v["traceEvents"].as_array().expect("traceEvents array");
+    let mut last_ts = 0.0;
+    let mut open: HashMap<u64, Vec<f64>> = HashMap::new();
+    let mut begins = Vec::new();
+    for e in events {
+        let ph = e["ph"].as_str().expect("ph");
+        assert!(e["pid"].is_u64() && e["tid"].is_u64(), "pid/tid: {e}");
+        if ph == "M" {
+            assert!(
+                e["name"].is_string() && e["args"]["name"].is_string(),
+                "{e}"
+            );
+            continue;
+        }
+        let ts = e["ts"].as_f64().expect("ts");
+        assert!(ts >= last_ts, "timestamps in order: {e}");
+        last_ts = ts;
+        let tid = e["tid"].as_u64().unwrap();
+        match ph {
+            "B" => {
+                assert!(e["name"].is_string() && e["cat"].is_string(), "{e}");
+                open.entry(tid).or_default().push(ts);
+                begins.push(e.clone());
+            }
+            "E" => {
+                let start = open
+                    .get_mut(&tid)
+                    .and_then(Vec::pop)
+                    .unwrap_or_else(|| panic!("E without B: {e}"));
+                assert!(ts >= start);
+            }
+            "i" => assert!(e["name"].is_string()),
+            other => panic!("unexpected phase {other}"),
+        }
+    }
+    for (tid, stack) in open {
+        assert!(stack.is_empty(), "track {tid}: B without E");
+    }
+    begins
+}
+
+#[test]
+fn timeline_exports_trace_events_and_gantt() {
+    let _serial = reset();
+    let timeline = Timeline::new();
+    let out = paused_runtime().block_on(async {
+        Runtime::new()
+            .with_observer(timeline.clone())
+            .run(&Traced, (1,))
+            .await
+    });
+    assert_eq!(out.unwrap(), 8);
+    let json = timeline.to_chrome_trace();
+    let begins = check_trace_events(&json);
+    let find = |name: &str| {
+        begins
+            .iter()
+            .find(|b| b["name"] == name)
+            .unwrap_or_else(|| panic!("no slice {name} in {json}"))
+    };
+    // Retries: one slice per attempt, and the backoff between, under the step.
+    let flaky = find("flaky");
+    assert_eq!(flaky["args"]["attempt"], 2);
+    assert_eq!(find("flaky #1")["args"]["outcome"], "failed");
+    assert_eq!(find("flaky #1")["args"]["error"], "busy");
+    assert_eq!(find("flaky #2")["args"]["outcome"], "ok");
+    assert_eq!(find("flaky #1")["tid"], flaky["tid"]);
+    assert_eq!(find("backoff before flaky #2")["ts"], 0);
+    assert_eq!(find("flaky #2")["ts"], 10_000);
+    assert_eq!(find("slow #1")["args"]["error"], "timed out after 50ms");
+    // Parallel branches on tracks of their own; times on the paused clock, in µs.
+    let (l, r) = (find("left"), find("right"));
+    assert_ne!(l["tid"], r["tid"]);
+    assert_eq!(l["ts"], r["ts"]);
+    let run = begins.iter().find(|b| b["cat"] == "workflow").unwrap();
+    assert!(run["name"].as_str().unwrap().starts_with("Traced run-"));
+    assert_eq!(
+        run["tid"], flaky["tid"],
+        "sequential steps sit under their run"
+    );
+
+    let gantt = timeline.to_mermaid_gantt();
+    assert!(gantt.starts_with("gantt\n"), "{gantt}");
+    assert!(gantt.contains("    section Traced run-"), "{gantt}");
+    assert!(gantt.contains("    flaky attempt 1 :crit, "), "{gantt}");
+    assert!(gantt.contains("    flaky attempt 2 :done, "), "{gantt}");
+    assert!(gantt.contains("    left :done, "), "{gantt}");
+}
+
+#[test]
+fn timeline_of_a_failed_run_shows_the_failure_and_the_compensation() {
+    let _serial = reset();
+    let timeline = Timeline::new();
+    let out = paused_runtime().block_on(async {
+        Runtime::new()
+            .with_observer(timeline.clone())
+            .run(&Undone, (1,))
+            .await
+    });
+    assert!(out.is_err());
+    let begins = check_trace_events(&timeline.to_chrome_trace());
+    let outcome = |name: &str| {
+        begins
+            .iter()
+            .find(|b| b["name"] == name)
+            .map(|b| b["args"]["outcome"].clone())
+    };
+    assert_eq!(outcome("boom").unwrap(), "failed");
+    assert_eq!(outcome("compensate first").unwrap(), "ok");
+    assert!(timeline.to_mermaid_gantt().contains("boom :crit, "));
+}
+
+#[test]
+fn json_strings_are_escaped() {
+    let _serial = reset();
+    async fn quote(_: u32) -> Result<u32, String> {
+        Err("a \"quoted\"\nline \\ \u{1}".into())
+    }
+    #[workflow]
+    async fn quoting(n: u32) -> Result<u32, String> {
+        quote(n).await
+    }
+    let timeline = Timeline::new();
+    let _ = paused_runtime().block_on(
+        Runtime::new()
+            .with_observer(timeline.clone())
+            .run(&Quoting, (1,)),
+    );
+    let begins = check_trace_events(&timeline.to_chrome_trace());
+    let q = begins.iter().find(|b| b["name"] == "quote").unwrap();
+    assert_eq!(q["args"]["error"], "a \"quoted\"\nline \\ \u{1}");
+}
+
+// ---------------------------------------------------------------- live progress
+
+#[test]
+fn progress_lines_follow_the_run() {
+    let _serial = reset();
+    let progress = ProgressObserver::hidden().with_graph(Traced::GRAPH);
+    let out = paused_runtime().block_on(async {
+        Runtime::new()
+            .with_observer(progress.clone())
+            .run(&Traced, (1,))
+            .await
+    });
+    assert_eq!(out.unwrap(), 8);
+    let lines = progress.lines();
+    let line = |step: &str| {
+        lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(step))
+            .unwrap_or_else(|| panic!("no line for {step}: {lines:#?}"))
+    };
+    assert!(
+        lines[0].starts_with("Traced run-") && lines[0].contains("completed in"),
+        "{lines:#?}"
+    );
+    assert!(line("first").contains("done in 0.00s"), "{lines:#?}");
+    assert!(
+        line("flaky").contains("done in 0.01s (attempt 2)"),
+        "{lines:#?}"
+    );
+    assert!(line("slow").contains("(attempt 2)"), "{lines:#?}");
+    assert!(line("left").contains("done in 0.03s"), "{lines:#?}");
+}
