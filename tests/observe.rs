@@ -16,6 +16,8 @@ use tracing::{Metadata, Subscriber};
 // ---------------------------------------------------------------- workflows under test
 
 async fn first(n: u32) -> Result<u32, String> {
+    // The user's own tracing inside a step lands in the step's span.
+    tracing::info!(target: "user", n, "inside first");
     Ok(n + 1)
 }
 
@@ -114,6 +116,8 @@ struct Recorded {
     next: AtomicU64,
     spans: Mutex<HashMap<u64, SpanRec>>,
     events: Mutex<Vec<EventRec>>,
+    /// Entered spans, innermost last (the tests run on one thread).
+    entered: Mutex<Vec<u64>>,
 }
 
 #[derive(Clone, Default)]
@@ -160,15 +164,28 @@ impl Subscriber for Rec {
     fn event(&self, event: &tracing::Event<'_>) {
         let mut fields = HashMap::new();
         event.record(&mut Fields(&mut fields));
+        // An explicit parent, or else the span entered now (a contextual event).
+        let parent = match event.parent() {
+            Some(p) => Some(p.into_u64()),
+            None if event.is_contextual() => self.0.entered.lock().unwrap().last().copied(),
+            None => None,
+        };
         self.0.events.lock().unwrap().push(EventRec {
             level: *event.metadata().level(),
             target: event.metadata().target().to_owned(),
-            parent: event.parent().map(Id::into_u64),
+            parent,
             fields,
         });
     }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
+    fn enter(&self, id: &Id) {
+        self.0.entered.lock().unwrap().push(id.into_u64());
+    }
+    fn exit(&self, id: &Id) {
+        let mut entered = self.0.entered.lock().unwrap();
+        if let Some(pos) = entered.iter().rposition(|e| *e == id.into_u64()) {
+            entered.remove(pos);
+        }
+    }
     fn try_close(&self, id: Id) -> bool {
         if let Some(s) = self.0.spans.lock().unwrap().get_mut(&id.into_u64()) {
             s.closed = true;
@@ -259,8 +276,16 @@ fn tracing_spans_nest_workflow_step_with_otel_fields() {
     );
     assert!(
         events.iter().all(|e| e.parent.is_some()),
-        "events have explicit parents"
+        "every event has a parent span"
     );
+    // The runtime enters the step's span while polling the step: the user's event inside
+    // `first` is a child of `first`'s span, not of the workflow or of nothing.
+    let user = events
+        .iter()
+        .find(|e| e.target == "user")
+        .expect("the user's event inside the step");
+    assert_eq!(user.parent, Some(span_of("first").0));
+    assert_eq!(user.fields["n"], "1");
 }
 
 #[test]

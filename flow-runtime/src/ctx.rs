@@ -377,7 +377,7 @@ impl<E> Ctx<E> {
         Fut::Output: StepOutput<E>,
     {
         let start = self.start_attempt(node, 1, true);
-        match attempt(fut, None).await {
+        match attempt(crate::trace::traced(fut, self.observed()), None).await {
             Ok(v) => {
                 self.emit_success(node, 1, start);
                 Ok(v)
@@ -408,7 +408,12 @@ impl<E> Ctx<E> {
             number = number.saturating_add(1);
             let start = self.start_attempt(node, number, number == 1);
             let first_start = *first_start.get_or_insert(start);
-            let failure = match attempt(make(), policy.timeout).await {
+            let failure = match attempt(
+                crate::trace::traced(make(), self.observed()),
+                policy.timeout,
+            )
+            .await
+            {
                 Ok(v) => {
                     self.emit_success(node, number, start);
                     return Ok(v);

@@ -228,10 +228,16 @@ async fn drive<W: Workflow>(
         // Scoped so that the body, and every step in flight, is dropped before compensating.
         // Pinned where it is built: moving it (into a helper's argument, say) would give the
         // run's future a second slot of the body's size.
-        let mut body = pin!(match link {
-            Some(link) => Either::Left(CURRENT.scope(link, workflow.execute(ctx.clone(), input))),
-            None => Either::Right(workflow.execute(ctx.clone(), input)),
-        });
+        let observed = ctx.observed();
+        let mut body = pin!(crate::trace::traced(
+            match link {
+                Some(link) => {
+                    Either::Left(CURRENT.scope(link, workflow.execute(ctx.clone(), input)))
+                }
+                None => Either::Right(workflow.execute(ctx.clone(), input)),
+            },
+            observed,
+        ));
         let cancel = ctx.cancel_token().cloned();
         let mut cancelled = pin!(async move {
             match cancel {

@@ -20,6 +20,40 @@ pub fn default_observers() -> Vec<Arc<dyn Observer>> {
     Vec::new()
 }
 
+// The observer creates a run's or a step's span while the runtime emits the event that starts
+// it, on the runtime's own thread; it leaves the span here and the runtime, right after
+// emitting, takes it and enters it around what it polls. Nothing else uses the slot.
+#[cfg(feature = "tracing")]
+thread_local! {
+    static HANDOFF: core::cell::RefCell<Option<tracing::Span>> = const { core::cell::RefCell::new(None) };
+}
+
+#[cfg(feature = "tracing")]
+fn hand_off(span: tracing::Span) {
+    HANDOFF.with(|h| *h.borrow_mut() = Some(span));
+}
+
+/// The span an observer created for the event just emitted on this thread, if any.
+#[cfg(feature = "tracing")]
+pub(crate) fn take_handoff() -> Option<tracing::Span> {
+    HANDOFF.with(|h| h.borrow_mut().take())
+}
+
+/// Polls `fut` inside the span the tracing observer created for the event just emitted (a
+/// disabled span, which costs a branch per poll, when there is none).
+#[cfg(feature = "tracing")]
+pub(crate) fn traced<F>(fut: F, observed: bool) -> tracing::instrument::Instrumented<F> {
+    let span = if observed { take_handoff() } else { None };
+    tracing::Instrument::instrument(fut, span.unwrap_or_else(tracing::Span::none))
+}
+
+/// Without the `tracing` feature: the future itself.
+#[cfg(not(feature = "tracing"))]
+#[inline]
+pub(crate) fn traced<F>(fut: F, _observed: bool) -> F {
+    fut
+}
+
 #[cfg(feature = "tracing")]
 pub use imp::TracingObserver;
 
@@ -63,10 +97,11 @@ mod imp {
     /// Everything is emitted with target `flow`: `RUST_LOG=flow=info` (or an `EnvFilter`
     /// directive) selects it.
     ///
-    /// Limits, as it is built on [`Event`]s only: the spans are not entered while the step
-    /// runs, so `tracing` calls made inside a step are not their children; `flow.failure` is
-    /// read from the failure's text (`timed out after ..`, `panicked: ..`); concurrent
-    /// executions of one step (a `map` body) are told apart by their attempt numbers only.
+    /// The runtime enters the `workflow` span while it polls the run and the `step` span while
+    /// it polls each attempt, so `tracing` calls made inside a step are children of its span.
+    /// Limits: `flow.failure` is read from the failure's text (`timed out after ..`,
+    /// `panicked: ..`); concurrent executions of one step (a `map` body) are told apart by
+    /// their attempt numbers only.
     ///
     /// ```
     /// use flow_runtime::{Runtime, TracingObserver};
@@ -140,6 +175,7 @@ mod imp {
                     otel.status_code = Empty,
                     error.message = Empty,
                 );
+                super::hand_off(span.clone());
                 runs.insert(
                     e.run,
                     RunSpans {
@@ -169,6 +205,7 @@ mod imp {
                         otel.status_code = Empty,
                         error.message = Empty,
                     );
+                    super::hand_off(span.clone());
                     run.steps.push(StepSpan {
                         node,
                         span,
@@ -178,6 +215,7 @@ mod imp {
                 }
                 EventKind::AttemptStarted { attempt } => {
                     if let Some(s) = run.steps.iter_mut().find(|s| s.node == node && s.waiting) {
+                        super::hand_off(s.span.clone());
                         s.waiting = false;
                         s.attempt = *attempt;
                         s.span.record("flow.attempt", *attempt);
