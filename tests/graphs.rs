@@ -237,9 +237,13 @@ fn dot_renders_to_svg() {
         return;
     }
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    for (name, g) in [
-        ("provision", provision::Provision::GRAPH),
-        ("onboard", onboard_graph()),
+    for (name, dot) in [
+        ("provision", provision::Provision::GRAPH.to_dot()),
+        ("onboard", onboard_graph().to_dot()),
+        (
+            "nested",
+            nested::Outer::GRAPH.to_dot_nested(&[("inner", nested::Inner::GRAPH)]),
+        ),
     ] {
         let svg = out_dir.join(format!("{name}.svg"));
         let mut child = Command::new("dot")
@@ -254,7 +258,7 @@ fn dot_renders_to_svg() {
             .stdin
             .take()
             .unwrap()
-            .write_all(g.to_dot().as_bytes())
+            .write_all(dot.as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
         let warnings = String::from_utf8_lossy(&out.stderr);
@@ -265,10 +269,70 @@ fn dot_renders_to_svg() {
         );
         let svg = std::fs::read_to_string(&svg).unwrap();
         assert!(svg.contains("<svg"), "{svg}");
-        for (_, step) in g.steps() {
-            assert!(svg.contains(step.name), "{name}.svg lacks {}", step.name);
+        for step in dot
+            .lines()
+            .filter_map(|l| l.split("<b>").nth(1)?.split("</b>").next())
+        {
+            assert!(svg.contains(step), "{name}.svg lacks {step}");
         }
     }
+}
+
+// ---------------------------------------------------------------- nested workflows
+
+mod nested {
+    use super::*;
+
+    #[workflow]
+    pub async fn inner(n: u32) -> Result<u32, String> {
+        let a = step_one(n).await?;
+        step_two(a).await
+    }
+
+    impl From<flow::Error<String>> for Wrapped {
+        fn from(e: flow::Error<String>) -> Self {
+            Wrapped(e.to_string())
+        }
+    }
+    #[derive(Debug)]
+    pub struct Wrapped(pub String);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl From<String> for Wrapped {
+        fn from(e: String) -> Self {
+            Wrapped(e)
+        }
+    }
+
+    #[workflow]
+    pub async fn outer(n: u32) -> Result<u32, Wrapped> {
+        let a = step_one(n).await?;
+        let b = inner(a).await?;
+        step_two(b).await
+    }
+}
+
+#[test]
+fn a_nested_workflow_is_drawn_inside_the_step_that_runs_it() {
+    let plain = nested::Outer::GRAPH.to_mermaid();
+    assert!(!plain.contains("workflow Inner"), "not nested unless asked");
+    let m = nested::Outer::GRAPH.to_mermaid_nested(&[("inner", nested::Inner::GRAPH)]);
+    // The `inner` step (node 3 of Outer) becomes a subgraph holding Inner's own graph, its
+    // nodes prefixed so they cannot collide with the outer ones.
+    assert!(m.contains("subgraph g3 [\"inner: workflow Inner\"]"), "{m}");
+    assert!(m.contains("s3_n2[\"step_one\"]"), "{m}");
+    assert!(m.contains("s3_n0 --> s3_n2"), "{m}");
+    assert!(m.contains("n3 -.->|\"runs\"| s3_n0"), "{m}");
+    let d = nested::Outer::GRAPH.to_dot_nested(&[("inner", nested::Inner::GRAPH)]);
+    assert!(d.contains("subgraph cluster_g3 {"), "{d}");
+    assert!(d.contains("s3_n2 -> s3_n3;"), "{d}");
+    assert!(
+        d.contains("n3 -> s3_n0 [style=dotted, label=\"runs\"];"),
+        "{d}"
+    );
 }
 
 // ---------------------------------------------------------------- fingerprint

@@ -119,11 +119,32 @@ impl Graph {
     /// node; a catch edge (to a recovery step) is dashed. The output is deterministic (node
     /// order), so it can be kept in golden files.
     pub fn to_mermaid(&self) -> String {
-        let tree = Tree::new(self.nodes.len(), |i| self.nodes[i].parent);
+        self.to_mermaid_nested(&[])
+    }
+
+    /// As [`to_mermaid`](Self::to_mermaid), with the graphs of nested workflows drawn inside
+    /// the steps that run them: `subflows` pairs a step's name with the graph of the
+    /// workflow it calls (`&[("provision", Provision::GRAPH)]`). The macros cannot see that a
+    /// called function is a workflow, so the nesting is named here.
+    pub fn to_mermaid_nested(&self, subflows: &[(&str, &Graph)]) -> String {
         let mut out = format!("%% workflow {}\nflowchart TD\n", self.name);
+        self.write_mermaid("", subflows, 1, &mut out);
+        out.push_str(MERMAID_CLASSES);
+        out
+    }
+
+    fn write_mermaid(
+        &self,
+        prefix: &str,
+        subflows: &[(&str, &Graph)],
+        depth: usize,
+        out: &mut String,
+    ) {
+        let tree = Tree::new(self.nodes.len(), |i| self.nodes[i].parent);
         for &r in &tree.roots {
-            self.mermaid_node(&tree, r, 1, &mut out);
+            self.mermaid_node(&tree, r, depth, prefix, subflows, out);
         }
+        let pad = "    ".repeat(depth);
         for e in self.edges {
             let arrow = if e.kind == EdgeKind::Catch {
                 "-.->"
@@ -132,17 +153,27 @@ impl Graph {
             };
             let label = edge_label(e.kind, e.label);
             if label.is_empty() {
-                let _ = writeln!(out, "    n{} {arrow} n{}", e.from, e.to);
+                let _ = writeln!(out, "{pad}{prefix}n{} {arrow} {prefix}n{}", e.from, e.to);
             } else {
                 let label = mermaid_escape(label);
-                let _ = writeln!(out, "    n{} {arrow}|\"{label}\"| n{}", e.from, e.to);
+                let _ = writeln!(
+                    out,
+                    "{pad}{prefix}n{} {arrow}|\"{label}\"| {prefix}n{}",
+                    e.from, e.to
+                );
             }
         }
-        out.push_str(MERMAID_CLASSES);
-        out
     }
 
-    fn mermaid_node(&self, tree: &Tree, i: usize, depth: usize, out: &mut String) {
+    fn mermaid_node(
+        &self,
+        tree: &Tree,
+        i: usize,
+        depth: usize,
+        prefix: &str,
+        subflows: &[(&str, &Graph)],
+        out: &mut String,
+    ) {
         let n = &self.nodes[i];
         let pad = "    ".repeat(depth);
         let label = label_lines(n)
@@ -158,19 +189,30 @@ impl Graph {
             NodeKind::Map => ("[/", "/]"),
             NodeKind::Branch => ("{", "}"),
         };
+        let line = format!("{prefix}n{i}{open}\"{label}\"{close}:::{}", class_of(n));
+        let sub = subflow_of(n, subflows);
         let children = &tree.children[i];
-        if children.is_empty() {
-            let _ = writeln!(out, "{pad}n{i}{open}\"{label}\"{close}:::{}", class_of(n));
+        if children.is_empty() && sub.is_none() {
+            let _ = writeln!(out, "{pad}{line}");
             return;
         }
-        let _ = writeln!(out, "{pad}subgraph g{i} [\"{}\"]", group_title(n.kind));
-        let _ = writeln!(
-            out,
-            "{pad}    n{i}{open}\"{label}\"{close}:::{}",
-            class_of(n)
-        );
+        let title = match sub {
+            Some(g) => format!(
+                "{}: workflow {}",
+                mermaid_escape(n.name),
+                mermaid_escape(g.name)
+            ),
+            None => group_title(n.kind).to_owned(),
+        };
+        let _ = writeln!(out, "{pad}subgraph {prefix}g{i} [\"{title}\"]");
+        let _ = writeln!(out, "{pad}    {line}");
         for &c in children {
-            self.mermaid_node(tree, c, depth + 1, out);
+            self.mermaid_node(tree, c, depth + 1, prefix, subflows, out);
+        }
+        if let Some(g) = sub {
+            let inner = format!("{prefix}s{i}_");
+            g.write_mermaid(&inner, &[], depth + 1, out);
+            let _ = writeln!(out, "{pad}    {prefix}n{i} -.->|\"runs\"| {inner}n0");
         }
         let _ = writeln!(out, "{pad}end");
     }
@@ -181,7 +223,12 @@ impl Graph {
     /// under the step's name, groups as clusters, branch edges labelled with their case,
     /// catch edges dashed.
     pub fn to_dot(&self) -> String {
-        let tree = Tree::new(self.nodes.len(), |i| self.nodes[i].parent);
+        self.to_dot_nested(&[])
+    }
+
+    /// As [`to_dot`](Self::to_dot), with nested workflows drawn inside the steps that run
+    /// them (see [`to_mermaid_nested`](Self::to_mermaid_nested)).
+    pub fn to_dot_nested(&self, subflows: &[(&str, &Graph)]) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "digraph \"{}\" {{", dot_escape(self.name));
         let _ = writeln!(
@@ -193,9 +240,17 @@ impl Graph {
             "    node [fontname=\"Helvetica\", fontsize=11, style=\"filled\", penwidth=1.2];\n",
         );
         out.push_str("    edge [fontname=\"Helvetica\", fontsize=10];\n");
+        self.write_dot("", subflows, 1, &mut out);
+        out.push_str("}\n");
+        out
+    }
+
+    fn write_dot(&self, prefix: &str, subflows: &[(&str, &Graph)], depth: usize, out: &mut String) {
+        let tree = Tree::new(self.nodes.len(), |i| self.nodes[i].parent);
         for &r in &tree.roots {
-            self.dot_node(&tree, r, 1, &mut out);
+            self.dot_node(&tree, r, depth, prefix, subflows, out);
         }
+        let pad = "    ".repeat(depth);
         for e in self.edges {
             let mut attrs = Vec::new();
             let label = edge_label(e.kind, e.label);
@@ -207,16 +262,28 @@ impl Graph {
                 attrs.push("color=\"#bf360c\"".to_owned());
             }
             if attrs.is_empty() {
-                let _ = writeln!(out, "    n{} -> n{};", e.from, e.to);
+                let _ = writeln!(out, "{pad}{prefix}n{} -> {prefix}n{};", e.from, e.to);
             } else {
-                let _ = writeln!(out, "    n{} -> n{} [{}];", e.from, e.to, attrs.join(", "));
+                let _ = writeln!(
+                    out,
+                    "{pad}{prefix}n{} -> {prefix}n{} [{}];",
+                    e.from,
+                    e.to,
+                    attrs.join(", ")
+                );
             }
         }
-        out.push_str("}\n");
-        out
     }
 
-    fn dot_node(&self, tree: &Tree, i: usize, depth: usize, out: &mut String) {
+    fn dot_node(
+        &self,
+        tree: &Tree,
+        i: usize,
+        depth: usize,
+        prefix: &str,
+        subflows: &[(&str, &Graph)],
+        out: &mut String,
+    ) {
         let n = &self.nodes[i];
         let pad = "    ".repeat(depth);
         let lines = label_lines(n);
@@ -240,23 +307,48 @@ impl Graph {
             NodeKind::Branch => ("diamond", "#f3e5f5", ""),
         };
         let children = &tree.children[i];
-        let line = format!("n{i} [label=<{label}>, shape={shape}, fillcolor=\"{fill}\"{extra}];");
-        if children.is_empty() {
+        let line =
+            format!("{prefix}n{i} [label=<{label}>, shape={shape}, fillcolor=\"{fill}\"{extra}];");
+        let sub = subflow_of(n, subflows);
+        if children.is_empty() && sub.is_none() {
             let _ = writeln!(out, "{pad}{line}");
             return;
         }
-        let _ = writeln!(out, "{pad}subgraph cluster_g{i} {{");
+        let title = match sub {
+            Some(g) => format!("{}: workflow {}", n.name, g.name),
+            None => group_title(n.kind).to_owned(),
+        };
+        let _ = writeln!(out, "{pad}subgraph cluster_{prefix}g{i} {{");
         let _ = writeln!(
             out,
             "{pad}    label=\"{}\"; style=\"rounded,dashed\"; color=\"#6a1b9a\"; fontsize=10;",
-            group_title(n.kind)
+            dot_escape(&title)
         );
         let _ = writeln!(out, "{pad}    {line}");
         for &c in children {
-            self.dot_node(tree, c, depth + 1, out);
+            self.dot_node(tree, c, depth + 1, prefix, subflows, out);
+        }
+        if let Some(g) = sub {
+            let inner = format!("{prefix}s{i}_");
+            g.write_dot(&inner, &[], depth + 1, out);
+            let _ = writeln!(
+                out,
+                "{pad}    {prefix}n{i} -> {inner}n0 [style=dotted, label=\"runs\"];"
+            );
         }
         let _ = writeln!(out, "{pad}}}");
     }
+}
+
+/// The graph of the workflow a step runs, when the caller named it.
+fn subflow_of<'a>(n: &Node, subflows: &[(&str, &'a Graph)]) -> Option<&'a Graph> {
+    if n.kind != NodeKind::Step {
+        return None;
+    }
+    subflows
+        .iter()
+        .find(|(name, _)| *name == n.name)
+        .map(|(_, g)| *g)
 }
 
 /// The Mermaid `classDef`s that [`Graph::to_mermaid`] refers to.
