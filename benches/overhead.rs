@@ -285,6 +285,8 @@ fn chain10(c: &mut Criterion) {
     let plain = Runtime::new();
     let observed = Runtime::new().with_observer(observer);
     let f = flow! { s1 -> s2 -> s3 -> s4 -> s5 -> s6 -> s7 -> s8 -> s9 -> s10 };
+    // One step: the run's fixed cost, to tell it apart from the cost of each step.
+    let f1 = flow! { s1 };
     let boxed = boxed_steps();
     let sayiir = sayiir_chain::build();
     // The same result everywhere.
@@ -302,6 +304,9 @@ fn chain10(c: &mut Criterion) {
     });
     g.bench_function("flow_macro", |b| {
         b.iter_custom(|n| time_async(&rt, n, |x| plain.run(&f, x)))
+    });
+    g.bench_function("flow_macro_1_step", |b| {
+        b.iter_custom(|n| time_async(&rt, n, |x| plain.run(&f1, x)))
     });
     g.bench_function("workflow_attr", |b| {
         b.iter_custom(|n| time_async(&rt, n, |x| plain.run(&Chain, (x,))))

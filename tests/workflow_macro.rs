@@ -452,6 +452,15 @@ async fn step_errors_convert_and_workflow_errors_are_told_apart() {
         "a step's error is attributed to the step"
     );
     assert_eq!(err.error(), Some(&TestError::Broken("parse".into())));
+    // A plain step of an unobserved run is not timed (a clock read is most of a step's cost);
+    // in an observed run it is.
+    assert_eq!(err.step_error().unwrap().attempts()[0].elapsed, None);
+    let observed = Runtime::new()
+        .with_observer(|_: &flow::Event| {})
+        .run(&Converting, ("x".into(),))
+        .await
+        .unwrap_err();
+    assert!(observed.step_error().unwrap().attempts()[0].elapsed.is_some());
     let err = converting("500".into()).await.unwrap_err();
     assert!(
         matches!(err.kind(), flow::ErrorKind::Workflow(TestError::Broken(s)) if s == "too big")

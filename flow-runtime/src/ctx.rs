@@ -98,7 +98,7 @@ struct Inner<E> {
     describe: fn(&Failure<E>) -> String,
     compensations: Mutex<Vec<Compensation<E>>>,
     /// `#[workflow]`: the earlier attempts of the step whose error was last handed to the body.
-    surfaced: Mutex<Option<(StepError<E>, u32, Duration)>>,
+    surfaced: Mutex<Option<(StepError<E>, u32, Option<Duration>)>>,
     has_surfaced: AtomicBool,
     /// `#[workflow]`: a step failure with no value of the error type, which ends the run.
     abort: Mutex<Option<StepError<E>>>,
@@ -275,18 +275,24 @@ impl<E> Ctx<E> {
     /// Enters a step's node and starts its attempt `number`: returns the attempt's start
     /// time. One clock read serves the attempt's duration and both events.
     #[inline]
-    fn start_attempt(&self, node: NodeId, number: u32, enter: bool) -> Instant {
+    /// Records the step as the current state, emits its events, and reads the clock when
+    /// someone needs the attempt's timing (`measure`, or an observer).
+    fn start_attempt(&self, node: NodeId, number: u32, enter: bool, measure: bool) -> Option<Instant> {
         if enter {
             self.record_current(node);
         }
-        let start = Instant::now();
         if self.inner.observers.active() {
+            let start = Instant::now();
             if enter {
                 self.emit_at(node, EventKind::Entered, start);
             }
             self.emit_at(node, EventKind::AttemptStarted { attempt: number }, start);
+            Some(start)
+        } else if measure {
+            Some(Instant::now())
+        } else {
+            None
         }
-        start
     }
 }
 
@@ -376,7 +382,8 @@ impl<E> Ctx<E> {
         Fut: Future,
         Fut::Output: StepOutput<E>,
     {
-        let start = self.start_attempt(node, 1, true);
+        // A plain step of an unobserved run is not timed: see `Attempt::elapsed`.
+        let start = self.start_attempt(node, 1, true, false);
         match attempt(crate::trace::traced(fut, self.observed()), None).await {
             Ok(v) => {
                 self.emit_success(node, 1, start);
@@ -406,7 +413,10 @@ impl<E> Ctx<E> {
         let mut first_start = None;
         loop {
             number = number.saturating_add(1);
-            let start = self.start_attempt(node, number, number == 1);
+            // Policies need the clock (budgets, timings), so a policied step is always timed.
+            let start = self
+                .start_attempt(node, number, number == 1, true)
+                .unwrap_or_else(Instant::now);
             let first_start = *first_start.get_or_insert(start);
             let failure = match attempt(
                 crate::trace::traced(make(), self.observed()),
@@ -415,13 +425,20 @@ impl<E> Ctx<E> {
             .await
             {
                 Ok(v) => {
-                    self.emit_success(node, number, start);
+                    self.emit_success(node, number, Some(start));
                     return Ok(v);
                 }
                 Err(f) => f,
             };
             let Some(rule_ix) = policy.retry.iter().position(|r| r.matches(&failure)) else {
-                return Err(self.fail(node, GaveUp::NotRetried, attempts, number, start, failure));
+                return Err(self.fail(
+                    node,
+                    GaveUp::NotRetried,
+                    attempts,
+                    number,
+                    Some(start),
+                    failure,
+                ));
             };
             let rule = &policy.retry[rule_ix];
             if counters.is_empty() {
@@ -435,7 +452,7 @@ impl<E> Ctx<E> {
                     GaveUp::RetriesExhausted,
                     attempts,
                     number,
-                    start,
+                    Some(start),
                     failure,
                 ));
             }
@@ -450,7 +467,7 @@ impl<E> Ctx<E> {
                         GaveUp::BudgetExhausted,
                         attempts,
                         number,
-                        start,
+                        Some(start),
                         failure,
                     ));
                 }
@@ -467,7 +484,7 @@ impl<E> Ctx<E> {
             }
             attempts.push(Attempt {
                 number,
-                elapsed: start.elapsed(),
+                elapsed: Some(start.elapsed()),
                 failure,
             });
             if !delay.is_zero() {
@@ -477,8 +494,9 @@ impl<E> Ctx<E> {
     }
 
     #[inline]
-    fn emit_success(&self, node: NodeId, attempt: u32, start: Instant) {
-        if self.observed() {
+    fn emit_success(&self, node: NodeId, attempt: u32, start: Option<Instant>) {
+        // Observed runs always time their attempts (`start_attempt`).
+        if let (true, Some(start)) = (self.observed(), start) {
             let now = Instant::now();
             self.emit_at(
                 node,
@@ -497,7 +515,7 @@ impl<E> Ctx<E> {
         gave_up: GaveUp,
         mut attempts: Vec<Attempt<E>>,
         number: u32,
-        start: Instant,
+        start: Option<Instant>,
         failure: Failure<E>,
     ) -> StepError<E> {
         if self.observed() {
@@ -520,7 +538,7 @@ impl<E> Ctx<E> {
         }
         attempts.push(Attempt {
             number,
-            elapsed: start.elapsed(),
+            elapsed: start.map(|s| s.elapsed()),
             failure,
         });
         StepError::new(self.inner.graph.name_of(node), node, gave_up, attempts)
