@@ -460,7 +460,11 @@ async fn step_errors_convert_and_workflow_errors_are_told_apart() {
         .run(&Converting, ("x".into(),))
         .await
         .unwrap_err();
-    assert!(observed.step_error().unwrap().attempts()[0].elapsed.is_some());
+    assert!(
+        observed.step_error().unwrap().attempts()[0]
+            .elapsed
+            .is_some()
+    );
     let err = converting("500".into()).await.unwrap_err();
     assert!(
         matches!(err.kind(), flow::ErrorKind::Workflow(TestError::Broken(s)) if s == "too big")

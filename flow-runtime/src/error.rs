@@ -84,7 +84,12 @@ pub enum GaveUp {
 }
 
 /// A step that failed for good: every attempt failed and no retry was left.
-pub struct StepError<E> {
+///
+/// Boxed: a step's `Result<T, StepError<E>>` is moved through the state machine on every
+/// step, so its error side is kept one pointer wide.
+pub struct StepError<E>(Box<StepErrorData<E>>);
+
+struct StepErrorData<E> {
     step: &'static str,
     node: NodeId,
     gave_up: GaveUp,
@@ -102,38 +107,38 @@ impl<E> StepError<E> {
         attempts: Vec<Attempt<E>>,
     ) -> Self {
         debug_assert!(!attempts.is_empty());
-        StepError {
+        StepError(Box::new(StepErrorData {
             step,
             node,
             gave_up,
             attempts,
-        }
+        }))
     }
 
     /// The step's name, as written in the flow.
     pub fn step(&self) -> &'static str {
-        self.step
+        self.0.step
     }
 
     /// The step's node in the workflow's graph.
     pub fn node(&self) -> NodeId {
-        self.node
+        self.0.node
     }
 
     /// Why the step stopped trying.
     pub fn gave_up(&self) -> GaveUp {
-        self.gave_up
+        self.0.gave_up
     }
 
     /// Every attempt, in order; the last one is the final failure.
     pub fn attempts(&self) -> &[Attempt<E>] {
-        &self.attempts
+        &self.0.attempts
     }
 
     /// The failure that ended the step.
     pub fn failure(&self) -> &Failure<E> {
         // The constructor's invariant: never empty. A fallback keeps this total anyway.
-        match self.attempts.last() {
+        match self.0.attempts.last() {
             Some(a) => &a.failure,
             None => &Failure::TimedOut(Duration::ZERO),
         }
@@ -157,27 +162,28 @@ impl<E> StepError<E> {
     /// Removes and returns the final attempt (the error is left with the earlier ones).
     #[doc(hidden)]
     pub fn pop_attempt(&mut self) -> Option<Attempt<E>> {
-        self.attempts.pop()
+        self.0.attempts.pop()
     }
 
     /// The final attempt's error, by value, if it was the step's own error.
     pub fn into_error(mut self) -> Option<E> {
-        self.attempts.pop().and_then(|a| a.failure.into_error())
+        self.0.attempts.pop().and_then(|a| a.failure.into_error())
     }
 
     /// Appends an attempt (used to put back the final attempt taken by `pop_attempt`).
     #[doc(hidden)]
     pub fn push_attempt(&mut self, attempt: Attempt<E>) {
-        self.attempts.push(attempt);
+        self.0.attempts.push(attempt);
     }
 
     /// Converts the errors of every attempt.
     pub fn map_err<F>(self, mut f: impl FnMut(E) -> F) -> StepError<F> {
-        StepError {
-            step: self.step,
-            node: self.node,
-            gave_up: self.gave_up,
-            attempts: self
+        let data = *self.0;
+        StepError(Box::new(StepErrorData {
+            step: data.step,
+            node: data.node,
+            gave_up: data.gave_up,
+            attempts: data
                 .attempts
                 .into_iter()
                 .map(|a| Attempt {
@@ -190,17 +196,17 @@ impl<E> StepError<E> {
                     },
                 })
                 .collect(),
-        }
+        }))
     }
 }
 
 impl<E: fmt::Debug> fmt::Debug for StepError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StepError")
-            .field("step", &self.step)
-            .field("node", &self.node)
-            .field("gave_up", &self.gave_up)
-            .field("attempts", &self.attempts)
+            .field("step", &self.0.step)
+            .field("node", &self.0.node)
+            .field("gave_up", &self.0.gave_up)
+            .field("attempts", &self.0.attempts)
             .finish()
     }
 }
@@ -208,14 +214,14 @@ impl<E: fmt::Debug> fmt::Debug for StepError<E> {
 impl<E> StepError<E> {
     /// The error's message, with the failure formatted by `describe`.
     pub(crate) fn message(&self, describe: impl Fn(&Failure<E>) -> String) -> String {
-        let n = self.attempts.len();
-        let step = self.step;
+        let n = self.0.attempts.len();
+        let step = self.0.step;
         let failure = self.failure();
         if let Failure::Panicked(msg) = failure {
             return format!("step `{step}` panicked: {msg}");
         }
         let failure = describe(failure);
-        match self.gave_up {
+        match self.0.gave_up {
             GaveUp::NotRetried if n == 1 => format!("step `{step}` failed: {failure}"),
             GaveUp::NotRetried => format!(
                 "step `{step}` failed on attempt {n} with an error no retry rule covers: {failure}"

@@ -114,7 +114,11 @@ async fn max_attempts_counts_the_first_attempt() {
             (3, "Error(Busy)".to_owned()),
         ]
     );
-    assert!(e.attempts().iter().all(|a| a.elapsed == Some(Duration::ZERO)));
+    assert!(
+        e.attempts()
+            .iter()
+            .all(|a| a.elapsed == Some(Duration::ZERO))
+    );
     assert_eq!(e.error(), Some(&E::Busy));
 
     // max_attempts = 1: no retry at all, but it is still "exhausted", not "not retried".
