@@ -81,6 +81,10 @@ impl core::fmt::Display for StateView {
     }
 }
 
+/// A step error handed to a `#[workflow]` body: the earlier attempts, and the final attempt's
+/// number and duration (its error went to the body).
+type Surfaced<E> = (StepError<E>, u32, Option<Duration>);
+
 struct Inner<E> {
     run: RunId,
     parent: Option<RunId>,
@@ -98,7 +102,7 @@ struct Inner<E> {
     describe: fn(&Failure<E>) -> String,
     compensations: Mutex<Vec<Compensation<E>>>,
     /// `#[workflow]`: the earlier attempts of the step whose error was last handed to the body.
-    surfaced: Mutex<Option<(StepError<E>, u32, Option<Duration>)>>,
+    surfaced: Mutex<Option<Surfaced<E>>>,
     has_surfaced: AtomicBool,
     /// `#[workflow]`: a step failure with no value of the error type, which ends the run.
     abort: Mutex<Option<StepError<E>>>,
