@@ -558,3 +558,58 @@ async fn steps_may_borrow_and_be_generic() {
     let f = flow! { describe -> describe };
     assert_eq!(f.run(7).await.unwrap(), "<<7>>");
 }
+
+// ---------------------------------------------------------------- child runs dropped mid-run
+
+static UNDO_ORDER: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+async fn acquire(name: &'static str) -> Result<String, TestError> {
+    Ok(name.to_owned())
+}
+async fn release(name: String) -> Result<(), TestError> {
+    UNDO_ORDER.lock().unwrap().push(name);
+    Ok(())
+}
+async fn release_badly(name: String) -> Result<(), TestError> {
+    Err(TestError::Broken(format!("cannot release {name}")))
+}
+async fn block_forever() -> Result<(), TestError> {
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+#[workflow]
+async fn child_holding() -> Result<(), TestError> {
+    #[compensate(release)]
+    let _a = acquire("child-a").await?;
+    #[compensate(release_badly)]
+    let _b = acquire("child-b").await?;
+    block_forever().await
+}
+
+#[workflow]
+async fn parent_of_blocked() -> Result<(), TestError> {
+    #[compensate(release)]
+    let _p = acquire("parent").await?;
+    child_holding().await?;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_parent_undoes_its_child_run_first() {
+    let handle = Runtime::new().spawn(ParentOfBlocked, ());
+    sleep(ms(10)).await;
+    handle.cancel();
+    let err = handle.await.unwrap_err();
+    assert!(err.is_cancelled());
+    // The child's completed steps are undone (in reverse), before the parent's own step.
+    assert_eq!(*UNDO_ORDER.lock().unwrap(), ["child-a", "parent"]);
+    let nested = err.nested_compensation_failures();
+    assert_eq!(nested.len(), 1);
+    assert_eq!(nested[0].workflow, "ChildHolding");
+    assert_eq!(nested[0].step, "acquire");
+    assert_eq!(nested[0].message, "broken: cannot release child-b");
+    assert!(err.to_string().contains(
+        "compensation of step `acquire` of child workflow `ChildHolding` also failed: broken: cannot release child-b"
+    ));
+}

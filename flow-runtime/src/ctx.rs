@@ -15,13 +15,33 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Attempt, CompensationFailure, Error, ErrorKind, Failure, GaveUp, StepError};
+use crate::error::{
+    Attempt, CompensationFailure, Error, ErrorKind, Failure, GaveUp, NestedCompensationFailure,
+    StepError,
+};
 use crate::event::{Event, EventKind, Observers, RunId};
 use crate::graph::{Graph, NodeId};
 use crate::policy::{SplitMix64, StepPolicy};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Compensation<E> = (NodeId, Box<dyn FnOnce() -> BoxFuture<Result<(), E>> + Send>);
+
+/// The compensations a child run left when it was dropped mid-run, packaged by the child (whose
+/// error type the parent does not know): running it undoes the child's completed steps in
+/// reverse order and returns the compensations that failed.
+pub(crate) type Orphan = Box<dyn FnOnce() -> BoxFuture<Vec<NestedCompensationFailure>> + Send>;
+
+/// Where a child run leaves its [`Orphan`]: the parent run's context, type-erased.
+pub(crate) trait OrphanSink: Send + Sync {
+    fn adopt(&self, orphan: Orphan);
+}
+
+impl<E: Send + 'static> OrphanSink for Inner<E> {
+    fn adopt(&self, orphan: Orphan) {
+        lock(&self.orphans).push(orphan);
+        self.has_orphans.store(true, Ordering::Release);
+    }
+}
 
 /// Where a run is: running, or one of the terminal states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +121,10 @@ struct Inner<E> {
     /// `E: Display`: a missing `Display` is then reported once, at the workflow's error type.
     describe: fn(&Failure<E>) -> String,
     compensations: Mutex<Vec<Compensation<E>>>,
+    /// Compensations of child runs dropped mid-run, adopted to run before this run's own.
+    orphans: Mutex<Vec<Orphan>>,
+    /// Whether `orphans` may be non-empty (so that a run without children takes no lock).
+    has_orphans: AtomicBool,
     /// `#[workflow]`: the earlier attempts of the step whose error was last handed to the body.
     surfaced: Mutex<Option<Surfaced<E>>>,
     has_surfaced: AtomicBool,
@@ -163,6 +187,8 @@ impl<E: core::fmt::Display> Ctx<E> {
                 rng: SplitMix64::new(seed),
                 describe: |f| f.to_string(),
                 compensations: Mutex::new(Vec::new()),
+                orphans: Mutex::new(Vec::new()),
+                has_orphans: AtomicBool::new(false),
                 surfaced: Mutex::new(None),
                 has_surfaced: AtomicBool::new(false),
                 abort: Mutex::new(None),
@@ -707,6 +733,47 @@ impl<E: Send + 'static> Ctx<E> {
             lock(&self.inner.compensations).push((node, job));
         }
         result
+    }
+
+    /// This run's context as the place where its child runs leave their compensations.
+    pub(crate) fn sink(&self) -> Arc<dyn OrphanSink> {
+        Arc::clone(&self.inner) as Arc<dyn OrphanSink>
+    }
+
+    /// The orphans adopted from child runs, in the order they were left.
+    pub(crate) fn take_orphans(&self) -> Vec<Orphan> {
+        if !self.inner.has_orphans.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
+        core::mem::take(&mut *lock(&self.inner.orphans))
+    }
+
+    /// Packages this run's registered compensations (and its own orphans) for the parent, when
+    /// this run is dropped mid-run: `None` when there is nothing to undo.
+    pub(crate) fn orphan(&self) -> Option<Orphan> {
+        let has_jobs = !lock(&self.inner.compensations).is_empty();
+        let has_orphans = self.inner.has_orphans.load(Ordering::Acquire);
+        if !has_jobs && !has_orphans {
+            return None;
+        }
+        let ctx = self.clone();
+        Some(Box::new(move || {
+            Box::pin(async move {
+                let mut failed = Vec::new();
+                for orphan in ctx.take_orphans().into_iter().rev() {
+                    failed.extend(orphan().await);
+                }
+                let workflow = ctx.inner.graph.name;
+                for c in ctx.run_compensations().await {
+                    failed.push(NestedCompensationFailure {
+                        workflow,
+                        step: c.step,
+                        message: (ctx.inner.describe)(&c.failure),
+                    });
+                }
+                failed
+            })
+        }))
     }
 
     /// Runs the registered compensations in reverse order; returns those that failed.

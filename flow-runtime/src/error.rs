@@ -259,6 +259,20 @@ pub struct CompensationFailure<E> {
     pub failure: Failure<E>,
 }
 
+/// A compensation of a workflow that ran inside one of this run's steps (a child run), which
+/// failed while undoing the child after it was dropped mid-run (this run was cancelled, timed
+/// out, or a sibling branch failed). The child's error type is not this run's, so the failure
+/// is kept as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NestedCompensationFailure {
+    /// The child workflow.
+    pub workflow: &'static str,
+    /// The child's step whose compensation failed.
+    pub step: &'static str,
+    /// Why it failed.
+    pub message: String,
+}
+
 /// What ended a run that did not complete.
 #[derive(Debug)]
 pub enum ErrorKind<E> {
@@ -288,6 +302,7 @@ pub struct Error<E> {
     workflow: &'static str,
     kind: ErrorKind<E>,
     compensation_failures: Vec<CompensationFailure<E>>,
+    nested_compensation_failures: Vec<NestedCompensationFailure>,
 }
 
 impl<E> Error<E> {
@@ -298,6 +313,7 @@ impl<E> Error<E> {
             workflow,
             kind,
             compensation_failures: Vec::new(),
+            nested_compensation_failures: Vec::new(),
         }
     }
 
@@ -309,6 +325,13 @@ impl<E> Error<E> {
 
     pub(crate) fn add_compensation_failures(&mut self, failures: Vec<CompensationFailure<E>>) {
         self.compensation_failures.extend(failures);
+    }
+
+    pub(crate) fn add_nested_compensation_failures(
+        &mut self,
+        failures: Vec<NestedCompensationFailure>,
+    ) {
+        self.nested_compensation_failures.extend(failures);
     }
 
     /// The workflow's name.
@@ -329,6 +352,12 @@ impl<E> Error<E> {
     /// Compensations that failed while undoing the run, in the order they ran.
     pub fn compensation_failures(&self) -> &[CompensationFailure<E>] {
         &self.compensation_failures
+    }
+
+    /// Compensations of child runs (workflows run inside this run's steps and dropped
+    /// mid-run) that failed while undoing them.
+    pub fn nested_compensation_failures(&self) -> &[NestedCompensationFailure] {
+        &self.nested_compensation_failures
     }
 
     /// The failed step, if a step failure ended the run.
@@ -385,6 +414,10 @@ impl<E: fmt::Debug> fmt::Debug for Error<E> {
             .field("workflow", &self.workflow)
             .field("kind", &self.kind)
             .field("compensation_failures", &self.compensation_failures)
+            .field(
+                "nested_compensation_failures",
+                &self.nested_compensation_failures,
+            )
             .finish()
     }
 }
@@ -409,6 +442,13 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 f,
                 "; compensation of step `{}` also failed: {}",
                 c.step, c.failure
+            )?;
+        }
+        for c in &self.nested_compensation_failures {
+            write!(
+                f,
+                "; compensation of step `{}` of child workflow `{}` also failed: {}",
+                c.step, c.workflow, c.message
             )?;
         }
         Ok(())

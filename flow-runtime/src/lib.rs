@@ -34,7 +34,8 @@ mod checks;
 
 pub use crate::ctx::{Ctx, StateView, Status, StepOutput};
 pub use crate::error::{
-    Attempt, CompensationFailure, Error, ErrorKind, Failure, GaveUp, StepError,
+    Attempt, CompensationFailure, Error, ErrorKind, Failure, GaveUp, NestedCompensationFailure,
+    StepError,
 };
 pub use crate::event::{Event, EventKind, Observer, RunId};
 pub use crate::graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};

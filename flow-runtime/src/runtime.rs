@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::ctx::{Ctx, StateView, Status};
+use crate::ctx::{Ctx, OrphanSink, StateView, Status};
 use crate::error::{Error, ErrorKind};
 use crate::event::{Event, EventKind, Observer, Observers, RunId};
 use crate::graph::NodeId;
@@ -39,6 +39,8 @@ struct RunLink {
     seed: u64,
     /// The root run's runtime had a fixed seed: every descendant's jitter is reproducible.
     seeded: bool,
+    /// Where a child run dropped mid-run leaves its compensations (the parent's context).
+    sink: Arc<dyn OrphanSink>,
 }
 
 tokio::task_local! {
@@ -131,7 +133,7 @@ impl Runtime {
         input: W::Input,
     ) -> Result<W::Output, Error<W::Error>> {
         let ctx = self.ctx(workflow, None, None);
-        drive(workflow, ctx, input, self.seed.is_some()).await
+        drive(workflow, ctx, input, self.seed.is_some(), None).await
     }
 
     /// Starts `workflow` on a new tokio task and returns its [`Handle`].
@@ -151,7 +153,7 @@ impl Runtime {
         let view = ctx.clone();
         let view_run = ctx.run_id();
         let seeded = self.seed.is_some();
-        let task = tokio::spawn(async move { drive(&workflow, ctx, input, seeded).await });
+        let task = tokio::spawn(async move { drive(&workflow, ctx, input, seeded, None).await });
         Handle {
             ctx: view,
             token,
@@ -183,7 +185,7 @@ pub async fn run_nested<W: Workflow>(
                 link.cancel.map(|t| t.child_token()),
                 link.seed,
             );
-            drive(workflow, ctx, input, link.seeded).await
+            drive(workflow, ctx, input, link.seeded, Some(link.sink)).await
         }
         Err(_) => Runtime::new().run(workflow, input).await,
     }
@@ -205,17 +207,26 @@ async fn drive<W: Workflow>(
     ctx: Ctx<W::Error>,
     input: W::Input,
     seeded: bool,
+    parent: Option<Arc<dyn OrphanSink>>,
 ) -> Result<W::Output, Error<W::Error>> {
     let name = workflow.graph().name;
+    // A child run dropped before its body ends (its parent was cancelled or timed out, or a
+    // sibling branch failed) leaves its compensations to the parent, which runs them.
+    let mut orphan_guard = OrphanGuard {
+        armed: parent.map(|sink| (ctx.clone(), sink)),
+    };
     ctx.emit(NodeId::START, EventKind::RunStarted);
     // What workflows called inside this run's steps inherit. When there is nothing to inherit
     // (no observers, no cancellation, a random seed) and no enclosing run's link to mask, a
     // child run started without the link is exactly a child started with it (its parent id
     // shows only in events, and nobody observes), so the task-local scope, whose cost is paid
     // on every poll, is skipped.
+    // A run with a time limit needs the link too: when the limit drops its body, the child
+    // runs in its steps must leave their compensations to it.
     let link = (ctx.observed()
         || ctx.cancel_token().is_some()
         || seeded
+        || workflow.timeout().is_some()
         || CURRENT.try_with(|_| ()).is_ok())
     .then(|| RunLink {
         run: ctx.run_id(),
@@ -223,6 +234,7 @@ async fn drive<W: Workflow>(
         cancel: ctx.cancel_token().cloned(),
         seed: ctx.seed_for_child(),
         seeded,
+        sink: ctx.sink(),
     });
     let outcome = {
         // Scoped so that the body, and every step in flight, is dropped before compensating.
@@ -272,6 +284,14 @@ async fn drive<W: Workflow>(
         })
         .await
     };
+    // The body is over (and dropped): from here on this run undoes itself.
+    orphan_guard.armed = None;
+    // Child runs dropped mid-run (a failed sibling, a cancellation) are undone first: their
+    // steps ran after every step of this run that completed.
+    let mut nested_failures = Vec::new();
+    for orphan in ctx.take_orphans().into_iter().rev() {
+        nested_failures.extend(orphan().await);
+    }
     let in_flight = match ctx.state().node {
         NodeId::START => None,
         node => Some(ctx.graph().name_of(node)),
@@ -297,6 +317,7 @@ async fn drive<W: Workflow>(
         ),
     };
     error.set_workflow(name);
+    error.add_nested_compensation_failures(nested_failures);
     ctx.set_status(Status::Compensating);
     let failures = ctx.run_compensations().await;
     error.add_compensation_failures(failures);
@@ -315,6 +336,22 @@ async fn drive<W: Workflow>(
         }
     }
     Err(error)
+}
+
+/// Armed while a child run's body is in flight: if the run is dropped then, its registered
+/// compensations go to the parent run (see [`drive`]).
+struct OrphanGuard<E: Send + 'static> {
+    armed: Option<(Ctx<E>, Arc<dyn OrphanSink>)>,
+}
+
+impl<E: Send + 'static> Drop for OrphanGuard<E> {
+    fn drop(&mut self) {
+        if let Some((ctx, sink)) = self.armed.take()
+            && let Some(orphan) = ctx.orphan()
+        {
+            sink.adopt(orphan);
+        }
+    }
 }
 
 /// A run started with [`Runtime::spawn`]: its state, its events, cancellation, and its result
