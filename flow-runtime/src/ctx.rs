@@ -742,9 +742,12 @@ impl<E: Send + 'static> Ctx<E> {
 
     /// The orphans adopted from child runs, in the order they were left.
     pub(crate) fn take_orphans(&self) -> Vec<Orphan> {
-        if !self.inner.has_orphans.swap(false, Ordering::Acquire) {
+        // A plain load first: the common case (no child left anything) takes no locked
+        // instruction.
+        if !self.inner.has_orphans.load(Ordering::Acquire) {
             return Vec::new();
         }
+        self.inner.has_orphans.store(false, Ordering::Relaxed);
         core::mem::take(&mut *lock(&self.inner.orphans))
     }
 
