@@ -251,226 +251,71 @@ pub(crate) fn canonical_tokens(ts: &TokenStream) -> String {
 
 // ---------------------------------------------------------------------------------------
 // Docs: the Mermaid text and the step table that `#[workflow]` puts in the generated type's
-// rustdoc. `to_mermaid` mirrors `flow_runtime::Graph::to_mermaid` line for line (a test in
-// this file renders both and compares them).
+// rustdoc, drawn by the same `flow-graph` code that renders `Provision::GRAPH` at run time.
 // ---------------------------------------------------------------------------------------
 
 impl Model {
-    /// The Mermaid `flowchart` of the graph, identical to the runtime's `Graph::to_mermaid`.
-    pub(crate) fn to_mermaid(&self) -> String {
-        use core::fmt::Write as _;
-        let tree = Tree::new(&self.nodes);
-        let mut out = format!("%% workflow {}\nflowchart TD\n", self.name);
-        for &r in &tree.roots {
-            self.mermaid_node(&tree, r, 1, &mut out);
-        }
-        for e in &self.edges {
-            let arrow = if e.kind == EdgeKind::Catch {
-                "-.->"
-            } else {
-                "-->"
-            };
-            let label = edge_label(e.kind, &e.label);
-            if label.is_empty() {
-                let _ = writeln!(out, "    n{} {arrow} n{}", e.from, e.to);
-            } else {
-                let label = mermaid_escape(label);
-                let _ = writeln!(out, "    n{} {arrow}|\"{label}\"| n{}", e.from, e.to);
-            }
-        }
-        out.push_str(MERMAID_CLASSES);
-        out
-    }
-
-    fn mermaid_node(&self, tree: &Tree, i: usize, depth: usize, out: &mut String) {
-        use core::fmt::Write as _;
-        let n = &self.nodes[i];
-        let pad = "    ".repeat(depth);
-        let label = label_lines(n)
+    /// Renders through a `flow_graph::Graph` borrowing this model.
+    fn with_graph<R>(&self, f: impl FnOnce(&flow_graph::Graph<'_>) -> R) -> R {
+        let nodes: Vec<flow_graph::Node<'_>> = self
+            .nodes
             .iter()
-            .map(|l| mermaid_escape(l))
-            .collect::<Vec<_>>()
-            .join("<br/>");
-        let (open, close) = match n.kind {
-            Kind::Start | Kind::End => ("([", "])"),
-            Kind::Step => ("[", "]"),
-            Kind::Recovery => ("(", ")"),
-            Kind::Parallel => ("[[", "]]"),
-            Kind::Map => ("[/", "/]"),
-            Kind::Branch => ("{", "}"),
-        };
-        let children = &tree.children[i];
-        if children.is_empty() {
-            let _ = writeln!(out, "{pad}n{i}{open}\"{label}\"{close}:::{}", class_of(n));
-            return;
-        }
-        let _ = writeln!(out, "{pad}subgraph g{i} [\"{}\"]", group_title(n.kind));
-        let _ = writeln!(
-            out,
-            "{pad}    n{i}{open}\"{label}\"{close}:::{}",
-            class_of(n)
-        );
-        for &c in children {
-            self.mermaid_node(tree, c, depth + 1, out);
-        }
-        let _ = writeln!(out, "{pad}end");
+            .map(|n| flow_graph::Node {
+                name: &n.name,
+                kind: graph_kind(n.kind),
+                policy: &n.policy,
+                parent: n.parent,
+            })
+            .collect();
+        let edges: Vec<flow_graph::Edge<'_>> = self
+            .edges
+            .iter()
+            .map(|e| flow_graph::Edge {
+                from: e.from,
+                to: e.to,
+                kind: graph_edge_kind(e.kind),
+                label: &e.label,
+            })
+            .collect();
+        f(&flow_graph::Graph {
+            name: &self.name,
+            nodes: &nodes,
+            edges: &edges,
+            fingerprint: self.fingerprint(),
+        })
     }
 
-    /// A Markdown table of the steps (rendered by rustdoc offline, where the Mermaid block
-    /// is shown as text): each node's name, kind, group, policies and successors.
+    /// The Mermaid `flowchart` of the graph: what `GRAPH.to_mermaid()` gives at run time.
+    pub(crate) fn to_mermaid(&self) -> String {
+        self.with_graph(|g| g.to_mermaid())
+    }
+
+    /// A Markdown table of the steps, for the rustdoc.
     pub(crate) fn steps_table(&self) -> String {
-        use core::fmt::Write as _;
-        let mut out = String::from(
-            "| node | step | kind | policies | next |\n| ---: | --- | --- | --- | --- |\n",
-        );
-        let cell = |s: &str| s.replace('|', "\\|").replace('`', "'");
-        for (i, n) in self.nodes.iter().enumerate() {
-            if matches!(n.kind, Kind::Start | Kind::End) {
-                continue;
-            }
-            let mut kind = match n.kind {
-                Kind::Step => "step".to_owned(),
-                Kind::Recovery => "recovery step".to_owned(),
-                Kind::Parallel => "parallel group".to_owned(),
-                Kind::Map => "map".to_owned(),
-                Kind::Branch => "branch".to_owned(),
-                Kind::Start | Kind::End => String::new(),
-            };
-            if let Some(g) = n.parent.and_then(|p| self.nodes.get(p as usize)) {
-                let _ = write!(kind, ", in `{}` (node {})", g.name, n.parent.unwrap_or(0));
-            }
-            let policies = split_policies(&n.policy)
-                .iter()
-                .map(|p| format!("`{}`", cell(p)))
-                .collect::<Vec<_>>()
-                .join("<br>");
-            let next = self
-                .edges
-                .iter()
-                .filter(|e| e.from as usize == i)
-                .map(|e| {
-                    let to = self
-                        .nodes
-                        .get(e.to as usize)
-                        .map_or("?", |t| t.name.as_str());
-                    let label = edge_label(e.kind, &e.label);
-                    if label.is_empty() {
-                        format!("`{}`", cell(to))
-                    } else {
-                        format!("`{}` ({})", cell(to), cell(label))
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let _ = writeln!(
-                out,
-                "| {i} | `{}` | {kind} | {policies} | {next} |",
-                cell(&n.name)
-            );
-        }
-        out
+        self.with_graph(|g| g.steps_table())
     }
 }
 
-const MERMAID_CLASSES: &str = "    classDef terminal fill:#eceff1,stroke:#546e7a
-    classDef step fill:#e3f2fd,stroke:#1565c0
-    classDef policy fill:#fff8e1,stroke:#f57f17
-    classDef group fill:#f3e5f5,stroke:#6a1b9a
-    classDef recovery fill:#fbe9e7,stroke:#bf360c,stroke-dasharray:4 3
-";
-
-struct Tree {
-    roots: Vec<usize>,
-    children: Vec<Vec<usize>>,
-}
-
-impl Tree {
-    fn new(nodes: &[NodeDef]) -> Tree {
-        let mut roots = Vec::new();
-        let mut children = vec![Vec::new(); nodes.len()];
-        for (i, n) in nodes.iter().enumerate() {
-            match n.parent.map(|p| p as usize) {
-                Some(p) if p < i => children[p].push(i),
-                _ => roots.push(i),
-            }
-        }
-        Tree { roots, children }
+fn graph_kind(k: Kind) -> flow_graph::NodeKind {
+    match k {
+        Kind::Start => flow_graph::NodeKind::Start,
+        Kind::End => flow_graph::NodeKind::End,
+        Kind::Step => flow_graph::NodeKind::Step,
+        Kind::Parallel => flow_graph::NodeKind::Parallel,
+        Kind::Map => flow_graph::NodeKind::Map,
+        Kind::Branch => flow_graph::NodeKind::Branch,
+        Kind::Recovery => flow_graph::NodeKind::Recovery,
     }
 }
 
-fn label_lines(n: &NodeDef) -> Vec<String> {
-    let mut lines = vec![n.name.clone()];
-    lines.extend(split_policies(&n.policy));
-    if n.kind == Kind::Parallel && !n.policy.contains("settle") {
-        lines.push("fail fast".to_owned());
+fn graph_edge_kind(k: EdgeKind) -> flow_graph::EdgeKind {
+    match k {
+        EdgeKind::Sequence => flow_graph::EdgeKind::Sequence,
+        EdgeKind::Parallel => flow_graph::EdgeKind::Parallel,
+        EdgeKind::Map => flow_graph::EdgeKind::Map,
+        EdgeKind::Branch => flow_graph::EdgeKind::Branch,
+        EdgeKind::Catch => flow_graph::EdgeKind::Catch,
     }
-    lines
-}
-
-fn split_policies(policy: &str) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut depth = 0i32;
-    let mut cur = String::new();
-    for c in policy.chars() {
-        match c {
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(core::mem::take(&mut cur).trim().to_owned());
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(c);
-    }
-    let last = cur.trim();
-    if !last.is_empty() {
-        parts.push(last.to_owned());
-    }
-    parts.retain(|p| !p.is_empty());
-    parts
-}
-
-fn class_of(n: &NodeDef) -> &'static str {
-    match n.kind {
-        Kind::Start | Kind::End => "terminal",
-        Kind::Step if n.policy.is_empty() => "step",
-        Kind::Step => "policy",
-        Kind::Recovery => "recovery",
-        Kind::Parallel | Kind::Map | Kind::Branch => "group",
-    }
-}
-
-fn group_title(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Parallel => "parallel",
-        Kind::Map => "map: once per item",
-        Kind::Branch => "branch",
-        _ => "group",
-    }
-}
-
-fn edge_label(kind: EdgeKind, label: &str) -> &str {
-    match kind {
-        EdgeKind::Catch if label.is_empty() => "on failure",
-        _ => label,
-    }
-}
-
-fn mermaid_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '#' => out.push_str("#35;"),
-            '"' => out.push_str("#quot;"),
-            '<' => out.push_str("#lt;"),
-            '>' => out.push_str("#gt;"),
-            '&' => out.push_str("#amp;"),
-            '\n' => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn kind_name(k: Kind) -> &'static str {
@@ -550,54 +395,8 @@ mod tests {
     }
 
     /// The runtime's `Graph` with the same content as `m` (leaked: a test only).
-    fn runtime_graph(m: &Model) -> &'static flow_runtime::Graph {
-        let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
-        let kind = |k: Kind| match k {
-            Kind::Start => flow_runtime::NodeKind::Start,
-            Kind::End => flow_runtime::NodeKind::End,
-            Kind::Step => flow_runtime::NodeKind::Step,
-            Kind::Parallel => flow_runtime::NodeKind::Parallel,
-            Kind::Map => flow_runtime::NodeKind::Map,
-            Kind::Branch => flow_runtime::NodeKind::Branch,
-            Kind::Recovery => flow_runtime::NodeKind::Recovery,
-        };
-        let ekind = |k: EdgeKind| match k {
-            EdgeKind::Sequence => flow_runtime::EdgeKind::Sequence,
-            EdgeKind::Parallel => flow_runtime::EdgeKind::Parallel,
-            EdgeKind::Map => flow_runtime::EdgeKind::Map,
-            EdgeKind::Branch => flow_runtime::EdgeKind::Branch,
-            EdgeKind::Catch => flow_runtime::EdgeKind::Catch,
-        };
-        let nodes: Vec<flow_runtime::Node> = m
-            .nodes
-            .iter()
-            .map(|n| flow_runtime::Node {
-                name: leak(&n.name),
-                kind: kind(n.kind),
-                policy: leak(&n.policy),
-                parent: n.parent,
-            })
-            .collect();
-        let edges: Vec<flow_runtime::Edge> = m
-            .edges
-            .iter()
-            .map(|e| flow_runtime::Edge {
-                from: e.from,
-                to: e.to,
-                kind: ekind(e.kind),
-                label: leak(&e.label),
-            })
-            .collect();
-        Box::leak(Box::new(flow_runtime::Graph {
-            name: leak(&m.name),
-            nodes: Box::leak(nodes.into_boxed_slice()),
-            edges: Box::leak(edges.into_boxed_slice()),
-            fingerprint: m.fingerprint(),
-        }))
-    }
-
     #[test]
-    fn doc_mermaid_is_the_runtime_mermaid() {
+    fn docs_draw_the_model() {
         let mut m = Model::new("Every\"Kind".into());
         let a = m.add(
             "fetch",
@@ -630,7 +429,6 @@ mod tests {
         );
         m.edges_from(&[x, y], END, EdgeKind::Sequence);
         let doc = m.to_mermaid();
-        assert_eq!(doc, runtime_graph(&m).to_mermaid());
         assert!(doc.contains("subgraph g4 [\"parallel\"]"), "{doc}");
         assert!(doc.contains("n2 -.->|\"on failure\"| n3"), "{doc}");
         let table = m.steps_table();
