@@ -1,22 +1,28 @@
 //! The one piece of code generation both front ends share: a step call under its policies.
 //!
-//! Input/output pairs (`__ctx` is the run context, `k` the step's node id):
+//! Input/output pairs (`__ctx` is the run context, `k` the step's node id; abridged: the
+//! compile-time checks that report mistakes in our words are shown as `check(..)`, see
+//! `flow-runtime/src/checks.rs`):
 //!
 //! ```text
-//! fetch(url).await                    { let __r = __ctx.step(NodeId(k), fetch(url)).await; __r }
+//! fetch(url).await                    { let __f = fetch(url);
+//!                                       let __f = check_error_converts::<E, fetch>(__f);
+//!                                       let __m = output_of(&__f);
+//!                                       let __r = __ctx.step(NodeId(k), __f).await; (__r, __m) }
 //!
 //! #[retry(max_attempts = 3)]          { let __a0 = url;
-//! fetch(url).await                      let __r = __ctx.step_with(NodeId(k), POLICY,
-//!                                           || fetch(retry_arg(&__a0))).await; __r }
+//! fetch(url).await                      let __mk = || fetch(check_clone::<fetch>(&__a0));
+//!                                       let __r = __ctx.step_with(NodeId(k), POLICY, __mk).await; .. }
 //!
-//! #[timeout("2s")] fetch(url).await   { let __r = __ctx.step_timeout(NodeId(k), 2s, fetch(url)).await; __r }
+//! #[timeout("2s")] fetch(url).await   { .. let __r = __ctx.step_timeout(NodeId(k), 2s, __f).await; .. }
 //!
 //! + catch(recover, when = p)          let __r = __ctx.catch(__r, p, NodeId(r), recover).await;
 //! + compensate(undo)                  let __r = __ctx.compensate(NodeId(k), __r, undo);
 //! ```
 //!
-//! The block evaluates to `Result<T, flow::StepError<E>>`; `#[workflow]` hands it to the body
-//! with `__ctx.surface(..)`, `flow!` propagates it with `?`.
+//! The block evaluates to `Result<T, flow::StepError<E>>` (with `#[workflow]`, paired with a
+//! marker of the step's output type); `#[workflow]` hands it to the body with
+//! `__ctx.surface_ok(..)` / `__ctx.surface_as(..)`, `flow!` propagates it with `?`.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;

@@ -24,7 +24,9 @@
 //!     type Input = (Spec,); type Output = Cluster; type Error = Error; type State = ProvisionState;
 //!     fn execute(&self, ctx, input) -> impl Future {
 //!         async fn body(__ctx: Ctx<Error>, spec: Spec) -> Result<Cluster, Error> {
-//!             let nodes = __ctx.surface({ .. __ctx.step(NodeId(2), launch(&spec)) .. }).await?;
+//!             let nodes = match { .. __ctx.step(NodeId(2), launch(&spec)).await .. } {
+//!                 Ok(v) => __ctx.surface_ok(v, ..), Err(e) => __ctx.surface_as(Err(e), ..).await,
+//!             }?;
 //!             ...
 //!         }
 //!         async move { ctx.finish(body(ctx.clone(), input.0).await) }
