@@ -35,6 +35,9 @@ pub enum NodeKind {
     Branch,
     /// A step that recovers from a caught failure.
     Recovery,
+    /// A loop (`for`, `while`, `loop` in a `#[workflow]` body): its members run once per
+    /// iteration.
+    Loop,
 }
 
 /// The kind of an edge.
@@ -50,6 +53,10 @@ pub enum EdgeKind {
     Branch,
     /// From a step to its recovery step, when a failure is caught.
     Catch,
+    /// Back to a loop's head: the next iteration.
+    Loop,
+    /// An early exit to the end node: a `return`, or a `?` that returns an error.
+    Exit,
 }
 
 /// A node of a workflow graph.
@@ -57,6 +64,13 @@ pub enum EdgeKind {
 pub struct Node<'a> {
     /// The step's name as written (`launch_nodes`), or the group's kind.
     pub name: &'a str,
+    /// The node's stable identity: its name (function name or label), plus `#2`, `#3`, ...
+    /// for later nodes of the same name. Unlike the [`NodeId`] (an index into
+    /// [`Graph::nodes`]), adding, removing or reordering other steps leaves it unchanged.
+    pub key: &'a str,
+    /// A hash of what the node does: its kind, callee, policies and position in the control
+    /// flow (the branches and loops around it), computed at compile time.
+    pub fingerprint: u64,
     /// What the node is.
     pub kind: NodeKind,
     /// The node's policies as written, for display (`retry(max_attempts = 3), timeout = "2s"`);
@@ -96,6 +110,20 @@ impl<'a> Graph<'a> {
     /// The node with this id.
     pub fn node(&self, id: NodeId) -> Option<&'a Node<'a>> {
         self.nodes.get(id.0 as usize)
+    }
+
+    /// The node whose stable identity ([`Node::key`]) is `key`.
+    pub fn find(&self, key: &str) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .position(|n| n.key == key)
+            .and_then(|i| u32::try_from(i).ok())
+            .map(NodeId)
+    }
+
+    /// The stable identity of the node with this id, or `"?"` for an id not in this graph.
+    pub fn key_of(&self, id: NodeId) -> &'a str {
+        self.node(id).map_or("?", |n| n.key)
     }
 
     /// The name of the node with this id, or `"?"` for an id not in this graph.
@@ -148,10 +176,9 @@ impl<'a> Graph<'a> {
         }
         let pad = "    ".repeat(depth);
         for e in self.edges {
-            let arrow = if e.kind == EdgeKind::Catch {
-                "-.->"
-            } else {
-                "-->"
+            let arrow = match e.kind {
+                EdgeKind::Catch | EdgeKind::Exit => "-.->",
+                _ => "-->",
             };
             let label = edge_label(e.kind, e.label);
             if label.is_empty() {
@@ -190,6 +217,7 @@ impl<'a> Graph<'a> {
             NodeKind::Parallel => ("[[", "]]"),
             NodeKind::Map => ("[/", "/]"),
             NodeKind::Branch => ("{", "}"),
+            NodeKind::Loop => ("{{", "}}"),
         };
         let line = format!("{prefix}n{i}{open}\"{label}\"{close}:::{}", class_of(n));
         let sub = subflow_of(n, subflows);
@@ -236,6 +264,7 @@ impl<'a> Graph<'a> {
                 NodeKind::Parallel => "parallel group".to_owned(),
                 NodeKind::Map => "map".to_owned(),
                 NodeKind::Branch => "branch".to_owned(),
+                NodeKind::Loop => "loop".to_owned(),
                 NodeKind::Start | NodeKind::End => String::new(),
             };
             if let Some(p) = n.parent
@@ -318,9 +347,17 @@ impl<'a> Graph<'a> {
             if !label.is_empty() {
                 attrs.push(format!("label=\"{}\"", dot_escape(label)));
             }
-            if e.kind == EdgeKind::Catch {
-                attrs.push("style=dashed".to_owned());
-                attrs.push("color=\"#bf360c\"".to_owned());
+            match e.kind {
+                EdgeKind::Catch => {
+                    attrs.push("style=dashed".to_owned());
+                    attrs.push("color=\"#bf360c\"".to_owned());
+                }
+                EdgeKind::Exit => {
+                    attrs.push("style=dashed".to_owned());
+                    attrs.push("color=\"#546e7a\"".to_owned());
+                }
+                EdgeKind::Loop => attrs.push("constraint=false".to_owned()),
+                _ => {}
             }
             if attrs.is_empty() {
                 let _ = writeln!(out, "{pad}{prefix}n{} -> {prefix}n{};", e.from, e.to);
@@ -366,6 +403,7 @@ impl<'a> Graph<'a> {
             NodeKind::Parallel => ("box3d", "#f3e5f5", ""),
             NodeKind::Map => ("parallelogram", "#f3e5f5", ""),
             NodeKind::Branch => ("diamond", "#f3e5f5", ""),
+            NodeKind::Loop => ("hexagon", "#f3e5f5", ""),
         };
         let children = &tree.children[i];
         let line =
@@ -484,7 +522,7 @@ fn class_of(n: &Node<'_>) -> &'static str {
         NodeKind::Step if n.policy.is_empty() => "step",
         NodeKind::Step => "policy",
         NodeKind::Recovery => "recovery",
-        NodeKind::Parallel | NodeKind::Map | NodeKind::Branch => "group",
+        NodeKind::Parallel | NodeKind::Map | NodeKind::Branch | NodeKind::Loop => "group",
     }
 }
 
@@ -493,6 +531,7 @@ fn group_title(kind: NodeKind) -> &'static str {
         NodeKind::Parallel => "parallel",
         NodeKind::Map => "map: once per item",
         NodeKind::Branch => "branch",
+        NodeKind::Loop => "loop: once per iteration",
         _ => "group",
     }
 }
@@ -501,6 +540,7 @@ fn group_title(kind: NodeKind) -> &'static str {
 pub fn edge_label(kind: EdgeKind, label: &str) -> &str {
     match kind {
         EdgeKind::Catch if label.is_empty() => "on failure",
+        EdgeKind::Loop if label.is_empty() => "next",
         _ => label,
     }
 }
@@ -560,18 +600,24 @@ mod tests {
         nodes: &[
             Node {
                 name: "start",
+                key: "start",
+                fingerprint: 0,
                 kind: NodeKind::Start,
                 policy: "",
                 parent: None,
             },
             Node {
                 name: "end",
+                key: "end",
+                fingerprint: 0,
                 kind: NodeKind::End,
                 policy: "",
                 parent: None,
             },
             Node {
                 name: "fetch",
+                key: "fetch",
+                fingerprint: 0,
                 kind: NodeKind::Step,
                 policy: "retry(max_attempts = 3)",
                 parent: None,

@@ -15,6 +15,7 @@ pub(crate) enum Kind {
     Map,
     Branch,
     Recovery,
+    Loop,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub(crate) enum EdgeKind {
     Map,
     Branch,
     Catch,
+    Loop,
+    Exit,
 }
 
 pub(crate) struct NodeDef {
@@ -37,6 +40,12 @@ pub(crate) struct NodeDef {
     /// The step's callee as canonical tokens (`cluster :: launch`, `. wait_up`), hashed into
     /// the fingerprint; empty for groups.
     pub(crate) call: String,
+    /// The node's stable identity (`name`, or `name#2` for the second node of that name),
+    /// filled by [`Model::assign_keys`].
+    pub(crate) key: String,
+    /// Where the node sits in the control flow: the branch arms and loops around it, outermost
+    /// first (`if healthy / for node in nodes`). Part of the node's own fingerprint.
+    pub(crate) scope: String,
 }
 
 pub(crate) struct EdgeDef {
@@ -84,8 +93,53 @@ impl Model {
             is_state,
             variant: None,
             call: String::new(),
+            key: String::new(),
+            scope: String::new(),
         });
         id
+    }
+
+    /// Records where node `id` sits in the control flow (see [`NodeDef::scope`]).
+    pub(crate) fn set_scope(&mut self, id: u32, scope: &str) {
+        if let Some(n) = self.nodes.get_mut(id as usize) {
+            n.scope = scope.to_owned();
+        }
+    }
+
+    /// Gives every node its stable identity: its name, and for the k-th node (k >= 2, in
+    /// source order) of a name already taken, `name#k`. Depends only on the nodes that share
+    /// the name, so adding, removing or reordering other steps leaves a key unchanged.
+    pub(crate) fn assign_keys(&mut self) {
+        let mut seen: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        for n in &mut self.nodes {
+            let k = seen.entry(n.name.clone()).or_insert(0);
+            *k += 1;
+            n.key = if *k == 1 {
+                n.name.clone()
+            } else {
+                format!("{}#{k}", n.name)
+            };
+        }
+    }
+
+    /// The fingerprint of one node: its key, kind, callee, policies and place in the control
+    /// flow (not its neighbours: a step added before it leaves it unchanged).
+    pub(crate) fn node_fingerprint(&self, id: usize) -> u64 {
+        let Some(n) = self.nodes.get(id) else {
+            return 0;
+        };
+        let parent = n
+            .parent
+            .and_then(|p| self.nodes.get(p as usize))
+            .map_or("", |p| p.key.as_str());
+        fnv(&[
+            &n.key,
+            kind_name(n.kind),
+            &n.call,
+            &n.policy,
+            &n.scope,
+            parent,
+        ])
     }
 
     /// Records the callee of step `id` (its path, or `.method` for a method call), so that
@@ -114,6 +168,7 @@ impl Model {
 
     /// Gives every state node a unique UpperCamelCase variant name.
     pub(crate) fn name_variants(&mut self) {
+        self.assign_keys();
         let mut used: Vec<String> = vec!["Completed".into(), "Failed".into(), "Cancelled".into()];
         for (i, n) in self.nodes.iter_mut().enumerate() {
             if !n.is_state {
@@ -169,15 +224,17 @@ impl Model {
     pub(crate) fn graph_tokens(&self, krate: &TokenStream) -> TokenStream {
         let name = &self.name;
         let fp = self.fingerprint();
-        let nodes = self.nodes.iter().map(|n| {
+        let nodes = self.nodes.iter().enumerate().map(|(i, n)| {
             let name = &n.name;
             let kind = format_ident!("{}", kind_name(n.kind));
             let policy = &n.policy;
+            let key = &n.key;
+            let nfp = self.node_fingerprint(i);
             let parent = match n.parent {
                 Some(p) => quote!(::core::option::Option::Some(#p)),
                 None => quote!(::core::option::Option::None),
             };
-            quote!(#krate::Node { name: #name, kind: #krate::NodeKind::#kind, policy: #policy, parent: #parent })
+            quote!(#krate::Node { name: #name, key: #key, fingerprint: #nfp, kind: #krate::NodeKind::#kind, policy: #policy, parent: #parent })
         });
         let edges = self.edges.iter().map(|e| {
             let (from, to, label) = (e.from, e.to, &e.label);
@@ -260,8 +317,11 @@ impl Model {
         let nodes: Vec<flow_graph::Node<'_>> = self
             .nodes
             .iter()
-            .map(|n| flow_graph::Node {
+            .enumerate()
+            .map(|(i, n)| flow_graph::Node {
                 name: &n.name,
+                key: &n.key,
+                fingerprint: self.node_fingerprint(i),
                 kind: graph_kind(n.kind),
                 policy: &n.policy,
                 parent: n.parent,
@@ -305,6 +365,7 @@ fn graph_kind(k: Kind) -> flow_graph::NodeKind {
         Kind::Map => flow_graph::NodeKind::Map,
         Kind::Branch => flow_graph::NodeKind::Branch,
         Kind::Recovery => flow_graph::NodeKind::Recovery,
+        Kind::Loop => flow_graph::NodeKind::Loop,
     }
 }
 
@@ -315,6 +376,8 @@ fn graph_edge_kind(k: EdgeKind) -> flow_graph::EdgeKind {
         EdgeKind::Map => flow_graph::EdgeKind::Map,
         EdgeKind::Branch => flow_graph::EdgeKind::Branch,
         EdgeKind::Catch => flow_graph::EdgeKind::Catch,
+        EdgeKind::Loop => flow_graph::EdgeKind::Loop,
+        EdgeKind::Exit => flow_graph::EdgeKind::Exit,
     }
 }
 
@@ -327,6 +390,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Map => "Map",
         Kind::Branch => "Branch",
         Kind::Recovery => "Recovery",
+        Kind::Loop => "Loop",
     }
 }
 
@@ -337,7 +401,21 @@ fn edge_kind_name(k: EdgeKind) -> &'static str {
         EdgeKind::Map => "Map",
         EdgeKind::Branch => "Branch",
         EdgeKind::Catch => "Catch",
+        EdgeKind::Loop => "Loop",
+        EdgeKind::Exit => "Exit",
     }
+}
+
+/// FNV-1a over `parts`, each followed by a separator byte.
+pub(crate) fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for s in parts {
+        for b in s.bytes().chain(core::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// `launch_nodes` -> `LaunchNodes`; anything that is not a letter or digit separates words.
