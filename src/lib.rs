@@ -47,7 +47,7 @@ pub use flow_runtime::*;
 
 /// The items most programs need: the macros, the runtime, the workflow trait and the errors.
 pub mod prelude {
-    pub use crate::{flow, join, settle, workflow};
+    pub use crate::{flow, join, map, settle, workflow};
     pub use flow_runtime::{Error, ErrorKind, Event, EventKind, Runtime, StepError, Workflow};
 }
 
@@ -56,6 +56,23 @@ pub mod prelude {
 pub mod __private {
     pub use flow_macros::flow_inner;
     pub use flow_runtime::__private::*;
+
+    /// `flow::map!` outside a `#[workflow]` body: runs `body` on every item, at most `limit`
+    /// at a time (`0`: no limit), results in input order, the first error ends it.
+    pub async fn map_plain<I, F, Fut, T, E>(items: I, limit: usize, body: F) -> Result<Vec<T>, E>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Fut,
+        Fut: core::future::Future<Output = Result<T, E>>,
+    {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        futures_util::stream::iter(items)
+            .map(body)
+            .buffered(limit)
+            .try_collect()
+            .await
+    }
 }
 
 /// Composes a micro-workflow inline: `flow! { validate -> (reserve & charge) -> notify }`.
@@ -87,6 +104,35 @@ macro_rules! join {
     };
     ($a:expr, $b:expr, $c:expr, $d:expr, $e:expr $(,)?) => {
         $crate::__private::try_join5($a, $b, $c, $d, $e)
+    };
+}
+
+/// Runs a step once per item of an iterator, concurrently, with an optional limit:
+/// `flow::map!(nodes, |node| probe(node), concurrency = 4).await?`.
+///
+/// Inside a `#[workflow]` body this is a map node of the graph: the closure calls one step
+/// (which may carry its own `#[retry(..)]`, `#[timeout(..)]`: `|n| #[retry(max_attempts = 3)]
+/// probe(n)`), every call is an execution of that step, results come in input order, and the
+/// first failure cancels the calls in flight (with `tolerate = K`, up to K items may fail and
+/// each result is a `Result<T, flow::StepError<E>>`). `concurrency` may be any `usize`
+/// expression; `0` or none means no limit. Elsewhere it is a plain ordered, bounded,
+/// fail-fast concurrent map that evaluates to a future of `Result<Vec<T>, E>`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// async fn square(x: u32) -> Result<u32, String> { Ok(x * x) }
+/// let squares = flow::map!(vec![1, 2, 3], |x| square(x), concurrency = 2).await;
+/// assert_eq!(squares, Ok(vec![1, 4, 9]));
+/// # }
+/// ```
+#[macro_export]
+macro_rules! map {
+    ($items:expr, $body:expr $(,)?) => {
+        $crate::__private::map_plain($items, 0, $body)
+    };
+    ($items:expr, $body:expr, concurrency = $limit:expr $(,)?) => {
+        $crate::__private::map_plain($items, $limit, $body)
     };
 }
 

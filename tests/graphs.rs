@@ -433,3 +433,87 @@ fn flow_fingerprint_is_stable_under_reformatting() {
     assert_eq!(a.graph().fingerprint, b.graph().fingerprint);
     assert_ne!(a.graph().fingerprint, c.graph().fingerprint);
 }
+
+// ---------------------------------------------------------------- stable identity
+
+async fn audit(n: u32) -> Result<u32, String> {
+    Ok(n)
+}
+
+mod step_added_before {
+    use super::*;
+    #[workflow(name = "Fp")]
+    pub async fn fp(n: u32) -> Result<u32, String> {
+        let n = audit(n).await?;
+        #[retry(max_attempts = 3, backoff = constant("1s"))]
+        let a = step_one(n).await?;
+        let a = audit(a).await?;
+        step_two(a).await
+    }
+}
+
+mod moved_into_a_branch {
+    use super::*;
+    #[workflow(name = "Fp")]
+    pub async fn fp(n: u32) -> Result<u32, String> {
+        #[retry(max_attempts = 3, backoff = constant("1s"))]
+        let a = step_one(n).await?;
+        if a > 3 {
+            return step_two(a).await;
+        }
+        Ok(a)
+    }
+}
+
+/// The key and the fingerprint of the node named `key`.
+fn identity(g: &Graph, key: &str) -> (String, u64) {
+    let id = g
+        .find(key)
+        .unwrap_or_else(|| panic!("no node `{key}` in {}", g.name));
+    let n = g.node(id).unwrap();
+    (n.key.to_owned(), n.fingerprint)
+}
+
+#[test]
+fn a_step_keeps_its_identity_when_other_steps_are_added() {
+    let before = written::Fp::GRAPH;
+    let after = step_added_before::Fp::GRAPH;
+    // Node ids (positions) moved...
+    assert_ne!(before.find("step_one"), after.find("step_one"));
+    // ...but each step's identity and its own fingerprint did not.
+    for key in ["step_one", "step_two"] {
+        assert_eq!(identity(before, key), identity(after, key), "{key}");
+    }
+    // The new steps: a name used twice gets a disambiguator, in source order.
+    assert!(after.find("audit").is_some() && after.find("audit#2").is_some());
+    // The workflow's fingerprint covers the whole graph, so it changed.
+    assert_ne!(before.fingerprint, after.fingerprint);
+
+    // A change to the step itself changes its fingerprint, not its key.
+    let (k1, f1) = identity(before, "step_one");
+    let (k2, f2) = identity(other_policy::Fp::GRAPH, "step_one");
+    assert_eq!(k1, k2);
+    assert_ne!(f1, f2);
+    let (_, f3) = identity(other_callee::Fp::GRAPH, "step_one");
+    assert_ne!(f1, f3);
+    // So does its place in the control flow.
+    let (_, f4) = identity(moved_into_a_branch::Fp::GRAPH, "step_two");
+    assert_ne!(identity(before, "step_two").1, f4);
+    // Every node of a graph has a distinct key.
+    for g in [before, after, moved_into_a_branch::Fp::GRAPH] {
+        let mut keys: Vec<&str> = g.nodes.iter().map(|n| n.key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), g.nodes.len(), "{}", g.name);
+    }
+}
+
+#[test]
+fn flow_steps_have_stable_keys_too() {
+    let a = flow! { step_one -> step_two -> step_one };
+    let keys: Vec<&str> = a.graph().nodes.iter().map(|n| n.key).collect();
+    assert_eq!(keys, ["start", "end", "step_one", "step_two", "step_one#2"]);
+    let b = flow! { step_two -> step_one -> step_two -> step_one };
+    let (k, f) = identity(a.graph(), "step_two");
+    assert_eq!((k, f), identity(b.graph(), "step_two"));
+}

@@ -40,8 +40,21 @@ async fn sequence_states_and_events_follow_the_graph() {
     let steps: Vec<&str> = g.steps().map(|(_, n)| n.name).collect();
     assert_eq!(steps, ["launch", "check", "first"]);
     assert_eq!(g.nodes[0].kind, NodeKind::Start);
-    let edges: Vec<(u32, u32)> = g.edges.iter().map(|e| (e.from, e.to)).collect();
+    let edges: Vec<(u32, u32)> = g
+        .edges
+        .iter()
+        .filter(|e| e.kind != flow::EdgeKind::Exit)
+        .map(|e| (e.from, e.to))
+        .collect();
     assert_eq!(edges, [(0, 2), (2, 3), (3, 4), (4, 1)]);
+    // Each `?` is an exit to the end, drawn as such.
+    let exits: Vec<(u32, u32, &str)> = g
+        .edges
+        .iter()
+        .filter(|e| e.kind == flow::EdgeKind::Exit)
+        .map(|e| (e.from, e.to, e.label))
+        .collect();
+    assert_eq!(exits, [(2, 1, "?"), (3, 1, "?")]);
 
     let mut handle = Runtime::new().spawn(Sequence, (3,));
     let mut trace = Vec::new();

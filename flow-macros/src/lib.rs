@@ -4,6 +4,7 @@
 //! expansion needs. Each entry point below is one line: the work happens on `proc_macro2`
 //! types in the modules, so it can be tested (and fuzzed) outside a compiler.
 
+mod control;
 mod duration;
 mod errors;
 mod flow;

@@ -159,6 +159,17 @@ impl Model {
         });
     }
 
+    /// An edge, unless the same edge is already there.
+    pub(crate) fn edge_once(&mut self, from: u32, to: u32, kind: EdgeKind, label: String) {
+        if !self
+            .edges
+            .iter()
+            .any(|e| e.from == from && e.to == to && e.kind == kind && e.label == label)
+        {
+            self.edge(from, to, kind, label);
+        }
+    }
+
     /// Edges from every node of `frontier` to `to`.
     pub(crate) fn edges_from(&mut self, frontier: &[u32], to: u32, kind: EdgeKind) {
         for &f in frontier {

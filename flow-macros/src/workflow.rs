@@ -47,6 +47,7 @@ use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{Attribute, Expr, FnArg, Ident, ItemFn, Pat, ReturnType, Stmt, Token, Type};
 
+use crate::control::{LoopFrame, Pending, block_has_step, dedup, expr_has_step, text};
 use crate::errors::{Errors, closest, unknown_key};
 use crate::model::{EdgeKind, Kind, Model};
 use crate::policy::{Item, ItemArgs, KeyValue, Policy};
@@ -351,8 +352,16 @@ struct Rewriter<'a> {
     errors: &'a mut Errors,
     krate: TokenStream,
     ctx: Ident,
-    /// Nodes the next step follows.
-    frontier: Vec<u32>,
+    /// The edges the next node receives: from the nodes it follows, with the label of the
+    /// branch arm or loop exit they come through.
+    frontier: Vec<Pending>,
+    /// The groups (branch, loop, parallel, map) around the current position, innermost last.
+    parents: Vec<u32>,
+    /// The same, as text (`if healthy`, `for node in nodes`): each node's place in the control
+    /// flow, hashed into its fingerprint.
+    scope: Vec<String>,
+    /// The loops around the current position, for `break` and `continue`.
+    loops: Vec<LoopFrame>,
     /// The workflow's error type.
     error_ty: TokenStream,
     markers: Markers,
@@ -365,6 +374,76 @@ enum StepExpr<'a> {
         branches: Vec<(Vec<Attribute>, Expr)>,
         span: Span,
     },
+    Map(Box<MapExpr>),
+    /// A `flow::map!` whose arguments do not parse.
+    Bad(syn::Error),
+}
+
+/// `flow::map!(items, |item| step(item), concurrency = 4, tolerate = 1)`.
+struct MapExpr {
+    items: Expr,
+    pat: Pat,
+    attrs: Vec<Attribute>,
+    body: Expr,
+    concurrency: Option<Expr>,
+    tolerate: Option<Expr>,
+    span: Span,
+}
+
+impl syn::parse::Parse for MapExpr {
+    fn parse(input: syn::parse::ParseStream) -> syn::Result<Self> {
+        let span = input.span();
+        let items: Expr = input.parse()?;
+        input.parse::<Token![,]>()?;
+        let closure: syn::ExprClosure = input.parse().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                "`flow::map!` takes the items, then a closure calling one step: `flow::map!(nodes, |node| probe(node), concurrency = 4)`",
+            )
+        })?;
+        let mut concurrency = None;
+        let mut tolerate = None;
+        while input.parse::<Option<Token![,]>>()?.is_some() {
+            if input.is_empty() {
+                break;
+            }
+            let key: Ident = input.parse()?;
+            input.parse::<Token![=]>()?;
+            let value: Expr = input.parse()?;
+            match key.to_string().as_str() {
+                kw::CONCURRENCY => concurrency = Some(value),
+                kw::TOLERATE => tolerate = Some(value),
+                other => {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        unknown_key("`map` key", other, kw::MAP_KEYS),
+                    ));
+                }
+            }
+        }
+        let mut inputs = closure.inputs.into_iter();
+        let (Some(pat), None) = (inputs.next(), inputs.next()) else {
+            return Err(syn::Error::new(
+                closure.inputs_begin.span,
+                "the closure of `flow::map!` takes one item: `|item| step(item)`",
+            ));
+        };
+        let mut body = *closure.body;
+        let attrs = match &mut body {
+            Expr::Call(c) => core::mem::take(&mut c.attrs),
+            Expr::MethodCall(m) => core::mem::take(&mut m.attrs),
+            _ => Vec::new(),
+        };
+        Ok(MapExpr {
+            items,
+            pat,
+            attrs,
+            body,
+            concurrency,
+            tolerate,
+            span,
+        })
+    }
 }
 
 /// The step inside `CALL.await`, if the awaited expression is a call.
@@ -391,6 +470,12 @@ fn classify(base: &Expr) -> Option<StepExpr<'_>> {
             let settle = match name {
                 "join" => false,
                 "settle" => true,
+                "map" => {
+                    return Some(match syn::parse2::<MapExpr>(m.mac.tokens.clone()) {
+                        Ok(x) => StepExpr::Map(Box::new(x)),
+                        Err(e) => StepExpr::Bad(e),
+                    });
+                }
                 _ => return None,
             };
             let parsed =
@@ -439,6 +524,345 @@ fn step_name(call: &Call<'_>) -> String {
 }
 
 impl Rewriter<'_> {
+    /// Adds a node inside the current group, at the current place in the control flow.
+    fn add_node(&mut self, name: &str, kind: Kind, policy: String, is_state: bool) -> u32 {
+        let parent = self.parents.last().copied();
+        let id = self.model.add(name, kind, policy, parent, is_state);
+        let scope = self.scope.join(" / ");
+        self.model.set_scope(id, &scope);
+        id
+    }
+
+    /// Connects the frontier to node `id`, which becomes the frontier.
+    fn attach(&mut self, id: u32) {
+        for p in core::mem::take(&mut self.frontier) {
+            self.model.edge_once(p.from, id, p.kind, p.label);
+        }
+        self.frontier = vec![Pending::plain(id)];
+    }
+
+    /// An early exit (`return`, or a `?` that returns an error) from the current position:
+    /// an edge from every node of the frontier to the end.
+    fn exit(&mut self, what: &str) {
+        for p in self.frontier.clone() {
+            let label = if p.label.is_empty() {
+                what.to_owned()
+            } else {
+                format!("{}: {what}", p.label)
+            };
+            self.model
+                .edge_once(p.from, crate::model::END, EdgeKind::Exit, label);
+        }
+    }
+
+    /// Starts an arm of a branch (`node`, or no node when no arm has a step): the frontier is
+    /// the branch's edge labelled `label`, or what it was before.
+    fn enter_arm(&mut self, node: Option<u32>, before: &[Pending], label: &str, scope: String) {
+        match node {
+            Some(b) => {
+                self.frontier = vec![Pending {
+                    from: b,
+                    kind: EdgeKind::Branch,
+                    label: label.to_owned(),
+                }];
+                self.parents.push(b);
+                self.scope.push(scope);
+            }
+            None => self.frontier = before.to_vec(),
+        }
+    }
+
+    /// Ends an arm: returns where it leaves off.
+    fn leave_arm(&mut self, node: Option<u32>) -> Vec<Pending> {
+        if node.is_some() {
+            self.parents.pop();
+            self.scope.pop();
+        }
+        core::mem::take(&mut self.frontier)
+    }
+
+    /// `if cond { .. } else { .. }` (and `if let`): a branch node with an edge per arm,
+    /// labelled with the condition as written and `else`, when an arm contains a step.
+    fn visit_if(&mut self, i: &mut syn::ExprIf) {
+        // The condition as written (before its steps are rewritten); it runs first, so a step
+        // in it is a step before the branch.
+        let cond = text(&i.cond);
+        let cond_tokens = i.cond.to_token_stream();
+        self.visit_expr_mut(&mut i.cond);
+        let has_step = block_has_step(&i.then_branch)
+            || i.else_branch
+                .as_ref()
+                .is_some_and(|(_, e)| expr_has_step(e));
+        let node = has_step.then(|| {
+            let id = self.add_node("if", Kind::Branch, String::new(), false);
+            self.model.set_call(id, &cond_tokens);
+            self.attach(id);
+            id
+        });
+        let before = self.frontier.clone();
+        let mut out = Vec::new();
+        self.enter_arm(node, &before, &cond, format!("if {cond}"));
+        self.visit_block_mut(&mut i.then_branch);
+        out.extend(self.leave_arm(node));
+        self.enter_arm(node, &before, "else", format!("if {cond}: else"));
+        if let Some((_, e)) = &mut i.else_branch {
+            self.visit_expr_mut(e);
+        }
+        out.extend(self.leave_arm(node));
+        self.frontier = dedup(out);
+    }
+
+    /// `match x { pat => .. }`: a branch node with an edge per arm, labelled with its pattern
+    /// (and guard) as written, when an arm contains a step.
+    fn visit_match(&mut self, m: &mut syn::ExprMatch) {
+        let scrutinee = text(&m.expr);
+        let scrutinee_tokens = m.expr.to_token_stream();
+        self.visit_expr_mut(&mut m.expr);
+        let has_step = m.arms.iter().any(|a| expr_has_step(&a.body));
+        let node = has_step.then(|| {
+            let id = self.add_node(
+                &format!("match {scrutinee}"),
+                Kind::Branch,
+                String::new(),
+                false,
+            );
+            self.model.set_call(id, &scrutinee_tokens);
+            self.attach(id);
+            id
+        });
+        let before = self.frontier.clone();
+        let mut out = Vec::new();
+        for arm in &mut m.arms {
+            // In syn 3 a guard is part of the pattern (`Pat::Guard`): the label shows both.
+            let label = text(&arm.pat);
+            self.enter_arm(node, &before, &label, format!("match {scrutinee}: {label}"));
+            self.visit_pat_mut(&mut arm.pat);
+            self.visit_expr_mut(&mut arm.body);
+            out.extend(self.leave_arm(node));
+        }
+        self.frontier = dedup(out);
+    }
+
+    /// `for`, `while` and `loop`: a loop node around the steps of its body, an edge back to it
+    /// after each iteration (and from each `continue`), and its exits (`done` when the loop
+    /// ends by itself, and each `break`), when the body contains a step.
+    fn visit_loop(&mut self, e: &mut Expr) {
+        let (label, name, has_step) = match &*e {
+            Expr::ForLoop(f) => (
+                f.label.as_ref(),
+                format!("for {} in {}", text(&f.pat), text(&f.expr)),
+                block_has_step(&f.body),
+            ),
+            Expr::While(w) => (
+                w.label.as_ref(),
+                format!("while {}", text(&w.cond)),
+                expr_has_step(&w.cond) || block_has_step(&w.body),
+            ),
+            Expr::Loop(l) => (l.label.as_ref(), "loop".to_owned(), block_has_step(&l.body)),
+            _ => return,
+        };
+        let label = label.map(|l| l.name.ident.to_string());
+        let ends_by_itself = !matches!(e, Expr::Loop(_));
+        // The iterator of a `for` is evaluated once, before the loop.
+        if let Expr::ForLoop(f) = e {
+            self.visit_expr_mut(&mut f.expr);
+        }
+        let node = has_step.then(|| {
+            let id = self.add_node(&name, Kind::Loop, String::new(), false);
+            self.attach(id);
+            id
+        });
+        let before = self.frontier.clone();
+        if let Some(n) = node {
+            self.frontier = vec![Pending::plain(n)];
+            self.parents.push(n);
+            self.scope.push(name);
+        }
+        self.loops.push(LoopFrame {
+            label,
+            breaks: Vec::new(),
+            continues: Vec::new(),
+        });
+        match e {
+            Expr::ForLoop(f) => self.visit_block_mut(&mut f.body),
+            Expr::While(w) => {
+                self.visit_expr_mut(&mut w.cond);
+                self.visit_block_mut(&mut w.body);
+            }
+            Expr::Loop(l) => self.visit_block_mut(&mut l.body),
+            _ => {}
+        }
+        let frame = self.loops.pop();
+        let (breaks, continues) =
+            frame.map_or((Vec::new(), Vec::new()), |f| (f.breaks, f.continues));
+        let body_end = core::mem::take(&mut self.frontier);
+        match node {
+            Some(n) => {
+                self.parents.pop();
+                self.scope.pop();
+                for p in dedup(body_end.into_iter().chain(continues).collect()) {
+                    let label = if p.label.is_empty() {
+                        String::new()
+                    } else {
+                        p.label
+                    };
+                    self.model.edge_once(p.from, n, EdgeKind::Loop, label);
+                }
+                let mut after = Vec::new();
+                if ends_by_itself {
+                    after.push(Pending {
+                        from: n,
+                        kind: EdgeKind::Sequence,
+                        label: "done".to_owned(),
+                    });
+                }
+                after.extend(breaks);
+                self.frontier = dedup(after);
+            }
+            None => {
+                let mut after = before;
+                after.extend(body_end);
+                after.extend(breaks);
+                after.extend(continues);
+                self.frontier = dedup(after);
+            }
+        }
+    }
+
+    /// `break` (`is_break`) or `continue`, to the loop labelled `label` or the innermost one:
+    /// the frontier goes to that loop's exits or back to its head.
+    fn jump(&mut self, label: Option<&syn::Lifetime>, is_break: bool) {
+        let name = label.map(|l| l.ident.to_string());
+        let frame = match &name {
+            Some(n) => self
+                .loops
+                .iter_mut()
+                .rev()
+                .find(|f| f.label.as_deref() == Some(n.as_str())),
+            None => self.loops.last_mut(),
+        };
+        let Some(frame) = frame else {
+            // A `break` out of a labelled block: control goes on after the block, which the
+            // graph follows as if it went on here.
+            return;
+        };
+        let pending = core::mem::take(&mut self.frontier);
+        if is_break {
+            frame.breaks.extend(pending);
+        } else {
+            frame.continues.extend(pending);
+        }
+    }
+
+    /// `step(args);` or `let _ = step(args);`: a call whose value is dropped. When that value
+    /// is a future, the step never runs: a compile error says so.
+    fn guard_unawaited(&mut self, e: &mut Expr) {
+        let name = match &*e {
+            Expr::Call(c) => match &*c.func {
+                Expr::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
+                _ => None,
+            },
+            Expr::MethodCall(m) => Some(m.method.to_string()),
+            _ => None,
+        };
+        let Some(name) = name else { return };
+        let krate = &self.krate;
+        let span = e.span();
+        let marker = self.markers.path(&name, span);
+        let v = Ident::new("__flow_v", Span::mixed_site());
+        let new = quote_spanned! {span=> {
+            let #v = #e;
+            #[allow(unused_imports)]
+            use #krate::__private::{FutureNo as _, FutureYes as _};
+            let __flow_check = (&#krate::__private::Probe(&#v, ::core::marker::PhantomData::<()>)).flow_future();
+            #krate::__private::unawaited::<#marker, _, _>(#v, __flow_check)
+        }};
+        if let Ok(x) = syn::parse2::<Expr>(new) {
+            *e = x;
+        }
+    }
+
+    /// `flow::map!(items, |item| step(item), concurrency = N, tolerate = K)`: a map node, and
+    /// the step inside it, run once per item through the run context.
+    fn map_code(&mut self, map: MapExpr) -> TokenStream {
+        let krate = self.krate.clone();
+        let ctx = self.ctx.clone();
+        let MapExpr {
+            items,
+            pat,
+            mut attrs,
+            body,
+            concurrency,
+            tolerate,
+            span,
+        } = map;
+        let mid = self.add_node(
+            "map",
+            Kind::Map,
+            [
+                concurrency
+                    .as_ref()
+                    .map(|c| format!("concurrency = {}", text(c))),
+                tolerate.as_ref().map(|t| format!("tolerate = {}", text(t))),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", "),
+            true,
+        );
+        self.attach(mid);
+        let policy = self.policy_from_attrs(&mut attrs);
+        let Some(StepExpr::Call(call)) = classify(&body) else {
+            self.errors.spanned(&body, "the closure of `flow::map!` calls one step, such as `|node| probe(node)` (not awaited: the map awaits it)");
+            return quote!(());
+        };
+        let name = step_name(&call);
+        self.parents.push(mid);
+        self.scope.push("map".to_owned());
+        let id = self.add_node(&name, Kind::Step, policy.display(), true);
+        self.parents.pop();
+        self.scope.pop();
+        self.model.set_call(id, &crate::model::callee(&call));
+        self.model.edge(mid, id, EdgeKind::Map, String::new());
+        self.frontier = vec![Pending::plain(mid)];
+        let g = Gen {
+            krate: &self.krate,
+            ctx: &self.ctx,
+            exact: false,
+            marker: false,
+            error_ty: Some(&self.error_ty),
+            markers: &self.markers,
+        };
+        // The arguments are evaluated in the closure (borrowing what they use, as a call
+        // would); the step's future owns them.
+        let (hoisted, owned_args) = hoist_args(&call, 0);
+        let owned_call = with_args(&call, &owned_args);
+        let code = g.step(id, &name, None, &policy, &owned_call, body.span());
+        let item = Ident::new("__flow_item", Span::mixed_site());
+        let concurrency = concurrency.map_or_else(|| quote!(0usize), |c| quote!(#c));
+        let node = quote!(#krate::NodeId(#mid));
+        let run = match tolerate {
+            None => quote_spanned!(span=> #ctx.map(#node, __flow_items, #concurrency, |#item| {
+                let #pat = #item;
+                #(#hoisted)*
+                async move { #code }
+            })),
+            Some(t) => {
+                quote_spanned!(span=> #ctx.map_tolerant(#node, __flow_items, #concurrency, #t, |#item| {
+                    let #pat = #item;
+                    #(#hoisted)*
+                    async move { #code }
+                }))
+            }
+        };
+        quote_spanned!(span=> {
+            let #ctx = #ctx.by_ref();
+            let __flow_items = #items;
+            #ctx.surface(#run.await).await
+        })
+    }
+
     fn policy_from_attrs(&mut self, attrs: &mut Vec<Attribute>) -> Policy {
         let mut policy = Policy::default();
         let mut kept = Vec::new();
@@ -508,6 +932,16 @@ impl Rewriter<'_> {
                 }
                 self.group_code(settle, branches, gspan)
             }
+            StepExpr::Map(map) => {
+                if let Some(s) = policy_span {
+                    self.errors.at(s, "put policies on the step inside `map!`, e.g. `flow::map!(nodes, |n| #[retry(max_attempts = 3)] probe(n))`");
+                }
+                self.map_code(*map)
+            }
+            StepExpr::Bad(e) => {
+                self.errors.push(e);
+                return;
+            }
         };
         match syn::parse2::<Expr>(new) {
             Ok(e) => *expr = e,
@@ -517,13 +951,9 @@ impl Rewriter<'_> {
 
     fn step_code(&mut self, call: &Call<'_>, policy: &Policy, span: Span) -> TokenStream {
         let name = step_name(call);
-        let id = self
-            .model
-            .add(&name, Kind::Step, policy.display(), None, true);
+        let id = self.add_node(&name, Kind::Step, policy.display(), true);
         self.model.set_call(id, &crate::model::callee(call));
-        self.model
-            .edges_from(&self.frontier.clone(), id, EdgeKind::Sequence);
-        self.frontier = vec![id];
+        self.attach(id);
         let recovery = policy.catch.as_ref().map(|c| {
             let rname = match &c.recover {
                 Expr::Path(p) => p
@@ -533,11 +963,9 @@ impl Rewriter<'_> {
                     .map_or_else(|| "recover".to_owned(), |s| s.ident.to_string()),
                 _ => "recover".to_owned(),
             };
-            let r = self
-                .model
-                .add(&rname, Kind::Recovery, String::new(), None, true);
+            let r = self.add_node(&rname, Kind::Recovery, String::new(), true);
             self.model.edge(id, r, EdgeKind::Catch, String::new());
-            self.frontier.push(r);
+            self.frontier.push(Pending::plain(r));
             r
         });
         let g = Gen {
@@ -565,7 +993,7 @@ impl Rewriter<'_> {
             return quote!(());
         }
         let label = if settle { "settle" } else { "join" };
-        let gid = self.model.add(
+        let gid = self.add_node(
             label,
             Kind::Parallel,
             if settle {
@@ -573,11 +1001,11 @@ impl Rewriter<'_> {
             } else {
                 String::new()
             },
-            None,
             true,
         );
-        self.model
-            .edges_from(&self.frontier.clone(), gid, EdgeKind::Sequence);
+        self.attach(gid);
+        self.parents.push(gid);
+        self.scope.push(label.to_owned());
         let mut futs = Vec::new();
         let mut ends = Vec::new();
         for (mut attrs, e) in branches {
@@ -587,9 +1015,7 @@ impl Rewriter<'_> {
                 continue;
             };
             let name = step_name(&call);
-            let id = self
-                .model
-                .add(&name, Kind::Step, policy.display(), Some(gid), false);
+            let id = self.add_node(&name, Kind::Step, policy.display(), true);
             self.model.set_call(id, &crate::model::callee(&call));
             self.model.edge(gid, id, EdgeKind::Parallel, String::new());
             ends.push(id);
@@ -608,7 +1034,9 @@ impl Rewriter<'_> {
             let code = g.step(id, &name, None, &policy, &owned_call, e.span());
             futs.push(quote!({ #(#hoisted)* async move { #code } }));
         }
-        self.frontier = ends;
+        self.parents.pop();
+        self.scope.pop();
+        self.frontier = ends.into_iter().map(Pending::plain).collect();
         let gnode = quote!(#krate::NodeId(#gid));
         let n = futs.len();
         let f = match (settle, n) {
@@ -678,6 +1106,9 @@ fn with_args<'a>(call: &Call<'a>, args: &'a [Expr]) -> Call<'a> {
 
 impl VisitMut for Rewriter<'_> {
     fn visit_stmt_mut(&mut self, s: &mut Stmt) {
+        if let Stmt::Macro(m) = s {
+            self.check_hiding(&m.mac);
+        }
         let Some(attrs) = stmt_attrs(s) else {
             return syn::visit_mut::visit_stmt_mut(self, s);
         };
@@ -688,7 +1119,23 @@ impl VisitMut for Rewriter<'_> {
             *attrs = taken;
         }
         if policy.is_empty() && policy_span.is_none() {
-            return syn::visit_mut::visit_stmt_mut(self, s);
+            syn::visit_mut::visit_stmt_mut(self, s);
+            // A call whose value is dropped: a step future that never runs is an error.
+            match s {
+                Stmt::Expr(e @ (Expr::Call(_) | Expr::MethodCall(_)), Some(_)) => {
+                    self.guard_unawaited(e);
+                }
+                Stmt::Local(l) if matches!(l.pat, Pat::Wild(_)) => {
+                    if let Some(init) = &mut l.init
+                        && matches!(*init.expr, Expr::Call(_) | Expr::MethodCall(_))
+                        && init.diverge.is_none()
+                    {
+                        self.guard_unawaited(&mut init.expr);
+                    }
+                }
+                _ => {}
+            }
+            return;
         }
         // The statement's step: `let p = CALL.await?;`, `CALL.await?;` or `CALL.await`.
         let target = match s {
@@ -696,12 +1143,21 @@ impl VisitMut for Rewriter<'_> {
             Stmt::Expr(e, _) => Some(e),
             _ => None,
         };
+        let mut tried = false;
         let target = target.map(|e| match e {
-            Expr::Try(t) => &mut *t.expr,
+            Expr::Try(t) => {
+                tried = true;
+                &mut *t.expr
+            }
             other => other,
         });
         match target {
-            Some(e @ Expr::Await(_)) => self.rewrite_await(e, policy, policy_span),
+            Some(e @ Expr::Await(_)) => {
+                self.rewrite_await(e, policy, policy_span);
+                if tried {
+                    self.exit("?");
+                }
+            }
             _ => {
                 if let Some(sp) = policy_span {
                     self.errors.at(
@@ -715,10 +1171,39 @@ impl VisitMut for Rewriter<'_> {
     }
 
     fn visit_expr_mut(&mut self, e: &mut Expr) {
-        if let Expr::Await(aw) = e
-            && classify(&aw.base).is_some()
-        {
-            return self.rewrite_await(e, Policy::default(), None);
+        match e {
+            Expr::Await(aw) if classify(&aw.base).is_some() => {
+                return self.rewrite_await(e, Policy::default(), None);
+            }
+            Expr::If(i) => return self.visit_if(i),
+            Expr::Match(m) => return self.visit_match(m),
+            Expr::ForLoop(_) | Expr::While(_) | Expr::Loop(_) => return self.visit_loop(e),
+            Expr::Return(r) => {
+                if let Some(x) = &mut r.expr {
+                    self.visit_expr_mut(x);
+                }
+                self.exit("return");
+                self.frontier.clear();
+                return;
+            }
+            Expr::Try(t) => {
+                self.visit_expr_mut(&mut t.expr);
+                self.exit("?");
+                return;
+            }
+            Expr::Break(b) => {
+                if let Some(x) = &mut b.expr {
+                    self.visit_expr_mut(x);
+                }
+                let label = b.label.clone();
+                return self.jump(label.as_ref(), true);
+            }
+            Expr::Continue(c) => {
+                let label = c.label.clone();
+                return self.jump(label.as_ref(), false);
+            }
+            Expr::Macro(m) => self.check_hiding(&m.mac),
+            _ => {}
         }
         syn::visit_mut::visit_expr_mut(self, e);
     }
@@ -727,6 +1212,19 @@ impl VisitMut for Rewriter<'_> {
     fn visit_expr_closure_mut(&mut self, _: &mut syn::ExprClosure) {}
     fn visit_expr_async_mut(&mut self, _: &mut syn::ExprAsync) {}
     fn visit_item_mut(&mut self, _: &mut syn::Item) {}
+}
+
+impl Rewriter<'_> {
+    /// A step call inside tokio's or futures' `join!`/`select!` would silently stop being a
+    /// step: an error that points to `flow::join!`.
+    fn check_hiding(&mut self, mac: &syn::Macro) {
+        if let Some(name) = crate::control::hiding_macro(mac) {
+            self.errors.spanned(
+                mac,
+                format!("calls inside `{name}!` are not steps of this workflow (the macro hides them from the graph, the state machine and the policies): use `flow::join!(a(x), b(y)).await?` to run steps concurrently, or bind each future to a variable first if it is not a step"),
+            );
+        }
+    }
 }
 
 fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<TokenStream> {
@@ -756,14 +1254,18 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         errors,
         krate: krate.clone(),
         ctx: ctx.clone(),
-        frontier: vec![crate::model::START],
+        frontier: vec![Pending::plain(crate::model::START)],
+        parents: Vec::new(),
+        scope: Vec::new(),
+        loops: Vec::new(),
         error_ty: err.clone(),
         markers: Markers::new(format_ident!("__flow_steps_{}", fn_name)),
     };
     rw.visit_block_mut(&mut func.block);
-    let frontier = rw.frontier.clone();
-    rw.model
-        .edges_from(&frontier, crate::model::END, EdgeKind::Sequence);
+    for p in core::mem::take(&mut rw.frontier) {
+        rw.model
+            .edge_once(p.from, crate::model::END, p.kind, p.label);
+    }
     let mut model = rw.model;
     let markers = rw.markers.definitions();
     if !errors.is_empty() {

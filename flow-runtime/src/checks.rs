@@ -250,3 +250,41 @@ pub fn made_future_type<M: FnMut() -> F, F: core::future::Future>(_: &M) -> Phan
 pub fn probe_edge<'a, F, I>(f: &'a F, _: &I) -> Probe<'a, F, (I, ())> {
     Probe(f, PhantomData)
 }
+
+// ---------------------------------------------------------------- a step never awaited
+
+/// Dispatch: the value is a future (a step called without `.await`).
+pub trait FutureYes<T> {
+    /// The failure.
+    fn flow_future(&self) -> Fail<T>;
+}
+impl<T: core::future::Future, X> FutureYes<T> for Probe<'_, T, X> {
+    fn flow_future(&self) -> Fail<T> {
+        Fail::new()
+    }
+}
+/// Dispatch fallback: the value is not a future.
+pub trait FutureNo<T> {
+    /// The value passes.
+    fn flow_future(&self) -> Pass<()>;
+}
+impl<T, X> FutureNo<T> for &Probe<'_, T, X> {
+    fn flow_future(&self) -> Pass<()> {
+        Pass(())
+    }
+}
+
+/// A call whose value a `#[workflow]` body drops: it must not be a future.
+#[diagnostic::on_unimplemented(
+    message = "`{S}(..)` makes a future that is never awaited, so this step never runs",
+    label = "add `.await` (and `?`) to run this step",
+    note = "to start it later, bind it (`let fut = {S}(..);`) and await it where it should run"
+)]
+pub trait Awaited<S> {}
+impl<S> Awaited<S> for Pass<()> {}
+
+/// Checks that a dropped value is not an unawaited step future (`S` names the call).
+#[inline]
+pub fn unawaited<S, T, A: Awaited<S>>(value: T, _: A) -> T {
+    value
+}

@@ -42,10 +42,14 @@ flowchart TD
     end
     n7["verify"]:::step
     n0 --> n2
+    n2 -.->|"?"| n1
     n2 --> n3
+    n3 -.->|"?"| n1
     n3 --> n4
     n4 --> n5
     n4 --> n6
+    n5 -.->|"?"| n1
+    n6 -.->|"?"| n1
     n5 --> n7
     n6 --> n7
     n7 --> n1
@@ -60,14 +64,14 @@ flowchart TD
 
 | node | step | kind | policies | next |
 | ---: | --- | --- | --- | --- |
-| 2 | `launch` | step | `compensate = teardown` | `wait_healthy` |
-| 3 | `wait_healthy` | step | `retry(max_attempts = 8, backoff = exponential(200ms, 2), max_delay = 5s)`<br>`timeout = 2s` | `join` |
+| 2 | `launch` | step | `compensate = teardown` | `end` (?), `wait_healthy` |
+| 3 | `wait_healthy` | step | `retry(max_attempts = 8, backoff = exponential(200ms, 2), max_delay = 5s)`<br>`timeout = 2s` | `end` (?), `join` |
 | 4 | `join` | parallel group |  | `seed`, `seed` |
-| 5 | `seed` | step, in `join` (node 4) |  | `verify` |
-| 6 | `seed` | step, in `join` (node 4) |  | `verify` |
+| 5 | `seed` | step, in `join` (node 4) |  | `end` (?), `verify` |
+| 6 | `seed` | step, in `join` (node 4) |  | `end` (?), `verify` |
 | 7 | `verify` | step |  | `end` |
 
-Graph fingerprint: `0x51602c05e981269c` (`Self::FINGERPRINT`).*/
+Graph fingerprint: `0x1a102be0adb96b22` (`Self::FINGERPRINT`).*/
 #[derive(
     ::core::clone::Clone,
     ::core::marker::Copy,
@@ -94,6 +98,10 @@ pub enum ProvisionState {
     WaitHealthy,
     /// At the parallel group `join`.
     Join,
+    /// At step `seed`.
+    Seed,
+    /// At step `seed`.
+    Seed2,
     /// At step `verify`.
     Verify,
     /// The run completed.
@@ -111,6 +119,8 @@ impl ::flow::WorkflowState for ProvisionState {
             ProvisionState::Launch => ::flow::NodeId(2u32),
             ProvisionState::WaitHealthy => ::flow::NodeId(3u32),
             ProvisionState::Join => ::flow::NodeId(4u32),
+            ProvisionState::Seed => ::flow::NodeId(5u32),
+            ProvisionState::Seed2 => ::flow::NodeId(6u32),
             ProvisionState::Verify => ::flow::NodeId(7u32),
             ProvisionState::Completed
             | ProvisionState::Failed
@@ -135,6 +145,8 @@ impl ::flow::WorkflowState for ProvisionState {
             2u32 => ::core::option::Option::Some(ProvisionState::Launch),
             3u32 => ::core::option::Option::Some(ProvisionState::WaitHealthy),
             4u32 => ::core::option::Option::Some(ProvisionState::Join),
+            5u32 => ::core::option::Option::Some(ProvisionState::Seed),
+            6u32 => ::core::option::Option::Some(ProvisionState::Seed2),
             7u32 => ::core::option::Option::Some(ProvisionState::Verify),
             _ => ::core::option::Option::None,
         }
@@ -147,48 +159,64 @@ impl Provision {
         nodes: &[
             ::flow::Node {
                 name: "start",
+                key: "start",
+                fingerprint: 2400376230776533317u64,
                 kind: ::flow::NodeKind::Start,
                 policy: "",
                 parent: ::core::option::Option::None,
             },
             ::flow::Node {
                 name: "end",
+                key: "end",
+                fingerprint: 12074965269506322629u64,
                 kind: ::flow::NodeKind::End,
                 policy: "",
                 parent: ::core::option::Option::None,
             },
             ::flow::Node {
                 name: "launch",
+                key: "launch",
+                fingerprint: 3941735228242053977u64,
                 kind: ::flow::NodeKind::Step,
                 policy: "compensate = teardown",
                 parent: ::core::option::Option::None,
             },
             ::flow::Node {
                 name: "wait_healthy",
+                key: "wait_healthy",
+                fingerprint: 430636183147879705u64,
                 kind: ::flow::NodeKind::Step,
                 policy: "retry(max_attempts = 8, backoff = exponential(200ms, 2), max_delay = 5s), timeout = 2s",
                 parent: ::core::option::Option::None,
             },
             ::flow::Node {
                 name: "join",
+                key: "join",
+                fingerprint: 15149979587689755010u64,
                 kind: ::flow::NodeKind::Parallel,
                 policy: "",
                 parent: ::core::option::Option::None,
             },
             ::flow::Node {
                 name: "seed",
+                key: "seed",
+                fingerprint: 1010007885967725197u64,
                 kind: ::flow::NodeKind::Step,
                 policy: "",
                 parent: ::core::option::Option::Some(4u32),
             },
             ::flow::Node {
                 name: "seed",
+                key: "seed#2",
+                fingerprint: 565480212441036760u64,
                 kind: ::flow::NodeKind::Step,
                 policy: "",
                 parent: ::core::option::Option::Some(4u32),
             },
             ::flow::Node {
                 name: "verify",
+                key: "verify",
+                fingerprint: 7152296334878794333u64,
                 kind: ::flow::NodeKind::Step,
                 policy: "",
                 parent: ::core::option::Option::None,
@@ -203,9 +231,21 @@ impl Provision {
             },
             ::flow::Edge {
                 from: 2u32,
+                to: 1u32,
+                kind: ::flow::EdgeKind::Exit,
+                label: "?",
+            },
+            ::flow::Edge {
+                from: 2u32,
                 to: 3u32,
                 kind: ::flow::EdgeKind::Sequence,
                 label: "",
+            },
+            ::flow::Edge {
+                from: 3u32,
+                to: 1u32,
+                kind: ::flow::EdgeKind::Exit,
+                label: "?",
             },
             ::flow::Edge {
                 from: 3u32,
@@ -227,6 +267,18 @@ impl Provision {
             },
             ::flow::Edge {
                 from: 5u32,
+                to: 1u32,
+                kind: ::flow::EdgeKind::Exit,
+                label: "?",
+            },
+            ::flow::Edge {
+                from: 6u32,
+                to: 1u32,
+                kind: ::flow::EdgeKind::Exit,
+                label: "?",
+            },
+            ::flow::Edge {
+                from: 5u32,
                 to: 7u32,
                 kind: ::flow::EdgeKind::Sequence,
                 label: "",
@@ -244,10 +296,10 @@ impl Provision {
                 label: "",
             },
         ],
-        fingerprint: 5863735118740399772u64,
+        fingerprint: 1878049288600775458u64,
     };
     /// A hash of the graph, fixed at compile time.
-    pub const FINGERPRINT: u64 = 5863735118740399772u64;
+    pub const FINGERPRINT: u64 = 1878049288600775458u64;
 }
 #[automatically_derived]
 impl ::flow::Workflow for Provision {

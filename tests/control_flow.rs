@@ -1,0 +1,422 @@
+//! Control flow in a `#[workflow]` body is part of the model: `if`/`else`, `if let`, `match`,
+//! loops, early returns and `?` exits appear in the graph (and so in the pictures and the
+//! fingerprint) as the code runs them; `flow::map!` is a dynamic fan-out; each step has a
+//! stable identity.
+//!
+//! `FLOW_GOLDEN=overwrite cargo test --test control_flow` rewrites the golden files.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use common::Recorder;
+use flow::prelude::*;
+use flow::{EdgeKind, Graph, NodeId, NodeKind};
+
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var("FLOW_GOLDEN").is_ok_and(|v| v == "overwrite") {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `FLOW_GOLDEN=overwrite cargo test --test control_flow` to create it",
+            path.display()
+        )
+    });
+    assert_eq!(
+        expected,
+        actual,
+        "{} differs from the rendering (FLOW_GOLDEN=overwrite cargo test --test control_flow to accept it):\n{actual}",
+        path.display()
+    );
+}
+
+// ---------------------------------------------------------------- a remediation workflow
+
+/// A node's health, as a new user would model it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[allow(missing_docs)]
+pub enum Health {
+    Healthy,
+    Degraded { lag: u32 },
+    Dead,
+}
+
+/// What the fake cluster does, and what the steps did (in order).
+#[derive(Clone, Default)]
+pub struct Cluster {
+    health: Arc<Mutex<Vec<Health>>>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Cluster {
+    fn with(health: &[Health]) -> Self {
+        Cluster {
+            health: Arc::new(Mutex::new(health.to_vec())),
+            log: Arc::default(),
+        }
+    }
+    fn did(&self, what: impl Into<String>) {
+        self.log.lock().unwrap().push(what.into());
+    }
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+async fn probe(c: Cluster, node: u32) -> Result<Health, String> {
+    c.did(format!("probe {node}"));
+    Ok(c.health
+        .lock()
+        .unwrap()
+        .get(node as usize)
+        .copied()
+        .unwrap_or(Health::Dead))
+}
+async fn rejoin(c: Cluster, node: u32) -> Result<(), String> {
+    c.did(format!("rejoin {node}"));
+    Ok(())
+}
+async fn rebalance(c: Cluster) -> Result<u32, String> {
+    c.did("rebalance");
+    Ok(3)
+}
+async fn throttle(c: Cluster, lag: u32) -> Result<(), String> {
+    c.did(format!("throttle {lag}"));
+    Ok(())
+}
+async fn replace(c: Cluster, node: u32) -> Result<u32, String> {
+    c.did(format!("replace {node}"));
+    if node == 99 {
+        return Err("no spare".into());
+    }
+    Ok(node + 100)
+}
+async fn fail_remediation(c: Cluster, node: u32) -> Result<(), String> {
+    c.did(format!("fail {node}"));
+    Ok(())
+}
+async fn drain(c: Cluster, shard: u32) -> Result<u32, String> {
+    c.did(format!("drain {shard}"));
+    Ok(shard)
+}
+async fn check(c: Cluster, node: u32) -> Result<bool, String> {
+    c.did(format!("check {node}"));
+    Ok(node % 2 == 0)
+}
+async fn report(c: Cluster, moved: u32) -> Result<u32, String> {
+    c.did(format!("report {moved}"));
+    Ok(moved)
+}
+
+#[workflow]
+pub async fn remediate(c: Cluster, node: u32, healthy: bool) -> Result<u32, String> {
+    if healthy {
+        rejoin(c.clone(), node).await?;
+        rebalance(c.clone()).await?;
+    } else {
+        fail_remediation(c.clone(), node).await?;
+    }
+    let mut moved = 0;
+    match probe(c.clone(), node).await? {
+        Health::Healthy => {}
+        Health::Degraded { lag } if lag > 5 => throttle(c.clone(), lag).await?,
+        Health::Degraded { .. } => return Ok(0),
+        Health::Dead => {
+            moved = replace(c.clone(), node).await?;
+        }
+    }
+    for shard in 0..2u32 {
+        if shard == 1 && moved == 0 {
+            continue;
+        }
+        drain(c.clone(), shard).await?;
+    }
+    if let Some(n) = (moved > 0).then_some(moved) {
+        let checked = flow::map!(vec![n, n + 1], |m| check(c.clone(), m), concurrency = 2).await?;
+        moved += u32::from(checked.iter().filter(|ok| **ok).count() as u8);
+    }
+    report(c, moved).await
+}
+
+/// The names of the nodes that edges out of `from` go to, with their labels.
+fn out_edges(g: &Graph, from: &str) -> BTreeSet<(String, String, &'static str)> {
+    let from = g.find(from).unwrap_or_else(|| panic!("no node `{from}`"));
+    g.edges
+        .iter()
+        .filter(|e| e.from == from.0)
+        .map(|e| {
+            (
+                g.key_of(NodeId(e.to)).to_owned(),
+                e.label.to_owned(),
+                match e.kind {
+                    EdgeKind::Sequence => "seq",
+                    EdgeKind::Branch => "branch",
+                    EdgeKind::Loop => "loop",
+                    EdgeKind::Exit => "exit",
+                    EdgeKind::Map => "map",
+                    EdgeKind::Parallel => "parallel",
+                    EdgeKind::Catch => "catch",
+                },
+            )
+        })
+        .collect()
+}
+
+fn set(items: &[(&str, &str, &'static str)]) -> BTreeSet<(String, String, &'static str)> {
+    items
+        .iter()
+        .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), *c))
+        .collect()
+}
+
+#[test]
+fn if_else_is_two_arms_not_a_chain() {
+    let g = Remediate::GRAPH;
+    // The `if` is a branch node with an arm per outcome, labelled with the condition.
+    assert_eq!(
+        g.node(g.find("if").unwrap()).unwrap().kind,
+        NodeKind::Branch
+    );
+    assert_eq!(
+        out_edges(g, "if"),
+        set(&[
+            ("rejoin", "healthy", "branch"),
+            ("fail_remediation", "else", "branch")
+        ])
+    );
+    // rejoin -> rebalance; neither arm runs into the other.
+    assert_eq!(
+        out_edges(g, "rejoin"),
+        set(&[("rebalance", "", "seq"), ("end", "?", "exit")])
+    );
+    assert!(
+        !out_edges(g, "rebalance")
+            .iter()
+            .any(|e| e.0 == "fail_remediation")
+    );
+    // Both arms lead to the probe.
+    assert!(out_edges(g, "rebalance").contains(&("probe".into(), String::new(), "seq")));
+    assert!(out_edges(g, "fail_remediation").contains(&("probe".into(), String::new(), "seq")));
+}
+
+#[test]
+fn match_arms_are_labelled_with_their_patterns_and_early_returns_exit() {
+    let g = Remediate::GRAPH;
+    let m = "match probe(c.clone(), node).await?";
+    assert!(
+        g.find(m).is_some(),
+        "{:?}",
+        g.nodes.iter().map(|n| n.key).collect::<Vec<_>>()
+    );
+    let edges = out_edges(g, m);
+    assert!(edges.contains(&(
+        "throttle".into(),
+        "Health::Degraded { lag } if lag > 5".into(),
+        "branch"
+    )));
+    assert!(edges.contains(&("replace".into(), "Health::Dead".into(), "branch")));
+    // `Health::Degraded { .. } => return Ok(0)` exits; `Health::Healthy => {}` goes on to the loop.
+    assert!(edges.contains(&(
+        "end".into(),
+        "Health::Degraded { .. }: return".into(),
+        "exit"
+    )));
+    assert!(edges.contains(&(
+        "for shard in 0..2u32".into(),
+        "Health::Healthy".into(),
+        "branch"
+    )));
+}
+
+#[test]
+fn a_loop_is_drawn_around_its_steps_with_a_back_edge() {
+    let g = Remediate::GRAPH;
+    let l = g.find("for shard in 0..2u32").unwrap();
+    assert_eq!(g.node(l).unwrap().kind, NodeKind::Loop);
+    let drain = g.find("drain").unwrap();
+    assert_eq!(g.node(drain).unwrap().parent, Some(l.0));
+    // drain goes back to the loop head; `continue` skips it (a back edge from the head to
+    // itself: the `if` around the `continue` has no step, so it draws no node).
+    assert_eq!(
+        out_edges(g, "drain"),
+        set(&[("for shard in 0..2u32", "", "loop"), ("end", "?", "exit")])
+    );
+    // Into the body, back from a `continue`, and when the loop is done, the `if let`.
+    assert_eq!(
+        out_edges(g, "for shard in 0..2u32"),
+        set(&[
+            ("drain", "", "seq"),
+            ("for shard in 0..2u32", "", "loop"),
+            ("if#2", "done", "seq")
+        ])
+    );
+}
+
+#[test]
+fn map_in_a_workflow_is_a_map_node_with_its_step() {
+    let g = Remediate::GRAPH;
+    let map = g.find("map").unwrap();
+    assert_eq!(g.node(map).unwrap().kind, NodeKind::Map);
+    assert_eq!(g.node(map).unwrap().policy, "concurrency = 2");
+    assert_eq!(
+        g.node(g.find("check").unwrap()).unwrap().parent,
+        Some(map.0)
+    );
+    assert_eq!(
+        out_edges(g, "if#2"),
+        set(&[
+            (
+                "map",
+                "let Some(n) = (moved > 0).then_some(moved)",
+                "branch"
+            ),
+            ("report", "else", "branch")
+        ])
+    );
+}
+
+#[test]
+fn remediate_golden() {
+    golden("remediate.mmd", &Remediate::GRAPH.to_mermaid());
+    golden("remediate.dot", &Remediate::GRAPH.to_dot());
+}
+
+/// Runs the workflow and returns the stable keys of the steps it entered, in order.
+async fn walk(
+    c: &Cluster,
+    node: u32,
+    healthy: bool,
+) -> (Result<u32, flow::Error<String>>, Vec<String>) {
+    let rec = Recorder::default();
+    let rt = Runtime::new().with_observer(rec.observer());
+    let r = rt.run(&Remediate, (c.clone(), node, healthy)).await;
+    let g = Remediate::GRAPH;
+    let keys = rec
+        .events()
+        .iter()
+        .filter(|e| e.kind == EventKind::Entered)
+        .map(|e| g.key_of(e.node).to_owned())
+        .collect();
+    (r, keys)
+}
+
+/// Every pair of consecutive entered steps must be joined in the graph by a path through
+/// nodes that are never entered (branch and loop heads): the picture shows each path taken.
+fn assert_path_in_graph(keys: &[String]) {
+    let g = Remediate::GRAPH;
+    let structural = |id: u32| {
+        matches!(
+            g.nodes[id as usize].kind,
+            NodeKind::Branch | NodeKind::Loop | NodeKind::Start
+        )
+    };
+    let reach = |from: NodeId, to: NodeId| {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![from.0];
+        while let Some(n) = stack.pop() {
+            for e in g.edges.iter().filter(|e| e.from == n) {
+                if e.to == to.0 {
+                    return true;
+                }
+                if structural(e.to) && seen.insert(e.to) {
+                    stack.push(e.to);
+                }
+            }
+        }
+        false
+    };
+    let mut prev = NodeId::START;
+    for k in keys {
+        let id = g.find(k).unwrap();
+        // Members of a map are entered from the map node.
+        if g.nodes[id.0 as usize]
+            .parent
+            .is_some_and(|p| g.nodes[p as usize].kind == NodeKind::Map)
+        {
+            continue;
+        }
+        assert!(
+            reach(prev, id),
+            "the graph has no edge for {} -> {k} (path {keys:?})",
+            g.key_of(prev)
+        );
+        prev = id;
+    }
+}
+
+#[tokio::test]
+async fn the_graph_shows_every_path_the_code_takes() {
+    // healthy, degraded a lot: throttle, both shards skipped? (moved == 0: shard 1 skipped)
+    let c = Cluster::with(&[Health::Degraded { lag: 9 }]);
+    let (r, keys) = walk(&c, 0, true).await;
+    assert_eq!(r.unwrap(), 0);
+    assert_eq!(
+        keys,
+        [
+            "rejoin",
+            "rebalance",
+            "probe",
+            "throttle",
+            "drain",
+            "report"
+        ]
+    );
+    assert_eq!(
+        c.log(),
+        [
+            "rejoin 0",
+            "rebalance",
+            "probe 0",
+            "throttle 9",
+            "drain 0",
+            "report 0"
+        ]
+    );
+    assert_path_in_graph(&keys);
+
+    // not healthy, dead: replace, both shards, the map over the replacement.
+    let c = Cluster::with(&[Health::Dead]);
+    let (r, keys) = walk(&c, 0, false).await;
+    assert_eq!(r.unwrap(), 101);
+    assert_eq!(
+        keys,
+        [
+            "fail_remediation",
+            "probe",
+            "replace",
+            "drain",
+            "drain",
+            "map",
+            "check",
+            "check",
+            "report"
+        ]
+    );
+    assert_path_in_graph(&keys);
+
+    // degraded a little: the early return.
+    let c = Cluster::with(&[Health::Degraded { lag: 1 }]);
+    let (r, keys) = walk(&c, 0, true).await;
+    assert_eq!(r.unwrap(), 0);
+    assert_eq!(keys, ["rejoin", "rebalance", "probe"]);
+    assert_path_in_graph(&keys);
+    let g = Remediate::GRAPH;
+    assert!(g.edges.iter().any(|e| e.from
+        == g.find("match probe(c.clone(), node).await?").unwrap().0
+        && e.to == NodeId::END.0
+        && e.kind == EdgeKind::Exit));
+
+    // A failing step exits through `?`: the graph has that exit.
+    let c = Cluster::with(&[]);
+    let (r, keys) = walk(&c, 99, false).await;
+    assert_eq!(r.unwrap_err().step(), Some("replace"));
+    assert_eq!(keys, ["fail_remediation", "probe", "replace"]);
+    assert!(out_edges(g, "replace").contains(&("end".into(), "?".into(), "exit")));
+}
