@@ -420,3 +420,180 @@ async fn the_graph_shows_every_path_the_code_takes() {
     assert_eq!(keys, ["fail_remediation", "probe", "replace"]);
     assert!(out_edges(g, "replace").contains(&("end".into(), "?".into(), "exit")));
 }
+
+// ---------------------------------------------------------------- while, loop, break
+
+async fn ready(c: Cluster, round: u32) -> Result<bool, String> {
+    c.did(format!("ready? {round}"));
+    Ok(round >= 2)
+}
+async fn nudge(c: Cluster, round: u32) -> Result<(), String> {
+    c.did(format!("nudge {round}"));
+    Ok(())
+}
+async fn settle_down(c: Cluster) -> Result<u32, String> {
+    c.did("settle");
+    Ok(7)
+}
+
+#[workflow]
+pub async fn converge(c: Cluster) -> Result<u32, String> {
+    let mut round = 0;
+    while !ready(c.clone(), round).await? {
+        nudge(c.clone(), round).await?;
+        round += 1;
+    }
+    loop {
+        let n = settle_down(c.clone()).await?;
+        if n > 5 {
+            break;
+        }
+    }
+    Ok(round)
+}
+
+#[test]
+fn converge_golden() {
+    golden("converge.mmd", &Converge::GRAPH.to_mermaid());
+    golden("converge.dot", &Converge::GRAPH.to_dot());
+}
+
+#[tokio::test]
+async fn while_and_loop_run_as_drawn() {
+    let g = Converge::GRAPH;
+    let w = "while !ready(c.clone(), round).await?";
+    assert_eq!(g.node(g.find(w).unwrap()).unwrap().kind, NodeKind::Loop);
+    // The condition's step runs inside the loop, every iteration.
+    assert_eq!(
+        g.node(g.find("ready").unwrap()).unwrap().parent,
+        g.find(w).map(|n| n.0)
+    );
+    assert_eq!(
+        out_edges(g, w),
+        set(&[("ready", "", "seq"), ("loop", "done", "seq")])
+    );
+    assert_eq!(
+        out_edges(g, "nudge"),
+        set(&[(w, "", "loop"), ("end", "?", "exit")])
+    );
+    // `loop` ends only through its `break`, which comes from the step before it.
+    assert_eq!(
+        out_edges(g, "settle_down"),
+        set(&[
+            ("loop", "", "loop"),
+            ("end", "", "seq"),
+            ("end", "?", "exit")
+        ])
+    );
+    assert!(!out_edges(g, "loop").iter().any(|e| e.1 == "done"));
+
+    let c = Cluster::default();
+    assert_eq!(
+        Runtime::new().run(&Converge, (c.clone(),)).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        c.log(),
+        [
+            "ready? 0", "nudge 0", "ready? 1", "nudge 1", "ready? 2", "settle"
+        ]
+    );
+}
+
+// ---------------------------------------------------------------- map in a workflow
+
+async fn slow_square(gauge: Arc<Mutex<(u32, u32)>>, n: u32) -> Result<u32, String> {
+    /// Counts the item out however it ends: done, or dropped (cancelled).
+    struct InFlight(Arc<Mutex<(u32, u32)>>);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().0 -= 1;
+        }
+    }
+    {
+        let mut g = gauge.lock().unwrap();
+        g.0 += 1;
+        g.1 = g.1.max(g.0);
+    }
+    let _in_flight = InFlight(gauge);
+    tokio::time::sleep(std::time::Duration::from_millis(u64::from(10 * (5 - n)))).await;
+    if n == 4 {
+        return Err(format!("item {n} failed"));
+    }
+    Ok(n * n)
+}
+
+#[workflow]
+async fn squares(
+    items: Vec<u32>,
+    limit: usize,
+    gauge: Arc<Mutex<(u32, u32)>>,
+) -> Result<Vec<u32>, String> {
+    let out = flow::map!(
+        items,
+        |n| slow_square(gauge.clone(), n),
+        concurrency = limit
+    )
+    .await?;
+    Ok(out)
+}
+
+#[workflow]
+async fn squares_tolerant(items: Vec<u32>, gauge: Arc<Mutex<(u32, u32)>>) -> Result<usize, String> {
+    let out = flow::map!(items, |n| slow_square(gauge.clone(), n), tolerate = 1).await?;
+    Ok(out.iter().filter(|r| r.is_ok()).count())
+}
+
+#[tokio::test(start_paused = true)]
+async fn workflow_map_keeps_order_and_its_limit() {
+    let gauge = Arc::new(Mutex::new((0, 0)));
+    let out = squares(vec![0, 1, 2, 3], 2, gauge.clone()).await.unwrap();
+    assert_eq!(out, [0, 1, 4, 9], "results in input order");
+    assert_eq!(gauge.lock().unwrap().1, 2, "at most 2 at a time");
+
+    let gauge = Arc::new(Mutex::new((0, 0)));
+    let err = squares(vec![0, 4, 1], 0, gauge.clone()).await.unwrap_err();
+    assert_eq!(err.step(), Some("slow_square"));
+    assert_eq!(gauge.lock().unwrap().1, 3, "no limit: all at once");
+    assert_eq!(
+        gauge.lock().unwrap().0,
+        0,
+        "the others were cancelled, not left running"
+    );
+
+    let gauge = Arc::new(Mutex::new((0, 0)));
+    assert_eq!(squares_tolerant(vec![1, 4, 2], gauge).await.unwrap(), 2);
+    let gauge = Arc::new(Mutex::new((0, 0)));
+    assert!(squares_tolerant(vec![4, 4], gauge).await.is_err());
+}
+
+// ---------------------------------------------------------------- join members are states
+
+async fn gate(rx: Arc<tokio::sync::Notify>, n: u32) -> Result<u32, String> {
+    rx.notified().await;
+    Ok(n)
+}
+async fn quick(n: u32) -> Result<u32, String> {
+    Ok(n)
+}
+
+#[workflow]
+async fn fan(rx: Arc<tokio::sync::Notify>) -> Result<u32, String> {
+    let (a, b) = flow::join!(quick(1), gate(rx, 2)).await?;
+    Ok(a + b)
+}
+
+#[tokio::test]
+async fn each_call_inside_join_has_its_state() {
+    let rx = Arc::new(tokio::sync::Notify::new());
+    let handle = Runtime::new().spawn(Fan, (rx.clone(),));
+    // Let the run reach the gate.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(handle.typed_state(), Some(FanState::Gate));
+    rx.notify_one();
+    assert_eq!(handle.await.unwrap(), 3);
+    // Every step of the group is a variant of the state enum.
+    let _ = [FanState::Join, FanState::Quick, FanState::Gate];
+}

@@ -142,6 +142,26 @@ const WORKFLOW_CORPUS: &[(&str, &str)] = &[
             Ok(y)
         }",
     ),
+    (
+        "",
+        r#"async fn control(c: Cluster, n: u32, ok: bool) -> Result<u32, String> {
+            if ok { rejoin(&c).await?; } else if n > 2 { return fail(&c).await; } else { log(); }
+            'outer: for shard in 0..n {
+                while probe(&c, shard).await? {
+                    if shard == 1 { continue 'outer; }
+                    #[retry(max_attempts = 2)]
+                    drain(&c, shard).await?;
+                    break;
+                }
+                loop { if tick(&c).await? { break 'outer; } }
+            }
+            match probe(&c, n).await? { Health::Dead if n > 0 => replace(&c).await?, _ => {} }
+            if let Some(x) = maybe(n) { flow::join!(a(x), b(x)).await?; }
+            step_future(n);
+            let all = flow::map!(vec![n], |m| #[timeout("1s")] check(&c, m), concurrency = 2, tolerate = 1).await?;
+            Ok(all.len() as u32)
+        }"#,
+    ),
 ];
 
 // ---------------------------------------------------------------- tokens
