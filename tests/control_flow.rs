@@ -597,3 +597,41 @@ async fn each_call_inside_join_has_its_state() {
     // Every step of the group is a variant of the state enum.
     let _ = [FanState::Join, FanState::Quick, FanState::Gate];
 }
+
+// ---------------------------------------------------------------- labels
+
+#[workflow]
+async fn twice(c: Cluster) -> Result<u32, String> {
+    #[label(before)]
+    probe(c.clone(), 0).await?;
+    rebalance(c.clone()).await?;
+    #[label(after)]
+    #[retry(max_attempts = 2)]
+    probe(c.clone(), 0).await?;
+    Ok(1)
+}
+
+#[tokio::test]
+async fn a_label_names_a_step_and_fixes_its_identity() {
+    let g = Twice::GRAPH;
+    let keys: Vec<&str> = g.nodes.iter().map(|n| n.key).collect();
+    assert_eq!(keys, ["start", "end", "before", "rebalance", "after"]);
+    assert_eq!(
+        g.node(g.find("after").unwrap()).unwrap().policy,
+        "retry(max_attempts = 2)"
+    );
+    let rec = Recorder::default();
+    let c = Cluster::with(&[Health::Healthy]);
+    Runtime::new()
+        .with_observer(rec.observer())
+        .run(&Twice, (c,))
+        .await
+        .unwrap();
+    let entered: Vec<&str> = rec
+        .events()
+        .iter()
+        .filter(|e| e.kind == EventKind::Entered)
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(entered, ["before", "rebalance", "after"]);
+}

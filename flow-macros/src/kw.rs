@@ -5,6 +5,8 @@ pub(crate) const TIMEOUT: &str = "timeout";
 pub(crate) const COMPENSATE: &str = "compensate";
 pub(crate) const CATCH: &str = "catch";
 pub(crate) const SETTLE: &str = "settle";
+/// `#[label(name)]` on a step statement in `#[workflow]`: the step's name and identity.
+pub(crate) const LABEL: &str = "label";
 
 /// Step policies (attributes in `#[workflow]`, `[...]` lists in `flow!`).
 pub(crate) const STEP_POLICIES: &[&str] = &[RETRY, TIMEOUT, COMPENSATE, CATCH];

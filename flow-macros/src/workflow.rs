@@ -172,16 +172,18 @@ fn strip_policy_attrs(mut f: ItemFn) -> ItemFn {
 }
 
 fn is_policy_attr(a: &Attribute) -> bool {
-    a.path()
-        .get_ident()
-        .is_some_and(|i| kw::STEP_POLICIES.contains(&i.to_string().as_str()))
+    a.path().get_ident().is_some_and(|i| {
+        let i = i.to_string();
+        kw::STEP_POLICIES.contains(&i.as_str()) || i == kw::LABEL
+    })
 }
 
 /// A policy attribute or a near miss (`#[retyr]`), which is reported as ours.
 fn is_policy_like_attr(a: &Attribute) -> bool {
-    a.path()
-        .get_ident()
-        .is_some_and(|i| closest(&i.to_string(), kw::STEP_POLICIES).is_some())
+    a.path().get_ident().is_some_and(|i| {
+        let i = i.to_string();
+        i == kw::LABEL || closest(&i, kw::STEP_POLICIES).is_some()
+    })
 }
 
 fn stmt_attrs(s: &mut Stmt) -> Option<&mut Vec<Attribute>> {
@@ -362,6 +364,10 @@ struct Rewriter<'a> {
     scope: Vec<String>,
     /// The loops around the current position, for `break` and `continue`.
     loops: Vec<LoopFrame>,
+    /// The `#[label(..)]` of the step (or group) about to be added.
+    next_label: Option<String>,
+    /// Every label given, for the uniqueness check.
+    labels: Vec<Ident>,
     /// The workflow's error type.
     error_ty: TokenStream,
     markers: Markers,
@@ -796,8 +802,9 @@ impl Rewriter<'_> {
             tolerate,
             span,
         } = map;
+        let map_name = self.next_label.take().unwrap_or_else(|| "map".to_owned());
         let mid = self.add_node(
-            "map",
+            &map_name,
             Kind::Map,
             [
                 concurrency
@@ -817,7 +824,7 @@ impl Rewriter<'_> {
             self.errors.spanned(&body, "the closure of `flow::map!` calls one step, such as `|node| probe(node)` (not awaited: the map awaits it)");
             return quote!(());
         };
-        let name = step_name(&call);
+        let name = self.next_label.take().unwrap_or_else(|| step_name(&call));
         self.parents.push(mid);
         self.scope.push("map".to_owned());
         let id = self.add_node(&name, Kind::Step, policy.display(), true);
@@ -871,7 +878,18 @@ impl Rewriter<'_> {
                 kept.push(a);
                 continue;
             };
-            if kw::STEP_POLICIES.contains(&ident.as_str()) {
+            if ident == kw::LABEL {
+                match a.parse_args::<Ident>() {
+                    Ok(label) => {
+                        self.labels.push(label.clone());
+                        self.next_label = Some(label.to_string());
+                    }
+                    Err(_) => self.errors.spanned(
+                        &a,
+                        "a label is a name: `#[label(refetch)]` names this step `refetch` in the graph, the events and durable runs",
+                    ),
+                }
+            } else if kw::STEP_POLICIES.contains(&ident.as_str()) {
                 let name = Ident::new(&ident, a.path().span());
                 let args = match &a.meta {
                     syn::Meta::Path(_) => ItemArgs::None,
@@ -950,7 +968,7 @@ impl Rewriter<'_> {
     }
 
     fn step_code(&mut self, call: &Call<'_>, policy: &Policy, span: Span) -> TokenStream {
-        let name = step_name(call);
+        let name = self.next_label.take().unwrap_or_else(|| step_name(call));
         let id = self.add_node(&name, Kind::Step, policy.display(), true);
         self.model.set_call(id, &crate::model::callee(call));
         self.attach(id);
@@ -993,8 +1011,9 @@ impl Rewriter<'_> {
             return quote!(());
         }
         let label = if settle { "settle" } else { "join" };
+        let group_name = self.next_label.take().unwrap_or_else(|| label.to_owned());
         let gid = self.add_node(
-            label,
+            &group_name,
             Kind::Parallel,
             if settle {
                 "settle".into()
@@ -1014,7 +1033,7 @@ impl Rewriter<'_> {
                 self.errors.spanned(&e, "each branch of `join!` must be a step call such as `seed(&nodes)` (not awaited: the group awaits them together)");
                 continue;
             };
-            let name = step_name(&call);
+            let name = self.next_label.take().unwrap_or_else(|| step_name(&call));
             let id = self.add_node(&name, Kind::Step, policy.display(), true);
             self.model.set_call(id, &crate::model::callee(&call));
             self.model.edge(gid, id, EdgeKind::Parallel, String::new());
@@ -1215,6 +1234,29 @@ impl VisitMut for Rewriter<'_> {
 }
 
 impl Rewriter<'_> {
+    /// A label names one node: it must be unique and must not be another step's name (which
+    /// would make the `#2` disambiguator, and so the identity, depend on source order).
+    fn check_labels(&mut self) {
+        for (i, label) in self.labels.iter().enumerate() {
+            let name = label.to_string();
+            if self.labels[..i].iter().any(|l| *l == name) {
+                self.errors.spanned(
+                    label,
+                    format!("duplicate label `{name}`: each label names one step"),
+                );
+            } else if self.model.nodes.iter().filter(|n| n.name == name).count()
+                > self.labels.iter().filter(|l| **l == name).count()
+            {
+                self.errors.spanned(
+                    label,
+                    format!(
+                        "label `{name}` is also the name of another step: choose a name no step has"
+                    ),
+                );
+            }
+        }
+    }
+
     /// A step call inside tokio's or futures' `join!`/`select!` would silently stop being a
     /// step: an error that points to `flow::join!`.
     fn check_hiding(&mut self, mac: &syn::Macro) {
@@ -1258,10 +1300,13 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         parents: Vec::new(),
         scope: Vec::new(),
         loops: Vec::new(),
+        next_label: None,
+        labels: Vec::new(),
         error_ty: err.clone(),
         markers: Markers::new(format_ident!("__flow_steps_{}", fn_name)),
     };
     rw.visit_block_mut(&mut func.block);
+    rw.check_labels();
     for p in core::mem::take(&mut rw.frontier) {
         rw.model
             .edge_once(p.from, crate::model::END, p.kind, p.label);
