@@ -63,6 +63,9 @@ use crate::{duration, kw};
 
 struct FlowInput {
     krate: TokenStream,
+    /// The closures of closure and method stages, hoisted out of the driver (see
+    /// [`Parser::closure_step`]).
+    env: Vec<(Ident, TokenStream)>,
     name: Option<LitStr>,
     timeout: Option<core::time::Duration>,
     error: Option<Type>,
@@ -79,8 +82,9 @@ struct Stage {
 }
 
 enum Unit {
-    /// A step, with its label (`refetch: fetch`) if it has one.
-    Step(Expr, Option<Ident>),
+    /// A step, with its label (`refetch: fetch`) or the name of a closure's call, and for a
+    /// closure or method stage the tokens hashed into the fingerprint.
+    Step(Expr, Option<Ident>, Option<TokenStream>),
     Parallel(Vec<Pipeline>, Span),
     Group(Pipeline),
     Map {
@@ -103,6 +107,11 @@ struct Parser<'a> {
     labels: Vec<Ident>,
     /// Names of unlabeled steps (their function's name).
     names: Vec<Ident>,
+    /// Closure and method stages, normalised to one-argument closures: each is bound once
+    /// when the flow is built, and the driver calls it by reference.
+    env: Vec<(Ident, TokenStream)>,
+    /// The policy list that ended a closure stage (see [`Parser::closure`]).
+    pending_policy: Option<TokenStream>,
 }
 
 impl Parser<'_> {
@@ -133,6 +142,33 @@ impl Parser<'_> {
     }
 }
 
+/// Whether a closure starts here: `|x| ..`, `|| ..`, `move |x| ..`.
+fn is_closure_start(input: ParseStream) -> bool {
+    input.peek(Token![|]) || input.peek(Token![||]) || input.peek(Token![move])
+}
+
+/// The name of a closure stage: the function or method its body calls (`|id| db.fetch(id)` is
+/// `fetch`), or `closure`.
+fn closure_name(body: &Expr) -> String {
+    match body {
+        Expr::Call(c) => match &*c.func {
+            Expr::Path(p) => p
+                .path
+                .segments
+                .last()
+                .map_or_else(|| "closure".to_owned(), |s| s.ident.to_string()),
+            _ => "closure".to_owned(),
+        },
+        Expr::MethodCall(m) => m.method.to_string(),
+        Expr::Await(a) => closure_name(&a.base),
+        Expr::Block(b) if b.block.stmts.len() == 1 => match b.block.stmts.first() {
+            Some(syn::Stmt::Expr(e, None)) => closure_name(e),
+            _ => "closure".to_owned(),
+        },
+        _ => "closure".to_owned(),
+    }
+}
+
 impl Parser<'_> {
     fn input(&mut self, input: ParseStream) -> syn::Result<FlowInput> {
         // The facade passes its own path first: `$crate;`.
@@ -148,6 +184,7 @@ impl Parser<'_> {
         input.parse::<Token![;]>()?;
         let mut out = FlowInput {
             krate,
+            env: Vec::new(),
             name: None,
             timeout: None,
             error: None,
@@ -191,6 +228,7 @@ impl Parser<'_> {
         if !input.is_empty() {
             return Err(input.error("expected `->` between steps, or the end of the flow"));
         }
+        out.env = core::mem::take(&mut self.env);
         Ok(out)
     }
 
@@ -209,10 +247,19 @@ impl Parser<'_> {
     fn stage(&mut self, input: ParseStream) -> syn::Result<Stage> {
         let unit = self.unit(input)?;
         let mut policy = Policy::default();
-        if input.peek(syn::token::Bracket) {
+        let list = if let Some(tokens) = self.pending_policy.take() {
+            Some(syn::parse::Parser::parse2(
+                Punctuated::<Item, Token![,]>::parse_terminated,
+                tokens,
+            )?)
+        } else if input.peek(syn::token::Bracket) {
             let content;
             syn::bracketed!(content in input);
-            let items = Punctuated::<Item, Token![,]>::parse_terminated(&content)?;
+            Some(Punctuated::<Item, Token![,]>::parse_terminated(&content)?)
+        } else {
+            None
+        };
+        if let Some(items) = list {
             let allowed: &[&str] = match unit {
                 Unit::Parallel(..) => &[kw::SETTLE],
                 Unit::Step(..) => kw::STEP_POLICIES,
@@ -265,18 +312,30 @@ impl Parser<'_> {
             }
             return Ok(Unit::Parallel(branches, paren.span.join()));
         }
+        // A closure stage: `|id| self.db.fetch(id)`.
+        if is_closure_start(input) {
+            let c = self.closure(input)?;
+            return Ok(self.closure_step(c, None));
+        }
         // `label: step`: a single colon (a path has two).
         if input.peek(Ident) && input.peek2(Token![:]) && !input.peek2(Token![::]) {
             let label: Ident = input.parse()?;
             input.parse::<Token![:]>()?;
+            self.labels.push(label.clone());
+            if is_closure_start(input) {
+                let c = self.closure(input)?;
+                return Ok(self.closure_step(c, Some(label)));
+            }
             let path: syn::ExprPath = input.parse().map_err(|e| {
                 syn::Error::new(
                     e.span(),
                     format!("expected the step that `{label}:` labels, such as `{label}: fetch`"),
                 )
             })?;
-            self.labels.push(label.clone());
-            return Ok(Unit::Step(Expr::Path(path), Some(label)));
+            if input.peek(Token![.]) {
+                return self.method_step(input, path, Some(label));
+            }
+            return Ok(Unit::Step(Expr::Path(path), Some(label), None));
         }
         if lookahead.peek(Ident)
             || lookahead.peek(Token![::])
@@ -301,12 +360,143 @@ impl Parser<'_> {
                 ));
             }
             let path: syn::ExprPath = input.parse()?;
+            if input.peek(Token![.]) {
+                return self.method_step(input, path, None);
+            }
             if let Some(last) = path.path.segments.last() {
                 self.names.push(last.ident.clone());
             }
-            return Ok(Unit::Step(Expr::Path(path), None));
+            return Ok(Unit::Step(Expr::Path(path), None, None));
         }
         Err(lookahead.error())
+    }
+
+    /// The closure of a closure stage. Its body ends at the stage's end: a `->`, a `&` or a
+    /// `,` at the top level, or the end of the group; a bracketed list right before that end is
+    /// the stage's policies (`|id| db.fetch(id) [retry(max_attempts = 3)]`), not an index, and
+    /// is kept for [`stage`](Self::stage).
+    fn closure(&mut self, input: ParseStream) -> syn::Result<syn::ExprClosure> {
+        let mut tokens: Vec<TokenTree> = input.step(|cursor| {
+            let mut out = Vec::new();
+            let mut rest = *cursor;
+            // The head (`move`, the `|..|` parameters) comes first: its commas separate
+            // parameters, not stages.
+            let mut bars = 0;
+            while let Some((tt, next)) = rest.token_tree() {
+                if bars < 2 {
+                    if matches!(&tt, TokenTree::Punct(p) if p.as_char() == '|') {
+                        bars += 1;
+                    }
+                    out.push(tt);
+                    rest = next;
+                    continue;
+                }
+                if let TokenTree::Punct(p) = &tt {
+                    let c = p.as_char();
+                    let joint = p.spacing() == proc_macro2::Spacing::Joint;
+                    let arrow = c == '-'
+                        && joint
+                        && matches!(next.token_tree(), Some((TokenTree::Punct(q), _)) if q.as_char() == '>');
+                    let amp = c == '&'
+                        && !joint
+                        && !matches!(out.last(), Some(TokenTree::Punct(q)) if q.as_char() == '&' && q.spacing() == proc_macro2::Spacing::Joint);
+                    if arrow || amp || c == ',' {
+                        break;
+                    }
+                }
+                out.push(tt);
+                rest = next;
+            }
+            Ok((out, rest))
+        })?;
+        if let Some(TokenTree::Group(g)) = tokens.last()
+            && g.delimiter() == proc_macro2::Delimiter::Bracket
+            && tokens.len() > 1
+        {
+            self.pending_policy = Some(g.stream());
+            tokens.pop();
+        }
+        let stream: TokenStream = tokens.into_iter().collect();
+        syn::parse2::<syn::ExprClosure>(stream)
+    }
+
+    /// A closure stage. Its closure is normalised to take the value on the incoming edge as
+    /// one argument (`|| f()` ignores it, `|a, b| f(a, b)` destructures a pair), hoisted out of
+    /// the driver under a generated name, and named in the graph after the step it calls (or
+    /// its label).
+    ///
+    /// ```text
+    /// |a, b| db.put(a, b)    =>    let __flow_env0 = { let f = |a, b| db.put(a, b); move |(a, b)| f(a, b) };
+    /// ```
+    fn closure_step(&mut self, c: syn::ExprClosure, label: Option<Ident>) -> Unit {
+        let span = c.span();
+        let name = label
+            .as_ref()
+            .map_or_else(|| closure_name(&c.body), ToString::to_string);
+        let ident = format_ident!("__flow_env{}", self.env.len(), span = Span::mixed_site());
+        let fingerprint = c.to_token_stream();
+        let f = Ident::new("__flow_f", Span::mixed_site());
+        let args: Vec<Ident> = (0..c.inputs.len())
+            .map(|i| format_ident!("__flow_a{}", i, span = Span::mixed_site()))
+            .collect();
+        let tokens = match args.len() {
+            1 => quote!(#c),
+            0 => quote_spanned!(span=> { let #f = #c; move |_| #f() }),
+            _ => quote_spanned!(span=> { let #f = #c; move |(#(#args,)*)| #f(#(#args),*) }),
+        };
+        self.env.push((ident.clone(), tokens));
+        if label.is_none()
+            && let Ok(n) = syn::parse_str::<Ident>(&name)
+        {
+            self.names.push(n);
+        }
+        let named = syn::parse_str::<Ident>(&name)
+            .unwrap_or_else(|_| Ident::new("closure", Span::call_site()));
+        let path = Expr::Path(syn::ExprPath {
+            attrs: Vec::new(),
+            qself: None,
+            path: ident.into(),
+        });
+        Unit::Step(path, Some(named), Some(fingerprint))
+    }
+
+    /// A method stage on a captured value, `db.fetch` or `self.db.fetch`: a closure stage
+    /// `|v| db.fetch(v)` named after the method.
+    fn method_step(
+        &mut self,
+        input: ParseStream,
+        path: syn::ExprPath,
+        label: Option<Ident>,
+    ) -> syn::Result<Unit> {
+        let mut receiver = Expr::Path(path);
+        let mut method: Option<Ident> = None;
+        while input.peek(Token![.]) {
+            input.parse::<Token![.]>()?;
+            let next: Ident = input.parse()?;
+            if let Some(m) = method.take() {
+                receiver = syn::parse_quote!(#receiver.#m);
+            }
+            method = Some(next);
+        }
+        let Some(method) = method else {
+            return Err(input.error("expected a method name after `.`"));
+        };
+        if input.peek(syn::token::Paren) {
+            return Err(syn::Error::new(
+                method.span(),
+                format!(
+                    "a step is named, not called: write `{}.{method}`, and the value from the previous step is its argument (or use a closure: `|v| {}.{method}(v, ..)`)",
+                    receiver.to_token_stream(),
+                    receiver.to_token_stream()
+                ),
+            ));
+        }
+        let v = Ident::new("__flow_in", Span::mixed_site());
+        let c: syn::ExprClosure =
+            syn::parse_quote_spanned!(method.span()=> |#v| #receiver.#method(#v));
+        let label = label.or_else(|| Some(method.clone()));
+        let unit = self.closure_step(c, label);
+        Ok(unit)
     }
 
     fn map(&mut self, input: ParseStream) -> syn::Result<Unit> {
@@ -479,7 +669,7 @@ impl Planner {
                     out.append(&mut inner_stages);
                     frontier = f;
                 }
-                Unit::Step(func, label) => {
+                Unit::Step(func, label, callee) => {
                     let name = match (&label, &func) {
                         (Some(l), _) => l.to_string(),
                         (None, Expr::Path(p)) => p
@@ -492,8 +682,10 @@ impl Planner {
                     let id =
                         self.model
                             .add(&name, Kind::Step, stage.policy.display(), parent, states);
-                    self.model
-                        .set_call(id, &quote::ToTokens::to_token_stream(&func));
+                    self.model.set_call(
+                        id,
+                        &callee.unwrap_or_else(|| quote::ToTokens::to_token_stream(&func)),
+                    );
                     link(&mut self.model, id, &frontier);
                     self.prev.insert(id, prev.replace(name.clone()));
                     frontier = vec![id];
@@ -680,8 +872,11 @@ impl Expander<'_> {
                 let code = self.gen_.step(*id, &name, *recovery, policy, &call, span);
                 // The edge into this step: does the step take the value? Not checked for the
                 // flow's first step, whose input type is the step's parameter type.
+                // A closure's parameter type is inferred from its call, so it is not probed
+                // (rustc reports a mismatch on the closure itself).
+                let is_closure = matches!(func, Expr::Path(p) if p.path.get_ident().is_some_and(|i| i.to_string().starts_with("__flow_env")));
                 let check = match self.prev.get(id).cloned().flatten() {
-                    Some(prev) => {
+                    Some(prev) if !is_closure => {
                         let s_m = self.gen_.markers.path(&name, span);
                         let p_m = self.gen_.markers.path(&prev, span);
                         quote_spanned! {span=> {
@@ -693,7 +888,7 @@ impl Expander<'_> {
                             );
                         }}
                     }
-                    None => TokenStream::new(),
+                    _ => TokenStream::new(),
                 };
                 quote_spanned!(span=> { #bind #check #code? })
             }
@@ -887,6 +1082,8 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
             errors: &mut errors,
             labels: Vec::new(),
             names: Vec::new(),
+            env: Vec::new(),
+            pending_policy: None,
         };
         let r = syn::parse::Parser::parse2(|s: ParseStream| p.input(s), input);
         if r.is_ok() {
@@ -995,6 +1192,21 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
         None => quote!(_),
     };
     let marker_defs = markers.definitions();
+    // Closure and method stages: built once with the flow, shared by its runs through an
+    // `Arc` (a run's future owns a clone and calls them by reference). Nothing for a flow of
+    // plain steps.
+    let env = Ident::new("__flow_env", Span::mixed_site());
+    let (env_def, env_clone, env_bind) = if flow.env.is_empty() {
+        (TokenStream::new(), TokenStream::new(), TokenStream::new())
+    } else {
+        let names = flow.env.iter().map(|(i, _)| i);
+        let values = flow.env.iter().map(|(_, t)| t);
+        (
+            quote!(let #env = ::std::sync::Arc::new((#(#values,)*));),
+            quote!(let #env = ::std::sync::Arc::clone(&#env);),
+            quote!(let (#(#names,)*) = &*#env;),
+        )
+    };
     quote! {{
         #marker_defs
         #[allow(non_camel_case_types, dead_code, clippy::enum_variant_names, clippy::large_enum_variant)]
@@ -1013,7 +1225,11 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
                 }
             }
         }
-        #krate::Flow::new(#graph, #state::Start, #timeout, move |#ctx: #krate::Ctx<#err_ty>, #s| async move {
+        #env_def
+        #krate::Flow::new(#graph, #state::Start, #timeout, move |#ctx: #krate::Ctx<#err_ty>, #s| {
+          #env_clone
+          async move {
+            #env_bind
             let mut #s = #s;
             #[allow(unreachable_code, clippy::never_loop)]
             loop {
@@ -1027,6 +1243,7 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
                     }
                 };
             }
+          }
         })
     }}
 }

@@ -53,6 +53,7 @@ const FLOW_CORPUS: &[&str] = &[
     "range -> map(work, concurrency = 4) -> total",
     "range -> map(work, concurrency = 8, tolerate = 1) -> ok_count",
     "open -> branch(|a: &Account| a.plan) { Plan::Free => welcome, Plan::Pro => assign_manager -> welcome, }",
+    r#"|id| self.db.fetch(id) [retry(max_attempts = 3)] -> (db.size & || ping()) -> |a, b| add(a, b) -> first: move |x: u32| f(x + 1)"#,
     r#"reserve [compensate = revoke] -> notify [retry(max_attempts = 3, backoff = exponential("200ms", 2.0)), timeout = "2s"]"#,
     r#"reserve -> notify [retry(max_attempts = 3), timeout = "1s", catch(recover, when = |e| e.error().is_some())]"#,
     "error = AppError; read_len -> halve",

@@ -228,403 +228,407 @@ fn __expansion() {
             },
             __FlowState::Start,
             ::core::option::Option::Some(::core::time::Duration::new(5400u64, 0u32)),
-            move |__flow_ctx: ::flow::Ctx<AppError>, __flow_s| async move {
-                let mut __flow_s = __flow_s;
-                #[allow(unreachable_code, clippy::never_loop)]
-                loop {
-                    __flow_s = match __flow_s {
-                        __FlowState::Start(__flow_v) => __FlowState::Reserve(__flow_v),
-                        __FlowState::Reserve(__flow_v) => {
-                            __FlowState::Notify({
-                                let __flow_step_fn = reserve;
-                                {
-                                    let __flow_f = __flow_step_fn(__flow_v);
-                                    let __flow_f = {
+            move |__flow_ctx: ::flow::Ctx<AppError>, __flow_s| {
+                async move {
+                    let mut __flow_s = __flow_s;
+                    #[allow(unreachable_code, clippy::never_loop)]
+                    loop {
+                        __flow_s = match __flow_s {
+                            __FlowState::Start(__flow_v) => {
+                                __FlowState::Reserve(__flow_v)
+                            }
+                            __FlowState::Reserve(__flow_v) => {
+                                __FlowState::Notify({
+                                    let __flow_step_fn = reserve;
+                                    {
+                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
+                                            let __flow_check = (&::flow::__private::Probe(
+                                                &::flow::__private::future_type(&__flow_f),
+                                                ::core::marker::PhantomData::<AppError>,
+                                            ))
+                                                .flow_converts();
+                                            ::flow::__private::converts::<
+                                                AppError,
+                                                __flow_steps::reserve,
+                                                _,
+                                                _,
+                                            >(__flow_f, __flow_check)
+                                        };
+                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                        let __flow_r = __flow_ctx
+                                            .step(::flow::NodeId(2u32), __flow_f)
+                                            .await;
+                                        let __flow_r = __flow_ctx
+                                            .compensate(::flow::NodeId(2u32), __flow_r, release);
+                                        let _ = __flow_m;
+                                        __flow_r
+                                    }?
+                                })
+                            }
+                            __FlowState::Notify(__flow_v) => {
+                                __FlowState::Parallel({
+                                    let __flow_step_fn = notify;
+                                    {
                                         #[allow(unused_imports)]
-                                        use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
-                                        let __flow_check = (&::flow::__private::Probe(
-                                            &::flow::__private::future_type(&__flow_f),
-                                            ::core::marker::PhantomData::<AppError>,
-                                        ))
-                                            .flow_converts();
-                                        ::flow::__private::converts::<
-                                            AppError,
-                                            __flow_steps::reserve,
+                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        ::flow::__private::edge::<
                                             _,
-                                            _,
-                                        >(__flow_f, __flow_check)
-                                    };
-                                    let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                    let __flow_r = __flow_ctx
-                                        .step(::flow::NodeId(2u32), __flow_f)
-                                        .await;
-                                    let __flow_r = __flow_ctx
-                                        .compensate(::flow::NodeId(2u32), __flow_r, release);
-                                    let _ = __flow_m;
-                                    __flow_r
-                                }?
-                            })
-                        }
-                        __FlowState::Notify(__flow_v) => {
-                            __FlowState::Parallel({
-                                let __flow_step_fn = notify;
-                                {
-                                    #[allow(unused_imports)]
-                                    use ::flow::__private::{TakesNo as _, TakesYes as _};
-                                    ::flow::__private::edge::<
-                                        _,
-                                        __flow_steps::notify,
-                                        __flow_steps::reserve,
-                                        _,
-                                    >(
-                                        &__flow_v,
-                                        (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                            .flow_takes(),
-                                    );
-                                }
-                                {
-                                    let __flow_mk = || __flow_step_fn({
-                                        #[allow(unused_imports)]
-                                        use ::flow::__private::{CloneNo as _, CloneYes as _};
-                                        ::flow::__private::retry_arg::<
                                             __flow_steps::notify,
-                                            _,
+                                            __flow_steps::reserve,
                                             _,
                                         >(
                                             &__flow_v,
-                                            (&::flow::__private::Probe(
-                                                &__flow_v,
-                                                ::core::marker::PhantomData::<()>,
-                                            ))
-                                                .flow_clone(),
-                                        )
-                                    });
-                                    let __flow_mk = {
-                                        #[allow(unused_imports)]
-                                        use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
-                                        let __flow_check = (&::flow::__private::Probe(
-                                            &::flow::__private::made_future_type(&__flow_mk),
-                                            ::core::marker::PhantomData::<AppError>,
-                                        ))
-                                            .flow_converts();
-                                        ::flow::__private::converts::<
-                                            AppError,
-                                            __flow_steps::notify,
-                                            _,
-                                            _,
-                                        >(__flow_mk, __flow_check)
-                                    };
-                                    let __flow_m = ::flow::__private::output_of_make(
-                                        &__flow_mk,
-                                    );
-                                    let __flow_r = __flow_ctx
-                                        .step_with(
-                                            ::flow::NodeId(3u32),
-                                            ::flow::StepPolicy {
-                                                retry: &[
-                                                    ::flow::Retry::new(5u32)
-                                                        .with_backoff(
-                                                            ::flow::Backoff::exponential(
-                                                                    ::core::time::Duration::new(0u64, 100000000u32),
-                                                                    2f64,
-                                                                )
-                                                                .with_max_delay(::core::time::Duration::new(2u64, 0u32)),
-                                                        )
-                                                        .with_jitter(::flow::Jitter::Full)
-                                                        .with_max_elapsed(::core::time::Duration::new(30u64, 0u32))
-                                                        .on(::flow::On::Errors),
-                                                    ::flow::Retry::new(2u32)
-                                                        .with_backoff(
-                                                            ::flow::Backoff::constant(
-                                                                ::core::time::Duration::new(1u64, 0u32),
-                                                            ),
-                                                        )
-                                                        .with_jitter(::flow::Jitter::None)
-                                                        .when(AppError::is_transient),
-                                                ],
-                                                timeout: ::core::option::Option::Some(
-                                                    ::core::time::Duration::new(5u64, 0u32),
-                                                ),
-                                            },
-                                            __flow_mk,
-                                        )
-                                        .await;
-                                    let __flow_r = __flow_ctx
-                                        .catch(
-                                            __flow_r,
-                                            |e| e.is_timeout(),
-                                            ::flow::NodeId(4u32),
-                                            |__flow_e| (fallback)(__flow_e),
-                                        )
-                                        .await;
-                                    let _ = __flow_m;
-                                    __flow_r
-                                }?
-                            })
-                        }
-                        __FlowState::Parallel(__flow_v) => {
-                            __FlowState::Batch({
-                                __flow_ctx.enter(::flow::NodeId(5u32));
-                                let (__flow_b0, __flow_b1) = ::flow::__private::join(
-                                        {
-                                            let __flow_ctx = __flow_ctx.by_ref();
-                                            let __flow_v = {
-                                                #[allow(unused_imports)]
-                                                use ::flow::__private::{CloneNo as _, CloneYes as _};
-                                                ::flow::__private::branch_input::<
-                                                    __flow_steps::notify,
-                                                    _,
-                                                    _,
-                                                >(
-                                                    &__flow_v,
-                                                    (&::flow::__private::Probe(
-                                                        &__flow_v,
-                                                        ::core::marker::PhantomData::<()>,
-                                                    ))
-                                                        .flow_clone(),
-                                                )
-                                            };
-                                            async move {
-                                                let __flow_v = {
-                                                    let __flow_step_fn = audit;
-                                                    {
-                                                        #[allow(unused_imports)]
-                                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
-                                                        ::flow::__private::edge::<
-                                                            _,
-                                                            __flow_steps::audit,
-                                                            __flow_steps::notify,
-                                                            _,
-                                                        >(
-                                                            &__flow_v,
-                                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                .flow_takes(),
-                                                        );
-                                                    }
-                                                    {
-                                                        let __flow_f = __flow_step_fn(__flow_v);
-                                                        let __flow_f = {
-                                                            #[allow(unused_imports)]
-                                                            use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
-                                                            let __flow_check = (&::flow::__private::Probe(
-                                                                &::flow::__private::future_type(&__flow_f),
-                                                                ::core::marker::PhantomData::<AppError>,
-                                                            ))
-                                                                .flow_converts();
-                                                            ::flow::__private::converts::<
-                                                                AppError,
-                                                                __flow_steps::audit,
-                                                                _,
-                                                                _,
-                                                            >(__flow_f, __flow_check)
-                                                        };
-                                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                                        let __flow_r = __flow_ctx
-                                                            .step(::flow::NodeId(6u32), __flow_f)
-                                                            .await;
-                                                        let _ = __flow_m;
-                                                        __flow_r
-                                                    }?
-                                                };
-                                                ::core::result::Result::<
-                                                    _,
-                                                    ::flow::StepError<_>,
-                                                >::Ok(__flow_v)
-                                            }
-                                        },
-                                        {
-                                            let __flow_ctx = __flow_ctx.by_ref();
-                                            let __flow_v = __flow_v;
-                                            async move {
-                                                let __flow_v = {
-                                                    let __flow_step_fn = bill;
-                                                    {
-                                                        #[allow(unused_imports)]
-                                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
-                                                        ::flow::__private::edge::<
-                                                            _,
-                                                            __flow_steps::bill,
-                                                            __flow_steps::notify,
-                                                            _,
-                                                        >(
-                                                            &__flow_v,
-                                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                .flow_takes(),
-                                                        );
-                                                    }
-                                                    {
-                                                        let __flow_f = __flow_step_fn(__flow_v);
-                                                        let __flow_f = {
-                                                            #[allow(unused_imports)]
-                                                            use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
-                                                            let __flow_check = (&::flow::__private::Probe(
-                                                                &::flow::__private::future_type(&__flow_f),
-                                                                ::core::marker::PhantomData::<AppError>,
-                                                            ))
-                                                                .flow_converts();
-                                                            ::flow::__private::converts::<
-                                                                AppError,
-                                                                __flow_steps::bill,
-                                                                _,
-                                                                _,
-                                                            >(__flow_f, __flow_check)
-                                                        };
-                                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                                        let __flow_r = __flow_ctx
-                                                            .step(::flow::NodeId(7u32), __flow_f)
-                                                            .await;
-                                                        let _ = __flow_m;
-                                                        __flow_r
-                                                    }?
-                                                };
-                                                ::core::result::Result::<
-                                                    _,
-                                                    ::flow::StepError<_>,
-                                                >::Ok(__flow_v)
-                                            }
-                                        },
-                                    )
-                                    .await;
-                                (__flow_b0, __flow_b1)
-                            })
-                        }
-                        __FlowState::Batch(__flow_v) => {
-                            __FlowState::Map({
-                                let __flow_step_fn = batch;
-                                {
-                                    #[allow(unused_imports)]
-                                    use ::flow::__private::{TakesNo as _, TakesYes as _};
-                                    ::flow::__private::edge::<
-                                        _,
-                                        __flow_steps::batch,
-                                        __flow_steps::parallel,
-                                        _,
-                                    >(
-                                        &__flow_v,
-                                        (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                            .flow_takes(),
-                                    );
-                                }
-                                {
-                                    let __flow_f = __flow_step_fn(__flow_v);
-                                    let __flow_f = {
-                                        #[allow(unused_imports)]
-                                        use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
-                                        let __flow_check = (&::flow::__private::Probe(
-                                            &::flow::__private::future_type(&__flow_f),
-                                            ::core::marker::PhantomData::<AppError>,
-                                        ))
-                                            .flow_converts();
-                                        ::flow::__private::converts::<
-                                            AppError,
-                                            __flow_steps::batch,
-                                            _,
-                                            _,
-                                        >(__flow_f, __flow_check)
-                                    };
-                                    let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                    let __flow_r = __flow_ctx
-                                        .step(::flow::NodeId(8u32), __flow_f)
-                                        .await;
-                                    let _ = __flow_m;
-                                    __flow_r
-                                }?
-                            })
-                        }
-                        __FlowState::Map(__flow_v) => {
-                            __FlowState::Completed(
-                                __flow_ctx
-                                    .map_tolerant(
-                                        ::flow::NodeId(9u32),
-                                        {
+                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
+                                                .flow_takes(),
+                                        );
+                                    }
+                                    {
+                                        let __flow_mk = || __flow_step_fn({
                                             #[allow(unused_imports)]
-                                            use ::flow::__private::{IterNo as _, IterYes as _};
-                                            let __flow_check = (&::flow::__private::Probe(
+                                            use ::flow::__private::{CloneNo as _, CloneYes as _};
+                                            ::flow::__private::retry_arg::<
+                                                __flow_steps::notify,
+                                                _,
+                                                _,
+                                            >(
                                                 &__flow_v,
-                                                ::core::marker::PhantomData::<()>,
+                                                (&::flow::__private::Probe(
+                                                    &__flow_v,
+                                                    ::core::marker::PhantomData::<()>,
+                                                ))
+                                                    .flow_clone(),
+                                            )
+                                        });
+                                        let __flow_mk = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
+                                            let __flow_check = (&::flow::__private::Probe(
+                                                &::flow::__private::made_future_type(&__flow_mk),
+                                                ::core::marker::PhantomData::<AppError>,
                                             ))
-                                                .flow_iter();
-                                            ::flow::__private::map_input::<
+                                                .flow_converts();
+                                            ::flow::__private::converts::<
+                                                AppError,
+                                                __flow_steps::notify,
+                                                _,
+                                                _,
+                                            >(__flow_mk, __flow_check)
+                                        };
+                                        let __flow_m = ::flow::__private::output_of_make(
+                                            &__flow_mk,
+                                        );
+                                        let __flow_r = __flow_ctx
+                                            .step_with(
+                                                ::flow::NodeId(3u32),
+                                                ::flow::StepPolicy {
+                                                    retry: &[
+                                                        ::flow::Retry::new(5u32)
+                                                            .with_backoff(
+                                                                ::flow::Backoff::exponential(
+                                                                        ::core::time::Duration::new(0u64, 100000000u32),
+                                                                        2f64,
+                                                                    )
+                                                                    .with_max_delay(::core::time::Duration::new(2u64, 0u32)),
+                                                            )
+                                                            .with_jitter(::flow::Jitter::Full)
+                                                            .with_max_elapsed(::core::time::Duration::new(30u64, 0u32))
+                                                            .on(::flow::On::Errors),
+                                                        ::flow::Retry::new(2u32)
+                                                            .with_backoff(
+                                                                ::flow::Backoff::constant(
+                                                                    ::core::time::Duration::new(1u64, 0u32),
+                                                                ),
+                                                            )
+                                                            .with_jitter(::flow::Jitter::None)
+                                                            .when(AppError::is_transient),
+                                                    ],
+                                                    timeout: ::core::option::Option::Some(
+                                                        ::core::time::Duration::new(5u64, 0u32),
+                                                    ),
+                                                },
+                                                __flow_mk,
+                                            )
+                                            .await;
+                                        let __flow_r = __flow_ctx
+                                            .catch(
+                                                __flow_r,
+                                                |e| e.is_timeout(),
+                                                ::flow::NodeId(4u32),
+                                                |__flow_e| (fallback)(__flow_e),
+                                            )
+                                            .await;
+                                        let _ = __flow_m;
+                                        __flow_r
+                                    }?
+                                })
+                            }
+                            __FlowState::Parallel(__flow_v) => {
+                                __FlowState::Batch({
+                                    __flow_ctx.enter(::flow::NodeId(5u32));
+                                    let (__flow_b0, __flow_b1) = ::flow::__private::join(
+                                            {
+                                                let __flow_ctx = __flow_ctx.by_ref();
+                                                let __flow_v = {
+                                                    #[allow(unused_imports)]
+                                                    use ::flow::__private::{CloneNo as _, CloneYes as _};
+                                                    ::flow::__private::branch_input::<
+                                                        __flow_steps::notify,
+                                                        _,
+                                                        _,
+                                                    >(
+                                                        &__flow_v,
+                                                        (&::flow::__private::Probe(
+                                                            &__flow_v,
+                                                            ::core::marker::PhantomData::<()>,
+                                                        ))
+                                                            .flow_clone(),
+                                                    )
+                                                };
+                                                async move {
+                                                    let __flow_v = {
+                                                        let __flow_step_fn = audit;
+                                                        {
+                                                            #[allow(unused_imports)]
+                                                            use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            ::flow::__private::edge::<
+                                                                _,
+                                                                __flow_steps::audit,
+                                                                __flow_steps::notify,
+                                                                _,
+                                                            >(
+                                                                &__flow_v,
+                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
+                                                                    .flow_takes(),
+                                                            );
+                                                        }
+                                                        {
+                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
+                                                                let __flow_check = (&::flow::__private::Probe(
+                                                                    &::flow::__private::future_type(&__flow_f),
+                                                                    ::core::marker::PhantomData::<AppError>,
+                                                                ))
+                                                                    .flow_converts();
+                                                                ::flow::__private::converts::<
+                                                                    AppError,
+                                                                    __flow_steps::audit,
+                                                                    _,
+                                                                    _,
+                                                                >(__flow_f, __flow_check)
+                                                            };
+                                                            let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                                            let __flow_r = __flow_ctx
+                                                                .step(::flow::NodeId(6u32), __flow_f)
+                                                                .await;
+                                                            let _ = __flow_m;
+                                                            __flow_r
+                                                        }?
+                                                    };
+                                                    ::core::result::Result::<
+                                                        _,
+                                                        ::flow::StepError<_>,
+                                                    >::Ok(__flow_v)
+                                                }
+                                            },
+                                            {
+                                                let __flow_ctx = __flow_ctx.by_ref();
+                                                let __flow_v = __flow_v;
+                                                async move {
+                                                    let __flow_v = {
+                                                        let __flow_step_fn = bill;
+                                                        {
+                                                            #[allow(unused_imports)]
+                                                            use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            ::flow::__private::edge::<
+                                                                _,
+                                                                __flow_steps::bill,
+                                                                __flow_steps::notify,
+                                                                _,
+                                                            >(
+                                                                &__flow_v,
+                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
+                                                                    .flow_takes(),
+                                                            );
+                                                        }
+                                                        {
+                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
+                                                                let __flow_check = (&::flow::__private::Probe(
+                                                                    &::flow::__private::future_type(&__flow_f),
+                                                                    ::core::marker::PhantomData::<AppError>,
+                                                                ))
+                                                                    .flow_converts();
+                                                                ::flow::__private::converts::<
+                                                                    AppError,
+                                                                    __flow_steps::bill,
+                                                                    _,
+                                                                    _,
+                                                                >(__flow_f, __flow_check)
+                                                            };
+                                                            let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                                            let __flow_r = __flow_ctx
+                                                                .step(::flow::NodeId(7u32), __flow_f)
+                                                                .await;
+                                                            let _ = __flow_m;
+                                                            __flow_r
+                                                        }?
+                                                    };
+                                                    ::core::result::Result::<
+                                                        _,
+                                                        ::flow::StepError<_>,
+                                                    >::Ok(__flow_v)
+                                                }
+                                            },
+                                        )
+                                        .await;
+                                    (__flow_b0, __flow_b1)
+                                })
+                            }
+                            __FlowState::Batch(__flow_v) => {
+                                __FlowState::Map({
+                                    let __flow_step_fn = batch;
+                                    {
+                                        #[allow(unused_imports)]
+                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        ::flow::__private::edge::<
+                                            _,
+                                            __flow_steps::batch,
+                                            __flow_steps::parallel,
+                                            _,
+                                        >(
+                                            &__flow_v,
+                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
+                                                .flow_takes(),
+                                        );
+                                    }
+                                    {
+                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
+                                            let __flow_check = (&::flow::__private::Probe(
+                                                &::flow::__private::future_type(&__flow_f),
+                                                ::core::marker::PhantomData::<AppError>,
+                                            ))
+                                                .flow_converts();
+                                            ::flow::__private::converts::<
+                                                AppError,
                                                 __flow_steps::batch,
                                                 _,
                                                 _,
-                                            >(__flow_v, __flow_check)
-                                        },
-                                        8usize,
-                                        2usize,
-                                        |__flow_item| {
-                                            let __flow_ctx = __flow_ctx.by_ref();
-                                            let __flow_v = __flow_item;
-                                            async move {
-                                                let __flow_v = {
-                                                    let __flow_step_fn = deliver;
-                                                    {
-                                                        #[allow(unused_imports)]
-                                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
-                                                        ::flow::__private::edge::<
-                                                            _,
-                                                            __flow_steps::deliver,
-                                                            __flow_steps::map,
-                                                            _,
-                                                        >(
-                                                            &__flow_v,
-                                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                .flow_takes(),
-                                                        );
-                                                    }
-                                                    {
-                                                        let __flow_f = __flow_step_fn(__flow_v);
-                                                        let __flow_f = {
-                                                            #[allow(unused_imports)]
-                                                            use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
-                                                            let __flow_check = (&::flow::__private::Probe(
-                                                                &::flow::__private::future_type(&__flow_f),
-                                                                ::core::marker::PhantomData::<AppError>,
-                                                            ))
-                                                                .flow_converts();
-                                                            ::flow::__private::converts::<
-                                                                AppError,
-                                                                __flow_steps::deliver,
-                                                                _,
-                                                                _,
-                                                            >(__flow_f, __flow_check)
-                                                        };
-                                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                                        let __flow_r = __flow_ctx
-                                                            .step_timeout(
-                                                                ::flow::NodeId(10u32),
-                                                                ::core::time::Duration::new(1u64, 0u32),
-                                                                __flow_f,
-                                                            )
-                                                            .await;
-                                                        let _ = __flow_m;
-                                                        __flow_r
-                                                    }?
-                                                };
-                                                ::core::result::Result::<
+                                            >(__flow_f, __flow_check)
+                                        };
+                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                        let __flow_r = __flow_ctx
+                                            .step(::flow::NodeId(8u32), __flow_f)
+                                            .await;
+                                        let _ = __flow_m;
+                                        __flow_r
+                                    }?
+                                })
+                            }
+                            __FlowState::Map(__flow_v) => {
+                                __FlowState::Completed(
+                                    __flow_ctx
+                                        .map_tolerant(
+                                            ::flow::NodeId(9u32),
+                                            {
+                                                #[allow(unused_imports)]
+                                                use ::flow::__private::{IterNo as _, IterYes as _};
+                                                let __flow_check = (&::flow::__private::Probe(
+                                                    &__flow_v,
+                                                    ::core::marker::PhantomData::<()>,
+                                                ))
+                                                    .flow_iter();
+                                                ::flow::__private::map_input::<
+                                                    __flow_steps::batch,
                                                     _,
-                                                    ::flow::StepError<_>,
-                                                >::Ok(__flow_v)
-                                            }
+                                                    _,
+                                                >(__flow_v, __flow_check)
+                                            },
+                                            8usize,
+                                            2usize,
+                                            |__flow_item| {
+                                                let __flow_ctx = __flow_ctx.by_ref();
+                                                let __flow_v = __flow_item;
+                                                async move {
+                                                    let __flow_v = {
+                                                        let __flow_step_fn = deliver;
+                                                        {
+                                                            #[allow(unused_imports)]
+                                                            use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            ::flow::__private::edge::<
+                                                                _,
+                                                                __flow_steps::deliver,
+                                                                __flow_steps::map,
+                                                                _,
+                                                            >(
+                                                                &__flow_v,
+                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
+                                                                    .flow_takes(),
+                                                            );
+                                                        }
+                                                        {
+                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
+                                                                let __flow_check = (&::flow::__private::Probe(
+                                                                    &::flow::__private::future_type(&__flow_f),
+                                                                    ::core::marker::PhantomData::<AppError>,
+                                                                ))
+                                                                    .flow_converts();
+                                                                ::flow::__private::converts::<
+                                                                    AppError,
+                                                                    __flow_steps::deliver,
+                                                                    _,
+                                                                    _,
+                                                                >(__flow_f, __flow_check)
+                                                            };
+                                                            let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                                            let __flow_r = __flow_ctx
+                                                                .step_timeout(
+                                                                    ::flow::NodeId(10u32),
+                                                                    ::core::time::Duration::new(1u64, 0u32),
+                                                                    __flow_f,
+                                                                )
+                                                                .await;
+                                                            let _ = __flow_m;
+                                                            __flow_r
+                                                        }?
+                                                    };
+                                                    ::core::result::Result::<
+                                                        _,
+                                                        ::flow::StepError<_>,
+                                                    >::Ok(__flow_v)
+                                                }
+                                            },
+                                        )
+                                        .await?,
+                                )
+                            }
+                            __FlowState::Completed(__flow_v) => {
+                                return ::core::result::Result::Ok(__flow_v);
+                            }
+                            __FlowState::Failed | __FlowState::Cancelled => {
+                                return ::core::result::Result::Err(
+                                    ::flow::Error::new(
+                                        "",
+                                        ::flow::ErrorKind::Cancelled {
+                                            step: ::core::option::Option::None,
                                         },
-                                    )
-                                    .await?,
-                            )
-                        }
-                        __FlowState::Completed(__flow_v) => {
-                            return ::core::result::Result::Ok(__flow_v);
-                        }
-                        __FlowState::Failed | __FlowState::Cancelled => {
-                            return ::core::result::Result::Err(
-                                ::flow::Error::new(
-                                    "",
-                                    ::flow::ErrorKind::Cancelled {
-                                        step: ::core::option::Option::None,
-                                    },
-                                ),
-                            );
-                        }
-                    };
+                                    ),
+                                );
+                            }
+                        };
+                    }
                 }
             },
         )

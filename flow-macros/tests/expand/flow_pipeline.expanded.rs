@@ -246,291 +246,293 @@ fn __expansion() {
             },
             __FlowState::Start,
             ::core::option::Option::None,
-            move |__flow_ctx: ::flow::Ctx<_>, __flow_s| async move {
-                let mut __flow_s = __flow_s;
-                #[allow(unreachable_code, clippy::never_loop)]
-                loop {
-                    __flow_s = match __flow_s {
-                        __FlowState::Start(__flow_v) => __FlowState::Parse(__flow_v),
-                        __FlowState::Parse(__flow_v) => {
-                            __FlowState::Parallel({
-                                let __flow_step_fn = parse;
-                                {
-                                    let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
-                                    let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                    let __flow_r = __flow_ctx
-                                        .step(::flow::NodeId(2u32), __flow_f)
-                                        .await;
-                                    let _ = __flow_m;
-                                    __flow_r
-                                }?
-                            })
-                        }
-                        __FlowState::Parallel(__flow_v) => {
-                            __FlowState::Map({
-                                __flow_ctx.enter(::flow::NodeId(3u32));
-                                let (__flow_b0, __flow_b1) = ::flow::__private::try_join(
-                                        {
-                                            let __flow_ctx = __flow_ctx.by_ref();
-                                            let __flow_v = {
-                                                #[allow(unused_imports)]
-                                                use ::flow::__private::{CloneNo as _, CloneYes as _};
-                                                ::flow::__private::branch_input::<
-                                                    __flow_steps::parse,
-                                                    _,
-                                                    _,
-                                                >(
-                                                    &__flow_v,
-                                                    (&::flow::__private::Probe(
-                                                        &__flow_v,
-                                                        ::core::marker::PhantomData::<()>,
-                                                    ))
-                                                        .flow_clone(),
-                                                )
-                                            };
-                                            async move {
-                                                let __flow_v = {
-                                                    let __flow_step_fn = enrich;
-                                                    {
-                                                        #[allow(unused_imports)]
-                                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
-                                                        ::flow::__private::edge::<
-                                                            _,
-                                                            __flow_steps::enrich,
-                                                            __flow_steps::parse,
-                                                            _,
-                                                        >(
-                                                            &__flow_v,
-                                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                .flow_takes(),
-                                                        );
-                                                    }
-                                                    {
-                                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
-                                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                                        let __flow_r = __flow_ctx
-                                                            .step(::flow::NodeId(4u32), __flow_f)
-                                                            .await;
-                                                        let _ = __flow_m;
-                                                        __flow_r
-                                                    }?
-                                                };
-                                                ::core::result::Result::<
-                                                    _,
-                                                    ::flow::StepError<_>,
-                                                >::Ok(__flow_v)
-                                            }
-                                        },
-                                        {
-                                            let __flow_ctx = __flow_ctx.by_ref();
-                                            let __flow_v = __flow_v;
-                                            async move {
-                                                let __flow_v = {
-                                                    let __flow_step_fn = score;
-                                                    {
-                                                        #[allow(unused_imports)]
-                                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
-                                                        ::flow::__private::edge::<
-                                                            _,
-                                                            __flow_steps::score,
-                                                            __flow_steps::parse,
-                                                            _,
-                                                        >(
-                                                            &__flow_v,
-                                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                .flow_takes(),
-                                                        );
-                                                    }
-                                                    {
-                                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
-                                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                                        let __flow_r = __flow_ctx
-                                                            .step(::flow::NodeId(5u32), __flow_f)
-                                                            .await;
-                                                        let _ = __flow_m;
-                                                        __flow_r
-                                                    }?
-                                                };
-                                                ::core::result::Result::<
-                                                    _,
-                                                    ::flow::StepError<_>,
-                                                >::Ok(__flow_v)
-                                            }
-                                        },
-                                    )
-                                    .await?;
-                                (__flow_b0, __flow_b1)
-                            })
-                        }
-                        __FlowState::Map(__flow_v) => {
-                            __FlowState::Branch(
-                                __flow_ctx
-                                    .map(
-                                        ::flow::NodeId(6u32),
-                                        {
-                                            #[allow(unused_imports)]
-                                            use ::flow::__private::{IterNo as _, IterYes as _};
-                                            let __flow_check = (&::flow::__private::Probe(
-                                                &__flow_v,
-                                                ::core::marker::PhantomData::<()>,
-                                            ))
-                                                .flow_iter();
-                                            ::flow::__private::map_input::<
-                                                __flow_steps::parallel,
-                                                _,
-                                                _,
-                                            >(__flow_v, __flow_check)
-                                        },
-                                        4usize,
-                                        |__flow_item| {
-                                            let __flow_ctx = __flow_ctx.by_ref();
-                                            let __flow_v = __flow_item;
-                                            async move {
-                                                let __flow_v = {
-                                                    let __flow_step_fn = charge;
-                                                    {
-                                                        #[allow(unused_imports)]
-                                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
-                                                        ::flow::__private::edge::<
-                                                            _,
-                                                            __flow_steps::charge,
-                                                            __flow_steps::map,
-                                                            _,
-                                                        >(
-                                                            &__flow_v,
-                                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                .flow_takes(),
-                                                        );
-                                                    }
-                                                    {
-                                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
-                                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                                        let __flow_r = __flow_ctx
-                                                            .step(::flow::NodeId(7u32), __flow_f)
-                                                            .await;
-                                                        let _ = __flow_m;
-                                                        __flow_r
-                                                    }?
-                                                };
-                                                ::core::result::Result::<
-                                                    _,
-                                                    ::flow::StepError<_>,
-                                                >::Ok(__flow_v)
-                                            }
-                                        },
-                                    )
-                                    .await?,
-                            )
-                        }
-                        __FlowState::Branch(__flow_v) => {
-                            __flow_ctx.enter(::flow::NodeId(8u32));
-                            let __flow_sel = ::flow::__private::select(
-                                &__flow_v,
-                                |r: &Receipts| r.kind,
-                            );
-                            match __flow_sel {
-                                Kind::Small => __FlowState::Archive(__flow_v),
-                                Kind::Large => __FlowState::Review(__flow_v),
+            move |__flow_ctx: ::flow::Ctx<_>, __flow_s| {
+                async move {
+                    let mut __flow_s = __flow_s;
+                    #[allow(unreachable_code, clippy::never_loop)]
+                    loop {
+                        __flow_s = match __flow_s {
+                            __FlowState::Start(__flow_v) => __FlowState::Parse(__flow_v),
+                            __FlowState::Parse(__flow_v) => {
+                                __FlowState::Parallel({
+                                    let __flow_step_fn = parse;
+                                    {
+                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                        let __flow_r = __flow_ctx
+                                            .step(::flow::NodeId(2u32), __flow_f)
+                                            .await;
+                                        let _ = __flow_m;
+                                        __flow_r
+                                    }?
+                                })
                             }
-                        }
-                        __FlowState::Archive(__flow_v) => {
-                            __FlowState::Completed({
-                                let __flow_step_fn = archive;
-                                {
-                                    #[allow(unused_imports)]
-                                    use ::flow::__private::{TakesNo as _, TakesYes as _};
-                                    ::flow::__private::edge::<
-                                        _,
-                                        __flow_steps::archive,
-                                        __flow_steps::map,
-                                        _,
-                                    >(
-                                        &__flow_v,
-                                        (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                            .flow_takes(),
-                                    );
+                            __FlowState::Parallel(__flow_v) => {
+                                __FlowState::Map({
+                                    __flow_ctx.enter(::flow::NodeId(3u32));
+                                    let (__flow_b0, __flow_b1) = ::flow::__private::try_join(
+                                            {
+                                                let __flow_ctx = __flow_ctx.by_ref();
+                                                let __flow_v = {
+                                                    #[allow(unused_imports)]
+                                                    use ::flow::__private::{CloneNo as _, CloneYes as _};
+                                                    ::flow::__private::branch_input::<
+                                                        __flow_steps::parse,
+                                                        _,
+                                                        _,
+                                                    >(
+                                                        &__flow_v,
+                                                        (&::flow::__private::Probe(
+                                                            &__flow_v,
+                                                            ::core::marker::PhantomData::<()>,
+                                                        ))
+                                                            .flow_clone(),
+                                                    )
+                                                };
+                                                async move {
+                                                    let __flow_v = {
+                                                        let __flow_step_fn = enrich;
+                                                        {
+                                                            #[allow(unused_imports)]
+                                                            use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            ::flow::__private::edge::<
+                                                                _,
+                                                                __flow_steps::enrich,
+                                                                __flow_steps::parse,
+                                                                _,
+                                                            >(
+                                                                &__flow_v,
+                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
+                                                                    .flow_takes(),
+                                                            );
+                                                        }
+                                                        {
+                                                            let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                                            let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                                            let __flow_r = __flow_ctx
+                                                                .step(::flow::NodeId(4u32), __flow_f)
+                                                                .await;
+                                                            let _ = __flow_m;
+                                                            __flow_r
+                                                        }?
+                                                    };
+                                                    ::core::result::Result::<
+                                                        _,
+                                                        ::flow::StepError<_>,
+                                                    >::Ok(__flow_v)
+                                                }
+                                            },
+                                            {
+                                                let __flow_ctx = __flow_ctx.by_ref();
+                                                let __flow_v = __flow_v;
+                                                async move {
+                                                    let __flow_v = {
+                                                        let __flow_step_fn = score;
+                                                        {
+                                                            #[allow(unused_imports)]
+                                                            use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            ::flow::__private::edge::<
+                                                                _,
+                                                                __flow_steps::score,
+                                                                __flow_steps::parse,
+                                                                _,
+                                                            >(
+                                                                &__flow_v,
+                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
+                                                                    .flow_takes(),
+                                                            );
+                                                        }
+                                                        {
+                                                            let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                                            let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                                            let __flow_r = __flow_ctx
+                                                                .step(::flow::NodeId(5u32), __flow_f)
+                                                                .await;
+                                                            let _ = __flow_m;
+                                                            __flow_r
+                                                        }?
+                                                    };
+                                                    ::core::result::Result::<
+                                                        _,
+                                                        ::flow::StepError<_>,
+                                                    >::Ok(__flow_v)
+                                                }
+                                            },
+                                        )
+                                        .await?;
+                                    (__flow_b0, __flow_b1)
+                                })
+                            }
+                            __FlowState::Map(__flow_v) => {
+                                __FlowState::Branch(
+                                    __flow_ctx
+                                        .map(
+                                            ::flow::NodeId(6u32),
+                                            {
+                                                #[allow(unused_imports)]
+                                                use ::flow::__private::{IterNo as _, IterYes as _};
+                                                let __flow_check = (&::flow::__private::Probe(
+                                                    &__flow_v,
+                                                    ::core::marker::PhantomData::<()>,
+                                                ))
+                                                    .flow_iter();
+                                                ::flow::__private::map_input::<
+                                                    __flow_steps::parallel,
+                                                    _,
+                                                    _,
+                                                >(__flow_v, __flow_check)
+                                            },
+                                            4usize,
+                                            |__flow_item| {
+                                                let __flow_ctx = __flow_ctx.by_ref();
+                                                let __flow_v = __flow_item;
+                                                async move {
+                                                    let __flow_v = {
+                                                        let __flow_step_fn = charge;
+                                                        {
+                                                            #[allow(unused_imports)]
+                                                            use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            ::flow::__private::edge::<
+                                                                _,
+                                                                __flow_steps::charge,
+                                                                __flow_steps::map,
+                                                                _,
+                                                            >(
+                                                                &__flow_v,
+                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
+                                                                    .flow_takes(),
+                                                            );
+                                                        }
+                                                        {
+                                                            let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                                            let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                                            let __flow_r = __flow_ctx
+                                                                .step(::flow::NodeId(7u32), __flow_f)
+                                                                .await;
+                                                            let _ = __flow_m;
+                                                            __flow_r
+                                                        }?
+                                                    };
+                                                    ::core::result::Result::<
+                                                        _,
+                                                        ::flow::StepError<_>,
+                                                    >::Ok(__flow_v)
+                                                }
+                                            },
+                                        )
+                                        .await?,
+                                )
+                            }
+                            __FlowState::Branch(__flow_v) => {
+                                __flow_ctx.enter(::flow::NodeId(8u32));
+                                let __flow_sel = ::flow::__private::select(
+                                    &__flow_v,
+                                    |r: &Receipts| r.kind,
+                                );
+                                match __flow_sel {
+                                    Kind::Small => __FlowState::Archive(__flow_v),
+                                    Kind::Large => __FlowState::Review(__flow_v),
                                 }
-                                {
-                                    let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
-                                    let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                    let __flow_r = __flow_ctx
-                                        .step(::flow::NodeId(9u32), __flow_f)
-                                        .await;
-                                    let _ = __flow_m;
-                                    __flow_r
-                                }?
-                            })
-                        }
-                        __FlowState::Review(__flow_v) => {
-                            __FlowState::Archive2({
-                                let __flow_step_fn = review;
-                                {
-                                    #[allow(unused_imports)]
-                                    use ::flow::__private::{TakesNo as _, TakesYes as _};
-                                    ::flow::__private::edge::<
-                                        _,
-                                        __flow_steps::review,
-                                        __flow_steps::map,
-                                        _,
-                                    >(
-                                        &__flow_v,
-                                        (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                            .flow_takes(),
-                                    );
-                                }
-                                {
-                                    let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
-                                    let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                    let __flow_r = __flow_ctx
-                                        .step(::flow::NodeId(10u32), __flow_f)
-                                        .await;
-                                    let _ = __flow_m;
-                                    __flow_r
-                                }?
-                            })
-                        }
-                        __FlowState::Archive2(__flow_v) => {
-                            __FlowState::Completed({
-                                let __flow_step_fn = archive;
-                                {
-                                    #[allow(unused_imports)]
-                                    use ::flow::__private::{TakesNo as _, TakesYes as _};
-                                    ::flow::__private::edge::<
-                                        _,
-                                        __flow_steps::archive,
-                                        __flow_steps::review,
-                                        _,
-                                    >(
-                                        &__flow_v,
-                                        (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                            .flow_takes(),
-                                    );
-                                }
-                                {
-                                    let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
-                                    let __flow_m = ::flow::__private::output_of(&__flow_f);
-                                    let __flow_r = __flow_ctx
-                                        .step(::flow::NodeId(11u32), __flow_f)
-                                        .await;
-                                    let _ = __flow_m;
-                                    __flow_r
-                                }?
-                            })
-                        }
-                        __FlowState::Completed(__flow_v) => {
-                            return ::core::result::Result::Ok(__flow_v);
-                        }
-                        __FlowState::Failed | __FlowState::Cancelled => {
-                            return ::core::result::Result::Err(
-                                ::flow::Error::new(
-                                    "",
-                                    ::flow::ErrorKind::Cancelled {
-                                        step: ::core::option::Option::None,
-                                    },
-                                ),
-                            );
-                        }
-                    };
+                            }
+                            __FlowState::Archive(__flow_v) => {
+                                __FlowState::Completed({
+                                    let __flow_step_fn = archive;
+                                    {
+                                        #[allow(unused_imports)]
+                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        ::flow::__private::edge::<
+                                            _,
+                                            __flow_steps::archive,
+                                            __flow_steps::map,
+                                            _,
+                                        >(
+                                            &__flow_v,
+                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
+                                                .flow_takes(),
+                                        );
+                                    }
+                                    {
+                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                        let __flow_r = __flow_ctx
+                                            .step(::flow::NodeId(9u32), __flow_f)
+                                            .await;
+                                        let _ = __flow_m;
+                                        __flow_r
+                                    }?
+                                })
+                            }
+                            __FlowState::Review(__flow_v) => {
+                                __FlowState::Archive2({
+                                    let __flow_step_fn = review;
+                                    {
+                                        #[allow(unused_imports)]
+                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        ::flow::__private::edge::<
+                                            _,
+                                            __flow_steps::review,
+                                            __flow_steps::map,
+                                            _,
+                                        >(
+                                            &__flow_v,
+                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
+                                                .flow_takes(),
+                                        );
+                                    }
+                                    {
+                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                        let __flow_r = __flow_ctx
+                                            .step(::flow::NodeId(10u32), __flow_f)
+                                            .await;
+                                        let _ = __flow_m;
+                                        __flow_r
+                                    }?
+                                })
+                            }
+                            __FlowState::Archive2(__flow_v) => {
+                                __FlowState::Completed({
+                                    let __flow_step_fn = archive;
+                                    {
+                                        #[allow(unused_imports)]
+                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        ::flow::__private::edge::<
+                                            _,
+                                            __flow_steps::archive,
+                                            __flow_steps::review,
+                                            _,
+                                        >(
+                                            &__flow_v,
+                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
+                                                .flow_takes(),
+                                        );
+                                    }
+                                    {
+                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_m = ::flow::__private::output_of(&__flow_f);
+                                        let __flow_r = __flow_ctx
+                                            .step(::flow::NodeId(11u32), __flow_f)
+                                            .await;
+                                        let _ = __flow_m;
+                                        __flow_r
+                                    }?
+                                })
+                            }
+                            __FlowState::Completed(__flow_v) => {
+                                return ::core::result::Result::Ok(__flow_v);
+                            }
+                            __FlowState::Failed | __FlowState::Cancelled => {
+                                return ::core::result::Result::Err(
+                                    ::flow::Error::new(
+                                        "",
+                                        ::flow::ErrorKind::Cancelled {
+                                            step: ::core::option::Option::None,
+                                        },
+                                    ),
+                                );
+                            }
+                        };
+                    }
                 }
             },
         )
