@@ -57,6 +57,67 @@ pub mod __private {
     pub use flow_macros::flow_inner;
     pub use flow_runtime::__private::*;
 
+    /// The types a [`FnWorkflow`] is about, as a zero-sized marker.
+    type Types<In, Out, E, S> = core::marker::PhantomData<fn(In) -> (Out, E, S)>;
+
+    /// The workflow of a `#[workflow]` method: its graph, its time limit, and a function that
+    /// runs the body with the receiver it captured.
+    pub struct FnWorkflow<In, Out, E, S, F> {
+        graph: &'static flow_runtime::Graph,
+        timeout: Option<core::time::Duration>,
+        body: F,
+        _types: Types<In, Out, E, S>,
+    }
+
+    impl<In, Out, E, S, F> FnWorkflow<In, Out, E, S, F> {
+        /// Used by `#[workflow]` on methods.
+        pub const fn new(
+            graph: &'static flow_runtime::Graph,
+            timeout: Option<core::time::Duration>,
+            body: F,
+        ) -> Self {
+            FnWorkflow {
+                graph,
+                timeout,
+                body,
+                _types: core::marker::PhantomData,
+            }
+        }
+    }
+
+    impl<In, Out, E, S, F, Fut> flow_runtime::Workflow for FnWorkflow<In, Out, E, S, F>
+    where
+        In: Send,
+        Out: Send,
+        E: core::fmt::Display + core::fmt::Debug + Send + 'static,
+        S: flow_runtime::WorkflowState,
+        F: Fn(flow_runtime::Ctx<E>, In) -> Fut + Send + Sync,
+        Fut: core::future::Future<Output = Result<Out, E>> + Send,
+    {
+        type Input = In;
+        type Output = Out;
+        type Error = E;
+        type State = S;
+
+        fn graph(&self) -> &'static flow_runtime::Graph {
+            self.graph
+        }
+
+        fn timeout(&self) -> Option<core::time::Duration> {
+            self.timeout
+        }
+
+        fn execute(
+            &self,
+            ctx: flow_runtime::Ctx<E>,
+            input: In,
+        ) -> impl core::future::Future<Output = Result<Out, flow_runtime::Error<E>>> + Send
+        {
+            let body = (self.body)(ctx.clone(), input);
+            async move { ctx.finish(body.await) }
+        }
+    }
+
     /// `flow::map!` outside a `#[workflow]` body: runs `body` on every item, at most `limit`
     /// at a time (`0`: no limit), results in input order, the first error ends it.
     pub async fn map_plain<I, F, Fut, T, E>(items: I, limit: usize, body: F) -> Result<Vec<T>, E>

@@ -108,7 +108,7 @@ async fn drain(c: Cluster, shard: u32) -> Result<u32, String> {
 }
 async fn check(c: Cluster, node: u32) -> Result<bool, String> {
     c.did(format!("check {node}"));
-    Ok(node % 2 == 0)
+    Ok(node.is_multiple_of(2))
 }
 async fn report(c: Cluster, moved: u32) -> Result<u32, String> {
     c.did(format!("report {moved}"));

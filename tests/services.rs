@@ -121,3 +121,120 @@ async fn a_flow_with_move_closures_is_static() {
     assert_eq!(handle.await.unwrap(), "record 5".len());
     assert_eq!(db.calls.load(Ordering::SeqCst), 1);
 }
+
+// ---------------------------------------------------------------- #[workflow] methods and generics
+
+/// What a remediation needs from the cluster: the real client or a fake.
+pub trait Fleet: Send + Sync + 'static {
+    /// Drains a node.
+    fn drain(&self, node: u32) -> impl std::future::Future<Output = Result<u32, String>> + Send;
+    /// Brings a node back.
+    fn rejoin(&self, node: u32) -> impl std::future::Future<Output = Result<u32, String>> + Send;
+}
+
+/// A fake fleet that records what it was asked.
+#[derive(Default, Clone)]
+pub struct FakeFleet {
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Fleet for FakeFleet {
+    async fn drain(&self, node: u32) -> Result<u32, String> {
+        self.log.lock().unwrap().push(format!("drain {node}"));
+        Ok(node)
+    }
+    async fn rejoin(&self, node: u32) -> Result<u32, String> {
+        self.log.lock().unwrap().push(format!("rejoin {node}"));
+        Ok(node + 1)
+    }
+}
+
+/// A generic workflow: tested here with the fake.
+#[workflow]
+async fn cycle<F: Fleet>(fleet: F, node: u32) -> Result<u32, String> {
+    let n = fleet.drain(node).await?;
+    fleet.rejoin(n).await
+}
+
+#[tokio::test]
+async fn a_generic_workflow_runs_with_a_fake() {
+    let fake = FakeFleet::default();
+    assert_eq!(cycle(fake.clone(), 3).await.unwrap(), 4);
+    assert_eq!(*fake.log.lock().unwrap(), ["drain 3", "rejoin 3"]);
+    // The workflow type is generic too; its graph is the same for every type.
+    let n = Runtime::new()
+        .run(&Cycle::<FakeFleet>::new(), (fake.clone(), 5))
+        .await
+        .unwrap();
+    assert_eq!(n, 6);
+    let steps: Vec<&str> = Cycle::<FakeFleet>::GRAPH
+        .steps()
+        .map(|(_, s)| s.name)
+        .collect();
+    assert_eq!(steps, ["drain", "rejoin"]);
+}
+
+/// A service that owns its workflows.
+pub struct Remediator<F> {
+    fleet: F,
+    retries: u32,
+}
+
+impl<F: Fleet> Remediator<F> {
+    /// Drains and rejoins a node, through the service's own fleet client.
+    #[workflow]
+    pub async fn remediate(&self, node: u32) -> Result<u32, String> {
+        let n = self.fleet.drain(node).await?;
+        if self.retries > 0 {
+            #[retry(max_attempts = 3)]
+            self.fleet.rejoin(n).await
+        } else {
+            Ok(n)
+        }
+    }
+
+    /// The same, owning a handle to the service (so it can be spawned).
+    #[workflow(timeout = "1m")]
+    pub async fn remediate_owned(self: Arc<Self>, node: u32) -> Result<u32, String> {
+        self.fleet.rejoin(node).await
+    }
+
+    /// An associated function that names `Self`.
+    #[workflow]
+    pub async fn build(fleet: F) -> Result<u32, String> {
+        let me = Self { fleet, retries: 0 };
+        me.fleet.drain(1).await
+    }
+}
+
+#[tokio::test]
+async fn a_workflow_can_be_a_method_of_its_service() {
+    let svc = Remediator {
+        fleet: FakeFleet::default(),
+        retries: 1,
+    };
+    // Awaited like the method it is...
+    assert_eq!(svc.remediate(7).await.unwrap(), 8);
+    // ...or run through a runtime: the workflow value carries the receiver.
+    let wf = svc.remediate_workflow();
+    assert_eq!(Runtime::new().run(&wf, (9,)).await.unwrap(), 10);
+    let g = wf.graph();
+    assert_eq!(g.name, "Remediate");
+    assert!(g.find("if").is_some() && g.find("rejoin").is_some());
+    assert_eq!(
+        *svc.fleet.log.lock().unwrap(),
+        ["drain 7", "rejoin 7", "drain 9", "rejoin 9"]
+    );
+    drop(wf);
+
+    let svc = Arc::new(svc);
+    let handle = Runtime::new().spawn(Arc::clone(&svc).remediate_owned_workflow(), (1,));
+    assert_eq!(handle.await.unwrap(), 2);
+    assert_eq!(Arc::clone(&svc).remediate_owned(2).await.unwrap(), 3);
+    assert_eq!(
+        Remediator::<FakeFleet>::build(FakeFleet::default())
+            .await
+            .unwrap(),
+        1
+    );
+}

@@ -217,6 +217,10 @@ struct Signature {
     ok: TokenStream,
     err: TokenStream,
     ret: Type,
+    receiver: Receiver,
+    /// An associated function of an `impl` (a method, or a function that names `Self`):
+    /// expanded into associated items only.
+    associated: bool,
 }
 
 fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<Signature> {
@@ -229,9 +233,11 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<Signature> {
         );
         ok = false;
     }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.spanned(&sig.generics, "`#[workflow]` functions cannot be generic yet: the workflow type must name its input and error types");
-        ok = false;
+    for g in &sig.generics.params {
+        if let syn::GenericParam::Lifetime(l) = g {
+            errors.spanned(l, "a `#[workflow]` function cannot have lifetime parameters: its parameters must be owned, since a run may outlive the caller's borrows");
+            ok = false;
+        }
     }
     if let Some(c) = &sig.constness {
         errors.spanned(c, "a `#[workflow]` function cannot be `const`");
@@ -242,11 +248,23 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<Signature> {
         ok = false;
     }
     let mut params = Vec::new();
+    let mut receiver = Receiver::None;
     for arg in &sig.inputs {
         match arg {
             FnArg::Receiver(r) => {
-                errors.spanned(r, "`#[workflow]` goes on a free function, not a method: the workflow's input is its parameters");
-                ok = false;
+                receiver = match &r.kind {
+                    syn::ReceiverKind::Reference(_, _, None) => Receiver::Ref,
+                    syn::ReceiverKind::Typed(_, ty)
+                        if r.mutability.is_none() && is_arc_self(ty) =>
+                    {
+                        Receiver::Arc
+                    }
+                    _ => {
+                        errors.spanned(r, "a `#[workflow]` method takes `&self` (the workflow borrows the service) or `self: Arc<Self>` (the workflow owns a handle to it, and can be spawned); runs share the receiver, so not `&mut self` or `self`");
+                        ok = false;
+                        Receiver::None
+                    }
+                };
             }
             FnArg::Typed(pt) => {
                 if let Some(bad) = borrowed_or_impl(&pt.ty) {
@@ -283,7 +301,45 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<Signature> {
         ok: okt,
         err: errt,
         ret,
+        receiver,
+        associated: receiver != Receiver::None || mentions_self(f),
     })
+}
+
+/// How a `#[workflow]` method holds its service.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Receiver {
+    /// A free function (or an associated function without `self`).
+    None,
+    /// `&self`: the workflow borrows the service.
+    Ref,
+    /// `self: Arc<Self>`: the workflow owns a handle to the service (so it can be spawned).
+    Arc,
+}
+
+/// `Arc<Self>` (any path ending in `Arc`).
+fn is_arc_self(ty: &Type) -> bool {
+    if let Type::Path(tp) = ty
+        && let Some(last) = tp.path.segments.last()
+        && last.ident == "Arc"
+        && let syn::PathArguments::AngleBracketed(a) = &last.arguments
+        && let Some(syn::GenericArgument::Type(Type::Path(inner))) = a.args.first()
+    {
+        return inner.path.is_ident("Self");
+    }
+    false
+}
+
+/// Whether `Self` appears in the function: it is then an associated function of an `impl`.
+fn mentions_self(f: &ItemFn) -> bool {
+    fn walk(ts: TokenStream) -> bool {
+        ts.into_iter().any(|tt| match tt {
+            proc_macro2::TokenTree::Ident(i) => i == "Self",
+            proc_macro2::TokenTree::Group(g) => walk(g.stream()),
+            _ => false,
+        })
+    }
+    walk(f.sig.to_token_stream()) || walk(f.block.to_token_stream())
 }
 
 /// A description of the return type when it is certainly not a `Result` (an alias such as
@@ -1363,13 +1419,15 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
             None => String::new(),
         })
         .collect();
-    let variant_idents = variants.iter().map(|(_, v)| *v);
-    let node_arms = variants
+    let variant_idents: Vec<&Ident> = variants.iter().map(|(_, v)| *v).collect();
+    let node_arms: Vec<TokenStream> = variants
         .iter()
-        .map(|(i, v)| quote!(#state_name::#v => #krate::NodeId(#i)));
-    let view_arms = variants
+        .map(|(i, v)| quote!(#state_name::#v => #krate::NodeId(#i)))
+        .collect();
+    let view_arms: Vec<TokenStream> = variants
         .iter()
-        .map(|(i, v)| quote!(#i => ::core::option::Option::Some(#state_name::#v)));
+        .map(|(i, v)| quote!(#i => ::core::option::Option::Some(#state_name::#v)))
+        .collect();
     let ret_is_result = quote_spanned!(ret.span()=> const _: fn() = || {
         fn __flow_assert_result<T: #krate::__private::IsResult>() {}
         __flow_assert_result::<#ret>();
@@ -1386,23 +1444,7 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
     );
     let ctx_ty = quote!(#krate::Ctx<#err>);
     let tuple_tys = quote!((#(#param_tys,)*));
-
-    Some(quote! {
-        #(#attrs)*
-        #[doc = ""]
-        #[doc = #doc_fn]
-        #vis async fn #fn_name(#(#arg_names: #param_tys),*) -> ::core::result::Result<#ok, #krate::Error<#err>> {
-            #krate::__private::run_nested(&#type_name, (#(#arg_names,)*)).await
-        }
-
-        #ret_is_result
-
-        #markers
-
-        #[doc = #doc_type]
-        #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug, ::core::default::Default)]
-        #vis struct #type_name;
-
+    let state_items = quote! {
         #[doc = #doc_state]
         #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug, ::core::cmp::PartialEq, ::core::cmp::Eq, ::core::hash::Hash)]
         #[allow(clippy::enum_variant_names)]
@@ -1438,6 +1480,198 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
                 }
             }
         }
+    };
+
+    if sig.associated {
+        // An associated function of an `impl`: only associated items may be emitted, so the
+        // workflow value comes from a method (`remediate_workflow`) whose opaque return type
+        // carries the receiver, and the state enum and graph live inside that method.
+        let wf_fn = format_ident!("{}_workflow", fn_name);
+        let body_fn = format_ident!("__flow_body_{}", fn_name);
+        let doc_wf = format!(
+            " The workflow of [`Self::{fn_name}`]: a value implementing `flow::Workflow` (run it with `flow::Runtime`), holding the receiver.\n\n{}",
+            model_mermaid(&model).replace("`Self::FINGERPRINT`", "`.graph().fingerprint`")
+        );
+        let doc_fn = format!(
+            " This is a workflow: [`Self::{wf_fn}`] gives its graph and a value to run with a `flow::Runtime`. Awaiting it runs the workflow (inside another workflow's step, as a child run) and returns `Result<_, flow::Error<_>>`."
+        );
+        let (recv, recv_body, make, call_body, bound) = match sig.receiver {
+            Receiver::Ref => (
+                quote!(&self),
+                quote!(&self,),
+                quote!(self.#wf_fn()),
+                quote!(move |#ctx: #ctx_ty, (#(#arg_names,)*): #tuple_tys| self.#body_fn(#ctx, #(#arg_names),*)),
+                quote!(+ '_),
+            ),
+            Receiver::Arc => (
+                quote!(self: ::std::sync::Arc<Self>),
+                quote!(self: ::std::sync::Arc<Self>,),
+                quote!(self.#wf_fn()),
+                quote!(move |#ctx: #ctx_ty, (#(#arg_names,)*): #tuple_tys| ::std::sync::Arc::clone(&self).#body_fn(#ctx, #(#arg_names),*)),
+                TokenStream::new(),
+            ),
+            Receiver::None => (
+                TokenStream::new(),
+                TokenStream::new(),
+                quote!(Self::#wf_fn()),
+                quote!(|#ctx: #ctx_ty, (#(#arg_names,)*): #tuple_tys| Self::#body_fn(#ctx, #(#arg_names),*)),
+                TokenStream::new(),
+            ),
+        };
+        let generics = &func.sig.generics;
+        let where_clause = &generics.where_clause;
+        let comma = if sig.receiver == Receiver::None {
+            TokenStream::new()
+        } else {
+            quote!(,)
+        };
+        return Some(quote! {
+            #(#attrs)*
+            #[doc = ""]
+            #[doc = #doc_fn]
+            #vis async fn #fn_name #generics (#recv #comma #(#arg_names: #param_tys),*) -> ::core::result::Result<#ok, #krate::Error<#err>> #where_clause {
+                #krate::__private::run_nested(&#make, (#(#arg_names,)*)).await
+            }
+
+            #[doc = #doc_wf]
+            #vis fn #wf_fn #generics (#recv) -> impl #krate::Workflow<Input = #tuple_tys, Output = #ok, Error = #err> #bound #where_clause {
+                #ret_is_result
+                #state_items
+                const __FLOW_GRAPH: &'static #krate::Graph = #graph;
+                #krate::__private::FnWorkflow::<_, _, _, #state_name, _>::new(__FLOW_GRAPH, #timeout, #call_body)
+            }
+
+            #[doc(hidden)]
+            #[allow(clippy::needless_question_mark, clippy::unused_async, non_snake_case)]
+            async fn #body_fn #generics (#recv_body #ctx: #ctx_ty, #(#param_pats: #param_tys),*) -> #ret #where_clause {
+                #markers
+                #body
+            }
+        });
+    }
+
+    if !func.sig.generics.params.is_empty() || func.sig.generics.where_clause.is_some() {
+        // A generic function: the workflow type is generic over the same parameters.
+        let generics = &func.sig.generics;
+        let (impl_g, ty_g, where_clause) = generics.split_for_impl();
+        let turbofish = ty_g.as_turbofish();
+        let phantom: Vec<TokenStream> = generics
+            .params
+            .iter()
+            .filter_map(|p| match p {
+                syn::GenericParam::Type(t) => {
+                    let i = &t.ident;
+                    Some(quote!(#i))
+                }
+                _ => None,
+            })
+            .collect();
+        let send_bounds = phantom
+            .iter()
+            .map(|t| quote!(#t: ::core::marker::Send + ::core::marker::Sync));
+        let where_send = match where_clause {
+            Some(w) => {
+                let preds = &w.predicates;
+                quote!(where #preds, #(#send_bounds,)*)
+            }
+            None => quote!(where #(#send_bounds,)*),
+        };
+        let doc_new = format!(" The workflow of [`{fn_name}`], for these type parameters.");
+        return Some(quote! {
+            #(#attrs)*
+            #[doc = ""]
+            #[doc = #doc_fn]
+            #[allow(clippy::multiple_bound_locations)]
+            #vis async fn #fn_name #impl_g (#(#arg_names: #param_tys),*) -> ::core::result::Result<#ok, #krate::Error<#err>> #where_send {
+                #krate::__private::run_nested(&<#type_name #ty_g>::new(), (#(#arg_names,)*)).await
+            }
+
+            #ret_is_result
+
+            #markers
+
+            #[doc = #doc_type]
+            #vis struct #type_name #impl_g (::core::marker::PhantomData<fn() -> (#(#phantom,)*)>) #where_clause;
+
+            impl #impl_g #type_name #ty_g #where_clause {
+                #[doc = #doc_new]
+                pub const fn new() -> Self {
+                    #type_name(::core::marker::PhantomData)
+                }
+                /// The workflow's static graph.
+                pub const GRAPH: &'static #krate::Graph = #graph;
+                /// A hash of the graph, fixed at compile time.
+                pub const FINGERPRINT: u64 = #fingerprint;
+            }
+
+            impl #impl_g ::core::clone::Clone for #type_name #ty_g #where_clause {
+                fn clone(&self) -> Self {
+                    *self
+                }
+            }
+            impl #impl_g ::core::marker::Copy for #type_name #ty_g #where_clause {}
+            impl #impl_g ::core::default::Default for #type_name #ty_g #where_clause {
+                fn default() -> Self {
+                    Self::new()
+                }
+            }
+            impl #impl_g ::core::fmt::Debug for #type_name #ty_g #where_clause {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    f.write_str(::core::stringify!(#type_name))
+                }
+            }
+
+            #state_items
+
+            #[automatically_derived]
+            impl #impl_g #krate::Workflow for #type_name #ty_g #where_send {
+                type Input = #tuple_tys;
+                type Output = #ok;
+                type Error = #err;
+                type State = #state_name;
+
+                fn graph(&self) -> &'static #krate::Graph {
+                    Self::GRAPH
+                }
+
+                fn timeout(&self) -> ::core::option::Option<::core::time::Duration> {
+                    #timeout
+                }
+
+                fn execute(
+                    &self,
+                    #ctx: #ctx_ty,
+                    __flow_input: Self::Input,
+                ) -> impl ::core::future::Future<Output = ::core::result::Result<#ok, #krate::Error<#err>>> + ::core::marker::Send {
+                    #[allow(clippy::needless_question_mark, clippy::unused_async, clippy::multiple_bound_locations)]
+                    async fn __flow_body #impl_g (#ctx: #ctx_ty, #(#param_pats: #param_tys),*) -> #ret #where_send #body
+                    let (#(#arg_names,)*) = __flow_input;
+                    async move {
+                        let __flow_r = __flow_body #turbofish (::core::clone::Clone::clone(&#ctx), #(#arg_names),*).await;
+                        #ctx.finish(__flow_r)
+                    }
+                }
+            }
+        });
+    }
+
+    Some(quote! {
+        #(#attrs)*
+        #[doc = ""]
+        #[doc = #doc_fn]
+        #vis async fn #fn_name(#(#arg_names: #param_tys),*) -> ::core::result::Result<#ok, #krate::Error<#err>> {
+            #krate::__private::run_nested(&#type_name, (#(#arg_names,)*)).await
+        }
+
+        #ret_is_result
+
+        #markers
+
+        #[doc = #doc_type]
+        #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug, ::core::default::Default)]
+        #vis struct #type_name;
+
+        #state_items
 
         impl #type_name {
             /// The workflow's static graph.
