@@ -352,6 +352,15 @@ mod imp {
                         finish(run, "failed", Some(error));
                     }
                 }
+                EventKind::ObserverPanicked { message } => {
+                    tracing::event!(
+                        target: "flow",
+                        parent: &run.span,
+                        Level::ERROR,
+                        error.message = %message,
+                        "an observer panicked and was removed from the run"
+                    );
+                }
                 EventKind::RunCancelled => {
                     if let Some(run) = runs.remove(&e.run) {
                         tracing::event!(target: "flow", parent: &run.span, Level::WARN, "run cancelled");
