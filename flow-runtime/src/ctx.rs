@@ -3,10 +3,10 @@
 //!
 //! Generated code drives a run by calling [`Ctx`] methods; users normally never touch it.
 
+use core::cell::Cell;
 use core::future::Future;
 use core::panic::AssertUnwindSafe;
 use core::pin::Pin;
-use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use core::time::Duration;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -201,7 +201,8 @@ impl LazyChannel {
     /// The run is over: the stream ends after what was sent.
     pub(crate) fn close(&self) {
         let mut slot = crate::ctx::lock(&self.tx);
-        self.closed.store(true, core::sync::atomic::Ordering::Release);
+        self.closed
+            .store(true, core::sync::atomic::Ordering::Release);
         *slot = None;
     }
 

@@ -161,7 +161,15 @@ impl Runtime {
     ) -> RunReport<W::Output, W::Error> {
         let ctx = self.ctx(workflow, None, None);
         let on_drop = self.on_drop(workflow);
-        let result = drive(workflow, ctx.clone(), input, self.seed.is_some(), None, on_drop).await;
+        let result = drive(
+            workflow,
+            ctx.clone(),
+            input,
+            self.seed.is_some(),
+            None,
+            on_drop,
+        )
+        .await;
         report_of(&ctx, result)
     }
 
@@ -271,7 +279,15 @@ pub async fn run_nested<W: Workflow>(
                 link.seed,
                 workflow.compensation_timeout(),
             );
-            drive(workflow, ctx, input, link.seeded, Some((link.sink, tag)), true).await
+            drive(
+                workflow,
+                ctx,
+                input,
+                link.seeded,
+                Some((link.sink, tag)),
+                true,
+            )
+            .await
         }
         Err(_) => Runtime::new().run(workflow, input).await,
     }

@@ -491,7 +491,8 @@ impl<E: Send + 'static> Ctx<E> {
                         let _item = crate::ctx::ItemScope::enter(tag.item);
                         self.emit(node, EventKind::CompensationStarted);
                     }
-                    let (attempts, outcome) = self.run_undo(&mut job, timeout, &retry, deadline).await;
+                    let (attempts, outcome) =
+                        self.run_undo(&mut job, timeout, &retry, deadline).await;
                     let _item = crate::ctx::ItemScope::enter(tag.item);
                     let recorded = match &outcome {
                         Ok(()) => {
@@ -512,9 +513,13 @@ impl<E: Send + 'static> Ctx<E> {
                                 Failure::Panicked(m) => {
                                     CompensationOutcome::Failed(Failure::Panicked(m.clone()))
                                 }
-                                Failure::Error(_) => CompensationOutcome::Failed(Failure::Error(
-                                    (self.inner.describe)(failure),
-                                )),
+                                Failure::Error(_) => {
+                                    CompensationOutcome::Failed(Failure::Error((self
+                                        .inner
+                                        .describe)(
+                                        failure
+                                    )))
+                                }
                             }
                         }
                     };

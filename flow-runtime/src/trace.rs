@@ -185,19 +185,16 @@ mod imp {
         fn on(&self, e: &Event) {
             let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
             if let EventKind::RunStarted = e.kind {
-                let parent = e
-                    .parent
-                    .and_then(|p| runs.get(&p))
-                    .map(|r| {
-                        // The step that runs the child: the newest step span of the parent in
-                        // the same map item (a child's start event carries its parent's item).
-                        r.steps
-                            .iter()
-                            .rev()
-                            .find(|s| s.item == e.item)
-                            .map_or(&r.span, |s| &s.span)
-                            .id()
-                    });
+                let parent = e.parent.and_then(|p| runs.get(&p)).map(|r| {
+                    // The step that runs the child: the newest step span of the parent in
+                    // the same map item (a child's start event carries its parent's item).
+                    r.steps
+                        .iter()
+                        .rev()
+                        .find(|s| s.item == e.item)
+                        .map_or(&r.span, |s| &s.span)
+                        .id()
+                });
                 let span = tracing::info_span!(
                     target: "flow",
                     parent: parent.flatten(),
@@ -224,7 +221,8 @@ mod imp {
                 return;
             };
             let node = e.node.0;
-            let this = |s: &StepSpan| s.node == node && s.iteration == e.iteration && s.item == e.item;
+            let this =
+                |s: &StepSpan| s.node == node && s.iteration == e.iteration && s.item == e.item;
             match &e.kind {
                 EventKind::RunStarted | EventKind::Entered => {}
                 EventKind::AttemptStarted { attempt: 1 } => {

@@ -60,9 +60,8 @@ fn undo(
     what: &'static str,
     delay: u64,
     fail: bool,
-) -> impl FnOnce(u32) -> std::pin::Pin<Box<dyn Future<Output = Result<(), E>> + Send>>
-+ Send
-+ 'static {
+) -> impl FnOnce(u32) -> std::pin::Pin<Box<dyn Future<Output = Result<(), E>> + Send>> + Send + 'static
+{
     let log = log.clone();
     move |v| {
         Box::pin(async move {
@@ -453,8 +452,14 @@ async fn a_child_dropped_while_compensating_keeps_undoing() {
         let l = l.clone();
         async move {
             ctx.enter(NodeId(2));
-            let b1 = ctx.step(NodeId(3), run_child(&l, after(10, Act::Err(E::Broken)), 100, 7));
-            let b2 = ctx.step(NodeId(4), Script::new([after(50, Act::Err(E::Busy))]).attempt());
+            let b1 = ctx.step(
+                NodeId(3),
+                run_child(&l, after(10, Act::Err(E::Broken)), 100, 7),
+            );
+            let b2 = ctx.step(
+                NodeId(4),
+                Script::new([after(50, Act::Err(E::Busy))]).attempt(),
+            );
             try_join(b1, b2).await?;
             Ok(())
         }
@@ -478,8 +483,11 @@ async fn cancelling_a_parent_while_its_child_compensates_does_not_abort_the_undo
     let wf = flow(g, None, move |ctx: Ctx<E>, ()| {
         let l = l.clone();
         async move {
-            ctx.step(NodeId(2), run_child(&l, after(10, Act::Err(E::Broken)), 100, 5))
-                .await?;
+            ctx.step(
+                NodeId(2),
+                run_child(&l, after(10, Act::Err(E::Broken)), 100, 5),
+            )
+            .await?;
             Ok(())
         }
     });
@@ -545,8 +553,7 @@ async fn an_undo_has_its_own_timeout_and_retries() {
     let wf = flow(g, None, move |ctx: Ctx<E>, ()| {
         let l = l.clone();
         async move {
-            const RETRY_A: &[Retry<E>] =
-                &[Retry::new(3).with_backoff(Backoff::constant(ms(100)))];
+            const RETRY_A: &[Retry<E>] = &[Retry::new(3).with_backoff(Backoff::constant(ms(100)))];
             const RETRY_B: &[Retry<E>] = &[Retry::new(2)];
             let r = ctx.step(NodeId(2), async { Ok::<u32, E>(1) }).await;
             let tries = Arc::new(AtomicU32::new(0));
