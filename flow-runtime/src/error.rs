@@ -386,6 +386,12 @@ pub enum ErrorKind<E> {
 pub struct Error<E> {
     workflow: &'static str,
     kind: ErrorKind<E>,
+    /// Boxed, and only when something was undone: a run's result stays small.
+    undo: Option<Box<Undone<E>>>,
+}
+
+/// What an error says about the compensations that ran.
+struct Undone<E> {
     compensation_failures: Vec<CompensationFailure<E>>,
     nested_compensation_failures: Vec<NestedCompensationFailure>,
     compensations: Vec<CompensationRecord>,
@@ -398,14 +404,24 @@ impl<E> Error<E> {
         Error {
             workflow,
             kind,
-            compensation_failures: Vec::new(),
-            nested_compensation_failures: Vec::new(),
-            compensations: Vec::new(),
+            undo: None,
         }
     }
 
+    fn undo_mut(&mut self) -> &mut Undone<E> {
+        self.undo.get_or_insert_with(|| {
+            Box::new(Undone {
+                compensation_failures: Vec::new(),
+                nested_compensation_failures: Vec::new(),
+                compensations: Vec::new(),
+            })
+        })
+    }
+
     pub(crate) fn set_compensations(&mut self, records: Vec<CompensationRecord>) {
-        self.compensations = records;
+        if !records.is_empty() || self.undo.is_some() {
+            self.undo_mut().compensations = records;
+        }
     }
 
     /// Every compensation that ran while undoing the run (and abandoned work before), in the
@@ -413,7 +429,7 @@ impl<E> Error<E> {
     /// [`compensation_failures`](Self::compensation_failures) (this run's steps, typed) and
     /// [`nested_compensation_failures`](Self::nested_compensation_failures) (child runs').
     pub fn compensations(&self) -> &[CompensationRecord] {
-        &self.compensations
+        self.undo.as_deref().map_or(&[], |u| &u.compensations)
     }
 
     pub(crate) fn set_workflow(&mut self, workflow: &'static str) {
@@ -423,14 +439,18 @@ impl<E> Error<E> {
     }
 
     pub(crate) fn add_compensation_failures(&mut self, failures: Vec<CompensationFailure<E>>) {
-        self.compensation_failures.extend(failures);
+        if !failures.is_empty() {
+            self.undo_mut().compensation_failures.extend(failures);
+        }
     }
 
     pub(crate) fn add_nested_compensation_failures(
         &mut self,
         failures: Vec<NestedCompensationFailure>,
     ) {
-        self.nested_compensation_failures.extend(failures);
+        if !failures.is_empty() {
+            self.undo_mut().nested_compensation_failures.extend(failures);
+        }
     }
 
     /// The workflow's name.
@@ -450,13 +470,17 @@ impl<E> Error<E> {
 
     /// Compensations that failed while undoing the run, in the order they ran.
     pub fn compensation_failures(&self) -> &[CompensationFailure<E>] {
-        &self.compensation_failures
+        self.undo
+            .as_deref()
+            .map_or(&[], |u| &u.compensation_failures)
     }
 
     /// Compensations of child runs (workflows run inside this run's steps and dropped
     /// mid-run) that failed while undoing them.
     pub fn nested_compensation_failures(&self) -> &[NestedCompensationFailure] {
-        &self.nested_compensation_failures
+        self.undo
+            .as_deref()
+            .map_or(&[], |u| &u.nested_compensation_failures)
     }
 
     /// The failed step, if a step failure ended the run.
@@ -514,12 +538,12 @@ impl<E: fmt::Debug> fmt::Debug for Error<E> {
         f.debug_struct("Error")
             .field("workflow", &self.workflow)
             .field("kind", &self.kind)
-            .field("compensation_failures", &self.compensation_failures)
+            .field("compensation_failures", &self.compensation_failures())
             .field(
                 "nested_compensation_failures",
-                &self.nested_compensation_failures,
+                &self.nested_compensation_failures(),
             )
-            .field("compensations", &self.compensations)
+            .field("compensations", &self.compensations())
             .finish()
     }
 }
@@ -547,14 +571,14 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 message,
             } => write!(f, "panicked: {message}")?,
         }
-        for c in &self.compensation_failures {
+        for c in self.compensation_failures() {
             write!(
                 f,
                 "; compensation of step `{}` also failed: {}",
                 c.step, c.failure
             )?;
         }
-        for c in &self.nested_compensation_failures {
+        for c in self.nested_compensation_failures() {
             write!(
                 f,
                 "; compensation of step `{}` of child workflow `{}` also failed: {}",
