@@ -580,7 +580,9 @@ impl<E> Ctx<E> {
                 Err(f) => f,
             };
             // The failed attempt's future is dropped: child runs it abandoned left their
-            // compensations here. Undo them before anything else (the next attempt).
+            // compensations here, and those it completed are abandoned too. Undo them before
+            // anything else (the next attempt).
+            self.abandon_children(node);
             self.undo_abandoned().await;
             let Some(rule_ix) = policy.retry.iter().position(|r| r.matches(&failure)) else {
                 return Err(self.fail(
@@ -719,6 +721,9 @@ impl<E> Ctx<E> {
                 failure,
             },
         );
+        // Child runs the failed step completed are abandoned work (undone before the run goes
+        // on, or when it ends).
+        self.abandon_children(node);
         StepError::new(self.inner.graph.name_of(node), node, gave_up, attempts)
     }
 

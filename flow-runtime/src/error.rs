@@ -449,7 +449,9 @@ impl<E> Error<E> {
         failures: Vec<NestedCompensationFailure>,
     ) {
         if !failures.is_empty() {
-            self.undo_mut().nested_compensation_failures.extend(failures);
+            self.undo_mut()
+                .nested_compensation_failures
+                .extend(failures);
         }
     }
 

@@ -289,6 +289,28 @@ impl<E> Ctx<E> {
         core::mem::take(&mut *lock(&self.inner.orphans))
     }
 
+    /// The step at `node` (in the current `map` item) failed: the child runs it completed are
+    /// abandoned work, to be undone before the run goes on (their entries leave the stack for
+    /// the orphans). Only on a failure path; a plain check when the stack is empty.
+    pub(crate) fn abandon_children(&self, node: NodeId) {
+        let claimed = {
+            let mut stack = lock(&self.inner.stack);
+            if stack.is_empty() {
+                return;
+            }
+            claim_children(
+                &mut stack,
+                Tag {
+                    node,
+                    item: current_item(),
+                },
+            )
+        };
+        for package in claimed {
+            adopt_into(&self.inner.orphans, &self.inner.has_orphans, package);
+        }
+    }
+
     /// Whether abandoned work waits to be undone.
     #[inline]
     pub(crate) fn has_orphans(&self) -> bool {

@@ -608,3 +608,46 @@ async fn an_undo_has_its_own_timeout_and_retries() {
     );
     assert_eq!(log.entries(), ["undo a try 1 @2000", "undo a try 2 @2100"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_child_completed_by_a_failed_attempt_is_undone_before_the_retry() {
+    let log = Log::new();
+    let g = steps("parent", &["provision"]);
+    let l = log.clone();
+    let parent = flow(g, None, move |ctx: Ctx<E>, ()| {
+        let l = l.clone();
+        async move {
+            const RULES: &[Retry<E>] = &[Retry::new(2)];
+            let policy = StepPolicy {
+                retry: RULES,
+                timeout: None,
+            };
+            let n = AtomicU32::new(0);
+            let v = ctx
+                .step_with(NodeId(2), policy, || {
+                    let l = l.clone();
+                    let n = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move {
+                        l.push_at(&format!("attempt {n}"));
+                        let v = run_child(&l, Act::Ok(0), 0, n).await?;
+                        // Attempt 1 fails after its child completed.
+                        if n == 1 { Err(E::Busy) } else { Ok(v) }
+                    }
+                })
+                .await?;
+            Ok(v)
+        }
+    });
+    let report = within(Runtime::new().run_report(&parent, ())).await;
+    assert_eq!(report.result.unwrap(), 2);
+    assert_eq!(
+        log.entries(),
+        [
+            "attempt 1 @0",
+            "undo c2(1) @0",
+            "undo c1(1) @0",
+            "attempt 2 @0"
+        ]
+    );
+    assert_eq!(report.compensations.len(), 2);
+}
