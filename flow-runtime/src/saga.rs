@@ -409,7 +409,7 @@ impl<E: Send + 'static> Ctx<E> {
         policy: CompensationPolicy<'_, E>,
     ) -> Result<T, StepError<E>>
     where
-        T: Clone + Send + Sync + 'static,
+        T: Clone + Send + 'static,
         U: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), E2>> + Send + 'static,
         E: From<E2>,
@@ -588,12 +588,17 @@ impl<E: Send + 'static> Ctx<E> {
                 Some((at, t)) if at < deadline => (at, t),
                 _ => (deadline, budget),
             };
-            let attempt = AssertUnwindSafe(job()).catch_unwind();
-            let failure = match tokio::time::timeout_at(limit_at, attempt).await {
-                Ok(Ok(Ok(()))) => return (number, Ok(())),
-                Ok(Ok(Err(e))) => Failure::Error(e),
-                Ok(Err(payload)) => Failure::Panicked(panic_message(&*payload)),
-                Err(_) => Failure::TimedOut(limit),
+            let failure = match std::panic::catch_unwind(AssertUnwindSafe(&mut *job)) {
+                Err(payload) => Failure::Panicked(panic_message(&*payload)),
+                Ok(attempt) => {
+                    let attempt = AssertUnwindSafe(attempt).catch_unwind();
+                    match tokio::time::timeout_at(limit_at, attempt).await {
+                        Ok(Ok(Ok(()))) => return (number, Ok(())),
+                        Ok(Ok(Err(e))) => Failure::Error(e),
+                        Ok(Err(payload)) => Failure::Panicked(panic_message(&*payload)),
+                        Err(_) => Failure::TimedOut(limit),
+                    }
+                }
             };
             if Instant::now() >= deadline {
                 return (number, Err(failure));
