@@ -3,6 +3,7 @@
 //!
 //! Generated code drives a run by calling [`Ctx`] methods; users normally never touch it.
 
+use core::cell::Cell;
 use core::future::Future;
 use core::panic::AssertUnwindSafe;
 use core::pin::Pin;
@@ -15,32 +16,52 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{
-    Attempt, CompensationFailure, Error, ErrorKind, Failure, GaveUp, NestedCompensationFailure,
-    StepError,
-};
-use crate::event::{Event, EventKind, Observers, RunId};
+use crate::error::{Attempt, CompensationRecord, Error, ErrorKind, Failure, GaveUp, StepError};
+use crate::event::{Disabled, Event, EventKind, Observers, RunId};
 use crate::graph::{Graph, NodeId};
 use crate::policy::{SplitMix64, StepPolicy};
+use crate::saga::{Entry, Package};
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type Compensation<E> = (NodeId, Box<dyn FnOnce() -> BoxFuture<Result<(), E>> + Send>);
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The compensations a child run left when it was dropped mid-run, packaged by the child (whose
-/// error type the parent does not know): running it undoes the child's completed steps in
-/// reverse order and returns the compensations that failed.
-pub(crate) type Orphan = Box<dyn FnOnce() -> BoxFuture<Vec<NestedCompensationFailure>> + Send>;
-
-/// Where a child run leaves its [`Orphan`]: the parent run's context, type-erased.
-pub(crate) trait OrphanSink: Send + Sync {
-    fn adopt(&self, orphan: Orphan);
+thread_local! {
+    /// The index of the `map` item whose body is being polled on this thread (see
+    /// [`Ctx::map`]); read when an event is built and when a child run records where it ran.
+    static ITEM: Cell<Option<u32>> = const { Cell::new(None) };
 }
 
-impl<E: Send + 'static> OrphanSink for Inner<E> {
-    fn adopt(&self, orphan: Orphan) {
-        lock(&self.orphans).push(orphan);
-        self.has_orphans.store(true, Ordering::Release);
+/// The `map` item being polled on this thread, if any.
+#[inline]
+pub(crate) fn current_item() -> Option<u32> {
+    ITEM.with(Cell::get)
+}
+
+/// Sets the current item for the scope of a poll, restoring the previous one after (also on
+/// unwind), so that nested maps and child runs see their own.
+pub(crate) struct ItemScope(Option<u32>);
+
+impl ItemScope {
+    #[inline]
+    pub(crate) fn enter(item: Option<u32>) -> Self {
+        ItemScope(ITEM.with(|c| c.replace(item)))
     }
+}
+
+impl Drop for ItemScope {
+    #[inline]
+    fn drop(&mut self) {
+        ITEM.with(|c| c.set(self.0));
+    }
+}
+
+/// Polls `fut` with `item` as the current map item.
+async fn in_item<F: Future>(item: u32, fut: F) -> F::Output {
+    let mut fut = core::pin::pin!(fut);
+    core::future::poll_fn(|cx| {
+        let _scope = ItemScope::enter(Some(item));
+        fut.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// Where a run is: running, or one of the terminal states.
@@ -105,26 +126,41 @@ impl core::fmt::Display for StateView {
 /// number and duration (its error went to the body).
 type Surfaced<E> = (StepError<E>, u32, Option<Duration>);
 
-struct Inner<E> {
-    run: RunId,
+pub(crate) struct Inner<E> {
+    pub(crate) run: RunId,
     parent: Option<RunId>,
-    graph: &'static Graph,
+    pub(crate) graph: &'static Graph,
     /// When the run started; read only for events, so taken only when the run has observers
     /// (which are fixed when the context is made).
     started: Option<Instant>,
-    current: AtomicU32,
+    pub(crate) current: AtomicU32,
     status: AtomicU8,
+    /// Whether events are built: the observers were active when the run was made, or the
+    /// run's handle subscribed to its events since.
+    observed: AtomicBool,
     observers: Observers,
+    /// Observers removed from this run after panicking.
+    disabled: Disabled,
+    /// Their panic messages.
+    pub(crate) observer_panics: Mutex<Vec<String>>,
+    /// How many times each node was entered (observed runs only; allocated on first use).
+    iterations: Mutex<Vec<u32>>,
     cancel: Option<CancellationToken>,
-    rng: SplitMix64,
+    pub(crate) rng: SplitMix64,
     /// Formats a failure for events. Stored so that only constructing a context needs
     /// `E: Display`: a missing `Display` is then reported once, at the workflow's error type.
-    describe: fn(&Failure<E>) -> String,
-    compensations: Mutex<Vec<Compensation<E>>>,
-    /// Compensations of child runs dropped mid-run, adopted to run before this run's own.
-    orphans: Mutex<Vec<Orphan>>,
+    pub(crate) describe: fn(&Failure<E>) -> String,
+    /// The workflow's total time for compensating.
+    pub(crate) compensation_timeout: Duration,
+    /// The compensation stack: this run's registered undos and its completed children's.
+    pub(crate) stack: Mutex<Vec<Entry<E>>>,
+    /// Compensations of child runs dropped mid-run (abandoned work), adopted to run before
+    /// the next attempt, after a failed group, or at the end of this run.
+    pub(crate) orphans: Mutex<Vec<Package>>,
     /// Whether `orphans` may be non-empty (so that a run without children takes no lock).
-    has_orphans: AtomicBool,
+    pub(crate) has_orphans: AtomicBool,
+    /// Every compensation this run ran, in order.
+    pub(crate) records: Mutex<Vec<CompensationRecord>>,
     /// `#[workflow]`: the earlier attempts of the step whose error was last handed to the body.
     surfaced: Mutex<Option<Surfaced<E>>>,
     has_surfaced: AtomicBool,
@@ -137,7 +173,7 @@ struct Inner<E> {
 ///
 /// Cloning is cheap (a reference count).
 pub struct Ctx<E> {
-    inner: Arc<Inner<E>>,
+    pub(crate) inner: Arc<Inner<E>>,
 }
 
 impl<E> Clone for Ctx<E> {
@@ -148,7 +184,7 @@ impl<E> Clone for Ctx<E> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means an observer or compensation panicked while holding it; the
     // data (a list) is still consistent.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -173,22 +209,31 @@ impl<E: core::fmt::Display> Ctx<E> {
         observers: Observers,
         cancel: Option<CancellationToken>,
         seed: u64,
+        compensation_timeout: Duration,
     ) -> Self {
+        let observed = observers.active();
         Ctx {
             inner: Arc::new(Inner {
                 run,
                 parent,
                 graph,
-                started: observers.active().then(Instant::now),
+                // A spawned run may be subscribed to later: its clock starts now too.
+                started: (observed || observers.lazy.is_some()).then(Instant::now),
                 current: AtomicU32::new(NodeId::START.0),
                 status: AtomicU8::new(0),
+                observed: AtomicBool::new(observed),
                 observers,
+                disabled: Disabled::new(0),
+                observer_panics: Mutex::new(Vec::new()),
+                iterations: Mutex::new(Vec::new()),
                 cancel,
                 rng: SplitMix64::new(seed),
                 describe: |f| f.to_string(),
-                compensations: Mutex::new(Vec::new()),
+                compensation_timeout,
+                stack: Mutex::new(Vec::new()),
                 orphans: Mutex::new(Vec::new()),
                 has_orphans: AtomicBool::new(false),
+                records: Mutex::new(Vec::new()),
                 surfaced: Mutex::new(None),
                 has_surfaced: AtomicBool::new(false),
                 abort: Mutex::new(None),
@@ -248,21 +293,48 @@ impl<E> Ctx<E> {
     /// Whether anyone is listening (events are only built when this is true).
     #[inline]
     pub fn observed(&self) -> bool {
-        self.inner.observers.active()
+        self.inner.observed.load(Ordering::Relaxed)
+    }
+
+    /// Turns events on (a spawned run's handle subscribed to them).
+    pub(crate) fn set_observed(&self) {
+        self.inner.observed.store(true, Ordering::Relaxed);
     }
 
     #[inline]
     pub(crate) fn emit(&self, node: NodeId, kind: EventKind) {
-        if self.inner.observers.active() {
-            self.emit_at(node, kind, Instant::now());
+        if self.observed() {
+            let iteration = self.iteration_of(node);
+            self.emit_at(node, kind, Instant::now(), iteration);
         }
+    }
+
+    /// How many times `node` was entered so far (observed runs; 0 for the start and end).
+    #[cold]
+    fn iteration_of(&self, node: NodeId) -> u32 {
+        lock(&self.inner.iterations)
+            .get(node.0 as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Counts one more entry into `node` and returns its number (observed runs only).
+    #[cold]
+    fn next_iteration(&self, node: NodeId) -> u32 {
+        let mut counts = lock(&self.inner.iterations);
+        let i = node.0 as usize;
+        if counts.len() <= i {
+            counts.resize(self.inner.graph.nodes.len().max(i + 1), 0);
+        }
+        counts[i] = counts[i].saturating_add(1);
+        counts[i]
     }
 
     /// Emits an event that happened at `now` (several events of one instant share one clock
     /// read). Only called when the run has observers.
     #[cold]
     #[inline(never)]
-    fn emit_at(&self, node: NodeId, kind: EventKind, now: Instant) {
+    fn emit_at(&self, node: NodeId, kind: EventKind, now: Instant, iteration: u32) {
         let at = self
             .inner
             .started
@@ -273,17 +345,26 @@ impl<E> Ctx<E> {
             workflow: self.inner.graph.name,
             node,
             step: self.inner.graph.name_of(node),
+            key: self.inner.graph.key_of(node),
+            iteration,
+            item: current_item(),
             at,
             kind,
         };
-        self.inner.observers.emit(&event);
+        let panics = self.inner.observers.emit(&event, &self.inner.disabled);
+        if !panics.is_empty() {
+            lock(&self.inner.observer_panics).extend(panics);
+        }
     }
 
     /// Enters a node: records it as the current state and emits [`EventKind::Entered`].
     #[inline]
     pub fn enter(&self, node: NodeId) {
         self.record_current(node);
-        self.emit(node, EventKind::Entered);
+        if self.observed() {
+            let iteration = self.next_iteration(node);
+            self.emit_at(node, EventKind::Entered, Instant::now(), iteration);
+        }
     }
 
     /// The state part of [`enter`](Self::enter): the current node, and the end of the previous
@@ -302,27 +383,35 @@ impl<E> Ctx<E> {
         *lock(&self.inner.surfaced) = None;
     }
 
-    /// Enters a step's node and starts its attempt `number`: returns the attempt's start
-    /// time. One clock read serves the attempt's duration and both events.
+    /// Enters a step's node (when `enter`) and starts its attempt `number`: records the step
+    /// as the current state, emits its events, and reads the clock when someone needs the
+    /// attempt's timing (`measure`, or an observer). One clock read serves the attempt's
+    /// duration and both events. `iteration` is the step's entry number (observed runs): set
+    /// when entering, read after.
     #[inline]
-    /// Records the step as the current state, emits its events, and reads the clock when
-    /// someone needs the attempt's timing (`measure`, or an observer).
     fn start_attempt(
         &self,
         node: NodeId,
         number: u32,
         enter: bool,
         measure: bool,
+        iteration: &mut u32,
     ) -> Option<Instant> {
         if enter {
             self.record_current(node);
         }
-        if self.inner.observers.active() {
+        if self.observed() {
             let start = Instant::now();
             if enter {
-                self.emit_at(node, EventKind::Entered, start);
+                *iteration = self.next_iteration(node);
+                self.emit_at(node, EventKind::Entered, start, *iteration);
             }
-            self.emit_at(node, EventKind::AttemptStarted { attempt: number }, start);
+            self.emit_at(
+                node,
+                EventKind::AttemptStarted { attempt: number },
+                start,
+                *iteration,
+            );
             Some(start)
         } else if measure {
             Some(Instant::now())
@@ -421,21 +510,30 @@ impl<E> Ctx<E> {
         // A plain step of an unobserved run is not timed: see `Attempt::elapsed`. The attempt
         // is awaited here rather than through `attempt` (no timeout to apply): one future
         // layer fewer on the path every plain step takes.
-        let start = self.start_attempt(node, 1, true, false);
+        let mut iteration = 0;
+        let start = self.start_attempt(node, 1, true, false, &mut iteration);
         let outcome = AssertUnwindSafe(crate::trace::traced(fut, self.observed()))
             .catch_unwind()
             .await;
         let failure = match outcome {
             Ok(out) => match out.into_result() {
                 Ok(v) => {
-                    self.emit_success(node, 1, start);
+                    self.emit_success(node, 1, start, iteration);
                     return Ok(v);
                 }
                 Err(e) => Failure::Error(e),
             },
             Err(payload) => Failure::Panicked(panic_message(&*payload)),
         };
-        Err(self.fail(node, GaveUp::NotRetried, Vec::new(), 1, start, failure))
+        Err(self.fail(
+            node,
+            GaveUp::NotRetried,
+            Vec::new(),
+            1,
+            start,
+            failure,
+            iteration,
+        ))
     }
 
     /// Runs a step under its policies. `make` creates the future of one attempt; it is called
@@ -456,11 +554,17 @@ impl<E> Ctx<E> {
         let mut attempts: Vec<Attempt<E>> = Vec::new();
         let mut number: u32 = 0;
         let mut first_start = None;
+        let mut iteration = 0;
         loop {
             number = number.saturating_add(1);
             // Policies need the clock (budgets, timings), so a policied step is always timed.
+            // Every attempt records the step as the current state: in a parallel group another
+            // branch may have moved it while this one waited.
+            if number > 1 {
+                self.record_current(node);
+            }
             let start = self
-                .start_attempt(node, number, number == 1, true)
+                .start_attempt(node, number, number == 1, true, &mut iteration)
                 .unwrap_or_else(Instant::now);
             let first_start = *first_start.get_or_insert(start);
             let failure = match attempt(
@@ -470,11 +574,16 @@ impl<E> Ctx<E> {
             .await
             {
                 Ok(v) => {
-                    self.emit_success(node, number, Some(start));
+                    self.emit_success(node, number, Some(start), iteration);
                     return Ok(v);
                 }
                 Err(f) => f,
             };
+            // The failed attempt's future is dropped: child runs it abandoned left their
+            // compensations here, and those it completed are abandoned too. Undo them before
+            // anything else (the next attempt).
+            self.abandon_children(node);
+            self.undo_abandoned().await;
             let Some(rule_ix) = policy.retry.iter().position(|r| r.matches(&failure)) else {
                 return Err(self.fail(
                     node,
@@ -483,13 +592,14 @@ impl<E> Ctx<E> {
                     number,
                     Some(start),
                     failure,
+                    iteration,
                 ));
             };
             let rule = &policy.retry[rule_ix];
             if counters.is_empty() {
                 counters = vec![0; policy.retry.len()];
             }
-            counters[rule_ix] += 1;
+            counters[rule_ix] = counters[rule_ix].saturating_add(1);
             let n = counters[rule_ix];
             if n >= rule.max_attempts() {
                 return Err(self.fail(
@@ -499,13 +609,16 @@ impl<E> Ctx<E> {
                     number,
                     Some(start),
                     failure,
+                    iteration,
                 ));
             }
             let delay = rule
                 .jitter()
                 .apply(rule.backoff().delay(n), &self.inner.rng);
             if let Some(budget) = rule.max_elapsed() {
-                let resume_at = Instant::now().saturating_duration_since(first_start) + delay;
+                let resume_at = Instant::now()
+                    .saturating_duration_since(first_start)
+                    .saturating_add(delay);
                 if resume_at > budget {
                     return Err(self.fail(
                         node,
@@ -514,32 +627,43 @@ impl<E> Ctx<E> {
                         number,
                         Some(start),
                         failure,
+                        iteration,
                     ));
                 }
             }
             if self.observed() {
-                self.emit(
+                self.emit_at(
                     node,
                     EventKind::AttemptFailed {
                         attempt: number,
                         error: (self.inner.describe)(&failure),
                         retry_in: Some(delay),
                     },
+                    Instant::now(),
+                    iteration,
                 );
             }
-            attempts.push(Attempt {
-                number,
-                elapsed: Some(start.elapsed()),
-                failure,
-            });
-            if !delay.is_zero() {
+            keep_attempt(
+                &mut attempts,
+                Attempt {
+                    number,
+                    elapsed: Some(start.elapsed()),
+                    failure,
+                },
+            );
+            if delay.is_zero() {
+                // No timer (tokio rounds even a zero sleep up to a millisecond tick), but a
+                // yield once the task's cooperative budget is spent, so that a step failing
+                // at once many times does not starve the other tasks of its thread.
+                tokio::task::coop::consume_budget().await;
+            } else {
                 tokio::time::sleep(delay).await;
             }
         }
     }
 
     #[inline]
-    fn emit_success(&self, node: NodeId, attempt: u32, start: Option<Instant>) {
+    fn emit_success(&self, node: NodeId, attempt: u32, start: Option<Instant>, iteration: u32) {
         // Observed runs always time their attempts (`start_attempt`).
         if let (true, Some(start)) = (self.observed(), start) {
             let now = Instant::now();
@@ -550,10 +674,12 @@ impl<E> Ctx<E> {
                     elapsed: now.saturating_duration_since(start),
                 },
                 now,
+                iteration,
             );
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
         node: NodeId,
@@ -562,30 +688,42 @@ impl<E> Ctx<E> {
         number: u32,
         start: Option<Instant>,
         failure: Failure<E>,
+        iteration: u32,
     ) -> StepError<E> {
         if self.observed() {
             let error = (self.inner.describe)(&failure);
-            self.emit(
+            let now = Instant::now();
+            self.emit_at(
                 node,
                 EventKind::AttemptFailed {
                     attempt: number,
                     error: error.clone(),
                     retry_in: None,
                 },
+                now,
+                iteration,
             );
-            self.emit(
+            self.emit_at(
                 node,
                 EventKind::StepFailed {
                     attempts: number,
                     error,
                 },
+                now,
+                iteration,
             );
         }
-        attempts.push(Attempt {
-            number,
-            elapsed: start.map(|s| s.elapsed()),
-            failure,
-        });
+        keep_attempt(
+            &mut attempts,
+            Attempt {
+                number,
+                elapsed: start.map(|s| s.elapsed()),
+                failure,
+            },
+        );
+        // Child runs the failed step completed are abandoned work (undone before the run goes
+        // on, or when it ends).
+        self.abandon_children(node);
         StepError::new(self.inner.graph.name_of(node), node, gave_up, attempts)
     }
 
@@ -606,6 +744,7 @@ impl<E> Ctx<E> {
     {
         match result {
             Err(e) if catches(&e) => {
+                self.undo_abandoned().await;
                 if self.observed() {
                     self.emit(
                         e.node(),
@@ -641,19 +780,26 @@ impl<E> Ctx<E> {
         } else {
             concurrency
         };
+        // `size_hint` is not trusted (an iterator may claim any size): no preallocation.
         let mut items = items.into_iter().enumerate();
-        let mut results: Vec<Option<T>> = Vec::with_capacity(items.size_hint().0);
+        let mut results: Vec<Option<T>> = Vec::new();
         let mut in_flight = FuturesUnordered::new();
         loop {
             while in_flight.len() < limit {
                 let Some((i, item)) = items.next() else { break };
                 results.push(None);
                 let fut = body(item);
-                in_flight.push(async move { (i, fut.await) });
+                let ix = u32::try_from(i).unwrap_or(u32::MAX);
+                in_flight.push(in_item(ix, async move { (i, fut.await) }));
             }
             match in_flight.next().await {
                 Some((i, Ok(v))) => results[i] = Some(v),
-                Some((_, Err(e))) => return Err(e),
+                Some((_, Err(e))) => {
+                    // The bodies in flight are dropped: undo what their child runs did.
+                    drop(in_flight);
+                    self.undo_abandoned().await;
+                    return Err(e);
+                }
                 None => break,
             }
         }
@@ -683,8 +829,7 @@ impl<E> Ctx<E> {
             concurrency
         };
         let mut items = items.into_iter().enumerate();
-        let mut results: Vec<Option<Result<T, StepError<E>>>> =
-            Vec::with_capacity(items.size_hint().0);
+        let mut results: Vec<Option<Result<T, StepError<E>>>> = Vec::new();
         let mut failures = 0usize;
         let mut in_flight = FuturesUnordered::new();
         loop {
@@ -692,13 +837,16 @@ impl<E> Ctx<E> {
                 let Some((i, item)) = items.next() else { break };
                 results.push(None);
                 let fut = body(item);
-                in_flight.push(async move { (i, fut.await) });
+                let ix = u32::try_from(i).unwrap_or(u32::MAX);
+                in_flight.push(in_item(ix, async move { (i, fut.await) }));
             }
             match in_flight.next().await {
                 Some((i, Ok(v))) => results[i] = Some(Ok(v)),
                 Some((i, Err(e))) => {
                     failures += 1;
                     if failures > tolerate {
+                        drop(in_flight);
+                        self.undo_abandoned().await;
                         return Err(e);
                     }
                     results[i] = Some(Err(e));
@@ -710,106 +858,7 @@ impl<E> Ctx<E> {
     }
 }
 
-impl<E: Send + 'static> Ctx<E> {
-    /// Registers the compensation of a step that just succeeded: `undo` gets a clone of the
-    /// step's output and runs, in reverse order of registration, if the run fails or is
-    /// cancelled later.
-    pub fn compensate<T, E2, Fut, U>(
-        &self,
-        node: NodeId,
-        result: Result<T, StepError<E>>,
-        undo: U,
-    ) -> Result<T, StepError<E>>
-    where
-        T: Clone + Send + 'static,
-        U: FnOnce(T) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), E2>> + Send + 'static,
-        E: From<E2>,
-    {
-        if let Ok(v) = &result {
-            let v = v.clone();
-            let job: Box<dyn FnOnce() -> BoxFuture<Result<(), E>> + Send> =
-                Box::new(move || Box::pin(async move { undo(v).await.map_err(E::from) }));
-            lock(&self.inner.compensations).push((node, job));
-        }
-        result
-    }
-
-    /// This run's context as the place where its child runs leave their compensations.
-    pub(crate) fn sink(&self) -> Arc<dyn OrphanSink> {
-        Arc::clone(&self.inner) as Arc<dyn OrphanSink>
-    }
-
-    /// The orphans adopted from child runs, in the order they were left.
-    pub(crate) fn take_orphans(&self) -> Vec<Orphan> {
-        // A plain load first: the common case (no child left anything) takes no locked
-        // instruction.
-        if !self.inner.has_orphans.load(Ordering::Acquire) {
-            return Vec::new();
-        }
-        self.inner.has_orphans.store(false, Ordering::Relaxed);
-        core::mem::take(&mut *lock(&self.inner.orphans))
-    }
-
-    /// Packages this run's registered compensations (and its own orphans) for the parent, when
-    /// this run is dropped mid-run: `None` when there is nothing to undo.
-    pub(crate) fn orphan(&self) -> Option<Orphan> {
-        let has_jobs = !lock(&self.inner.compensations).is_empty();
-        let has_orphans = self.inner.has_orphans.load(Ordering::Acquire);
-        if !has_jobs && !has_orphans {
-            return None;
-        }
-        let ctx = self.clone();
-        Some(Box::new(move || {
-            Box::pin(async move {
-                let mut failed = Vec::new();
-                for orphan in ctx.take_orphans().into_iter().rev() {
-                    failed.extend(orphan().await);
-                }
-                let workflow = ctx.inner.graph.name;
-                for c in ctx.run_compensations().await {
-                    failed.push(NestedCompensationFailure {
-                        workflow,
-                        step: c.step,
-                        message: (ctx.inner.describe)(&c.failure),
-                    });
-                }
-                failed
-            })
-        }))
-    }
-
-    /// Runs the registered compensations in reverse order; returns those that failed.
-    pub(crate) async fn run_compensations(&self) -> Vec<CompensationFailure<E>> {
-        let jobs = core::mem::take(&mut *lock(&self.inner.compensations));
-        let mut failures = Vec::new();
-        for (node, job) in jobs.into_iter().rev() {
-            self.emit(node, EventKind::CompensationStarted);
-            let outcome = AssertUnwindSafe(job()).catch_unwind().await;
-            let failure = match outcome {
-                Ok(Ok(())) => {
-                    self.emit(node, EventKind::CompensationSucceeded);
-                    continue;
-                }
-                Ok(Err(e)) => Failure::Error(e),
-                Err(payload) => Failure::Panicked(panic_message(&*payload)),
-            };
-            if self.observed() {
-                self.emit(
-                    node,
-                    EventKind::CompensationFailed {
-                        error: (self.inner.describe)(&failure),
-                    },
-                );
-            }
-            failures.push(CompensationFailure {
-                step: self.inner.graph.name_of(node),
-                failure,
-            });
-        }
-        failures
-    }
-
+impl<E> Ctx<E> {
     /// `#[workflow]`: hands a step's outcome to the workflow body.
     ///
     /// The step's own error goes back to the body as `Err` (the body may handle it; the earlier
@@ -819,6 +868,9 @@ impl<E: Send + 'static> Ctx<E> {
         match result {
             Ok(v) => Ok(v),
             Err(mut step_error) => {
+                // Work the failed step abandoned (child runs of its dropped attempts, or of a
+                // failed group's dropped branches) is undone before the body goes on.
+                self.undo_abandoned().await;
                 match step_error.pop_attempt() {
                     Some(Attempt {
                         number,
@@ -894,4 +946,13 @@ impl<E: Send + 'static> Ctx<E> {
             }
         })
     }
+}
+
+/// Keeps the first attempt and the last [`KEPT_LAST_ATTEMPTS`](crate::error::KEPT_LAST_ATTEMPTS)
+/// of a step that retries many times (the ones between are counted by their numbers only).
+fn keep_attempt<E>(attempts: &mut Vec<Attempt<E>>, attempt: Attempt<E>) {
+    if attempts.len() > crate::error::KEPT_LAST_ATTEMPTS {
+        attempts.remove(1);
+    }
+    attempts.push(attempt);
 }

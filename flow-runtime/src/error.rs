@@ -11,7 +11,7 @@ use core::time::Duration;
 use crate::graph::NodeId;
 
 /// Why one attempt of a step failed.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure<E> {
     /// The step returned its error (converted into the workflow's error type).
     Error(E),
@@ -83,6 +83,11 @@ pub enum GaveUp {
     BudgetExhausted,
 }
 
+/// How many attempts a [`StepError`] keeps: the first one and the last
+/// [`KEPT_LAST_ATTEMPTS`]; the ones in between are counted ([`StepError::attempt_count`]) but
+/// not kept, so a step retried a million times does not hold a million errors.
+pub const KEPT_LAST_ATTEMPTS: usize = 16;
+
 /// A step that failed for good: every attempt failed and no retry was left.
 ///
 /// Boxed: a step's `Result<T, StepError<E>>` is moved through the state machine on every
@@ -130,9 +135,16 @@ impl<E> StepError<E> {
         self.0.gave_up
     }
 
-    /// Every attempt, in order; the last one is the final failure.
+    /// The attempts kept, in order; the last one is the final failure. At most
+    /// `1 + KEPT_LAST_ATTEMPTS`: the first attempt and the last [`KEPT_LAST_ATTEMPTS`] (see
+    /// [`attempt_count`](Self::attempt_count) for how many ran).
     pub fn attempts(&self) -> &[Attempt<E>] {
         &self.0.attempts
+    }
+
+    /// How many attempts ran (the number of the final attempt), including those not kept.
+    pub fn attempt_count(&self) -> u32 {
+        self.0.attempts.last().map_or(0, |a| a.number)
     }
 
     /// The failure that ended the step.
@@ -214,7 +226,7 @@ impl<E: fmt::Debug> fmt::Debug for StepError<E> {
 impl<E> StepError<E> {
     /// The error's message, with the failure formatted by `describe`.
     pub(crate) fn message(&self, describe: impl Fn(&Failure<E>) -> String) -> String {
-        let n = self.0.attempts.len();
+        let n = self.attempt_count();
         let step = self.0.step;
         let failure = self.failure();
         if let Failure::Panicked(msg) = failure {
@@ -273,6 +285,69 @@ pub struct NestedCompensationFailure {
     pub message: String,
 }
 
+/// How one compensation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompensationOutcome {
+    /// The undo succeeded (possibly after retries).
+    Succeeded,
+    /// The undo failed: its error (as text, whatever the workflow's error type) or its panic,
+    /// after its retries.
+    Failed(Failure<String>),
+    /// The undo did not finish in time: its own timeout (after its retries), or the
+    /// workflow's total compensation budget
+    /// ([`Workflow::compensation_timeout`](crate::Workflow::compensation_timeout)) ran out.
+    /// The limit that applied.
+    TimedOut(Duration),
+}
+
+/// One compensation that ran: whose, and how it ended. A run's records list every
+/// compensation it ran, in the order they ran, including those of its child runs (with their
+/// workflow and run id) and those of abandoned work undone while the run went on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompensationRecord {
+    /// The workflow whose step is undone (a child workflow's name for its own steps).
+    pub workflow: &'static str,
+    /// The run whose step is undone.
+    pub run: crate::event::RunId,
+    /// The step's node.
+    pub node: NodeId,
+    /// The step's name.
+    pub step: &'static str,
+    /// The step's stable key ([`Node::key`](crate::Node::key)).
+    pub key: &'static str,
+    /// How many attempts the undo took.
+    pub attempts: u32,
+    /// How it ended.
+    pub outcome: CompensationOutcome,
+}
+
+impl CompensationRecord {
+    /// Whether the undo succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.outcome == CompensationOutcome::Succeeded
+    }
+}
+
+/// Everything a run reports: its result, every compensation it ran (also when it succeeded:
+/// the undoing of abandoned attempts and dropped child runs), and the observers that panicked
+/// (they were removed from the run, which went on).
+#[derive(Debug)]
+pub struct RunReport<T, E> {
+    /// The run's result.
+    pub result: Result<T, Error<E>>,
+    /// Every compensation the run ran, in order.
+    pub compensations: Vec<CompensationRecord>,
+    /// The panic messages of the observers that panicked during the run.
+    pub observer_panics: Vec<String>,
+}
+
+impl<T, E> RunReport<T, E> {
+    /// The compensations that did not succeed.
+    pub fn compensation_problems(&self) -> impl Iterator<Item = &CompensationRecord> {
+        self.compensations.iter().filter(|r| !r.succeeded())
+    }
+}
+
 /// What ended a run that did not complete.
 #[derive(Debug)]
 pub enum ErrorKind<E> {
@@ -292,6 +367,16 @@ pub enum ErrorKind<E> {
         /// The step in flight when the limit was reached.
         step: Option<&'static str>,
     },
+    /// Code of the run outside any step's own future panicked: the workflow's body between
+    /// steps, a `branch` selector, a retry `when` predicate, a `catch` predicate. (A step that
+    /// panics is a [`Step`](ErrorKind::Step) failure with [`Failure::Panicked`].)
+    Panicked {
+        /// The node the run was at (the node most recently entered, whose code was running):
+        /// `None` before the first step.
+        step: Option<&'static str>,
+        /// The panic message.
+        message: String,
+    },
 }
 
 /// The error of a workflow run: what ended it, and every compensation that failed afterwards.
@@ -301,8 +386,15 @@ pub enum ErrorKind<E> {
 pub struct Error<E> {
     workflow: &'static str,
     kind: ErrorKind<E>,
+    /// Boxed, and only when something was undone: a run's result stays small.
+    undo: Option<Box<Undone<E>>>,
+}
+
+/// What an error says about the compensations that ran.
+struct Undone<E> {
     compensation_failures: Vec<CompensationFailure<E>>,
     nested_compensation_failures: Vec<NestedCompensationFailure>,
+    compensations: Vec<CompensationRecord>,
 }
 
 impl<E> Error<E> {
@@ -312,9 +404,32 @@ impl<E> Error<E> {
         Error {
             workflow,
             kind,
-            compensation_failures: Vec::new(),
-            nested_compensation_failures: Vec::new(),
+            undo: None,
         }
+    }
+
+    fn undo_mut(&mut self) -> &mut Undone<E> {
+        self.undo.get_or_insert_with(|| {
+            Box::new(Undone {
+                compensation_failures: Vec::new(),
+                nested_compensation_failures: Vec::new(),
+                compensations: Vec::new(),
+            })
+        })
+    }
+
+    pub(crate) fn set_compensations(&mut self, records: Vec<CompensationRecord>) {
+        if !records.is_empty() || self.undo.is_some() {
+            self.undo_mut().compensations = records;
+        }
+    }
+
+    /// Every compensation that ran while undoing the run (and abandoned work before), in the
+    /// order they ran, with how each ended. Failures are also in
+    /// [`compensation_failures`](Self::compensation_failures) (this run's steps, typed) and
+    /// [`nested_compensation_failures`](Self::nested_compensation_failures) (child runs').
+    pub fn compensations(&self) -> &[CompensationRecord] {
+        self.undo.as_deref().map_or(&[], |u| &u.compensations)
     }
 
     pub(crate) fn set_workflow(&mut self, workflow: &'static str) {
@@ -324,14 +439,20 @@ impl<E> Error<E> {
     }
 
     pub(crate) fn add_compensation_failures(&mut self, failures: Vec<CompensationFailure<E>>) {
-        self.compensation_failures.extend(failures);
+        if !failures.is_empty() {
+            self.undo_mut().compensation_failures.extend(failures);
+        }
     }
 
     pub(crate) fn add_nested_compensation_failures(
         &mut self,
         failures: Vec<NestedCompensationFailure>,
     ) {
-        self.nested_compensation_failures.extend(failures);
+        if !failures.is_empty() {
+            self.undo_mut()
+                .nested_compensation_failures
+                .extend(failures);
+        }
     }
 
     /// The workflow's name.
@@ -351,13 +472,17 @@ impl<E> Error<E> {
 
     /// Compensations that failed while undoing the run, in the order they ran.
     pub fn compensation_failures(&self) -> &[CompensationFailure<E>] {
-        &self.compensation_failures
+        self.undo
+            .as_deref()
+            .map_or(&[], |u| &u.compensation_failures)
     }
 
     /// Compensations of child runs (workflows run inside this run's steps and dropped
     /// mid-run) that failed while undoing them.
     pub fn nested_compensation_failures(&self) -> &[NestedCompensationFailure] {
-        &self.nested_compensation_failures
+        self.undo
+            .as_deref()
+            .map_or(&[], |u| &u.nested_compensation_failures)
     }
 
     /// The failed step, if a step failure ended the run.
@@ -373,7 +498,9 @@ impl<E> Error<E> {
         match &self.kind {
             ErrorKind::Step(s) => Some(s.step()),
             ErrorKind::Workflow(_) => None,
-            ErrorKind::Cancelled { step } | ErrorKind::TimedOut { step, .. } => *step,
+            ErrorKind::Cancelled { step }
+            | ErrorKind::TimedOut { step, .. }
+            | ErrorKind::Panicked { step, .. } => *step,
         }
     }
 
@@ -413,11 +540,12 @@ impl<E: fmt::Debug> fmt::Debug for Error<E> {
         f.debug_struct("Error")
             .field("workflow", &self.workflow)
             .field("kind", &self.kind)
-            .field("compensation_failures", &self.compensation_failures)
+            .field("compensation_failures", &self.compensation_failures())
             .field(
                 "nested_compensation_failures",
-                &self.nested_compensation_failures,
+                &self.nested_compensation_failures(),
             )
+            .field("compensations", &self.compensations())
             .finish()
     }
 }
@@ -436,15 +564,23 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                     write!(f, " during step `{s}`")?;
                 }
             }
+            ErrorKind::Panicked {
+                step: Some(s),
+                message,
+            } => write!(f, "panicked at `{s}`: {message}")?,
+            ErrorKind::Panicked {
+                step: None,
+                message,
+            } => write!(f, "panicked: {message}")?,
         }
-        for c in &self.compensation_failures {
+        for c in self.compensation_failures() {
             write!(
                 f,
                 "; compensation of step `{}` also failed: {}",
                 c.step, c.failure
             )?;
         }
-        for c in &self.nested_compensation_failures {
+        for c in self.nested_compensation_failures() {
             write!(
                 f,
                 "; compensation of step `{}` of child workflow `{}` also failed: {}",

@@ -28,6 +28,16 @@ pub struct Event {
     pub node: NodeId,
     /// The node's name (the step's name, or `"start"` for run-level events).
     pub step: &'static str,
+    /// The node's stable identity ([`Node::key`](crate::Node::key)): unchanged by edits
+    /// elsewhere in the workflow, unlike [`node`](Self::node).
+    pub key: &'static str,
+    /// Which time this node was entered in this run (1 for the first; a step in a loop or in a
+    /// `map` body is entered once per iteration or item). Counted per node, in observed runs
+    /// only; 0 for run-level events.
+    pub iteration: u32,
+    /// The index of the `map` item whose body this event happened in (the innermost map),
+    /// `None` outside a map body.
+    pub item: Option<u32>,
     /// Time since the run started (tokio's clock, so it follows a paused clock in tests).
     pub at: Duration,
     /// What happened.
@@ -90,15 +100,28 @@ pub enum EventKind {
         /// The error, as text.
         error: String,
     },
-    /// The run was cancelled.
+    /// The run was cancelled (through its handle, or its future was dropped mid-run).
     RunCancelled,
+    /// An observer panicked: it was removed from this run (it receives none of its later
+    /// events) and the run went on. Sent to the remaining observers.
+    ObserverPanicked {
+        /// The panic message.
+        message: String,
+    },
 }
 
 impl core::fmt::Display for Event {
     /// One line: time since the run started, the node, and what happened.
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let secs = self.at.as_secs_f64();
-        write!(f, "[{secs:>8.3}s] {} {}: ", self.workflow, self.step)?;
+        write!(f, "[{secs:>8.3}s] {} {}", self.workflow, self.step)?;
+        if self.iteration > 1 {
+            write!(f, "#{}", self.iteration)?;
+        }
+        if let Some(i) = self.item {
+            write!(f, "[{i}]")?;
+        }
+        f.write_str(": ")?;
         match &self.kind {
             EventKind::RunStarted => f.write_str("run started"),
             EventKind::Entered => f.write_str("entered"),
@@ -126,6 +149,9 @@ impl core::fmt::Display for Event {
             EventKind::RunCompleted => f.write_str("run completed"),
             EventKind::RunFailed { error } => write!(f, "run failed: {error}"),
             EventKind::RunCancelled => f.write_str("run cancelled"),
+            EventKind::ObserverPanicked { message } => {
+                write!(f, "an observer panicked and was removed: {message}")
+            }
         }
     }
 }
@@ -145,37 +171,141 @@ impl<F: Fn(&Event) + Send + Sync + 'static> Observer for F {
     }
 }
 
+/// Where [`Handle::events`](crate::Handle::events) receives a spawned run's events: off (no
+/// event is built for it) until someone subscribes; closed when the run has ended.
+#[derive(Default)]
+pub(crate) struct LazyChannel {
+    tx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Event>>>,
+    on: core::sync::atomic::AtomicBool,
+    closed: core::sync::atomic::AtomicBool,
+}
+
+impl LazyChannel {
+    #[inline]
+    pub(crate) fn subscribed(&self) -> bool {
+        self.on.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Subscribes: the receiver gets every event sent from now on (none once the run ended:
+    /// its stream ends at once).
+    pub(crate) fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut slot = crate::ctx::lock(&self.tx);
+        if !self.closed.load(core::sync::atomic::Ordering::Acquire) {
+            *slot = Some(tx);
+            self.on.store(true, core::sync::atomic::Ordering::Relaxed);
+        }
+        rx
+    }
+
+    /// The run is over: the stream ends after what was sent.
+    pub(crate) fn close(&self) {
+        let mut slot = crate::ctx::lock(&self.tx);
+        self.closed
+            .store(true, core::sync::atomic::Ordering::Release);
+        *slot = None;
+    }
+
+    fn send(&self, event: &Event) {
+        if self.subscribed()
+            && let Some(tx) = crate::ctx::lock(&self.tx).as_ref()
+        {
+            // The receiver may be gone (the handle was dropped); the run goes on regardless.
+            let _ = tx.send(event.clone());
+        }
+    }
+}
+
 /// The observers of a run. Empty by default, in which case no event is even built.
 #[derive(Clone, Default)]
-pub(crate) struct Observers(pub(crate) Option<Arc<[Arc<dyn Observer>]>>);
+pub(crate) struct Observers {
+    pub(crate) list: Option<Arc<[Arc<dyn Observer>]>>,
+    /// A spawned run's event channel, which counts as an observer once subscribed.
+    pub(crate) lazy: Option<Arc<LazyChannel>>,
+}
+
+/// Observers removed from one run after panicking: bit `i` stands for observer `i` (observers
+/// past the 64th cannot be removed and are simply shielded).
+pub(crate) type Disabled = core::sync::atomic::AtomicU64;
 
 impl Observers {
     pub(crate) fn from_vec(v: Vec<Arc<dyn Observer>>) -> Self {
         if v.is_empty() {
-            Observers(None)
+            Observers {
+                list: None,
+                lazy: None,
+            }
         } else {
-            Observers(Some(v.into()))
+            Observers {
+                list: Some(v.into()),
+                lazy: None,
+            }
         }
     }
 
+    /// Whether anyone listens now.
     #[inline]
     pub(crate) fn active(&self) -> bool {
-        self.0.is_some()
+        self.list.is_some() || self.lazy.as_ref().is_some_and(|l| l.subscribed())
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.as_deref().map_or(0, <[_]>::len)
+        self.list.as_deref().map_or(0, <[_]>::len)
     }
 
     pub(crate) fn to_vec(&self) -> Vec<Arc<dyn Observer>> {
-        self.0.as_deref().map_or_else(Vec::new, <[_]>::to_vec)
+        self.list.as_deref().map_or_else(Vec::new, <[_]>::to_vec)
     }
 
-    pub(crate) fn emit(&self, event: &Event) {
-        if let Some(list) = &self.0 {
-            for o in list.iter() {
-                o.on_event(event);
+    /// Delivers `event` to every observer not disabled; an observer that panics is disabled
+    /// (for this run), its panic message returned, and the others told with
+    /// [`EventKind::ObserverPanicked`].
+    pub(crate) fn emit(&self, event: &Event, disabled: &Disabled) -> Vec<String> {
+        use core::sync::atomic::Ordering;
+        let mut panics = Vec::new();
+        if let Some(list) = &self.list {
+            let mut pending: Vec<Event> = Vec::new();
+            let mut current = event;
+            let mut owned;
+            loop {
+                for (i, o) in list.iter().enumerate() {
+                    let bit = if i < 64 { 1u64 << i } else { 0 };
+                    if disabled.load(Ordering::Relaxed) & bit != 0 {
+                        continue;
+                    }
+                    let call = std::panic::AssertUnwindSafe(|| o.on_event(current));
+                    if let Err(payload) = std::panic::catch_unwind(call) {
+                        disabled.fetch_or(bit, Ordering::Relaxed);
+                        let message = crate::ctx::panic_message(&*payload);
+                        let mut note = current.clone();
+                        note.kind = EventKind::ObserverPanicked {
+                            message: message.clone(),
+                        };
+                        pending.push(note);
+                        panics.push(message);
+                    }
+                }
+                match pending.pop() {
+                    Some(next) => {
+                        owned = next;
+                        current = &owned;
+                    }
+                    None => break,
+                }
             }
         }
+        if let Some(lazy) = &self.lazy {
+            lazy.send(event);
+            if !panics.is_empty() {
+                for message in &panics {
+                    let mut note = event.clone();
+                    note.kind = EventKind::ObserverPanicked {
+                        message: message.clone(),
+                    };
+                    lazy.send(&note);
+                }
+            }
+        }
+        panics
     }
 }

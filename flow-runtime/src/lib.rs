@@ -24,6 +24,7 @@ mod policy;
 #[cfg(feature = "progress")]
 mod progress;
 mod runtime;
+mod saga;
 mod timeline;
 mod trace;
 mod workflow;
@@ -34,8 +35,8 @@ mod checks;
 
 pub use crate::ctx::{Ctx, StateView, Status, StepOutput};
 pub use crate::error::{
-    Attempt, CompensationFailure, Error, ErrorKind, Failure, GaveUp, NestedCompensationFailure,
-    StepError,
+    Attempt, CompensationFailure, CompensationOutcome, CompensationRecord, Error, ErrorKind,
+    Failure, GaveUp, KEPT_LAST_ATTEMPTS, NestedCompensationFailure, RunReport, StepError,
 };
 pub use crate::event::{Event, EventKind, Observer, RunId};
 pub use crate::graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};
@@ -43,6 +44,7 @@ pub use crate::policy::{Backoff, Delays, Jitter, On, Retry, SplitMix64, StepPoli
 #[cfg(feature = "progress")]
 pub use crate::progress::ProgressObserver;
 pub use crate::runtime::{EventStream, Handle, Runtime};
+pub use crate::saga::{CompensationPolicy, DEFAULT_COMPENSATION_TIMEOUT};
 pub use crate::timeline::{Slice, SliceKind, SliceOutcome, Timeline};
 #[cfg(feature = "tracing")]
 pub use crate::trace::TracingObserver;

@@ -40,7 +40,12 @@ struct Inner {
     multi: MultiProgress,
     graphs: Mutex<Vec<&'static Graph>>,
     runs: Mutex<HashMap<RunId, RunLines>>,
+    /// Finished runs, oldest first: only the last [`KEPT_FINISHED`] stay listed.
+    finished: Mutex<std::collections::VecDeque<RunId>>,
 }
+
+/// How many finished runs stay listed (and in memory).
+const KEPT_FINISHED: usize = 64;
 
 struct RunLines {
     header: ProgressBar,
@@ -64,6 +69,8 @@ enum State {
 
 struct Line {
     node: u32,
+    /// The executions of this step in flight, by (iteration, map item) (see [`Event`]).
+    in_flight: Vec<(u32, Option<u32>)>,
     bar: ProgressBar,
     state: State,
     running: u32,
@@ -117,6 +124,7 @@ impl ProgressObserver {
                 multi: MultiProgress::with_draw_target(target),
                 graphs: Mutex::new(Vec::new()),
                 runs: Mutex::new(HashMap::new()),
+                finished: Mutex::new(std::collections::VecDeque::new()),
             }),
         }
     }
@@ -224,6 +232,7 @@ impl ProgressObserver {
                 let l = &mut run.lines[i];
                 l.attempt = *attempt;
                 if *attempt == 1 {
+                    l.in_flight.push((e.iteration, e.item));
                     l.running += 1;
                     if l.started.is_none() {
                         l.started = Some(now);
@@ -249,7 +258,7 @@ impl ProgressObserver {
             }
             (EventKind::StepSucceeded { .. }, Some(i)) => {
                 let l = &mut run.lines[i];
-                l.running = l.running.saturating_sub(1);
+                l.end_execution(e);
                 l.done += 1;
                 l.elapsed = l.started.map_or(Duration::ZERO, |s| now - s);
                 if l.running == 0 {
@@ -259,7 +268,7 @@ impl ProgressObserver {
             }
             (EventKind::StepFailed { attempts, error }, Some(i)) => {
                 let l = &mut run.lines[i];
-                l.running = l.running.saturating_sub(1);
+                l.end_execution(e);
                 l.elapsed = l.started.map_or(Duration::ZERO, |s| now - s);
                 l.state = State::Failed;
                 l.note = format!("failed after {attempts} attempt(s): {error}");
@@ -306,6 +315,19 @@ impl ProgressObserver {
                 }
                 run.header.set_style(style("{prefix:.bold} {msg}"));
                 run.header.finish_with_message(msg);
+                // Finished runs stay listed, up to a bound.
+                let mut finished = lock(&self.inner.finished);
+                finished.push_back(e.run);
+                while finished.len() > KEPT_FINISHED {
+                    if let Some(old) = finished.pop_front()
+                        && let Some(r) = runs.remove(&old)
+                    {
+                        r.header.finish_and_clear();
+                        for l in r.lines {
+                            l.bar.finish_and_clear();
+                        }
+                    }
+                }
             }
             _ => {}
         }
@@ -316,6 +338,7 @@ impl ProgressObserver {
         bar.set_prefix(format!("{}  {name:<24}", "  ".repeat(depth)));
         let line = Line {
             node,
+            in_flight: Vec::new(),
             bar,
             state: State::Pending,
             running: 0,
@@ -331,6 +354,18 @@ impl ProgressObserver {
 }
 
 impl Line {
+    /// One execution of the step ended: exactly that one leaves the in-flight set.
+    fn end_execution(&mut self, e: &Event) {
+        if let Some(i) = self
+            .in_flight
+            .iter()
+            .position(|x| *x == (e.iteration, e.item))
+        {
+            self.in_flight.remove(i);
+        }
+        self.running = u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX);
+    }
+
     /// What the line says (without the spinner and the ticking time).
     fn describe(&self) -> String {
         let mut s = match self.state {

@@ -2,21 +2,22 @@
 //! compensation and events, on the current task or on a task of its own.
 
 use core::future::Future;
+use core::panic::AssertUnwindSafe;
 use core::pin::{Pin, pin};
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::{Context, Poll};
 use core::time::Duration;
 use std::sync::Arc;
 
-use futures_util::future::Either;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::ctx::{Ctx, OrphanSink, StateView, Status};
-use crate::error::{Error, ErrorKind};
-use crate::event::{Event, EventKind, Observer, Observers, RunId};
+use crate::ctx::{BoxFuture, Ctx, ItemScope, StateView, Status, lock, panic_message};
+use crate::error::{CompensationRecord, Error, ErrorKind, NestedCompensationFailure, RunReport};
+use crate::event::{Event, EventKind, LazyChannel, Observer, Observers, RunId};
 use crate::graph::NodeId;
+use crate::saga::{Finisher, OrphanSink, Tag};
 use crate::workflow::{Workflow, WorkflowState};
 
 static NEXT_RUN: AtomicU64 = AtomicU64::new(1);
@@ -39,7 +40,8 @@ struct RunLink {
     seed: u64,
     /// The root run's runtime had a fixed seed: every descendant's jitter is reproducible.
     seeded: bool,
-    /// Where a child run dropped mid-run leaves its compensations (the parent's context).
+    /// Where a child run leaves its compensations (the parent's context): its remaining undos
+    /// when dropped mid-run, its stack when it completes.
     sink: Arc<dyn OrphanSink>,
 }
 
@@ -61,6 +63,7 @@ pub struct Runtime {
     /// Shared by every run of this runtime (one reference count per run, no allocation).
     observers: Observers,
     seed: Option<u64>,
+    compensate_on_drop: Option<bool>,
 }
 
 impl core::fmt::Debug for Runtime {
@@ -81,7 +84,20 @@ impl Runtime {
         Runtime {
             observers: Observers::from_vec(crate::trace::default_observers()),
             seed: None,
+            compensate_on_drop: None,
         }
+    }
+
+    /// Whether a run of this runtime whose future is dropped mid-run undoes its completed
+    /// steps on a task of its own (see [`Workflow::compensate_on_drop`], which must agree:
+    /// both default to `true`). `false` opts out for every run of this runtime.
+    pub fn compensate_on_drop(mut self, yes: bool) -> Self {
+        self.compensate_on_drop = Some(yes);
+        self
+    }
+
+    fn on_drop<W: Workflow>(&self, workflow: &W) -> bool {
+        self.compensate_on_drop.unwrap_or(true) && workflow.compensate_on_drop()
     }
 
     /// Adds an observer that receives every event of every run.
@@ -102,17 +118,11 @@ impl Runtime {
     fn ctx<E: core::fmt::Display>(
         &self,
         workflow: &impl Workflow<Error = E>,
-        extra: Option<Arc<dyn Observer>>,
+        lazy: Option<Arc<LazyChannel>>,
         cancel: Option<CancellationToken>,
     ) -> Ctx<E> {
-        let observers = match extra {
-            None => self.observers.clone(),
-            Some(extra) => {
-                let mut all = self.observers.to_vec();
-                all.push(extra);
-                Observers::from_vec(all)
-            }
-        };
+        let mut observers = self.observers.clone();
+        observers.lazy = lazy;
         Ctx::new(
             next_run_id(),
             None,
@@ -120,51 +130,131 @@ impl Runtime {
             observers,
             cancel,
             self.seed.unwrap_or_else(random_seed),
+            workflow.compensation_timeout(),
         )
     }
 
     /// Runs `workflow` to the end on the current task.
     ///
-    /// Dropping the returned future drops the steps in flight without running compensations;
-    /// use [`spawn`](Self::spawn) and [`Handle::cancel`] for a cancellation that compensates.
+    /// Dropping the returned future mid-run drops the steps in flight and undoes the completed
+    /// ones on a task of its own (unless [`compensate_on_drop`](Self::compensate_on_drop) or
+    /// [`Workflow::compensate_on_drop`] say otherwise); dropped while compensating, it finishes
+    /// the compensations there too. [`spawn`](Self::spawn) and [`Handle::cancel`] give a
+    /// cancellation whose result can be awaited.
     pub async fn run<W: Workflow>(
         &self,
         workflow: &W,
         input: W::Input,
     ) -> Result<W::Output, Error<W::Error>> {
         let ctx = self.ctx(workflow, None, None);
-        drive(workflow, ctx, input, self.seed.is_some(), None).await
+        let on_drop = self.on_drop(workflow);
+        drive(workflow, ctx, input, self.seed.is_some(), None, on_drop).await
+    }
+
+    /// As [`run`](Self::run), and returns the run's whole [`RunReport`]: its result, every
+    /// compensation it ran (also when it succeeded: the undoing of abandoned attempts and of
+    /// child runs dropped mid-run) and the observers that panicked.
+    pub async fn run_report<W: Workflow>(
+        &self,
+        workflow: &W,
+        input: W::Input,
+    ) -> RunReport<W::Output, W::Error> {
+        let ctx = self.ctx(workflow, None, None);
+        let on_drop = self.on_drop(workflow);
+        let result = drive(
+            workflow,
+            ctx.clone(),
+            input,
+            self.seed.is_some(),
+            None,
+            on_drop,
+        )
+        .await;
+        report_of(&ctx, result)
     }
 
     /// Starts `workflow` on a new tokio task and returns its [`Handle`].
+    ///
+    /// No event is built for the handle until [`Handle::events`] is first called: the stream
+    /// then carries the events from that moment on. Use
+    /// [`spawn_with_events`](Self::spawn_with_events) to receive every event from the start.
     pub fn spawn<W>(&self, workflow: W, input: W::Input) -> Handle<W>
     where
         W: Workflow + 'static,
         W::Input: 'static,
         W::Output: 'static,
     {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let sender: Arc<dyn Observer> = Arc::new(move |e: &Event| {
-            // The receiver may be gone (the handle was dropped); the run goes on regardless.
-            let _ = tx.send(e.clone());
-        });
+        self.spawn_inner(workflow, input, false)
+    }
+
+    /// As [`spawn`](Self::spawn), subscribed to the run's events before it starts:
+    /// [`Handle::events`] carries every event of the run, however late it is read.
+    pub fn spawn_with_events<W>(&self, workflow: W, input: W::Input) -> Handle<W>
+    where
+        W: Workflow + 'static,
+        W::Input: 'static,
+        W::Output: 'static,
+    {
+        self.spawn_inner(workflow, input, true)
+    }
+
+    fn spawn_inner<W>(&self, workflow: W, input: W::Input, subscribe: bool) -> Handle<W>
+    where
+        W: Workflow + 'static,
+        W::Input: 'static,
+        W::Output: 'static,
+    {
+        let lazy = Arc::new(LazyChannel::default());
+        let rx = subscribe.then(|| lazy.subscribe());
         let token = CancellationToken::new();
-        let ctx = self.ctx(&workflow, Some(sender), Some(token.clone()));
+        let ctx = self.ctx(&workflow, Some(Arc::clone(&lazy)), Some(token.clone()));
         let view = ctx.clone();
-        let view_run = ctx.run_id();
+        let run = ctx.run_id();
         let seeded = self.seed.is_some();
-        let task = tokio::spawn(async move { drive(&workflow, ctx, input, seeded, None).await });
+        let on_drop = self.on_drop(&workflow);
+        let closing = Arc::clone(&lazy);
+        let task = tokio::spawn(async move {
+            let result = drive(&workflow, ctx, input, seeded, None, on_drop).await;
+            closing.close();
+            result
+        });
         Handle {
             ctx: view,
             token,
             task,
-            events: EventStream {
+            lazy,
+            events: rx.map(|rx| EventStream {
                 rx,
-                run: view_run,
+                run,
                 done: false,
-            },
+            }),
         }
     }
+}
+
+fn report_of<T, E>(ctx: &Ctx<E>, result: Result<T, Error<E>>) -> RunReport<T, E> {
+    RunReport {
+        result,
+        compensations: ctx.take_records(),
+        observer_panics: lock(&ctx.inner.observer_panics).clone(),
+    }
+}
+
+/// The failed compensations of child runs, among a run's records.
+fn nested_failures(records: &[CompensationRecord], run: RunId) -> Vec<NestedCompensationFailure> {
+    records
+        .iter()
+        .filter(|r| r.run != run && !r.succeeded())
+        .map(|r| NestedCompensationFailure {
+            workflow: r.workflow,
+            step: r.step,
+            message: match &r.outcome {
+                crate::error::CompensationOutcome::Failed(f) => f.to_string(),
+                crate::error::CompensationOutcome::TimedOut(d) => format!("timed out after {d:?}"),
+                crate::error::CompensationOutcome::Succeeded => String::new(),
+            },
+        })
+        .collect()
 }
 
 /// Runs `workflow` as part of the run whose step is awaiting it, if any (inheriting its
@@ -177,6 +267,9 @@ pub async fn run_nested<W: Workflow>(
 ) -> Result<W::Output, Error<W::Error>> {
     match CURRENT.try_with(RunLink::clone) {
         Ok(link) => {
+            // Where this child runs in its parent: read now, on the first poll, while the
+            // parent's step that awaits it is the current one.
+            let tag = link.sink.tag();
             let ctx = Ctx::new(
                 next_run_id(),
                 Some(link.run),
@@ -184,8 +277,17 @@ pub async fn run_nested<W: Workflow>(
                 link.observers,
                 link.cancel.map(|t| t.child_token()),
                 link.seed,
+                workflow.compensation_timeout(),
             );
-            drive(workflow, ctx, input, link.seeded, Some(link.sink)).await
+            drive(
+                workflow,
+                ctx,
+                input,
+                link.seeded,
+                Some((link.sink, tag)),
+                true,
+            )
+            .await
         }
         Err(_) => Runtime::new().run(workflow, input).await,
     }
@@ -196,58 +298,54 @@ enum Outcome<T, E> {
     Aborted,
     Cancelled,
     TimedOut(Duration),
+    Panicked(String),
 }
 
-/// Runs the body of one run until it completes, fails, is cancelled or times out.
+/// Runs the body of one run until it completes, fails, is cancelled, times out or panics,
+/// then undoes what must be undone.
 ///
 /// `seeded`: the run's jitter seed is fixed (a seeded runtime, or a child of such a run), so
-/// the runs its steps start must draw their seeds from it.
+/// the runs its steps start must draw their seeds from it. `parent`: the parent run's context
+/// and where in it this run runs. `on_drop`: a top-level run dropped mid-run compensates on a
+/// task of its own.
 async fn drive<W: Workflow>(
     workflow: &W,
     ctx: Ctx<W::Error>,
     input: W::Input,
     seeded: bool,
-    parent: Option<Arc<dyn OrphanSink>>,
+    parent: Option<(Arc<dyn OrphanSink>, Tag)>,
+    on_drop: bool,
 ) -> Result<W::Output, Error<W::Error>> {
     let name = workflow.graph().name;
-    // A child run dropped before its body ends (its parent was cancelled or timed out, or a
-    // sibling branch failed) leaves its compensations to the parent, which runs them.
-    let mut orphan_guard = OrphanGuard {
-        armed: parent.map(|sink| (ctx.clone(), sink)),
+    let sink = parent.as_ref().map(|(s, _)| Arc::clone(s));
+    // Armed while the body is in flight: if this future is dropped then (its parent was
+    // cancelled or timed out, a sibling branch failed, or its caller went away), the completed
+    // steps are undone by the parent run, or on a task of their own.
+    let mut guard = RunGuard {
+        ctx: ctx.clone(),
+        parent: sink.clone(),
+        on_drop,
+        armed: true,
     };
     ctx.emit(NodeId::START, EventKind::RunStarted);
-    // What workflows called inside this run's steps inherit. When there is nothing to inherit
-    // (no observers, no cancellation, a random seed) and no enclosing run's link to mask, a
-    // child run started without the link is exactly a child started with it (its parent id
-    // shows only in events, and nobody observes), so the task-local scope, whose cost is paid
-    // on every poll, is skipped.
-    // A run with a time limit needs the link too: when the limit drops its body, the child
-    // runs in its steps must leave their compensations to it.
-    let link = (ctx.observed()
-        || ctx.cancel_token().is_some()
-        || seeded
-        || workflow.timeout().is_some()
-        || CURRENT.try_with(|_| ()).is_ok())
-    .then(|| RunLink {
+    // What workflows called inside this run's steps inherit, and where they leave their
+    // compensations: always set (one task-local scope per poll of the run, not per step), so
+    // that a child run's undos reach this run however it was started.
+    let link = RunLink {
         run: ctx.run_id(),
         observers: ctx.observers().clone(),
         cancel: ctx.cancel_token().cloned(),
         seed: ctx.seed_for_child(),
         seeded,
         sink: ctx.sink(),
-    });
+    };
     let outcome = {
         // Scoped so that the body, and every step in flight, is dropped before compensating.
         // Pinned where it is built: moving it (into a helper's argument, say) would give the
         // run's future a second slot of the body's size.
         let observed = ctx.observed();
         let mut body = pin!(crate::trace::traced(
-            match link {
-                Some(link) => {
-                    Either::Left(CURRENT.scope(link, workflow.execute(ctx.clone(), input)))
-                }
-                None => Either::Right(workflow.execute(ctx.clone(), input)),
-            },
+            CURRENT.scope(link, workflow.execute(ctx.clone(), input)),
             observed,
         ));
         let cancel = ctx.cancel_token().cloned();
@@ -271,8 +369,17 @@ async fn drive<W: Workflow>(
             if cancelled.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Outcome::Cancelled);
             }
-            if let Poll::Ready(r) = body.as_mut().poll(cx) {
-                return Poll::Ready(Outcome::Done(r));
+            // A panic anywhere in the body's own code (between steps, in a selector or a
+            // predicate) ends the run; the body is not polled again. The body runs outside any
+            // enclosing `map` item.
+            let polled = {
+                let _item = ItemScope::enter(None);
+                std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx)))
+            };
+            match polled {
+                Ok(Poll::Ready(r)) => return Poll::Ready(Outcome::Done(r)),
+                Ok(Poll::Pending) => {}
+                Err(payload) => return Poll::Ready(Outcome::Panicked(panic_message(&*payload))),
             }
             if ctx.aborted() {
                 return Poll::Ready(Outcome::Aborted);
@@ -285,19 +392,34 @@ async fn drive<W: Workflow>(
         .await
     };
     // The body is over (and dropped): from here on this run undoes itself.
-    orphan_guard.armed = None;
-    // Child runs dropped mid-run (a failed sibling, a cancellation) are undone first: their
-    // steps ran after every step of this run that completed.
-    let mut nested_failures = Vec::new();
-    for orphan in ctx.take_orphans().into_iter().rev() {
-        nested_failures.extend(orphan().await);
-    }
+    guard.armed = false;
     let in_flight = match ctx.state().node {
         NodeId::START => None,
         node => Some(ctx.graph().name_of(node)),
     };
     let mut error = match outcome {
         Outcome::Done(Ok(v)) => {
+            // Work abandoned inside the run and not undone yet (a failed branch whose error
+            // was handled, say) is undone now.
+            if ctx.has_orphans() {
+                let deadline = ctx.compensation_deadline();
+                let rest = ctx.clone();
+                let fut: BoxFuture<()> = Box::pin(async move { rest.run_orphans(deadline).await });
+                let _ = Finisher {
+                    fut: Some(fut),
+                    ctx: ctx.clone(),
+                    target: sink.clone(),
+                }
+                .await;
+            }
+            // A completed child's undos join its parent's stack, so that a later failure of
+            // the parent undoes the child too.
+            if let Some((sink, tag)) = &parent {
+                sink.absorb(ctx.take_records());
+                if let Some(package) = ctx.package(false) {
+                    sink.adopt_completed(*tag, package);
+                }
+            }
             ctx.set_status(Status::Completed);
             ctx.emit(NodeId::END, EventKind::RunCompleted);
             return Ok(v);
@@ -315,41 +437,93 @@ async fn drive<W: Workflow>(
                 step: in_flight,
             },
         ),
+        Outcome::Panicked(message) => Error::new(
+            name,
+            ErrorKind::Panicked {
+                step: in_flight,
+                message,
+            },
+        ),
     };
     error.set_workflow(name);
-    error.add_nested_compensation_failures(nested_failures);
     ctx.set_status(Status::Compensating);
-    let failures = ctx.run_compensations().await;
-    error.add_compensation_failures(failures);
-    if error.is_cancelled() {
-        ctx.set_status(Status::Cancelled);
-        ctx.emit(NodeId::END, EventKind::RunCancelled);
-    } else {
-        ctx.set_status(Status::Failed);
-        if ctx.observed() {
-            ctx.emit(
-                NodeId::END,
-                EventKind::RunFailed {
-                    error: error.to_string(),
-                },
-            );
+    // Compensating is a future of its own ('static): dropped before it ends (this run's parent
+    // was cancelled, or its caller went away), what is left is finished by the parent run or
+    // on a task of its own. Cancellation and the run's time limit no longer apply.
+    let deadline = ctx.compensation_deadline();
+    let tail_ctx = ctx.clone();
+    let tail: BoxFuture<Error<W::Error>> = Box::pin(async move {
+        let ctx = tail_ctx;
+        // Child runs dropped mid-run (a failed sibling, a cancellation) are undone first:
+        // their steps ran after every step of this run that completed.
+        ctx.run_orphans(deadline).await;
+        let failures = ctx.run_stack(deadline).await;
+        error.add_compensation_failures(failures);
+        let records = ctx.records();
+        error.add_nested_compensation_failures(nested_failures(&records, ctx.run_id()));
+        error.set_compensations(records);
+        if error.is_cancelled() {
+            ctx.set_status(Status::Cancelled);
+            ctx.emit(NodeId::END, EventKind::RunCancelled);
+        } else {
+            ctx.set_status(Status::Failed);
+            if ctx.observed() {
+                ctx.emit(
+                    NodeId::END,
+                    EventKind::RunFailed {
+                        error: error.to_string(),
+                    },
+                );
+            }
         }
+        error
+    });
+    let finished = Finisher {
+        fut: Some(tail),
+        ctx: ctx.clone(),
+        target: sink,
     }
-    Err(error)
+    .await;
+    match finished {
+        Some(error) => Err(error),
+        // Not reached: a finisher yields its future's output the first time it is ready.
+        None => Err(Error::new(name, ErrorKind::Cancelled { step: in_flight })),
+    }
 }
 
-/// Armed while a child run's body is in flight: if the run is dropped then, its registered
-/// compensations go to the parent run (see [`drive`]).
-struct OrphanGuard<E: Send + 'static> {
-    armed: Option<(Ctx<E>, Arc<dyn OrphanSink>)>,
+/// Armed while a run's body is in flight: if the run's future is dropped then, its registered
+/// compensations (and the orphans it adopted) go to the parent run, or to a task of their own
+/// (`on_drop`), and the run ends as cancelled (its final event is emitted when they are done,
+/// or at once when there is nothing to undo).
+struct RunGuard<E: Send + 'static> {
+    ctx: Ctx<E>,
+    parent: Option<Arc<dyn OrphanSink>>,
+    on_drop: bool,
+    armed: bool,
 }
 
-impl<E: Send + 'static> Drop for OrphanGuard<E> {
+impl<E: Send + 'static> Drop for RunGuard<E> {
     fn drop(&mut self) {
-        if let Some((ctx, sink)) = self.armed.take()
-            && let Some(orphan) = ctx.orphan()
-        {
-            sink.adopt(orphan);
+        if !self.armed {
+            return;
+        }
+        let ctx = &self.ctx;
+        let rt = tokio::runtime::Handle::try_current().ok();
+        let package = match (&self.parent, &rt) {
+            (Some(_), _) => ctx.package(true),
+            (None, Some(_)) if self.on_drop => ctx.package(true),
+            _ => None,
+        };
+        match (package, &self.parent, rt) {
+            (Some(package), Some(sink), _) => sink.adopt(package),
+            (Some(package), None, Some(rt)) => {
+                let deadline = ctx.compensation_deadline();
+                drop(rt.spawn(package(deadline)));
+            }
+            _ => {
+                ctx.set_status(Status::Cancelled);
+                ctx.emit(NodeId::END, EventKind::RunCancelled);
+            }
         }
     }
 }
@@ -362,7 +536,8 @@ pub struct Handle<W: Workflow> {
     ctx: Ctx<W::Error>,
     token: CancellationToken,
     task: JoinHandle<Result<W::Output, Error<W::Error>>>,
-    events: EventStream,
+    lazy: Arc<LazyChannel>,
+    events: Option<EventStream>,
 }
 
 impl<W: Workflow> Handle<W> {
@@ -388,9 +563,30 @@ impl<W: Workflow> Handle<W> {
         self.token.cancel();
     }
 
-    /// The run's events, from its start (none is missed, however late this is read).
+    /// The run's events. The first call subscribes: the stream carries the events from then
+    /// on (and those of child runs started from then on), and ends after the run's final
+    /// event (at once if the run is over). A run spawned with
+    /// [`Runtime::spawn_with_events`] is subscribed from its start: none is missed. Until
+    /// someone subscribes, no event is built for the handle.
     pub fn events(&mut self) -> &mut EventStream {
-        &mut self.events
+        let run = self.ctx.run_id();
+        let (lazy, ctx) = (&self.lazy, &self.ctx);
+        self.events.get_or_insert_with(|| {
+            let rx = lazy.subscribe();
+            ctx.set_observed();
+            EventStream {
+                rx,
+                run,
+                done: false,
+            }
+        })
+    }
+
+    /// Awaits the run and returns its whole [`RunReport`] (see [`Runtime::run_report`]).
+    pub async fn report(self) -> RunReport<W::Output, W::Error> {
+        let ctx = self.ctx.clone();
+        let result = self.await;
+        report_of(&ctx, result)
     }
 }
 
@@ -402,18 +598,20 @@ impl<W: Workflow> Future for Handle<W> {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(r)) => Poll::Ready(r),
             Poll::Ready(Err(join)) => {
-                if join.is_panic() {
-                    // A panic outside any step (steps' panics are caught): propagate it.
-                    std::panic::resume_unwind(join.into_panic())
-                }
                 let step = match self.ctx.state().node {
-                    NodeId::START => None,
+                    NodeId::START | NodeId::END => None,
                     node => Some(self.ctx.graph().name_of(node)),
                 };
-                Poll::Ready(Err(Error::new(
-                    self.ctx.graph().name,
-                    ErrorKind::Cancelled { step },
-                )))
+                let kind = if join.is_panic() {
+                    // Not expected (the run catches its panics), but never resumed here.
+                    ErrorKind::Panicked {
+                        step,
+                        message: panic_message(&*join.into_panic()),
+                    }
+                } else {
+                    ErrorKind::Cancelled { step }
+                };
+                Poll::Ready(Err(Error::new(self.ctx.graph().name, kind)))
             }
         }
     }

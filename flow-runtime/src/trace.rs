@@ -90,6 +90,8 @@ mod imp {
     /// | `flow.status` | `workflow` | `completed`, `failed` or `cancelled` |
     /// | `flow.step` | `step`, step events | the step's name |
     /// | `flow.node` | `step` | the step's node id in the static graph |
+    /// | `flow.iteration` | `step` | which time the step was entered in the run (1 for the first) |
+    /// | `flow.item` | `step` | the `map` item the step ran for, if any |
     /// | `flow.attempt` | `step`, attempt events | the attempt (1 for the first) |
     /// | `flow.failure` | failure events | `error`, `timeout` or `panic` |
     /// | `flow.retry_in_ms` | retry events | the delay before the next attempt, in ms |
@@ -99,9 +101,13 @@ mod imp {
     ///
     /// The runtime enters the `workflow` span while it polls the run and the `step` span while
     /// it polls each attempt, so `tracing` calls made inside a step are children of its span.
-    /// Limits: `flow.failure` is read from the failure's text (`timed out after ..`,
-    /// `panicked: ..`); concurrent executions of one step (a `map` body) are told apart by
-    /// their attempt numbers only.
+    /// Each step execution is keyed by (run, node, iteration, map item) (see [`Event`]): two
+    /// `map` items running the same step at once get a span each, each closed by its own
+    /// success or failure. A run's spans are freed at its final event (a run whose future was
+    /// dropped mid-run emits `RunCancelled` when it is dropped, or once its undos are done).
+    /// Fields `flow.iteration` and `flow.item` are recorded on `step` spans.
+    /// Limit: `flow.failure` is read from the failure's text (`timed out after ..`,
+    /// `panicked: ..`).
     ///
     /// ```
     /// use flow_runtime::{Runtime, TracingObserver};
@@ -111,6 +117,23 @@ mod imp {
     #[derive(Default)]
     pub struct TracingObserver {
         runs: Mutex<HashMap<RunId, RunSpans>>,
+    }
+
+    impl TracingObserver {
+        /// How many runs have open spans (for leak checks).
+        #[doc(hidden)]
+        pub fn open_runs(&self) -> usize {
+            self.runs.lock().unwrap_or_else(|p| p.into_inner()).len()
+        }
+
+        /// The step executions with an open span: (node, iteration, map item), oldest first.
+        #[doc(hidden)]
+        pub fn open_steps(&self) -> Vec<(u32, u32, Option<u32>)> {
+            let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+            runs.values()
+                .flat_map(|r| r.steps.iter().map(|s| (s.node, s.iteration, s.item)))
+                .collect()
+        }
     }
 
     impl core::fmt::Debug for TracingObserver {
@@ -126,7 +149,10 @@ mod imp {
     }
 
     struct StepSpan {
+        /// The step execution: node, iteration and map item (see [`Event`]).
         node: u32,
+        iteration: u32,
+        item: Option<u32>,
         span: Span,
         attempt: u32,
         /// Between a failed attempt and the next one (in its backoff delay).
@@ -159,10 +185,16 @@ mod imp {
         fn on(&self, e: &Event) {
             let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
             if let EventKind::RunStarted = e.kind {
-                let parent = e
-                    .parent
-                    .and_then(|p| runs.get(&p))
-                    .map(|r| r.steps.last().map_or(&r.span, |s| &s.span).id());
+                let parent = e.parent.and_then(|p| runs.get(&p)).map(|r| {
+                    // The step that runs the child: the newest step span of the parent in
+                    // the same map item (a child's start event carries its parent's item).
+                    r.steps
+                        .iter()
+                        .rev()
+                        .find(|s| s.item == e.item)
+                        .map_or(&r.span, |s| &s.span)
+                        .id()
+                });
                 let span = tracing::info_span!(
                     target: "flow",
                     parent: parent.flatten(),
@@ -189,6 +221,8 @@ mod imp {
                 return;
             };
             let node = e.node.0;
+            let this =
+                |s: &StepSpan| s.node == node && s.iteration == e.iteration && s.item == e.item;
             match &e.kind {
                 EventKind::RunStarted | EventKind::Entered => {}
                 EventKind::AttemptStarted { attempt: 1 } => {
@@ -201,6 +235,8 @@ mod imp {
                         flow.run_id = e.run.0,
                         flow.step = e.step,
                         flow.node = node,
+                        flow.iteration = e.iteration,
+                        flow.item = e.item,
                         flow.attempt = 1u32,
                         otel.status_code = Empty,
                         error.message = Empty,
@@ -208,13 +244,15 @@ mod imp {
                     super::hand_off(span.clone());
                     run.steps.push(StepSpan {
                         node,
+                        iteration: e.iteration,
+                        item: e.item,
                         span,
                         attempt: 1,
                         waiting: false,
                     });
                 }
                 EventKind::AttemptStarted { attempt } => {
-                    if let Some(s) = run.steps.iter_mut().find(|s| s.node == node && s.waiting) {
+                    if let Some(s) = run.steps.iter_mut().find(|s| this(s) && s.waiting) {
                         super::hand_off(s.span.clone());
                         s.waiting = false;
                         s.attempt = *attempt;
@@ -237,7 +275,7 @@ mod imp {
                     if let Some(s) = run
                         .steps
                         .iter_mut()
-                        .find(|s| s.node == node && s.attempt == *attempt && !s.waiting)
+                        .find(|s| this(s) && s.attempt == *attempt && !s.waiting)
                     {
                         s.waiting = true;
                         let kind = failure_kind(error);
@@ -266,7 +304,7 @@ mod imp {
                     if let Some(i) = run
                         .steps
                         .iter()
-                        .position(|s| s.node == node && s.attempt == *attempt && !s.waiting)
+                        .position(|s| this(s) && s.attempt == *attempt && !s.waiting)
                     {
                         let s = run.steps.remove(i);
                         s.span.record("otel.status_code", "OK");
@@ -276,7 +314,7 @@ mod imp {
                     if let Some(i) = run
                         .steps
                         .iter()
-                        .position(|s| s.node == node && s.attempt == *attempts)
+                        .position(|s| this(s) && s.attempt == *attempts)
                     {
                         let s = run.steps.remove(i);
                         s.span.record("otel.status_code", "ERROR");
@@ -351,6 +389,15 @@ mod imp {
                         );
                         finish(run, "failed", Some(error));
                     }
+                }
+                EventKind::ObserverPanicked { message } => {
+                    tracing::event!(
+                        target: "flow",
+                        parent: &run.span,
+                        Level::ERROR,
+                        error.message = %message,
+                        "an observer panicked and was removed from the run"
+                    );
                 }
                 EventKind::RunCancelled => {
                     if let Some(run) = runs.remove(&e.run) {

@@ -48,6 +48,27 @@ pub trait Workflow: Send + Sync {
         None
     }
 
+    /// The total time a run may spend compensating (undoing its completed steps, and the work
+    /// of child runs it abandoned), however it ended: an undo still running when it is spent is
+    /// stopped and reported as timed out
+    /// ([`CompensationOutcome::TimedOut`](crate::CompensationOutcome::TimedOut)), so that a
+    /// hung undo never holds a run forever. Each undo can also have its own timeout
+    /// ([`Ctx::compensate_with`]). Defaults to
+    /// [`DEFAULT_COMPENSATION_TIMEOUT`](crate::DEFAULT_COMPENSATION_TIMEOUT) (five minutes).
+    fn compensation_timeout(&self) -> Duration {
+        crate::saga::DEFAULT_COMPENSATION_TIMEOUT
+    }
+
+    /// Whether dropping a run's future mid-run (a directly awaited `#[workflow]` call, or
+    /// [`Runtime::run`]'s future, dropped by a `select!` or a handler whose client went away)
+    /// still undoes its completed steps: on a task of its own spawned on the current tokio
+    /// runtime (nothing runs them without one). `true` by default; see also
+    /// [`Runtime::compensate_on_drop`]. A child run dropped mid-run always leaves its undos to
+    /// its parent run, and a run dropped while it is already compensating always finishes.
+    fn compensate_on_drop(&self) -> bool {
+        true
+    }
+
     /// Runs the state machine from its start state. Called by the runtime, which adds
     /// cancellation, the time limit, compensation and the run's events around it.
     #[doc(hidden)]

@@ -20,24 +20,32 @@ static PIPELINE: Graph = Graph {
     nodes: &[
         Node {
             name: "start",
+            key: "start",
+            fingerprint: 0,
             kind: NodeKind::Start,
             policy: "",
             parent: None,
         },
         Node {
             name: "end",
+            key: "end",
+            fingerprint: 0,
             kind: NodeKind::End,
             policy: "",
             parent: None,
         },
         Node {
             name: "load",
+            key: "load",
+            fingerprint: 0,
             kind: NodeKind::Step,
             policy: "",
             parent: None,
         },
         Node {
             name: "save",
+            key: "save",
+            fingerprint: 0,
             kind: NodeKind::Step,
             policy: "retry(max_attempts = 2, backoff = constant(\"100ms\"))",
             parent: None,
@@ -201,13 +209,13 @@ async fn events_reach_an_observer_and_a_late_reader() {
     assert_eq!(within(runtime.run(&pipeline(&save), 1)).await.unwrap(), 102);
     assert_eq!(summary(&seen.events()), ok_run_events());
 
-    // Through a handle read only after the run ended: nothing is missed, and the observer
-    // gets the same events.
+    // Through a handle subscribed at spawn and read only after the run ended: nothing is
+    // missed, and the observer gets the same events.
     let seen = Collect::default();
     let save = Script::new([common::after(30, Act::Ok(100))]);
     let mut h = Runtime::new()
         .with_observer(seen.observer())
-        .spawn(pipeline(&save), 1);
+        .spawn_with_events(pipeline(&save), 1);
     assert_eq!(within(&mut h).await.unwrap(), 102);
     let mut events = Vec::new();
     while let Some(e) = within(h.events().next()).await {
@@ -322,7 +330,7 @@ fn two_steps(
 async fn cancel_drops_the_step_in_flight_and_compensates() {
     let log = Log::new();
     let b = Script::new([Act::Hang]);
-    let mut h = Runtime::new().spawn(two_steps(&log, &b, None), ());
+    let mut h = Runtime::new().spawn_with_events(two_steps(&log, &b, None), ());
     tokio::time::sleep(ms(1000)).await;
     assert_eq!(
         h.state(),

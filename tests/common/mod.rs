@@ -63,6 +63,7 @@ pub fn short(e: &Event) -> String {
         EventKind::RunCompleted => "run-completed".to_owned(),
         EventKind::RunFailed { .. } => "run-failed".to_owned(),
         EventKind::RunCancelled => "run-cancelled".to_owned(),
+        EventKind::ObserverPanicked { .. } => "observer-panicked".to_owned(),
     };
     format!("{}:{kind}", e.step)
 }

@@ -30,12 +30,18 @@ impl Jitter {
             }
             Jitter::Spread(f) => {
                 let f = if f.is_nan() { 0.0 } else { f.clamp(0.0, 1.0) };
-                let lo = d.mul_f64(1.0 - f);
-                let hi = d.checked_add(d.mul_f64(f)).unwrap_or(Duration::MAX);
+                let lo = mul_saturating(d, 1.0 - f).min(d);
+                let hi = d.saturating_add(mul_saturating(d, f));
                 uniform(lo, hi, rng)
             }
         }
     }
+}
+
+/// `d * x` for `x` in `[0, 1]`, saturating at `Duration::MAX` (`Duration::mul_f64` panics when
+/// rounding takes a product of `Duration::MAX` above it).
+fn mul_saturating(d: Duration, x: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * x).unwrap_or(Duration::MAX)
 }
 
 /// A uniformly distributed duration in `[lo, hi]` (inclusive, nanosecond resolution).
@@ -122,6 +128,21 @@ mod tests {
             let got = Jitter::Spread(0.5).apply(D, &SplitMix64::new(seed));
             assert!(got >= D / 2 && got <= D + D / 2, "seed {seed}: {got:?}");
         }
+    }
+
+    #[test]
+    fn saturated_delays_do_not_panic() {
+        let rng = SplitMix64::new(5);
+        for j in [
+            Jitter::Spread(0.0),
+            Jitter::Spread(0.5),
+            Jitter::Spread(1.0),
+            Jitter::Full,
+            Jitter::Equal,
+        ] {
+            assert!(j.apply(Duration::MAX, &rng) <= Duration::MAX);
+        }
+        assert_eq!(Jitter::Spread(0.0).apply(D, &rng), D);
     }
 
     #[test]
