@@ -1386,10 +1386,12 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         .iter()
         .enumerate()
         .map(|(i, (pat, _))| match pat {
-            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => Ident::new(
-                &p.ident.to_string(),
-                Span::mixed_site().located_at(p.ident.span()),
-            ),
+            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => {
+                // Cloned, not rebuilt from its text: a raw identifier (`r#type`) keeps its form.
+                let mut i = p.ident.clone();
+                i.set_span(Span::mixed_site().located_at(p.ident.span()));
+                i
+            }
             _ => Ident::new(&format!("__flow_arg{i}"), Span::mixed_site()),
         })
         .collect();
