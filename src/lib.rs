@@ -65,6 +65,8 @@ pub mod __private {
     pub struct FnWorkflow<In, Out, E, S, F> {
         graph: &'static flow_runtime::Graph,
         timeout: Option<core::time::Duration>,
+        compensation_timeout: core::time::Duration,
+        compensate_on_drop: bool,
         body: F,
         _types: Types<In, Out, E, S>,
     }
@@ -79,9 +81,25 @@ pub mod __private {
             FnWorkflow {
                 graph,
                 timeout,
+                compensation_timeout: flow_runtime::DEFAULT_COMPENSATION_TIMEOUT,
+                compensate_on_drop: true,
                 body,
                 _types: core::marker::PhantomData,
             }
+        }
+
+        /// `#[workflow(compensation_timeout = ..)]`.
+        #[must_use]
+        pub const fn with_compensation_timeout(mut self, limit: core::time::Duration) -> Self {
+            self.compensation_timeout = limit;
+            self
+        }
+
+        /// `#[workflow(compensate_on_drop = ..)]`.
+        #[must_use]
+        pub const fn with_compensate_on_drop(mut self, on: bool) -> Self {
+            self.compensate_on_drop = on;
+            self
         }
     }
 
@@ -105,6 +123,14 @@ pub mod __private {
 
         fn timeout(&self) -> Option<core::time::Duration> {
             self.timeout
+        }
+
+        fn compensation_timeout(&self) -> core::time::Duration {
+            self.compensation_timeout
+        }
+
+        fn compensate_on_drop(&self) -> bool {
+            self.compensate_on_drop
         }
 
         fn execute(

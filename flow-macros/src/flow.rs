@@ -69,6 +69,7 @@ struct FlowInput {
     name: Option<LitStr>,
     timeout: Option<core::time::Duration>,
     error: Option<Type>,
+    undo: crate::workflow::UndoOptions,
     pipeline: Pipeline,
 }
 
@@ -188,6 +189,7 @@ impl Parser<'_> {
             name: None,
             timeout: None,
             error: None,
+            undo: crate::workflow::UndoOptions::default(),
             pipeline: Pipeline { stages: Vec::new() },
         };
         // Options: `key = value, ...;` (a pipeline never starts with `ident =`).
@@ -195,17 +197,26 @@ impl Parser<'_> {
             loop {
                 let key: Ident = input.parse()?;
                 input.parse::<Token![=]>()?;
-                match key.to_string().as_str() {
-                    kw::NAME => out.name = Some(input.parse()?),
-                    kw::TIMEOUT => {
-                        let e: Expr = input.parse()?;
-                        out.timeout = self.errors.ok(duration::parse(&e, "the flow timeout"));
-                    }
-                    kw::ERROR => out.error = Some(input.parse()?),
-                    other => {
-                        self.errors
-                            .spanned(&key, unknown_key("`flow!` option", other, kw::FLOW_OPTIONS));
-                        let _: Expr = input.parse()?;
+                if [kw::COMPENSATION_TIMEOUT, kw::COMPENSATE_ON_DROP]
+                    .contains(&key.to_string().as_str())
+                {
+                    let value: Expr = input.parse()?;
+                    out.undo.parse(&key, &value, self.errors);
+                } else {
+                    match key.to_string().as_str() {
+                        kw::NAME => out.name = Some(input.parse()?),
+                        kw::TIMEOUT => {
+                            let e: Expr = input.parse()?;
+                            out.timeout = self.errors.ok(duration::parse(&e, "the flow timeout"));
+                        }
+                        kw::ERROR => out.error = Some(input.parse()?),
+                        other => {
+                            self.errors.spanned(
+                                &key,
+                                unknown_key("`flow!` option", other, kw::FLOW_OPTIONS),
+                            );
+                            let _: Expr = input.parse()?;
+                        }
                     }
                 }
                 if input.parse::<Option<Token![,]>>()?.is_none() {
@@ -1192,6 +1203,7 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
         None => quote!(_),
     };
     let marker_defs = markers.definitions();
+    let undo_builder = flow.undo.builder_calls();
     // Closure and method stages: built once with the flow, shared by its runs through an
     // `Arc` (a run's future owns a clone and calls them by reference). Nothing for a flow of
     // plain steps.
@@ -1244,6 +1256,6 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
                 };
             }
           }
-        })
+        }) #undo_builder
     }}
 }

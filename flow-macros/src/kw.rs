@@ -47,10 +47,24 @@ pub(crate) const ON_KINDS: &[&str] = &[ANY, ERRORS, TIMEOUTS];
 pub(crate) const NAME: &str = "name";
 pub(crate) const ERROR: &str = "error";
 pub(crate) const CRATE: &str = "crate";
+pub(crate) const COMPENSATION_TIMEOUT: &str = "compensation_timeout";
+pub(crate) const COMPENSATE_ON_DROP: &str = "compensate_on_drop";
 /// Options of `#[workflow(...)]`.
-pub(crate) const WORKFLOW_OPTIONS: &[&str] = &[TIMEOUT, NAME, CRATE];
+pub(crate) const WORKFLOW_OPTIONS: &[&str] = &[
+    TIMEOUT,
+    NAME,
+    CRATE,
+    COMPENSATION_TIMEOUT,
+    COMPENSATE_ON_DROP,
+];
 /// Options of a `flow!` header.
-pub(crate) const FLOW_OPTIONS: &[&str] = &[NAME, TIMEOUT, ERROR];
+pub(crate) const FLOW_OPTIONS: &[&str] = &[
+    NAME,
+    TIMEOUT,
+    ERROR,
+    COMPENSATION_TIMEOUT,
+    COMPENSATE_ON_DROP,
+];
 
 pub(crate) const MAP: &str = "map";
 pub(crate) const BRANCH: &str = "branch";

@@ -101,6 +101,9 @@ pub(crate) struct Policy {
     pub(crate) retry: Vec<RetryRule>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) compensate: Option<Expr>,
+    /// `compensate(undo, timeout = "10s", retry(..))`: the undo's own limits.
+    pub(crate) undo_timeout: Option<Duration>,
+    pub(crate) undo_retry: Vec<RetryRule>,
     pub(crate) catch: Option<Catch>,
     pub(crate) settle: bool,
     /// Span of the first policy item, for errors about the policy as a whole.
@@ -161,7 +164,14 @@ impl Policy {
                 }
                 match item.args {
                     ItemArgs::Value(e) => self.compensate = Some(e),
-                    ItemArgs::List(t, _) => self.compensate = errors.ok(syn::parse2::<Expr>(t)),
+                    ItemArgs::List(t, span) => {
+                        if let Some(args) = errors.ok(syn::parse2::<CompensateArgs>(t)) {
+                            self.compensate = Some(args.undo);
+                            for item in args.items {
+                                self.add_undo_limit(item, span, errors);
+                            }
+                        }
+                    }
                     ItemArgs::None => errors.spanned(
                         &item.name,
                         "`compensate` needs the function that undoes the step: `compensate = undo`",
@@ -192,6 +202,30 @@ impl Policy {
                 _ => errors.spanned(&item.name, "`settle` takes no arguments"),
             },
             _ => errors.spanned(&item.name, unknown_key("policy", &name, allowed)),
+        }
+    }
+
+    /// One of `compensate(undo, ..)`'s limits: `timeout = "10s"` or `retry(..)`.
+    fn add_undo_limit(&mut self, item: Item, span: Span, errors: &mut Errors) {
+        const UNDO_KEYS: &[&str] = &[kw::TIMEOUT, kw::RETRY];
+        match (item.name.to_string().as_str(), item.args) {
+            (kw::TIMEOUT, ItemArgs::Value(e)) => {
+                self.undo_timeout = errors.ok(duration::parse(&e, "the compensation's timeout"));
+            }
+            (kw::RETRY, ItemArgs::List(tokens, span)) => {
+                let parsed = parse_retry(tokens, span, errors);
+                if let Some(rule) = errors.ok(parsed) {
+                    self.undo_retry.push(rule);
+                }
+            }
+            (kw::TIMEOUT | kw::RETRY, _) => errors.spanned(
+                &item.name,
+                "write the undo's limits as `compensate(undo, timeout = \"10s\", retry(max_attempts = 3))`",
+            ),
+            (other, _) => {
+                let _ = span;
+                errors.spanned(&item.name, unknown_key("`compensate` key", other, UNDO_KEYS));
+            }
         }
     }
 
@@ -231,7 +265,22 @@ impl Policy {
             parts.push(format!("timeout = {}", fmt_dur(d)));
         }
         if let Some(c) = &self.compensate {
-            parts.push(format!("compensate = {}", c.to_token_stream()));
+            let mut limits = Vec::new();
+            if let Some(d) = self.undo_timeout {
+                limits.push(format!("timeout = {}", fmt_dur(d)));
+            }
+            for r in &self.undo_retry {
+                limits.push(format!("retry(max_attempts = {})", r.max_attempts));
+            }
+            if limits.is_empty() {
+                parts.push(format!("compensate = {}", c.to_token_stream()));
+            } else {
+                parts.push(format!(
+                    "compensate({}, {})",
+                    c.to_token_stream(),
+                    limits.join(", ")
+                ));
+            }
         }
         if let Some(c) = &self.catch {
             parts.push(format!("catch({})", c.recover.to_token_stream()));
@@ -240,6 +289,24 @@ impl Policy {
             parts.push("settle".into());
         }
         parts.join(", ")
+    }
+
+    /// `flow::CompensationPolicy { .. }` tokens, when the undo has limits of its own.
+    pub(crate) fn to_undo_policy(&self, krate: &TokenStream) -> Option<TokenStream> {
+        if self.undo_timeout.is_none() && self.undo_retry.is_empty() {
+            return None;
+        }
+        let rules = self.undo_retry.iter().map(|r| r.to_tokens(krate));
+        let timeout = match self.undo_timeout {
+            Some(d) => {
+                let d = duration::to_tokens(d);
+                quote!(::core::option::Option::Some(#d))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        Some(quote! {
+            #krate::CompensationPolicy { retry: &[#(#rules),*], timeout: #timeout }
+        })
     }
 
     /// `flow::StepPolicy { .. }` tokens.
@@ -260,6 +327,26 @@ impl Policy {
 
 fn fmt_dur(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+/// `compensate(undo, timeout = "10s", retry(max_attempts = 3))`.
+struct CompensateArgs {
+    undo: Expr,
+    items: Vec<Item>,
+}
+
+impl Parse for CompensateArgs {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let undo: Expr = input.parse()?;
+        let mut items = Vec::new();
+        while input.parse::<Option<Token![,]>>()?.is_some() {
+            if input.is_empty() {
+                break;
+            }
+            items.push(input.parse()?);
+        }
+        Ok(CompensateArgs { undo, items })
+    }
 }
 
 struct CatchArgs {

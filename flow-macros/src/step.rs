@@ -300,9 +300,14 @@ impl Gen<'_> {
             } else {
                 quote!(#undo)
             };
-            out.extend(quote! {
-                let #r = #ctx.compensate(#id, #r, #undo_fn);
-            });
+            match policy.to_undo_policy(krate) {
+                None => out.extend(quote! {
+                    let #r = #ctx.compensate(#id, #r, #undo_fn);
+                }),
+                Some(limits) => out.extend(quote! {
+                    let #r = #ctx.compensate_with(#id, #r, #undo_fn, #limits);
+                }),
+            }
         }
         if self.marker {
             quote!({ #out (#r, #m) })

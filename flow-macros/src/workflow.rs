@@ -58,6 +58,72 @@ struct Options {
     timeout: Option<core::time::Duration>,
     name: Option<Ident>,
     krate: TokenStream,
+    /// `compensation_timeout = "10m"` and `compensate_on_drop = false`.
+    undo: UndoOptions,
+}
+
+/// The saga options shared by `#[workflow(..)]` and `flow!`'s header.
+#[derive(Default)]
+pub(crate) struct UndoOptions {
+    pub(crate) budget: Option<core::time::Duration>,
+    pub(crate) on_drop: Option<bool>,
+}
+
+impl UndoOptions {
+    /// Parses `key = value` when `key` is one of the saga options; `false` otherwise.
+    pub(crate) fn parse(&mut self, key: &Ident, value: &Expr, errors: &mut Errors) -> bool {
+        match key.to_string().as_str() {
+            kw::COMPENSATION_TIMEOUT => {
+                self.budget = errors.ok(duration::parse(value, "the compensation timeout"));
+                true
+            }
+            kw::COMPENSATE_ON_DROP => {
+                match value {
+                    Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Bool(b),
+                        ..
+                    }) => self.on_drop = Some(b.value),
+                    _ => errors.spanned(value, "`compensate_on_drop` is `true` or `false`"),
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The `Workflow` methods that override the defaults.
+    pub(crate) fn trait_methods(&self) -> TokenStream {
+        let mut out = TokenStream::new();
+        if let Some(d) = self.budget {
+            let d = duration::to_tokens(d);
+            out.extend(quote! {
+                fn compensation_timeout(&self) -> ::core::time::Duration {
+                    #d
+                }
+            });
+        }
+        if let Some(b) = self.on_drop {
+            out.extend(quote! {
+                fn compensate_on_drop(&self) -> bool {
+                    #b
+                }
+            });
+        }
+        out
+    }
+
+    /// Builder calls on a `Flow` or a method's workflow value.
+    pub(crate) fn builder_calls(&self) -> TokenStream {
+        let mut out = TokenStream::new();
+        if let Some(d) = self.budget {
+            let d = duration::to_tokens(d);
+            out.extend(quote!(.with_compensation_timeout(#d)));
+        }
+        if let Some(b) = self.on_drop {
+            out.extend(quote!(.with_compensate_on_drop(#b)));
+        }
+        out
+    }
 }
 
 fn parse_options(args: TokenStream, errors: &mut Errors) -> Options {
@@ -65,12 +131,16 @@ fn parse_options(args: TokenStream, errors: &mut Errors) -> Options {
         timeout: None,
         name: None,
         krate: quote!(::flow),
+        undo: UndoOptions::default(),
     };
     let Some(pairs) = errors.ok(Punctuated::<KeyValue, Token![,]>::parse_terminated.parse2(args))
     else {
         return o;
     };
     for kv in pairs {
+        if o.undo.parse(&kv.key, &kv.value, errors) {
+            continue;
+        }
         match kv.key.to_string().as_str() {
             kw::TIMEOUT => {
                 o.timeout = errors.ok(duration::parse(&kv.value, "the workflow timeout"))
@@ -1446,6 +1516,8 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
     );
     let ctx_ty = quote!(#krate::Ctx<#err>);
     let tuple_tys = quote!((#(#param_tys,)*));
+    let undo_methods = options.undo.trait_methods();
+    let undo_builder = options.undo.builder_calls();
     let state_items = quote! {
         #[doc = #doc_state]
         #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug, ::core::cmp::PartialEq, ::core::cmp::Eq, ::core::hash::Hash)]
@@ -1540,7 +1612,7 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
                 #ret_is_result
                 #state_items
                 const __FLOW_GRAPH: &'static #krate::Graph = #graph;
-                #krate::__private::FnWorkflow::<_, _, _, #state_name, _>::new(__FLOW_GRAPH, #timeout, #call_body)
+                #krate::__private::FnWorkflow::<_, _, _, #state_name, _>::new(__FLOW_GRAPH, #timeout, #call_body) #undo_builder
             }
 
             #[doc(hidden)]
@@ -1640,6 +1712,8 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
                     #timeout
                 }
 
+                #undo_methods
+
                 fn execute(
                     &self,
                     #ctx: #ctx_ty,
@@ -1696,6 +1770,8 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
             fn timeout(&self) -> ::core::option::Option<::core::time::Duration> {
                 #timeout
             }
+
+            #undo_methods
 
             fn execute(
                 &self,

@@ -88,6 +88,8 @@ pub struct Flow<In, Out, E, S, F> {
     start: fn(In) -> S,
     driver: F,
     timeout: Option<Duration>,
+    compensation_timeout: Duration,
+    compensate_on_drop: bool,
     _types: PhantomData<fn(In) -> (Out, E)>,
 }
 
@@ -109,8 +111,28 @@ where
             start,
             driver,
             timeout,
+            compensation_timeout: crate::saga::DEFAULT_COMPENSATION_TIMEOUT,
+            compensate_on_drop: true,
             _types: PhantomData,
         }
+    }
+}
+
+impl<In, Out, E, S, F> Flow<In, Out, E, S, F> {
+    /// The total time a run may spend compensating (`flow! { compensation_timeout = "10m"; .. }`);
+    /// see [`Workflow::compensation_timeout`].
+    #[must_use]
+    pub const fn with_compensation_timeout(mut self, limit: Duration) -> Self {
+        self.compensation_timeout = limit;
+        self
+    }
+
+    /// Whether a run dropped mid-run still undoes its completed steps
+    /// (`flow! { compensate_on_drop = false; .. }`); see [`Workflow::compensate_on_drop`].
+    #[must_use]
+    pub const fn with_compensate_on_drop(mut self, on: bool) -> Self {
+        self.compensate_on_drop = on;
+        self
     }
 }
 
@@ -152,6 +174,14 @@ where
 
     fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    fn compensation_timeout(&self) -> Duration {
+        self.compensation_timeout
+    }
+
+    fn compensate_on_drop(&self) -> bool {
+        self.compensate_on_drop
     }
 
     fn execute(

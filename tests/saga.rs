@@ -1,0 +1,305 @@
+//! The saga through the macros, as users write it: undo limits, the compensation budget,
+//! dropped runs, completed and abandoned child workflows, panics between steps. Side effects
+//! go to a log, which each test reads.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flow::prelude::*;
+use flow::{CompensationOutcome, RunReport};
+
+/// What the steps and undos did, in order.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, s: impl Into<String>) {
+        self.0.lock().unwrap().push(s.into());
+    }
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+async fn create(log: Log, what: &'static str) -> Result<(Log, &'static str), String> {
+    log.push(format!("create {what}"));
+    Ok((log, what))
+}
+
+async fn delete((log, what): (Log, &'static str)) -> Result<(), String> {
+    log.push(format!("delete {what}"));
+    Ok(())
+}
+
+/// Fails its first two attempts.
+async fn delete_flaky((log, what): (Log, &'static str)) -> Result<(), String> {
+    let n = log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("try delete"))
+        .count();
+    log.push(format!("try delete {what}"));
+    if n < 2 {
+        return Err(format!("delete {what}: busy"));
+    }
+    log.push(format!("delete {what}"));
+    Ok(())
+}
+
+async fn delete_hangs((log, what): (Log, &'static str)) -> Result<(), String> {
+    log.push(format!("hang deleting {what}"));
+    std::future::pending().await
+}
+
+async fn fail(log: Log) -> Result<(), String> {
+    log.push("fail");
+    Err("boom".into())
+}
+
+async fn wait_forever(log: Log) -> Result<(), String> {
+    log.push("waiting");
+    std::future::pending().await
+}
+
+// ---------------------------------------------------------------- an undo's own limits
+
+#[workflow]
+async fn flaky_undo(log: Log) -> Result<(), String> {
+    #[compensate(delete_flaky, timeout = "1s", retry(max_attempts = 3))]
+    create(log.clone(), "bucket").await?;
+    fail(log).await
+}
+
+#[workflow(compensation_timeout = "5s")]
+async fn hung_undo(log: Log) -> Result<(), String> {
+    #[compensate(delete)]
+    create(log.clone(), "first").await?;
+    #[compensate(delete_hangs)]
+    create(log.clone(), "second").await?;
+    fail(log).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_undo_is_retried_under_its_own_policy() {
+    let log = Log::default();
+    let err = flaky_undo(log.clone()).await.unwrap_err();
+    assert_eq!(err.error(), Some(&"boom".to_owned()));
+    let rec = &err.compensations()[0];
+    assert_eq!((rec.step, rec.attempts), ("create", 3));
+    assert!(rec.succeeded());
+    assert_eq!(
+        log.take(),
+        [
+            "create bucket",
+            "fail",
+            "try delete bucket",
+            "try delete bucket",
+            "try delete bucket",
+            "delete bucket"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_undo_is_bounded_by_the_compensation_budget_and_the_others_still_run() {
+    let log = Log::default();
+    let started = tokio::time::Instant::now();
+    let err = hung_undo(log.clone()).await.unwrap_err();
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(5),
+        "waited the budget, not forever"
+    );
+    let outcomes: Vec<(&str, &CompensationOutcome)> = err
+        .compensations()
+        .iter()
+        .map(|r| (r.key, &r.outcome))
+        .collect();
+    // Reverse order; the hung undo timed out; the budget was spent, so the first one is
+    // reported as timed out too (it never ran), never silently dropped.
+    assert_eq!(
+        outcomes[0],
+        (
+            "create#2",
+            &CompensationOutcome::TimedOut(Duration::from_secs(5))
+        )
+    );
+    assert_eq!(outcomes.len(), 2);
+    assert_eq!(
+        log.take()[..4],
+        [
+            "create first",
+            "create second",
+            "fail",
+            "hang deleting second"
+        ]
+    );
+}
+
+// ---------------------------------------------------------------- dropped runs
+
+#[workflow]
+async fn handler(log: Log) -> Result<(), String> {
+    #[compensate(delete)]
+    create(log.clone(), "session").await?;
+    wait_forever(log).await
+}
+
+#[workflow(compensate_on_drop = false)]
+async fn handler_no_undo(log: Log) -> Result<(), String> {
+    #[compensate(delete)]
+    create(log.clone(), "session").await?;
+    wait_forever(log).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_an_awaited_workflow_undoes_it_unless_told_not_to() {
+    let log = Log::default();
+    // A request handler whose client went away: its future is dropped mid-run.
+    let r = tokio::time::timeout(Duration::from_secs(1), handler(log.clone())).await;
+    assert!(r.is_err());
+    // The undo runs on a task of its own.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(log.take(), ["create session", "waiting", "delete session"]);
+
+    let r = tokio::time::timeout(Duration::from_secs(1), handler_no_undo(log.clone())).await;
+    assert!(r.is_err());
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(log.take(), ["create session", "waiting"]);
+}
+
+// ---------------------------------------------------------------- child workflows
+
+#[workflow]
+async fn child(log: Log) -> Result<(), String> {
+    #[compensate(delete)]
+    create(log.clone(), "child volume").await?;
+    #[compensate(delete)]
+    create(log.clone(), "child disk").await?;
+    Ok(())
+}
+
+async fn run_child(log: Log) -> Result<(), String> {
+    child(log).await.map_err(|e| e.to_string())
+}
+
+#[workflow]
+async fn parent(log: Log) -> Result<(), String> {
+    #[compensate(delete)]
+    create(log.clone(), "network").await?;
+    run_child(log.clone()).await?;
+    #[compensate(delete)]
+    create(log.clone(), "dns").await?;
+    fail(log).await
+}
+
+#[tokio::test]
+async fn a_completed_child_is_undone_when_its_parent_fails_later_in_reverse_order() {
+    let log = Log::default();
+    let err = parent(log.clone()).await.unwrap_err();
+    assert_eq!(err.error(), Some(&"boom".to_owned()));
+    assert_eq!(
+        log.take(),
+        [
+            "create network",
+            "create child volume",
+            "create child disk",
+            "create dns",
+            "fail",
+            "delete dns",
+            "delete child disk",
+            "delete child volume",
+            "delete network",
+        ]
+    );
+    assert!(err.compensations().iter().all(|r| r.succeeded()));
+    assert_eq!(err.compensations().len(), 4);
+}
+
+async fn slow_child_step(log: Log, attempt: Arc<Mutex<u32>>) -> Result<(), String> {
+    let n = {
+        let mut a = attempt.lock().unwrap();
+        *a += 1;
+        *a
+    };
+    slow_child(log, n).await.map_err(|e| e.to_string())
+}
+
+#[workflow]
+async fn slow_child(log: Log, attempt: u32) -> Result<(), String> {
+    #[compensate(delete)]
+    create(log.clone(), if attempt == 1 { "vm 1" } else { "vm 2" }).await?;
+    if attempt == 1 {
+        wait_forever(log).await?;
+    }
+    Ok(())
+}
+
+#[workflow]
+async fn provision_vm(log: Log) -> Result<(), String> {
+    let attempt = Arc::new(Mutex::new(0));
+    #[retry(max_attempts = 2)]
+    #[timeout("1s")]
+    slow_child_step(log.clone(), attempt.clone()).await?;
+    log.push("ready");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_attempt_is_undone_before_the_next_and_reported_when_the_run_succeeds() {
+    let log = Log::default();
+    let report: RunReport<(), String> = Runtime::new()
+        .run_report(&ProvisionVm, (log.clone(),))
+        .await;
+    assert!(report.result.is_ok());
+    assert_eq!(
+        log.take(),
+        [
+            "create vm 1",
+            "waiting",
+            "delete vm 1",
+            "create vm 2",
+            "ready"
+        ],
+        "attempt 1's vm is deleted before attempt 2 creates its own, and vm 2 is kept"
+    );
+    assert_eq!(report.compensations.len(), 1);
+    assert_eq!(report.compensations[0].workflow, "SlowChild");
+}
+
+// ---------------------------------------------------------------- panics
+
+#[workflow]
+async fn panics_between_steps(log: Log, index: usize) -> Result<(), String> {
+    #[compensate(delete)]
+    create(log.clone(), "table").await?;
+    let shards: Vec<u32> = vec![1, 2];
+    let _ = shards[index]; // a bug in the workflow's own code
+    fail(log).await
+}
+
+#[tokio::test]
+async fn a_panic_in_the_body_fails_the_run_and_undoes_it() {
+    let log = Log::default();
+    let mut handle = Runtime::new().spawn_with_events(PanicsBetweenSteps, (log.clone(), 9));
+    let mut last = None;
+    while let Some(e) = handle.events().next().await {
+        last = Some(e.kind);
+    }
+    assert!(
+        matches!(last, Some(EventKind::RunFailed { .. })),
+        "the event stream ends"
+    );
+    let err = handle.await.unwrap_err();
+    assert!(err.to_string().contains("panicked"), "{err}");
+    assert!(err.to_string().contains("index out of bounds"), "{err}");
+    assert_eq!(log.take(), ["create table", "delete table"]);
+}
