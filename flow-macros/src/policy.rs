@@ -8,6 +8,7 @@
 //! item    := ident                      // settle
 //!          | ident '(' args ')'         // retry(max_attempts = 3), timeout("2s"), catch(f, when = p)
 //!          | ident '=' expr             // timeout = "2s", compensate = undo
+//! compensate(undo, timeout = "10s", retry(max_attempts = 3))   // the undo's own policies
 //! retry   := key '=' value (',' key '=' value)*
 //! ```
 
@@ -101,6 +102,10 @@ pub(crate) struct Policy {
     pub(crate) retry: Vec<RetryRule>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) compensate: Option<Expr>,
+    /// `compensate(undo, timeout = "10s")`: the limit on each attempt of the undo.
+    pub(crate) compensate_timeout: Option<Duration>,
+    /// `compensate(undo, retry(..))`: the undo's retry rules.
+    pub(crate) compensate_retry: Vec<RetryRule>,
     pub(crate) catch: Option<Catch>,
     pub(crate) settle: bool,
     /// Span of the first policy item, for errors about the policy as a whole.
@@ -161,7 +166,7 @@ impl Policy {
                 }
                 match item.args {
                     ItemArgs::Value(e) => self.compensate = Some(e),
-                    ItemArgs::List(t, _) => self.compensate = errors.ok(syn::parse2::<Expr>(t)),
+                    ItemArgs::List(t, _) => self.add_compensate(t, errors),
                     ItemArgs::None => errors.spanned(
                         &item.name,
                         "`compensate` needs the function that undoes the step: `compensate = undo`",
@@ -200,38 +205,22 @@ impl Policy {
     pub(crate) fn display(&self) -> String {
         let mut parts = Vec::new();
         for r in &self.retry {
-            let mut args = vec![format!("max_attempts = {}", r.max_attempts)];
-            match r.backoff {
-                BackoffSpec::None => {}
-                BackoffSpec::Constant(d) => {
-                    args.push(format!("backoff = constant({})", fmt_dur(d)))
-                }
-                BackoffSpec::Exponential(d, f) => {
-                    args.push(format!("backoff = exponential({}, {f})", fmt_dur(d)));
-                }
-            }
-            if let Some(d) = r.max_delay {
-                args.push(format!("max_delay = {}", fmt_dur(d)));
-            }
-            if r.jitter != kw::NONE {
-                args.push(format!("jitter = {}", r.jitter));
-            }
-            if let Some(d) = r.max_elapsed {
-                args.push(format!("max_elapsed = {}", fmt_dur(d)));
-            }
-            match &r.on {
-                On::Any => {}
-                On::Errors => args.push("on = errors".into()),
-                On::Timeouts => args.push("on = timeouts".into()),
-                On::When(e) => args.push(format!("when = {}", e.to_token_stream())),
-            }
-            parts.push(format!("retry({})", args.join(", ")));
+            parts.push(display_rule(r));
         }
         if let Some(d) = self.timeout {
             parts.push(format!("timeout = {}", fmt_dur(d)));
         }
         if let Some(c) = &self.compensate {
-            parts.push(format!("compensate = {}", c.to_token_stream()));
+            if self.compensate_has_policy() {
+                let mut args = vec![c.to_token_stream().to_string()];
+                if let Some(d) = self.compensate_timeout {
+                    args.push(format!("timeout = {}", fmt_dur(d)));
+                }
+                args.extend(self.compensate_retry.iter().map(display_rule));
+                parts.push(format!("compensate({})", args.join(", ")));
+            } else {
+                parts.push(format!("compensate = {}", c.to_token_stream()));
+            }
         }
         if let Some(c) = &self.catch {
             parts.push(format!("catch({})", c.recover.to_token_stream()));
@@ -240,6 +229,72 @@ impl Policy {
             parts.push("settle".into());
         }
         parts.join(", ")
+    }
+
+    /// `compensate(undo, timeout = "10s", retry(max_attempts = 3))`: the undo, then its own
+    /// per-attempt timeout and retry rules.
+    fn add_compensate(&mut self, tokens: TokenStream, errors: &mut Errors) {
+        let parsed = syn::parse::Parser::parse2(
+            |input: ParseStream| {
+                let undo: Expr = input.parse()?;
+                let mut items = Vec::new();
+                while !input.is_empty() {
+                    input.parse::<Token![,]>()?;
+                    if input.is_empty() {
+                        break;
+                    }
+                    items.push(input.parse::<Item>()?);
+                }
+                Ok((undo, items))
+            },
+            tokens,
+        );
+        let Some((undo, items)) = errors.ok(parsed) else {
+            return;
+        };
+        self.compensate = Some(undo);
+        for item in items {
+            let name = item.name.to_string();
+            match (name.as_str(), item.args) {
+                (kw::TIMEOUT, ItemArgs::Value(e)) => {
+                    self.compensate_timeout = errors.ok(duration::parse(&e, "timeout"));
+                }
+                (kw::RETRY, ItemArgs::List(t, span)) => {
+                    let parsed = parse_retry(t, span, errors);
+                    if let Some(rule) = errors.ok(parsed) {
+                        self.compensate_retry.push(rule);
+                    }
+                }
+                (kw::TIMEOUT | kw::RETRY, _) => errors.spanned(
+                    &item.name,
+                    "in `compensate(undo, ..)`: `timeout = \"10s\"` or `retry(max_attempts = 3, ..)`",
+                ),
+                _ => errors.spanned(
+                    &item.name,
+                    unknown_key("compensation policy", &name, &[kw::TIMEOUT, kw::RETRY]),
+                ),
+            }
+        }
+    }
+
+    /// Whether the undo has its own timeout or retry rules.
+    pub(crate) fn compensate_has_policy(&self) -> bool {
+        self.compensate_timeout.is_some() || !self.compensate_retry.is_empty()
+    }
+
+    /// `flow::CompensationPolicy { .. }` tokens.
+    pub(crate) fn to_compensation_policy(&self, krate: &TokenStream) -> TokenStream {
+        let rules = self.compensate_retry.iter().map(|r| r.to_tokens(krate));
+        let timeout = match self.compensate_timeout {
+            Some(d) => {
+                let d = duration::to_tokens(d);
+                quote!(::core::option::Option::Some(#d))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        quote! {
+            #krate::CompensationPolicy { timeout: #timeout, retry: &[#(#rules),*] }
+        }
     }
 
     /// `flow::StepPolicy { .. }` tokens.
@@ -284,6 +339,34 @@ impl Parse for CatchArgs {
         }
         Ok(CatchArgs { recover, when })
     }
+}
+
+/// `retry(max_attempts = 3, ..)`, as the graph shows it.
+fn display_rule(r: &RetryRule) -> String {
+    let mut args = vec![format!("max_attempts = {}", r.max_attempts)];
+    match r.backoff {
+        BackoffSpec::None => {}
+        BackoffSpec::Constant(d) => args.push(format!("backoff = constant({})", fmt_dur(d))),
+        BackoffSpec::Exponential(d, f) => {
+            args.push(format!("backoff = exponential({}, {f})", fmt_dur(d)));
+        }
+    }
+    if let Some(d) = r.max_delay {
+        args.push(format!("max_delay = {}", fmt_dur(d)));
+    }
+    if r.jitter != kw::NONE {
+        args.push(format!("jitter = {}", r.jitter));
+    }
+    if let Some(d) = r.max_elapsed {
+        args.push(format!("max_elapsed = {}", fmt_dur(d)));
+    }
+    match &r.on {
+        On::Any => {}
+        On::Errors => args.push("on = errors".into()),
+        On::Timeouts => args.push("on = timeouts".into()),
+        On::When(e) => args.push(format!("when = {}", e.to_token_stream())),
+    }
+    format!("retry({})", args.join(", "))
 }
 
 fn parse_retry(tokens: TokenStream, span: Span, errors: &mut Errors) -> syn::Result<RetryRule> {

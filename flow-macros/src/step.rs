@@ -18,6 +18,8 @@
 //!
 //! + catch(recover, when = p)          let __r = __ctx.catch(__r, p, NodeId(r), recover).await;
 //! + compensate(undo)                  let __r = __ctx.compensate(NodeId(k), __r, undo);
+//! + compensate(undo, timeout, retry)   let __r = __ctx.compensate_with(NodeId(k), __r, undo,
+//!                                          CompensationPolicy { timeout, retry: &[..] });
 //! ```
 //!
 //! The block evaluates to `Result<T, flow::StepError<E>>` (with `#[workflow]`, paired with a
@@ -300,9 +302,16 @@ impl Gen<'_> {
             } else {
                 quote!(#undo)
             };
-            out.extend(quote! {
-                let #r = #ctx.compensate(#id, #r, #undo_fn);
-            });
+            if policy.compensate_has_policy() {
+                let undo_policy = policy.to_compensation_policy(krate);
+                out.extend(quote! {
+                    let #r = #ctx.compensate_with(#id, #r, #undo_fn, #undo_policy);
+                });
+            } else {
+                out.extend(quote! {
+                    let #r = #ctx.compensate(#id, #r, #undo_fn);
+                });
+            }
         }
         if self.marker {
             quote!({ #out (#r, #m) })
