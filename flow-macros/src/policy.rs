@@ -232,35 +232,7 @@ impl Policy {
     /// Human-readable text for the graph, built from the parsed values so that formatting and
     /// comments do not change it.
     pub(crate) fn display(&self) -> String {
-        let mut parts = Vec::new();
-        for r in &self.retry {
-            let mut args = vec![format!("max_attempts = {}", r.max_attempts)];
-            match r.backoff {
-                BackoffSpec::None => {}
-                BackoffSpec::Constant(d) => {
-                    args.push(format!("backoff = constant({})", fmt_dur(d)))
-                }
-                BackoffSpec::Exponential(d, f) => {
-                    args.push(format!("backoff = exponential({}, {f})", fmt_dur(d)));
-                }
-            }
-            if let Some(d) = r.max_delay {
-                args.push(format!("max_delay = {}", fmt_dur(d)));
-            }
-            if r.jitter != kw::NONE {
-                args.push(format!("jitter = {}", r.jitter));
-            }
-            if let Some(d) = r.max_elapsed {
-                args.push(format!("max_elapsed = {}", fmt_dur(d)));
-            }
-            match &r.on {
-                On::Any => {}
-                On::Errors => args.push("on = errors".into()),
-                On::Timeouts => args.push("on = timeouts".into()),
-                On::When(e) => args.push(format!("when = {}", e.to_token_stream())),
-            }
-            parts.push(format!("retry({})", args.join(", ")));
-        }
+        let mut parts: Vec<String> = self.retry.iter().map(retry_text).collect();
         if let Some(d) = self.timeout {
             parts.push(format!("timeout = {}", fmt_dur(d)));
         }
@@ -269,9 +241,7 @@ impl Policy {
             if let Some(d) = self.undo_timeout {
                 limits.push(format!("timeout = {}", fmt_dur(d)));
             }
-            for r in &self.undo_retry {
-                limits.push(format!("retry(max_attempts = {})", r.max_attempts));
-            }
+            limits.extend(self.undo_retry.iter().map(retry_text));
             if limits.is_empty() {
                 parts.push(format!("compensate = {}", c.to_token_stream()));
             } else {
@@ -323,6 +293,34 @@ impl Policy {
             #krate::StepPolicy { retry: &[#(#rules),*], timeout: #timeout }
         }
     }
+}
+
+/// `retry(max_attempts = 3, backoff = ..)`, from the parsed rule (formatting-independent).
+fn retry_text(r: &RetryRule) -> String {
+    let mut args = vec![format!("max_attempts = {}", r.max_attempts)];
+    match r.backoff {
+        BackoffSpec::None => {}
+        BackoffSpec::Constant(d) => args.push(format!("backoff = constant({})", fmt_dur(d))),
+        BackoffSpec::Exponential(d, f) => {
+            args.push(format!("backoff = exponential({}, {f})", fmt_dur(d)));
+        }
+    }
+    if let Some(d) = r.max_delay {
+        args.push(format!("max_delay = {}", fmt_dur(d)));
+    }
+    if r.jitter != kw::NONE {
+        args.push(format!("jitter = {}", r.jitter));
+    }
+    if let Some(d) = r.max_elapsed {
+        args.push(format!("max_elapsed = {}", fmt_dur(d)));
+    }
+    match &r.on {
+        On::Any => {}
+        On::Errors => args.push("on = errors".into()),
+        On::Timeouts => args.push("on = timeouts".into()),
+        On::When(e) => args.push(format!("when = {}", e.to_token_stream())),
+    }
+    format!("retry({})", args.join(", "))
 }
 
 fn fmt_dur(d: Duration) -> String {

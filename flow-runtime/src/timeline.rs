@@ -189,7 +189,10 @@ impl Slice {
 }
 
 struct OpenStep {
+    /// The step execution: node, iteration and map item (see [`Event`]).
     node: u32,
+    iteration: u32,
+    item: Option<u32>,
     step: usize,
     attempt: Option<usize>,
     backoff: Option<usize>,
@@ -207,6 +210,7 @@ fn build_slices(events: &[(Duration, Event)]) -> Vec<Slice> {
         let t = *t;
         let node = e.node.0;
         let steps = open.entry(e.run).or_default();
+        let this = |s: &OpenStep| s.node == node && s.iteration == e.iteration && s.item == e.item;
         match &e.kind {
             EventKind::RunStarted => {
                 runs.insert(e.run, out.len());
@@ -219,6 +223,8 @@ fn build_slices(events: &[(Duration, Event)]) -> Vec<Slice> {
                 out.push(Slice::new(SliceKind::Attempt, e, e.step, 1, t));
                 steps.push(OpenStep {
                     node,
+                    iteration: e.iteration,
+                    item: e.item,
                     step,
                     attempt: Some(step + 1),
                     backoff: None,
@@ -227,10 +233,7 @@ fn build_slices(events: &[(Duration, Event)]) -> Vec<Slice> {
                 });
             }
             EventKind::AttemptStarted { attempt } => {
-                if let Some(s) = steps
-                    .iter_mut()
-                    .find(|s| s.node == node && s.backoff.is_some())
-                {
+                if let Some(s) = steps.iter_mut().find(|s| this(s) && s.backoff.is_some()) {
                     if let Some(b) = s.backoff.take() {
                         out[b].end = t;
                         out[b].outcome = SliceOutcome::Ok;
@@ -249,7 +252,7 @@ fn build_slices(events: &[(Duration, Event)]) -> Vec<Slice> {
             } => {
                 if let Some(s) = steps
                     .iter_mut()
-                    .find(|s| s.node == node && s.number == *attempt && s.attempt.is_some())
+                    .find(|s| this(s) && s.number == *attempt && s.attempt.is_some())
                 {
                     if let Some(a) = s.attempt.take() {
                         out[a].end = t;
@@ -264,7 +267,7 @@ fn build_slices(events: &[(Duration, Event)]) -> Vec<Slice> {
             EventKind::StepSucceeded { attempt, .. } => {
                 if let Some(i) = steps
                     .iter()
-                    .position(|s| s.node == node && s.number == *attempt && s.attempt.is_some())
+                    .position(|s| this(s) && s.number == *attempt && s.attempt.is_some())
                 {
                     let s = steps.remove(i);
                     for ix in s.attempt.into_iter().chain([s.step]) {
@@ -275,10 +278,7 @@ fn build_slices(events: &[(Duration, Event)]) -> Vec<Slice> {
                 }
             }
             EventKind::StepFailed { attempts, error } => {
-                if let Some(i) = steps
-                    .iter()
-                    .position(|s| s.node == node && s.number == *attempts)
-                {
+                if let Some(i) = steps.iter().position(|s| this(s) && s.number == *attempts) {
                     let s = steps.remove(i);
                     for ix in s.attempt.into_iter().chain([s.step]) {
                         out[ix].end = t;
