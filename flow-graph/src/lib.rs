@@ -38,6 +38,8 @@ pub enum NodeKind {
     /// A loop (`for`, `while`, `loop` in a `#[workflow]` body): its members run once per
     /// iteration.
     Loop,
+    /// A wait for a named message from outside the run (a signal).
+    Signal,
 }
 
 /// The kind of an edge.
@@ -218,6 +220,7 @@ impl<'a> Graph<'a> {
             NodeKind::Map => ("[/", "/]"),
             NodeKind::Branch => ("{", "}"),
             NodeKind::Loop => ("{{", "}}"),
+            NodeKind::Signal => (">", "]"),
         };
         let line = format!("{prefix}n{i}{open}\"{label}\"{close}:::{}", class_of(n));
         let sub = subflow_of(n, subflows);
@@ -265,6 +268,7 @@ impl<'a> Graph<'a> {
                 NodeKind::Map => "map".to_owned(),
                 NodeKind::Branch => "branch".to_owned(),
                 NodeKind::Loop => "loop".to_owned(),
+                NodeKind::Signal => "signal".to_owned(),
                 NodeKind::Start | NodeKind::End => String::new(),
             };
             if let Some(p) = n.parent
@@ -404,6 +408,7 @@ impl<'a> Graph<'a> {
             NodeKind::Map => ("parallelogram", "#f3e5f5", ""),
             NodeKind::Branch => ("diamond", "#f3e5f5", ""),
             NodeKind::Loop => ("hexagon", "#f3e5f5", ""),
+            NodeKind::Signal => ("cds", "#e8f5e9", ""),
         };
         let children = &tree.children[i];
         let line =
@@ -456,6 +461,7 @@ const MERMAID_CLASSES: &str = "    classDef terminal fill:#eceff1,stroke:#546e7a
     classDef policy fill:#fff8e1,stroke:#f57f17
     classDef group fill:#f3e5f5,stroke:#6a1b9a
     classDef recovery fill:#fbe9e7,stroke:#bf360c,stroke-dasharray:4 3
+    classDef signal fill:#e8f5e9,stroke:#2e7d32
 ";
 
 /// The nodes of a graph arranged by group: `children[g]` are the members of group `g`.
@@ -523,6 +529,7 @@ fn class_of(n: &Node<'_>) -> &'static str {
         NodeKind::Step => "policy",
         NodeKind::Recovery => "recovery",
         NodeKind::Parallel | NodeKind::Map | NodeKind::Branch | NodeKind::Loop => "group",
+        NodeKind::Signal => "signal",
     }
 }
 

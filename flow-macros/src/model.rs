@@ -16,6 +16,7 @@ pub(crate) enum Kind {
     Branch,
     Recovery,
     Loop,
+    Signal,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -377,6 +378,7 @@ fn graph_kind(k: Kind) -> flow_graph::NodeKind {
         Kind::Branch => flow_graph::NodeKind::Branch,
         Kind::Recovery => flow_graph::NodeKind::Recovery,
         Kind::Loop => flow_graph::NodeKind::Loop,
+        Kind::Signal => flow_graph::NodeKind::Signal,
     }
 }
 
@@ -402,6 +404,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Branch => "Branch",
         Kind::Recovery => "Recovery",
         Kind::Loop => "Loop",
+        Kind::Signal => "Signal",
     }
 }
 

@@ -509,6 +509,73 @@ enum StepExpr<'a> {
     Map(Box<MapExpr>),
     /// A `flow::map!` whose arguments do not parse.
     Bad(syn::Error),
+    /// `flow::signal("approve")` or `flow::signal("approve").timeout("1h")`: a wait for a
+    /// message from outside.
+    Signal {
+        name: syn::LitStr,
+        timeout: Option<core::time::Duration>,
+        /// `flow::signal::<T>(..)`: the message type, when written.
+        ty: Option<TokenStream>,
+        span: Span,
+    },
+}
+
+/// `flow::signal(NAME)` (a call of the path `flow::signal`, with an optional turbofish).
+fn signal_call(e: &Expr) -> Option<(&syn::ExprCall, Option<TokenStream>)> {
+    let Expr::Call(c) = e else { return None };
+    let Expr::Path(p) = &*c.func else { return None };
+    let segs: Vec<&syn::PathSegment> = p.path.segments.iter().collect();
+    match segs.as_slice() {
+        [krate, f] if krate.ident == "flow" && f.ident == "signal" => {
+            let ty = match &f.arguments {
+                syn::PathArguments::AngleBracketed(a) => {
+                    a.args.first().map(ToTokens::to_token_stream)
+                }
+                _ => None,
+            };
+            Some((c, ty))
+        }
+        _ => None,
+    }
+}
+
+/// `flow::signal("name")[.timeout("1h")]`, parsed; `Err` for a malformed one.
+fn classify_signal(base: &Expr) -> Option<Result<StepExpr<'static>, syn::Error>> {
+    let (call, timeout) = match base {
+        Expr::MethodCall(m) if m.method == "timeout" => {
+            let (call, _) = signal_call(&m.receiver)?;
+            let Some(arg) = m.args.first() else {
+                return Some(Err(syn::Error::new(
+                    m.method.span(),
+                    "`timeout` needs a duration: `.timeout(\"1h\")`",
+                )));
+            };
+            match duration::parse(arg, "a signal's timeout") {
+                Ok(d) => (call, Some(d)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        other => (signal_call(other)?.0, None),
+    };
+    let ty = signal_call(&Expr::Call(call.clone())).and_then(|(_, t)| t);
+    let name = match call.args.first() {
+        Some(Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        })) if call.args.len() == 1 => s.clone(),
+        _ => {
+            return Some(Err(syn::Error::new(
+                call.paren_token.span.join(),
+                "a signal is named by a string literal: `flow::signal(\"approve\")` (the name is a node of the graph)",
+            )));
+        }
+    };
+    Some(Ok(StepExpr::Signal {
+        name,
+        timeout,
+        ty,
+        span: base.span(),
+    }))
 }
 
 /// `flow::map!(items, |item| step(item), concurrency = 4, tolerate = 1)`.
@@ -580,6 +647,9 @@ impl syn::parse::Parse for MapExpr {
 
 /// The step inside `CALL.await`, if the awaited expression is a call.
 fn classify(base: &Expr) -> Option<StepExpr<'_>> {
+    if let Some(signal) = classify_signal(base) {
+        return Some(signal.unwrap_or_else(StepExpr::Bad));
+    }
     match base {
         Expr::Call(c) => Some(StepExpr::Call(Call::Func {
             func: &c.func,
@@ -914,6 +984,36 @@ impl Rewriter<'_> {
         }
     }
 
+    /// `flow::signal("approve").timeout("1h")`: a signal node, and the wait through the run
+    /// context (its result is handed to the body like a step's: `Result<T, E>`).
+    fn signal_code(
+        &mut self,
+        name: &syn::LitStr,
+        timeout: Option<core::time::Duration>,
+        ty: Option<TokenStream>,
+        span: Span,
+    ) -> TokenStream {
+        let krate = self.krate.clone();
+        let ctx = self.ctx.clone();
+        let label = self.next_label.take().unwrap_or_else(|| name.value());
+        let policy = timeout.map_or_else(String::new, |d| {
+            format!("timeout = {}", humantime::format_duration(d))
+        });
+        let id = self.add_node(&label, Kind::Signal, policy, true);
+        self.model.set_call(id, &quote!(signal #name));
+        self.attach(id);
+        let timeout = match timeout {
+            Some(d) => {
+                let d = duration::to_tokens(d);
+                quote!(::core::option::Option::Some(#d))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let ty = ty.unwrap_or_else(|| quote!(_));
+        let node = quote!(#krate::NodeId(#id));
+        quote_spanned!(span=> #ctx.surface(#ctx.signal::<#ty>(#node, #name, #timeout).await).await)
+    }
+
     /// `flow::map!(items, |item| step(item), concurrency = N, tolerate = K)`: a map node, and
     /// the step inside it, run once per item through the run context.
     fn map_code(&mut self, map: MapExpr) -> TokenStream {
@@ -1085,6 +1185,17 @@ impl Rewriter<'_> {
             StepExpr::Bad(e) => {
                 self.errors.push(e);
                 return;
+            }
+            StepExpr::Signal {
+                name,
+                timeout,
+                ty,
+                span,
+            } => {
+                if let Some(s) = policy_span {
+                    self.errors.at(s, "a signal takes no step policies; give it a timeout: `flow::signal(\"approve\").timeout(\"1h\")`");
+                }
+                self.signal_code(&name, timeout, ty, span)
             }
         };
         match syn::parse2::<Expr>(new) {

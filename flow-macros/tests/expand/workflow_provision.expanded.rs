@@ -58,6 +58,7 @@ flowchart TD
     classDef policy fill:#fff8e1,stroke:#f57f17
     classDef group fill:#f3e5f5,stroke:#6a1b9a
     classDef recovery fill:#fbe9e7,stroke:#bf360c,stroke-dasharray:4 3
+    classDef signal fill:#e8f5e9,stroke:#2e7d32
 ```
 
 # Steps
