@@ -5,11 +5,13 @@
 //! loop composes and runs a micro-workflow right there:
 //!
 //! ```text
-//! drain_worker -> replace_worker -> verify_worker [retry(..), timeout = "2s"]
+//! pool.drain -> pool.replace -> pool.verify [retry(..), timeout = "2s"]
 //! ```
 //!
-//! Its input is the sick worker, its output the verified replacement, which goes back into
-//! the fleet. Two workers are planned to turn sick; the service stops once both were
+//! Its steps are methods of the service's own worker pool (`pool.drain` is a method stage on
+//! a captured value): the pool knows how to reach, stop and start workers, and counts what
+//! it did. Its input is the sick worker, its output the verified replacement, which goes back
+//! into the fleet. Two workers are planned to turn sick; the service stops once both were
 //! remediated (or after a fixed number of rounds), stops every worker and exits 0.
 //!
 //! Run it:
@@ -24,6 +26,7 @@ mod fleet;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flow::prelude::*;
@@ -66,52 +69,67 @@ impl From<io::Error> for RemediateError {
 }
 
 // ---------------------------------------------------------------------------------------
-// The remediation steps: each takes the previous step's output by value.
+// The worker pool: the service's handle on its workers, whose methods are the remediation
+// steps. Each takes the previous step's output by value.
 // ---------------------------------------------------------------------------------------
 
-/// Stops the sick worker from taking new work, and checks that it now refuses work.
-async fn drain_worker(w: Worker) -> Result<Worker, RemediateError> {
-    fleet::drain(&w).await?;
-    match fleet::work(&w, "probe-after-drain").await {
-        Err(_) => {
-            println!("      worker {} drained: new work is refused", w.id);
-            Ok(w)
+/// What the service knows about running workers, and what it did to them.
+#[derive(Default)]
+struct Pool {
+    /// Workers drained, replaced and verified so far.
+    drained: AtomicUsize,
+    replaced: AtomicUsize,
+    verified: AtomicUsize,
+}
+
+impl Pool {
+    /// Stops the sick worker from taking new work, and checks that it now refuses work.
+    async fn drain(&self, w: Worker) -> Result<Worker, RemediateError> {
+        fleet::drain(&w).await?;
+        match fleet::work(&w, "probe-after-drain").await {
+            Err(_) => {
+                self.drained.fetch_add(1, Ordering::Relaxed);
+                println!("      worker {} drained: new work is refused", w.id);
+                Ok(w)
+            }
+            Ok(reply) => Err(RemediateError::Unhealthy(format!(
+                "worker {} still takes work after DRAIN: {reply:?}",
+                w.id
+            ))),
         }
-        Ok(reply) => Err(RemediateError::Unhealthy(format!(
-            "worker {} still takes work after DRAIN: {reply:?}",
-            w.id
-        ))),
     }
-}
 
-/// Kills and reaps the drained worker and starts a fresh one in its slot.
-///
-/// Returns it shared (`Arc`): the next step is retried, and every attempt gets its own copy
-/// of its input.
-async fn replace_worker(old: Worker) -> Result<Arc<Worker>, RemediateError> {
-    let (id, old_pid) = (old.id, old.pid());
-    let new = fleet::replace(old).await?;
-    println!(
-        "      worker {id}: pid {} stopped, generation {} started as pid {} on port {}",
-        fmt_pid(old_pid),
-        new.generation,
-        fmt_pid(new.pid()),
-        new.port
-    );
-    Ok(Arc::new(new))
-}
-
-/// Checks that the replacement is healthy and actually does work.
-async fn verify_worker(w: Arc<Worker>) -> Result<Arc<Worker>, RemediateError> {
-    if !fleet::health(&w).await? {
-        return Err(RemediateError::Unhealthy(format!(
-            "replacement worker {} reports SICK",
-            w.id
-        )));
+    /// Kills and reaps the drained worker and starts a fresh one in its slot.
+    ///
+    /// Returns it shared (`Arc`): the next step is retried, and every attempt gets its own
+    /// copy of its input.
+    async fn replace(&self, old: Worker) -> Result<Arc<Worker>, RemediateError> {
+        let (id, old_pid) = (old.id, old.pid());
+        let new = fleet::replace(old).await?;
+        self.replaced.fetch_add(1, Ordering::Relaxed);
+        println!(
+            "      worker {id}: pid {} stopped, generation {} started as pid {} on port {}",
+            fmt_pid(old_pid),
+            new.generation,
+            fmt_pid(new.pid()),
+            new.port
+        );
+        Ok(Arc::new(new))
     }
-    let reply = fleet::work(&w, "verify").await?;
-    println!("      worker {} verified: {reply}", w.id);
-    Ok(w)
+
+    /// Checks that the replacement is healthy and actually does work.
+    async fn verify(&self, w: Arc<Worker>) -> Result<Arc<Worker>, RemediateError> {
+        if !fleet::health(&w).await? {
+            return Err(RemediateError::Unhealthy(format!(
+                "replacement worker {} reports SICK",
+                w.id
+            )));
+        }
+        let reply = fleet::work(&w, "verify").await?;
+        self.verified.fetch_add(1, Ordering::Relaxed);
+        println!("      worker {} verified: {reply}", w.id);
+        Ok(w)
+    }
 }
 
 /// One health-check round over the fleet: a unit of work and a `HEALTH` per worker.
@@ -177,6 +195,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let runtime = Runtime::new().with_observer(|e: &Event| println!("    {e}"));
+    let pool = Pool::default();
     let mut remediated = 0usize;
     let mut failed = 0usize;
     let mut round = 0;
@@ -187,12 +206,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 continue;
             };
             println!("  worker {id} is sick: remediating");
-            // Composed inline, where it is needed: the sick worker in, a verified one out.
+            // Composed inline, where it is needed, over the service's own pool: the sick worker
+            // in, a verified one out.
             let remediate = flow! {
                 name = "remediate", error = RemediateError;
-                drain_worker
-                    -> replace_worker
-                    -> verify_worker [retry(max_attempts = 5, backoff = exponential("100ms", 2.0)), timeout = "2s"]
+                pool.drain
+                    -> pool.replace
+                    -> pool.verify [retry(max_attempts = 5, backoff = exponential("100ms", 2.0)), timeout = "2s"]
             };
             match runtime.run(&remediate, sick).await {
                 Ok(worker) => match Arc::try_unwrap(worker) {
@@ -223,7 +243,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stopped = stop_all(&mut fleet).await;
     println!(
         "done after {round} rounds: {remediated} worker(s) remediated, {failed} failed, \
-         {stopped} worker process(es) stopped"
+         {stopped} worker process(es) stopped; the pool drained {}, replaced {}, verified {}",
+        pool.drained.load(Ordering::Relaxed),
+        pool.replaced.load(Ordering::Relaxed),
+        pool.verified.load(Ordering::Relaxed),
     );
     if failed > 0 || !still_sick.is_empty() || remediated < PLANNED_FAULTS.len() {
         std::process::exit(1);
