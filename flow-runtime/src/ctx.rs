@@ -138,15 +138,17 @@ pub(crate) struct Inner<E> {
     /// Whether events are built: the observers were active when the run was made, or the
     /// run's handle subscribed to its events since.
     observed: AtomicBool,
-    observers: Observers,
+    pub(crate) observers: Observers,
     /// Observers removed from this run after panicking.
     disabled: Disabled,
     /// Their panic messages.
     pub(crate) observer_panics: Mutex<Vec<String>>,
     /// How many times each node was entered (observed runs only; allocated on first use).
     iterations: Mutex<Vec<u32>>,
-    cancel: Option<CancellationToken>,
+    pub(crate) cancel: Option<CancellationToken>,
     pub(crate) rng: SplitMix64,
+    /// The root run's runtime had a fixed seed: every descendant's jitter is reproducible.
+    pub(crate) seeded: bool,
     /// Formats a failure for events. Stored so that only constructing a context needs
     /// `E: Display`: a missing `Display` is then reported once, at the workflow's error type.
     pub(crate) describe: fn(&Failure<E>) -> String,
@@ -209,6 +211,7 @@ impl<E: core::fmt::Display> Ctx<E> {
         observers: Observers,
         cancel: Option<CancellationToken>,
         seed: u64,
+        seeded: bool,
         compensation_timeout: Duration,
     ) -> Self {
         let observed = observers.active();
@@ -228,6 +231,7 @@ impl<E: core::fmt::Display> Ctx<E> {
                 iterations: Mutex::new(Vec::new()),
                 cancel,
                 rng: SplitMix64::new(seed),
+                seeded,
                 describe: |f| f.to_string(),
                 compensation_timeout,
                 stack: Mutex::new(Vec::new()),
@@ -280,14 +284,6 @@ impl<E> Ctx<E> {
 
     pub(crate) fn cancel_token(&self) -> Option<&CancellationToken> {
         self.inner.cancel.as_ref()
-    }
-
-    pub(crate) fn observers(&self) -> &Observers {
-        &self.inner.observers
-    }
-
-    pub(crate) fn seed_for_child(&self) -> u64 {
-        self.inner.rng.next_u64()
     }
 
     /// Whether anyone is listening (events are only built when this is true).

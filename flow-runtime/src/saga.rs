@@ -126,6 +126,8 @@ pub(crate) trait OrphanSink: Send + Sync {
     fn absorb(&self, records: Vec<CompensationRecord>);
     /// Where a child starting now on this thread runs: the current node and `map` item.
     fn tag(&self) -> Tag;
+    /// What a child starting now inherits.
+    fn link(&self) -> crate::runtime::ChildLink;
 }
 
 impl<E: Send + 'static> OrphanSink for Inner<E> {
@@ -147,6 +149,16 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
         Tag {
             node: NodeId(self.current.load(Ordering::Relaxed)),
             item: current_item(),
+        }
+    }
+
+    fn link(&self) -> crate::runtime::ChildLink {
+        crate::runtime::ChildLink {
+            run: self.run,
+            observers: self.observers.clone(),
+            cancel: self.cancel.clone(),
+            seed: self.rng.next_u64(),
+            seeded: self.seeded,
         }
     }
 }
