@@ -144,7 +144,7 @@ pub(crate) struct Inner<E> {
     /// Their panic messages.
     pub(crate) observer_panics: Mutex<Vec<String>>,
     /// How many times each node was entered (observed runs only; allocated on first use).
-    iterations: Mutex<Vec<u32>>,
+    iterations: std::sync::OnceLock<Box<[AtomicU32]>>,
     pub(crate) cancel: Option<CancellationToken>,
     pub(crate) rng: SplitMix64,
     /// The root run's runtime had a fixed seed: every descendant's jitter is reproducible.
@@ -204,6 +204,7 @@ pub(crate) fn panic_message(payload: &(dyn core::any::Any + Send)) -> String {
 }
 
 impl<E: core::fmt::Display> Ctx<E> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         run: RunId,
         parent: Option<RunId>,
@@ -228,7 +229,7 @@ impl<E: core::fmt::Display> Ctx<E> {
                 observers,
                 disabled: Disabled::new(0),
                 observer_panics: Mutex::new(Vec::new()),
-                iterations: Mutex::new(Vec::new()),
+                iterations: std::sync::OnceLock::new(),
                 cancel,
                 rng: SplitMix64::new(seed),
                 seeded,
@@ -306,24 +307,25 @@ impl<E> Ctx<E> {
     }
 
     /// How many times `node` was entered so far (observed runs; 0 for the start and end).
-    #[cold]
     fn iteration_of(&self, node: NodeId) -> u32 {
-        lock(&self.inner.iterations)
-            .get(node.0 as usize)
-            .copied()
-            .unwrap_or(0)
+        self.inner
+            .iterations
+            .get()
+            .and_then(|c| c.get(node.0 as usize))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
-    /// Counts one more entry into `node` and returns its number (observed runs only).
-    #[cold]
+    /// Counts one more entry into `node` and returns its number (observed runs only; the
+    /// counters, one per node of the graph, are allocated on first use).
     fn next_iteration(&self, node: NodeId) -> u32 {
-        let mut counts = lock(&self.inner.iterations);
-        let i = node.0 as usize;
-        if counts.len() <= i {
-            counts.resize(self.inner.graph.nodes.len().max(i + 1), 0);
-        }
-        counts[i] = counts[i].saturating_add(1);
-        counts[i]
+        let counts = self.inner.iterations.get_or_init(|| {
+            (0..self.inner.graph.nodes.len())
+                .map(|_| AtomicU32::new(0))
+                .collect()
+        });
+        counts
+            .get(node.0 as usize)
+            .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed).saturating_add(1))
     }
 
     /// Emits an event that happened at `now` (several events of one instant share one clock
@@ -377,6 +379,32 @@ impl<E> Ctx<E> {
     fn clear_surfaced(&self) {
         self.inner.has_surfaced.store(false, Ordering::Relaxed);
         *lock(&self.inner.surfaced) = None;
+    }
+
+    /// `start_attempt` for a plain step (entered, attempt 1, timed only when observed).
+    #[inline]
+    fn start_plain(&self, node: NodeId) -> Option<(Instant, u32)> {
+        self.record_current(node);
+        if self.observed() {
+            Some(self.start_observed(node))
+        } else {
+            None
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn start_observed(&self, node: NodeId) -> (Instant, u32) {
+        let start = Instant::now();
+        let iteration = self.next_iteration(node);
+        self.emit_at(node, EventKind::Entered, start, iteration);
+        self.emit_at(
+            node,
+            EventKind::AttemptStarted { attempt: 1 },
+            start,
+            iteration,
+        );
+        (start, iteration)
     }
 
     /// Enters a step's node (when `enter`) and starts its attempt `number`: records the step
@@ -506,15 +534,18 @@ impl<E> Ctx<E> {
         // A plain step of an unobserved run is not timed: see `Attempt::elapsed`. The attempt
         // is awaited here rather than through `attempt` (no timeout to apply): one future
         // layer fewer on the path every plain step takes.
-        let mut iteration = 0;
-        let start = self.start_attempt(node, 1, true, false, &mut iteration);
+        // The start time and the step's iteration, only in observed runs: one `None` to carry
+        // across the await otherwise.
+        let start = self.start_plain(node);
         let outcome = AssertUnwindSafe(crate::trace::traced(fut, self.observed()))
             .catch_unwind()
             .await;
         let failure = match outcome {
             Ok(out) => match out.into_result() {
                 Ok(v) => {
-                    self.emit_success(node, 1, start, iteration);
+                    if let Some((at, iteration)) = start {
+                        self.emit_success(node, 1, Some(at), iteration);
+                    }
                     return Ok(v);
                 }
                 Err(e) => Failure::Error(e),
@@ -526,9 +557,9 @@ impl<E> Ctx<E> {
             GaveUp::NotRetried,
             Vec::new(),
             1,
-            start,
+            start.map(|(at, _)| at),
             failure,
-            iteration,
+            start.map_or(0, |(_, iteration)| iteration),
         ))
     }
 

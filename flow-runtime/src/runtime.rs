@@ -306,8 +306,8 @@ async fn drive<W: Workflow>(
     // cancelled or timed out, a sibling branch failed, or its caller went away), the completed
     // steps are undone by the parent run, or on a task of their own.
     let mut guard = RunGuard {
-        ctx: ctx.clone(),
-        parent: sink.clone(),
+        ctx: &ctx,
+        parent: sink.as_ref(),
         on_drop,
         armed: true,
     };
@@ -458,7 +458,7 @@ async fn drive<W: Workflow>(
     let finished = Finisher {
         fut: Some(tail),
         ctx: ctx.clone(),
-        target: sink,
+        target: sink.clone(),
     }
     .await;
     match finished {
@@ -472,19 +472,19 @@ async fn drive<W: Workflow>(
 /// compensations (and the orphans it adopted) go to the parent run, or to a task of their own
 /// (`on_drop`), and the run ends as cancelled (its final event is emitted when they are done,
 /// or at once when there is nothing to undo).
-struct RunGuard<E: Send + 'static> {
-    ctx: Ctx<E>,
-    parent: Option<Arc<dyn OrphanSink>>,
+struct RunGuard<'a, E: Send + 'static> {
+    ctx: &'a Ctx<E>,
+    parent: Option<&'a Arc<dyn OrphanSink>>,
     on_drop: bool,
     armed: bool,
 }
 
-impl<E: Send + 'static> Drop for RunGuard<E> {
+impl<E: Send + 'static> Drop for RunGuard<'_, E> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
-        let ctx = &self.ctx;
+        let ctx = self.ctx;
         let rt = tokio::runtime::Handle::try_current().ok();
         let package = match (&self.parent, &rt) {
             (Some(_), _) => ctx.package(true),
