@@ -36,7 +36,9 @@ pub struct Event {
     /// only; 0 for run-level events.
     pub iteration: u32,
     /// The index of the `map` item whose body this event happened in (the innermost map),
-    /// `None` outside a map body.
+    /// `None` outside a map body. A child run's own events have none (its body is not the
+    /// item's), except its `RunStarted`, which carries the item of the parent's step that
+    /// started it.
     pub item: Option<u32>,
     /// Time since the run started (tokio's clock, so it follows a paused clock in tests).
     pub at: Duration,

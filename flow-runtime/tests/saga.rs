@@ -651,3 +651,14 @@ async fn a_child_completed_by_a_failed_attempt_is_undone_before_the_retry() {
     );
     assert_eq!(report.compensations.len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_handle_reports_every_compensation() {
+    let log = Log::new();
+    let wf = parent_with_child(&log, false, false, Act::Err(E::Broken));
+    let report = within(Runtime::new().spawn(wf, ()).report()).await;
+    assert!(report.result.is_err());
+    let steps: Vec<_> = report.compensations.iter().map(|r| r.step).collect();
+    assert_eq!(steps, ["p3", "c2", "c1", "p1"]);
+    assert!(report.observer_panics.is_empty());
+}
