@@ -13,6 +13,15 @@
 //!   with the step's tag, above the step's previous undo, are dropped; when that step fails,
 //!   they are undone at once as abandoned work (below).
 //!
+//! How a child knows the step it ran in: when it starts (on the first poll of the step's future,
+//! synchronously after the step recorded itself as the run's current node), it reads the
+//! parent's current node and the thread's current `map` item; no per-step or per-poll cost.
+//! This is exact for a child awaited directly by its step, in sequence, in `map` items and in
+//! parallel branches (each branch records its node before its first poll). Limit: in a parallel
+//! group, a step that awaits something else *before* starting its child may find the current
+//! node moved to a sibling branch; its child is then tagged with that sibling (still undone
+//! when the run fails, but a `compensate` on that sibling would take it over).
+//!
 //! Besides the stack, a run adopts **orphans**: the packaged stacks of child runs dropped
 //! mid-run (an attempt that timed out, a sibling that failed, a `map` that failed). They are
 //! undone as soon as the engine sees the abandoned work: after the failed attempt (before the
