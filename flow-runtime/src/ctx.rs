@@ -138,15 +138,17 @@ pub(crate) struct Inner<E> {
     /// Whether events are built: the observers were active when the run was made, or the
     /// run's handle subscribed to its events since.
     observed: AtomicBool,
-    observers: Observers,
+    pub(crate) observers: Observers,
     /// Observers removed from this run after panicking.
     disabled: Disabled,
     /// Their panic messages.
     pub(crate) observer_panics: Mutex<Vec<String>>,
     /// How many times each node was entered (observed runs only; allocated on first use).
-    iterations: Mutex<Vec<u32>>,
-    cancel: Option<CancellationToken>,
+    iterations: std::sync::OnceLock<Box<[AtomicU32]>>,
+    pub(crate) cancel: Option<CancellationToken>,
     pub(crate) rng: SplitMix64,
+    /// The root run's runtime had a fixed seed: every descendant's jitter is reproducible.
+    pub(crate) seeded: bool,
     /// Formats a failure for events. Stored so that only constructing a context needs
     /// `E: Display`: a missing `Display` is then reported once, at the workflow's error type.
     pub(crate) describe: fn(&Failure<E>) -> String,
@@ -202,6 +204,7 @@ pub(crate) fn panic_message(payload: &(dyn core::any::Any + Send)) -> String {
 }
 
 impl<E: core::fmt::Display> Ctx<E> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         run: RunId,
         parent: Option<RunId>,
@@ -209,6 +212,7 @@ impl<E: core::fmt::Display> Ctx<E> {
         observers: Observers,
         cancel: Option<CancellationToken>,
         seed: u64,
+        seeded: bool,
         compensation_timeout: Duration,
     ) -> Self {
         let observed = observers.active();
@@ -225,9 +229,10 @@ impl<E: core::fmt::Display> Ctx<E> {
                 observers,
                 disabled: Disabled::new(0),
                 observer_panics: Mutex::new(Vec::new()),
-                iterations: Mutex::new(Vec::new()),
+                iterations: std::sync::OnceLock::new(),
                 cancel,
                 rng: SplitMix64::new(seed),
+                seeded,
                 describe: |f| f.to_string(),
                 compensation_timeout,
                 stack: Mutex::new(Vec::new()),
@@ -282,14 +287,6 @@ impl<E> Ctx<E> {
         self.inner.cancel.as_ref()
     }
 
-    pub(crate) fn observers(&self) -> &Observers {
-        &self.inner.observers
-    }
-
-    pub(crate) fn seed_for_child(&self) -> u64 {
-        self.inner.rng.next_u64()
-    }
-
     /// Whether anyone is listening (events are only built when this is true).
     #[inline]
     pub fn observed(&self) -> bool {
@@ -310,24 +307,25 @@ impl<E> Ctx<E> {
     }
 
     /// How many times `node` was entered so far (observed runs; 0 for the start and end).
-    #[cold]
     fn iteration_of(&self, node: NodeId) -> u32 {
-        lock(&self.inner.iterations)
-            .get(node.0 as usize)
-            .copied()
-            .unwrap_or(0)
+        self.inner
+            .iterations
+            .get()
+            .and_then(|c| c.get(node.0 as usize))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
-    /// Counts one more entry into `node` and returns its number (observed runs only).
-    #[cold]
+    /// Counts one more entry into `node` and returns its number (observed runs only; the
+    /// counters, one per node of the graph, are allocated on first use).
     fn next_iteration(&self, node: NodeId) -> u32 {
-        let mut counts = lock(&self.inner.iterations);
-        let i = node.0 as usize;
-        if counts.len() <= i {
-            counts.resize(self.inner.graph.nodes.len().max(i + 1), 0);
-        }
-        counts[i] = counts[i].saturating_add(1);
-        counts[i]
+        let counts = self.inner.iterations.get_or_init(|| {
+            (0..self.inner.graph.nodes.len())
+                .map(|_| AtomicU32::new(0))
+                .collect()
+        });
+        counts
+            .get(node.0 as usize)
+            .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed).saturating_add(1))
     }
 
     /// Emits an event that happened at `now` (several events of one instant share one clock
@@ -381,6 +379,32 @@ impl<E> Ctx<E> {
     fn clear_surfaced(&self) {
         self.inner.has_surfaced.store(false, Ordering::Relaxed);
         *lock(&self.inner.surfaced) = None;
+    }
+
+    /// `start_attempt` for a plain step (entered, attempt 1, timed only when observed).
+    #[inline]
+    fn start_plain(&self, node: NodeId) -> Option<(Instant, u32)> {
+        self.record_current(node);
+        if self.observed() {
+            Some(self.start_observed(node))
+        } else {
+            None
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn start_observed(&self, node: NodeId) -> (Instant, u32) {
+        let start = Instant::now();
+        let iteration = self.next_iteration(node);
+        self.emit_at(node, EventKind::Entered, start, iteration);
+        self.emit_at(
+            node,
+            EventKind::AttemptStarted { attempt: 1 },
+            start,
+            iteration,
+        );
+        (start, iteration)
     }
 
     /// Enters a step's node (when `enter`) and starts its attempt `number`: records the step
@@ -510,15 +534,18 @@ impl<E> Ctx<E> {
         // A plain step of an unobserved run is not timed: see `Attempt::elapsed`. The attempt
         // is awaited here rather than through `attempt` (no timeout to apply): one future
         // layer fewer on the path every plain step takes.
-        let mut iteration = 0;
-        let start = self.start_attempt(node, 1, true, false, &mut iteration);
+        // The start time and the step's iteration, only in observed runs: one `None` to carry
+        // across the await otherwise.
+        let start = self.start_plain(node);
         let outcome = AssertUnwindSafe(crate::trace::traced(fut, self.observed()))
             .catch_unwind()
             .await;
         let failure = match outcome {
             Ok(out) => match out.into_result() {
                 Ok(v) => {
-                    self.emit_success(node, 1, start, iteration);
+                    if let Some((at, iteration)) = start {
+                        self.emit_success(node, 1, Some(at), iteration);
+                    }
                     return Ok(v);
                 }
                 Err(e) => Failure::Error(e),
@@ -530,9 +557,9 @@ impl<E> Ctx<E> {
             GaveUp::NotRetried,
             Vec::new(),
             1,
-            start,
+            start.map(|(at, _)| at),
             failure,
-            iteration,
+            start.map_or(0, |(_, iteration)| iteration),
         ))
     }
 

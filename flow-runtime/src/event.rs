@@ -36,7 +36,9 @@ pub struct Event {
     /// only; 0 for run-level events.
     pub iteration: u32,
     /// The index of the `map` item whose body this event happened in (the innermost map),
-    /// `None` outside a map body.
+    /// `None` outside a map body. A child run's own events have none (its body is not the
+    /// item's), except its `RunStarted`, which carries the item of the parent's step that
+    /// started it.
     pub item: Option<u32>,
     /// Time since the run started (tokio's clock, so it follows a paused clock in tests).
     pub at: Duration,
@@ -259,53 +261,87 @@ impl Observers {
 
     /// Delivers `event` to every observer not disabled; an observer that panics is disabled
     /// (for this run), its panic message returned, and the others told with
-    /// [`EventKind::ObserverPanicked`].
+    /// [`EventKind::ObserverPanicked`]. One unwind guard per event, whatever the number of
+    /// observers.
+    #[inline]
     pub(crate) fn emit(&self, event: &Event, disabled: &Disabled) -> Vec<String> {
-        use core::sync::atomic::Ordering;
         let mut panics = Vec::new();
         if let Some(list) = &self.list {
-            let mut pending: Vec<Event> = Vec::new();
-            let mut current = event;
-            let mut owned;
-            loop {
-                for (i, o) in list.iter().enumerate() {
-                    let bit = if i < 64 { 1u64 << i } else { 0 };
-                    if disabled.load(Ordering::Relaxed) & bit != 0 {
-                        continue;
-                    }
-                    let call = std::panic::AssertUnwindSafe(|| o.on_event(current));
-                    if let Err(payload) = std::panic::catch_unwind(call) {
-                        disabled.fetch_or(bit, Ordering::Relaxed);
-                        let message = crate::ctx::panic_message(&*payload);
-                        let mut note = current.clone();
-                        note.kind = EventKind::ObserverPanicked {
-                            message: message.clone(),
-                        };
-                        pending.push(note);
+            let mut from = 0;
+            while from < list.len() {
+                match deliver(list, from, event, disabled) {
+                    Ok(()) => break,
+                    Err((i, message)) => {
+                        self.observer_panicked(list, i, event, disabled, &message);
                         panics.push(message);
+                        from = i + 1;
                     }
-                }
-                match pending.pop() {
-                    Some(next) => {
-                        owned = next;
-                        current = &owned;
-                    }
-                    None => break,
                 }
             }
         }
         if let Some(lazy) = &self.lazy {
             lazy.send(event);
-            if !panics.is_empty() {
-                for message in &panics {
-                    let mut note = event.clone();
-                    note.kind = EventKind::ObserverPanicked {
-                        message: message.clone(),
-                    };
-                    lazy.send(&note);
-                }
+            for message in &panics {
+                let mut note = event.clone();
+                note.kind = EventKind::ObserverPanicked {
+                    message: message.clone(),
+                };
+                lazy.send(&note);
             }
         }
         panics
     }
+
+    /// Observer `i` panicked: disables it and tells the others.
+    #[cold]
+    fn observer_panicked(
+        &self,
+        list: &[Arc<dyn Observer>],
+        i: usize,
+        event: &Event,
+        disabled: &Disabled,
+        message: &str,
+    ) {
+        use core::sync::atomic::Ordering;
+        disabled.fetch_or(bit(i), Ordering::Relaxed);
+        let mut note = event.clone();
+        note.kind = EventKind::ObserverPanicked {
+            message: message.to_owned(),
+        };
+        let mut from = 0;
+        // An observer that panics on the note is disabled too (its panic is not reported again).
+        while from < list.len() {
+            match deliver(list, from, &note, disabled) {
+                Ok(()) => break,
+                Err((j, _)) => {
+                    disabled.fetch_or(bit(j), Ordering::Relaxed);
+                    from = j + 1;
+                }
+            }
+        }
+    }
+}
+
+fn bit(i: usize) -> u64 {
+    if i < 64 { 1u64 << i } else { 0 }
+}
+
+/// Calls the enabled observers from `from` on; the index and message of the first that panics.
+fn deliver(
+    list: &[Arc<dyn Observer>],
+    from: usize,
+    event: &Event,
+    disabled: &Disabled,
+) -> Result<(), (usize, String)> {
+    let off = disabled.load(core::sync::atomic::Ordering::Relaxed);
+    let mut at = from;
+    let run = std::panic::AssertUnwindSafe(|| {
+        while at < list.len() {
+            if off & bit(at) == 0 {
+                list[at].on_event(event);
+            }
+            at += 1;
+        }
+    });
+    std::panic::catch_unwind(run).map_err(|payload| (at, crate::ctx::panic_message(&*payload)))
 }

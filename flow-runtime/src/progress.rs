@@ -75,6 +75,8 @@ struct Line {
     state: State,
     running: u32,
     done: u32,
+    /// Executions that failed.
+    failed: u32,
     attempt: u32,
     started: Option<Instant>,
     elapsed: Duration,
@@ -262,15 +264,25 @@ impl ProgressObserver {
                 l.done += 1;
                 l.elapsed = l.started.map_or(Duration::ZERO, |s| now - s);
                 if l.running == 0 {
-                    l.state = State::Done;
+                    l.state = if l.failed > 0 {
+                        State::Failed
+                    } else {
+                        State::Done
+                    };
                 }
                 l.redraw();
             }
             (EventKind::StepFailed { attempts, error }, Some(i)) => {
                 let l = &mut run.lines[i];
                 l.end_execution(e);
+                l.failed += 1;
                 l.elapsed = l.started.map_or(Duration::ZERO, |s| now - s);
-                l.state = State::Failed;
+                // Other executions of the step (map items) may still run.
+                l.state = if l.running == 0 {
+                    State::Failed
+                } else {
+                    State::Running
+                };
                 l.note = format!("failed after {attempts} attempt(s): {error}");
                 l.redraw();
             }
@@ -343,6 +355,7 @@ impl ProgressObserver {
             state: State::Pending,
             running: 0,
             done: 0,
+            failed: 0,
             attempt: 0,
             started: None,
             elapsed: Duration::ZERO,

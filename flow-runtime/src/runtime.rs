@@ -31,22 +31,22 @@ fn random_seed() -> u64 {
     fastrand::u64(..)
 }
 
-/// What a running workflow inherits from the run whose step started it.
-#[derive(Clone)]
-struct RunLink {
-    run: RunId,
-    observers: Observers,
-    cancel: Option<CancellationToken>,
-    seed: u64,
+/// What a workflow run inside another run's step inherits from it.
+pub(crate) struct ChildLink {
+    pub(crate) run: RunId,
+    pub(crate) observers: Observers,
+    pub(crate) cancel: Option<CancellationToken>,
+    /// The child's jitter seed, drawn from the parent's generator.
+    pub(crate) seed: u64,
     /// The root run's runtime had a fixed seed: every descendant's jitter is reproducible.
-    seeded: bool,
-    /// Where a child run leaves its compensations (the parent's context): its remaining undos
-    /// when dropped mid-run, its stack when it completes.
-    sink: Arc<dyn OrphanSink>,
+    pub(crate) seeded: bool,
 }
 
 tokio::task_local! {
-    static CURRENT: RunLink;
+    /// The run whose body is being polled: where a child run started in one of its steps
+    /// finds what it inherits ([`OrphanSink::link`]) and leaves its compensations. One
+    /// reference-counted pointer, swapped in and out around each poll of a run.
+    static CURRENT: Arc<dyn OrphanSink>;
 }
 
 /// Runs workflows: holds the observers and the jitter seed that its runs use.
@@ -130,6 +130,7 @@ impl Runtime {
             observers,
             cancel,
             self.seed.unwrap_or_else(random_seed),
+            self.seed.is_some(),
             workflow.compensation_timeout(),
         )
     }
@@ -148,7 +149,7 @@ impl Runtime {
     ) -> Result<W::Output, Error<W::Error>> {
         let ctx = self.ctx(workflow, None, None);
         let on_drop = self.on_drop(workflow);
-        drive(workflow, ctx, input, self.seed.is_some(), None, on_drop).await
+        drive(workflow, ctx, input, None, on_drop).await
     }
 
     /// As [`run`](Self::run), and returns the run's whole [`RunReport`]: its result, every
@@ -161,15 +162,7 @@ impl Runtime {
     ) -> RunReport<W::Output, W::Error> {
         let ctx = self.ctx(workflow, None, None);
         let on_drop = self.on_drop(workflow);
-        let result = drive(
-            workflow,
-            ctx.clone(),
-            input,
-            self.seed.is_some(),
-            None,
-            on_drop,
-        )
-        .await;
+        let result = drive(workflow, ctx.clone(), input, None, on_drop).await;
         report_of(&ctx, result)
     }
 
@@ -210,11 +203,10 @@ impl Runtime {
         let ctx = self.ctx(&workflow, Some(Arc::clone(&lazy)), Some(token.clone()));
         let view = ctx.clone();
         let run = ctx.run_id();
-        let seeded = self.seed.is_some();
         let on_drop = self.on_drop(&workflow);
         let closing = Arc::clone(&lazy);
         let task = tokio::spawn(async move {
-            let result = drive(&workflow, ctx, input, seeded, None, on_drop).await;
+            let result = drive(&workflow, ctx, input, None, on_drop).await;
             closing.close();
             result
         });
@@ -265,11 +257,12 @@ pub async fn run_nested<W: Workflow>(
     workflow: &W,
     input: W::Input,
 ) -> Result<W::Output, Error<W::Error>> {
-    match CURRENT.try_with(RunLink::clone) {
-        Ok(link) => {
+    match CURRENT.try_with(Arc::clone) {
+        Ok(sink) => {
             // Where this child runs in its parent: read now, on the first poll, while the
             // parent's step that awaits it is the current one.
-            let tag = link.sink.tag();
+            let tag = sink.tag();
+            let link = sink.link();
             let ctx = Ctx::new(
                 next_run_id(),
                 Some(link.run),
@@ -277,17 +270,10 @@ pub async fn run_nested<W: Workflow>(
                 link.observers,
                 link.cancel.map(|t| t.child_token()),
                 link.seed,
+                link.seeded,
                 workflow.compensation_timeout(),
             );
-            drive(
-                workflow,
-                ctx,
-                input,
-                link.seeded,
-                Some((link.sink, tag)),
-                true,
-            )
-            .await
+            drive(workflow, ctx, input, Some((sink, tag)), true).await
         }
         Err(_) => Runtime::new().run(workflow, input).await,
     }
@@ -304,15 +290,13 @@ enum Outcome<T, E> {
 /// Runs the body of one run until it completes, fails, is cancelled, times out or panics,
 /// then undoes what must be undone.
 ///
-/// `seeded`: the run's jitter seed is fixed (a seeded runtime, or a child of such a run), so
-/// the runs its steps start must draw their seeds from it. `parent`: the parent run's context
+/// `parent`: the parent run's context
 /// and where in it this run runs. `on_drop`: a top-level run dropped mid-run compensates on a
 /// task of its own.
 async fn drive<W: Workflow>(
     workflow: &W,
     ctx: Ctx<W::Error>,
     input: W::Input,
-    seeded: bool,
     parent: Option<(Arc<dyn OrphanSink>, Tag)>,
     on_drop: bool,
 ) -> Result<W::Output, Error<W::Error>> {
@@ -322,23 +306,16 @@ async fn drive<W: Workflow>(
     // cancelled or timed out, a sibling branch failed, or its caller went away), the completed
     // steps are undone by the parent run, or on a task of their own.
     let mut guard = RunGuard {
-        ctx: ctx.clone(),
-        parent: sink.clone(),
+        ctx: &ctx,
+        parent: sink.as_ref(),
         on_drop,
         armed: true,
     };
     ctx.emit(NodeId::START, EventKind::RunStarted);
     // What workflows called inside this run's steps inherit, and where they leave their
-    // compensations: always set (one task-local scope per poll of the run, not per step), so
-    // that a child run's undos reach this run however it was started.
-    let link = RunLink {
-        run: ctx.run_id(),
-        observers: ctx.observers().clone(),
-        cancel: ctx.cancel_token().cloned(),
-        seed: ctx.seed_for_child(),
-        seeded,
-        sink: ctx.sink(),
-    };
+    // compensations: always set (one task-local scope per poll of the run, not per step; one
+    // pointer), so that a child run's undos reach this run however it was started.
+    let link = ctx.sink();
     let outcome = {
         // Scoped so that the body, and every step in flight, is dropped before compensating.
         // Pinned where it is built: moving it (into a helper's argument, say) would give the
@@ -481,7 +458,7 @@ async fn drive<W: Workflow>(
     let finished = Finisher {
         fut: Some(tail),
         ctx: ctx.clone(),
-        target: sink,
+        target: sink.clone(),
     }
     .await;
     match finished {
@@ -495,19 +472,19 @@ async fn drive<W: Workflow>(
 /// compensations (and the orphans it adopted) go to the parent run, or to a task of their own
 /// (`on_drop`), and the run ends as cancelled (its final event is emitted when they are done,
 /// or at once when there is nothing to undo).
-struct RunGuard<E: Send + 'static> {
-    ctx: Ctx<E>,
-    parent: Option<Arc<dyn OrphanSink>>,
+struct RunGuard<'a, E: Send + 'static> {
+    ctx: &'a Ctx<E>,
+    parent: Option<&'a Arc<dyn OrphanSink>>,
     on_drop: bool,
     armed: bool,
 }
 
-impl<E: Send + 'static> Drop for RunGuard<E> {
+impl<E: Send + 'static> Drop for RunGuard<'_, E> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
-        let ctx = &self.ctx;
+        let ctx = self.ctx;
         let rt = tokio::runtime::Handle::try_current().ok();
         let package = match (&self.parent, &rt) {
             (Some(_), _) => ctx.package(true),

@@ -13,6 +13,15 @@
 //!   with the step's tag, above the step's previous undo, are dropped; when that step fails,
 //!   they are undone at once as abandoned work (below).
 //!
+//! How a child knows the step it ran in: when it starts (on the first poll of the step's future,
+//! synchronously after the step recorded itself as the run's current node), it reads the
+//! parent's current node and the thread's current `map` item; no per-step or per-poll cost.
+//! This is exact for a child awaited directly by its step, in sequence, in `map` items and in
+//! parallel branches (each branch records its node before its first poll). Limit: in a parallel
+//! group, a step that awaits something else *before* starting its child may find the current
+//! node moved to a sibling branch; its child is then tagged with that sibling (still undone
+//! when the run fails, but a `compensate` on that sibling would take it over).
+//!
 //! Besides the stack, a run adopts **orphans**: the packaged stacks of child runs dropped
 //! mid-run (an attempt that timed out, a sibling that failed, a `map` that failed). They are
 //! undone as soon as the engine sees the abandoned work: after the failed attempt (before the
@@ -126,6 +135,8 @@ pub(crate) trait OrphanSink: Send + Sync {
     fn absorb(&self, records: Vec<CompensationRecord>);
     /// Where a child starting now on this thread runs: the current node and `map` item.
     fn tag(&self) -> Tag;
+    /// What a child starting now inherits.
+    fn link(&self) -> crate::runtime::ChildLink;
 }
 
 impl<E: Send + 'static> OrphanSink for Inner<E> {
@@ -147,6 +158,16 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
         Tag {
             node: NodeId(self.current.load(Ordering::Relaxed)),
             item: current_item(),
+        }
+    }
+
+    fn link(&self) -> crate::runtime::ChildLink {
+        crate::runtime::ChildLink {
+            run: self.run,
+            observers: self.observers.clone(),
+            cancel: self.cancel.clone(),
+            seed: self.rng.next_u64(),
+            seeded: self.seeded,
         }
     }
 }

@@ -503,3 +503,34 @@ impl ForTest for flow_runtime::TracingObserver {
         flow_runtime::Observer::on_event(self, e);
     }
 }
+
+#[cfg(feature = "progress")]
+#[tokio::test(start_paused = true)]
+async fn a_progress_line_ends_only_the_execution_that_ended() {
+    use flow_runtime::ProgressObserver;
+    let progress = ProgressObserver::hidden();
+    let runtime = Runtime::new().with_observer(progress.clone());
+    // Item 1 fails at 50 ms (tolerated) while item 0 runs until 100 ms.
+    let wf = flow(&KEYED, None, |ctx: Ctx<E>, ()| async move {
+        let c = &ctx;
+        let v = ctx
+            .map_tolerant(NodeId(3), [100u64, 50], 0, 1, |d| async move {
+                c.step(NodeId(4), async move {
+                    tokio::time::sleep(ms(d)).await;
+                    if d == 50 { Err(E::Item(1)) } else { Ok(d) }
+                })
+                .await
+            })
+            .await?;
+        Ok(v.len())
+    });
+    let run = tokio::spawn(async move { runtime.run(&wf, ()).await });
+    tokio::time::sleep(ms(75)).await;
+    let load = |lines: Vec<String>| lines.into_iter().find(|l| l.contains("load")).unwrap();
+    let at_75 = load(progress.lines());
+    assert!(at_75.contains("running"), "{at_75}");
+    within(run).await.unwrap().unwrap();
+    let at_end = load(progress.lines());
+    assert!(at_end.contains("failed after 1 attempt"), "{at_end}");
+    assert!(!at_end.contains("running"), "{at_end}");
+}

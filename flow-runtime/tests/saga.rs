@@ -651,3 +651,43 @@ async fn a_child_completed_by_a_failed_attempt_is_undone_before_the_retry() {
     );
     assert_eq!(report.compensations.len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_handle_reports_every_compensation() {
+    let log = Log::new();
+    let wf = parent_with_child(&log, false, false, Act::Err(E::Broken));
+    let report = within(Runtime::new().spawn(wf, ()).report()).await;
+    assert!(report.result.is_err());
+    let steps: Vec<_> = report.compensations.iter().map(|r| r.step).collect();
+    assert_eq!(steps, ["p3", "c2", "c1", "p1"]);
+    assert!(report.observer_panics.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parent_timing_out_while_its_child_compensates_does_not_abort_the_undos() {
+    let log = Log::new();
+    let g = steps("parent", &["child"]);
+    let l = log.clone();
+    // The parent's limit (50 ms) falls while the child undoes `c2` (10 ms to 110 ms).
+    let wf = flow(g, Some(ms(50)), move |ctx: Ctx<E>, ()| {
+        let l = l.clone();
+        async move {
+            ctx.step(
+                NodeId(2),
+                run_child(&l, after(10, Act::Err(E::Broken)), 100, 4),
+            )
+            .await?;
+            Ok(())
+        }
+    });
+    let e = within(Runtime::new().run(&wf, ())).await.unwrap_err();
+    assert!(matches!(
+        e.kind(),
+        flow_runtime::ErrorKind::TimedOut {
+            step: Some("child"),
+            ..
+        }
+    ));
+    assert_eq!(log.entries(), ["undo c2(4) @110", "undo c1(4) @210"]);
+    assert_eq!(e.compensations().len(), 2);
+}
