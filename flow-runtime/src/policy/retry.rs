@@ -156,11 +156,11 @@ impl<E> Retry<E> {
 }
 
 #[cfg(feature = "backoff")]
-impl<E, C> From<&backoff::ExponentialBackoff<C>> for Retry<E> {
+impl<E, C> From<&backoff::exponential::ExponentialBackoff<C>> for Retry<E> {
     /// Takes `initial_interval`, `multiplier`, `max_interval`, `max_elapsed_time` and
     /// `randomization_factor` (as [`Jitter::Spread`]). `backoff` has no attempt limit, so the
     /// rule allows `u32::MAX` attempts and relies on `max_elapsed_time` to stop.
-    fn from(b: &backoff::ExponentialBackoff<C>) -> Self {
+    fn from(b: &backoff::exponential::ExponentialBackoff<C>) -> Self {
         let schedule =
             Backoff::exponential(b.initial_interval, b.multiplier).with_max_delay(b.max_interval);
         let jitter = if b.randomization_factor > 0.0 {
