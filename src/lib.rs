@@ -41,7 +41,7 @@
 //! See the README for the grammar of both macros and the exact semantics of every policy.
 
 #[doc(inline)]
-pub use flow_macros::workflow;
+pub use flow_macros::{flow, workflow};
 #[doc(inline)]
 pub use flow_runtime::*;
 
@@ -160,17 +160,6 @@ pub mod __private {
             .try_collect()
             .await
     }
-}
-
-/// Composes a micro-workflow inline: `flow! { validate -> (reserve & charge) -> notify }`.
-///
-/// Evaluates to a [`Flow`], which implements [`Workflow`]; run it with [`Flow::run`] or a
-/// [`Runtime`]. The grammar and every construct are in the crate README.
-#[macro_export]
-macro_rules! flow {
-    ($($tokens:tt)*) => {
-        $crate::__private::flow_inner!($crate; $($tokens)*)
-    };
 }
 
 /// Runs 2 to 5 fallible futures concurrently; the first error cancels the others (fail fast).

@@ -210,6 +210,15 @@ impl Parser<'_> {
                             out.timeout = self.errors.ok(duration::parse(&e, "the flow timeout"));
                         }
                         kw::ERROR => out.error = Some(input.parse()?),
+                        kw::CRATE => {
+                            let lit: LitStr = input.parse()?;
+                            match lit.parse::<syn::Path>() {
+                                Ok(p) => out.krate = p.into_token_stream(),
+                                Err(_) => self
+                                    .errors
+                                    .spanned(&lit, "`crate` must be a path such as \"::my_flow\""),
+                            }
+                        }
                         other => {
                             self.errors.spanned(
                                 &key,
@@ -229,6 +238,16 @@ impl Parser<'_> {
                     "end the `flow!` options with `;` before the pipeline",
                 )
             })?;
+            // `name = "x"; error = E; plan`: an option after the `;`.
+            if input.peek(Ident) && input.peek2(Token![=]) && !input.peek2(Token![=>]) {
+                let key: Ident = input.fork().parse()?;
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!(
+                        "`{key}` looks like an option after the options ended: separate `flow!` options with `,` and end them with one `;` (`name = \"x\", {key} = ..; step -> step`)"
+                    ),
+                ));
+            }
         }
         if input.is_empty() {
             return Err(
@@ -994,7 +1013,11 @@ impl Expander<'_> {
                     // is reported on the user's selector.
                     let sel =
                         Ident::new("__flow_sel", Span::mixed_site().located_at(selector.span()));
-                    quote_spanned!(*span=> { #ctx.enter(#idt); let #sel = #krate::__private::select(&#v, #selector); match #sel { #(#arms,)* } })
+                    // The `match` itself is the macro's (no user span): rustc then has no place
+                    // in the user's code to suggest a missing arm in Rust syntax, which would
+                    // not be valid `flow!`.
+                    let matched = quote_spanned!(Span::mixed_site()=> match #sel { #(#arms,)* });
+                    quote_spanned!(*span=> { #ctx.enter(#idt); let #sel = #krate::__private::select(&#v, #selector); #matched })
                 }
             }
         }
@@ -1045,7 +1068,8 @@ impl Expander<'_> {
                     });
                     let sel =
                         Ident::new("__flow_sel", Span::mixed_site().located_at(selector.span()));
-                    out.push(quote_spanned!(*span=> #this(#v) => { #ctx.enter(#idt); let #sel = #krate::__private::select(&#v, #selector); match #sel { #(#targets,)* } }));
+                    let matched = quote_spanned!(Span::mixed_site()=> match #sel { #(#targets,)* });
+                    out.push(quote_spanned!(*span=> #this(#v) => { #ctx.enter(#idt); let #sel = #krate::__private::select(&#v, #selector); #matched }));
                     for (_, s) in arms {
                         self.arms(s, &next_i, out);
                     }
@@ -1084,6 +1108,14 @@ fn nest_pattern(names: &[Ident]) -> TokenStream {
             quote!((#first, #rest))
         }
     }
+}
+
+/// `flow!` as users call it: the runtime is `::flow` unless a `crate = ".."` option says
+/// otherwise.
+pub(crate) fn expand_direct(input: TokenStream) -> TokenStream {
+    let mut all = quote!(::flow;);
+    all.extend(input);
+    expand(all)
 }
 
 pub(crate) fn expand(input: TokenStream) -> TokenStream {

@@ -62,6 +62,7 @@ pub(crate) const FLOW_OPTIONS: &[&str] = &[
     NAME,
     TIMEOUT,
     ERROR,
+    CRATE,
     COMPENSATION_TIMEOUT,
     COMPENSATE_ON_DROP,
 ];

@@ -28,8 +28,19 @@ pub fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
     workflow::expand(args.into(), item.into()).into()
 }
 
-/// The implementation of `flow!`, called by the `flow::flow!` wrapper with the facade's path
-/// first: `flow_inner!($crate; pipeline)`. See the `flow` crate.
+/// Composes a micro-workflow inline: `flow! { validate -> (reserve & charge) -> notify }`.
+///
+/// Evaluates to a `flow::Flow`, which implements `flow::Workflow`; run it with `.run(input)`
+/// or a `flow::Runtime`. The grammar and every construct are in the `flow` crate's docs. The
+/// expansion names the runtime as `::flow`; with the dependency renamed, say where it is:
+/// `flow! { crate = "::my_flow"; a -> b }`.
+#[proc_macro]
+pub fn flow(input: TokenStream) -> TokenStream {
+    flow::expand_direct(input.into()).into()
+}
+
+/// `flow!` with the facade's path first: `flow_inner!($crate; pipeline)`. Kept for macros of
+/// other crates that forward to it with their own `$crate`.
 #[doc(hidden)]
 #[proc_macro]
 pub fn flow_inner(input: TokenStream) -> TokenStream {

@@ -226,11 +226,21 @@ impl Gen<'_> {
                 copy(&arg, a_span)
             });
             // `flow!`: the step's one argument is the value on the incoming edge.
+            // Checked at the step's own token (`span`, the user's; the rebound step function's
+            // span is the macro's, which rustc would report at the whole `flow!`).
             let cloned = match call {
                 Call::Input { input, func } => {
-                    let span = syn::spanned::Spanned::span(func);
-                    let c = copy(input, span);
-                    quote_spanned!(span=> #func(#c))
+                    let m = self.markers.path(name, span);
+                    let c = quote_spanned! {span=> {
+                        #[allow(unused_imports)]
+                        use #krate::__private::{CloneNo as _, CloneYes as _};
+                        #krate::__private::retry_input::<#m, _, _>(
+                            &#input,
+                            (&#krate::__private::Probe(&#input, ::core::marker::PhantomData::<()>)).flow_clone(),
+                        )
+                    }};
+                    let fspan = syn::spanned::Spanned::span(func);
+                    quote_spanned!(fspan=> #func(#c))
                 }
                 _ => cloned,
             };

@@ -59,6 +59,7 @@ pub trait RetryArg<T, S> {
     /// The copy.
     fn get(self) -> T;
 }
+#[diagnostic::do_not_recommend]
 impl<T, S> RetryArg<T, S> for Pass<T> {
     fn get(self) -> T {
         self.0
@@ -68,6 +69,29 @@ impl<T, S> RetryArg<T, S> for Pass<T> {
 /// Checks and copies a retried step's argument (`S` names the step).
 #[inline]
 pub fn retry_arg<S, T, A: RetryArg<T, S>>(_: &T, copy: A) -> T {
+    copy.get()
+}
+
+/// A retried `flow!` step's input, copied for one attempt.
+#[diagnostic::on_unimplemented(
+    message = "step `{S}` is retried, so every attempt needs its own copy of its input, but `{T}` is not `Clone`",
+    label = "retried: each attempt takes a clone of the value on its incoming edge",
+    note = "derive `Clone` for `{T}`, share it behind an `Arc` (have the step before return `Arc<{T}>`), or drop the `retry`"
+)]
+pub trait RetryInput<T, S> {
+    /// The copy.
+    fn get(self) -> T;
+}
+#[diagnostic::do_not_recommend]
+impl<T, S> RetryInput<T, S> for Pass<T> {
+    fn get(self) -> T {
+        self.0
+    }
+}
+
+/// Checks and copies a retried `flow!` step's input (`S` names the step).
+#[inline]
+pub fn retry_input<S, T, A: RetryInput<T, S>>(_: &T, copy: A) -> T {
     copy.get()
 }
 
@@ -81,6 +105,7 @@ pub trait BranchInput<T, S> {
     /// The copy.
     fn get(self) -> T;
 }
+#[diagnostic::do_not_recommend]
 impl<T, S> BranchInput<T, S> for Pass<T> {
     fn get(self) -> T {
         self.0
@@ -128,6 +153,7 @@ pub trait MapInput<T, S> {
     /// Passes the input through.
     fn pass(value: T) -> Self::Items;
 }
+#[diagnostic::do_not_recommend]
 impl<T, S> MapInput<T, S> for Pass<PhantomData<T>> {
     type Items = T;
     fn pass(value: T) -> T {
@@ -174,6 +200,7 @@ impl<F, I, X> TakesNo<I> for &Probe<'_, F, (I, X)> {
     note = "in a `flow!`, each step's output is the next step's input"
 )]
 pub trait Edge<I, S, P> {}
+#[diagnostic::do_not_recommend]
 impl<I, S, P> Edge<I, S, P> for Pass<()> {}
 
 /// Checks that step `S` takes `I`, the output of step `P`.
@@ -220,6 +247,7 @@ pub trait Converts<E, S, F> {
     /// Passes `F` through.
     fn pass(f: F) -> Self::Checked;
 }
+#[diagnostic::do_not_recommend]
 impl<E, S, F> Converts<E, S, F> for Pass<()> {
     type Checked = F;
     fn pass(f: F) -> F {
@@ -281,6 +309,7 @@ impl<T, X> FutureNo<T> for &Probe<'_, T, X> {
     note = "to start it later, bind it (`let fut = {S}(..);`) and await it where it should run"
 )]
 pub trait Awaited<S> {}
+#[diagnostic::do_not_recommend]
 impl<S> Awaited<S> for Pass<()> {}
 
 /// Checks that a dropped value is not an unawaited step future (`S` names the call).

@@ -31,7 +31,7 @@ mod workflow;
 
 #[doc(hidden)]
 pub mod __private;
-mod checks;
+pub mod checks;
 
 pub use crate::ctx::{Ctx, StateView, Status, StepOutput};
 pub use crate::error::{

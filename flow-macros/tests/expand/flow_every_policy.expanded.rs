@@ -289,7 +289,7 @@ fn __expansion() {
                                         let __flow_mk = || __flow_step_fn({
                                             #[allow(unused_imports)]
                                             use ::flow::__private::{CloneNo as _, CloneYes as _};
-                                            ::flow::__private::retry_arg::<
+                                            ::flow::__private::retry_input::<
                                                 __flow_steps::notify,
                                                 _,
                                                 _,
