@@ -1,44 +1,4 @@
-//! `flow`: code-level orchestration. Write an operations procedure as plain async Rust or as
-//! a pipeline, and get a typed state machine with a static graph, exact retry/timeout/
-//! compensation semantics and observable runs, checked by the compiler.
-//!
-//! ```
-//! use flow::prelude::*;
-//!
-//! #[derive(Debug)]
-//! struct Busy;
-//! impl std::fmt::Display for Busy {
-//!     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-//!         f.write_str("busy")
-//!     }
-//! }
-//!
-//! async fn fetch(id: u32) -> Result<String, Busy> { Ok(format!("record {id}")) }
-//! async fn store(record: String) -> Result<usize, Busy> { Ok(record.len()) }
-//!
-//! #[workflow]
-//! async fn import(id: u32) -> Result<usize, Busy> {
-//!     #[retry(max_attempts = 3, backoff = exponential("100ms", 2.0))]
-//!     let record = fetch(id).await?;
-//!     store(record).await
-//! }
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! // Await it like any async fn...
-//! assert_eq!(import(7).await.unwrap(), 8);
-//! // ...or run it through a runtime, which can observe it, and look at its graph.
-//! let n = Runtime::new().run(&Import, (7,)).await.unwrap();
-//! assert_eq!(n, 8);
-//! assert!(Import::GRAPH.to_mermaid().contains("fetch"));
-//!
-//! // The same procedure as an inline pipeline:
-//! let pipeline = flow! { fetch -> store };
-//! assert_eq!(pipeline.run(7).await.unwrap(), 8);
-//! # }
-//! ```
-//!
-//! See the README for the grammar of both macros and the exact semantics of every policy.
+#![doc = include_str!("../README.md")]
 
 #[doc(inline)]
 pub use flow_macros::{flow, workflow};
