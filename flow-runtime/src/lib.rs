@@ -31,6 +31,10 @@ mod workflow;
 
 #[doc(hidden)]
 pub mod __private;
+/// The compile-time checks behind the macros' error messages. Public so that those messages
+/// can name them briefly (`the trait `RetryInput<Nodes, wait_healthy>` is not implemented
+/// for `Fail<Nodes>``: rustc shortens a path only when the item is visible); not meant to be
+/// used directly.
 pub mod checks;
 
 pub use crate::ctx::{Ctx, StateView, Status, StepOutput};
