@@ -99,6 +99,12 @@ enum Unit {
         arms: Vec<(Pat, Pipeline)>,
         span: Span,
     },
+    /// `signal("approve", timeout = "1h")`: waits for a message; outputs `(input, message)`.
+    Signal {
+        name: LitStr,
+        timeout: Option<core::time::Duration>,
+        span: Span,
+    },
 }
 
 /// Parsing records non-fatal problems (bad policies, unknown keys) here and keeps going.
@@ -382,6 +388,9 @@ impl Parser<'_> {
                 if name == kw::BRANCH {
                     return self.branch(input);
                 }
+                if name == kw::SIGNAL {
+                    return self.signal(input);
+                }
                 return Err(syn::Error::new(
                     name.span(),
                     format!(
@@ -582,6 +591,39 @@ impl Parser<'_> {
         })
     }
 
+    /// `signal("approve")` or `signal("approve", timeout = "1h")`.
+    fn signal(&mut self, input: ParseStream) -> syn::Result<Unit> {
+        let kw_ident: Ident = input.parse()?;
+        let content;
+        syn::parenthesized!(content in input);
+        let name: LitStr = content.parse().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                "a signal is named by a string: `signal(\"approve\", timeout = \"1h\")`",
+            )
+        })?;
+        let mut timeout = None;
+        while content.parse::<Option<Token![,]>>()?.is_some() {
+            if content.is_empty() {
+                break;
+            }
+            let key: Ident = content.parse()?;
+            content.parse::<Token![=]>()?;
+            let value: Expr = content.parse()?;
+            if key == kw::TIMEOUT {
+                timeout = self.errors.ok(duration::parse(&value, "a signal's timeout"));
+            } else {
+                self.errors
+                    .spanned(&key, unknown_key("`signal` key", &key.to_string(), &[kw::TIMEOUT]));
+            }
+        }
+        Ok(Unit::Signal {
+            name,
+            timeout,
+            span: kw_ident.span(),
+        })
+    }
+
     fn branch(&mut self, input: ParseStream) -> syn::Result<Unit> {
         let kw_ident: Ident = input.parse()?;
         let content;
@@ -645,6 +687,12 @@ enum PStage {
         arms: Vec<(Pat, Vec<PStage>)>,
         span: Span,
     },
+    Signal {
+        id: u32,
+        name: LitStr,
+        timeout: Option<core::time::Duration>,
+        span: Span,
+    },
 }
 
 impl PStage {
@@ -653,7 +701,8 @@ impl PStage {
             PStage::Step { id, .. }
             | PStage::Parallel { id, .. }
             | PStage::Map { id, .. }
-            | PStage::Branch { id, .. } => *id,
+            | PStage::Branch { id, .. }
+            | PStage::Signal { id, .. } => *id,
         }
     }
 }
@@ -811,6 +860,28 @@ impl Planner {
                         body: s,
                         concurrency,
                         tolerate,
+                        span,
+                    });
+                }
+                Unit::Signal {
+                    name,
+                    timeout,
+                    span,
+                } => {
+                    let policy = timeout.map_or_else(String::new, |d| {
+                        format!("timeout = {}", humantime::format_duration(d))
+                    });
+                    let id = self
+                        .model
+                        .add(&name.value(), Kind::Signal, policy, parent, states);
+                    self.model.set_call(id, &quote!(signal #name));
+                    link(&mut self.model, id, &frontier);
+                    self.prev.insert(id, prev.replace(name.value()));
+                    frontier = vec![id];
+                    out.push(PStage::Signal {
+                        id,
+                        name,
+                        timeout,
                         span,
                     });
                 }
@@ -996,6 +1067,26 @@ impl Expander<'_> {
                         quote_spanned!(*span=> #ctx.map_tolerant(#idt, #items, #concurrency, #t, |#item| #body).await?)
                     }
                 }
+            }
+            PStage::Signal {
+                id,
+                name,
+                timeout,
+                span,
+            } => {
+                let idt = quote!(#krate::NodeId(#id));
+                let timeout = match timeout {
+                    Some(d) => {
+                        let d = duration::to_tokens(*d);
+                        quote!(::core::option::Option::Some(#d))
+                    }
+                    None => quote!(::core::option::Option::None),
+                };
+                let input = Ident::new("__flow_in", Span::mixed_site());
+                quote_spanned!(*span=> {
+                    let #input = #v;
+                    (#input, #ctx.signal::<_>(#idt, #name, #timeout).await?)
+                })
             }
             PStage::Branch {
                 id,

@@ -69,6 +69,7 @@ pub(crate) const FLOW_OPTIONS: &[&str] = &[
 
 pub(crate) const MAP: &str = "map";
 pub(crate) const BRANCH: &str = "branch";
+pub(crate) const SIGNAL: &str = "signal";
 pub(crate) const CONCURRENCY: &str = "concurrency";
 pub(crate) const TOLERATE: &str = "tolerate";
 pub(crate) const MAP_KEYS: &[&str] = &[CONCURRENCY, TOLERATE];
