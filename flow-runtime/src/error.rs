@@ -19,6 +19,9 @@ pub enum Failure<E> {
     TimedOut(Duration),
     /// The step panicked; the panic message, or `"<non-string panic payload>"`.
     Panicked(String),
+    /// A signal the workflow waited for ([`Ctx::signal`](crate::Ctx::signal)) carried a value
+    /// of another type ([`SignalError::WrongType`](crate::SignalError::WrongType)).
+    Signal(crate::signal::SignalError),
 }
 
 impl<E> Failure<E> {
@@ -55,6 +58,7 @@ impl<E: fmt::Display> fmt::Display for Failure<E> {
             Failure::Error(e) => e.fmt(f),
             Failure::TimedOut(d) => write!(f, "timed out after {d:?}"),
             Failure::Panicked(msg) => write!(f, "panicked: {msg}"),
+            Failure::Signal(e) => e.fmt(f),
         }
     }
 }
@@ -205,6 +209,7 @@ impl<E> StepError<E> {
                         Failure::Error(e) => Failure::Error(f(e)),
                         Failure::TimedOut(d) => Failure::TimedOut(d),
                         Failure::Panicked(m) => Failure::Panicked(m),
+                        Failure::Signal(e) => Failure::Signal(e),
                     },
                 })
                 .collect(),

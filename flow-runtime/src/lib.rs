@@ -25,6 +25,7 @@ mod policy;
 mod progress;
 mod runtime;
 mod saga;
+mod signal;
 mod timeline;
 mod trace;
 mod workflow;
@@ -45,6 +46,7 @@ pub use crate::policy::{Backoff, Delays, Jitter, On, Retry, SplitMix64, StepPoli
 pub use crate::progress::ProgressObserver;
 pub use crate::runtime::{EventStream, Handle, Runtime};
 pub use crate::saga::{CompensationPolicy, DEFAULT_COMPENSATION_TIMEOUT};
+pub use crate::signal::{Signal, SignalError, signal};
 pub use crate::timeline::{Slice, SliceKind, SliceOutcome, Timeline};
 #[cfg(feature = "tracing")]
 pub use crate::trace::TracingObserver;
