@@ -534,6 +534,56 @@ impl<E> Error<E> {
     }
 }
 
+impl<E> Error<E> {
+    /// The same error with the workflow's error values (in its kind and its compensation
+    /// failures) converted by `f`: for example into a type-erased error, as a
+    /// [`Registry`](crate::Registry) does.
+    ///
+    /// ```
+    /// use flow_runtime::{Error, ErrorKind};
+    /// let e: Error<u32> = Error::new("demo", ErrorKind::Workflow(7));
+    /// let e: Error<String> = e.map_err(|n| format!("code {n}"));
+    /// assert_eq!(e.error().map(String::as_str), Some("code 7"));
+    /// ```
+    pub fn map_err<F>(self, mut f: impl FnMut(E) -> F) -> Error<F> {
+        let kind = match self.kind {
+            ErrorKind::Step(s) => ErrorKind::Step(s.map_err(&mut f)),
+            ErrorKind::Workflow(e) => ErrorKind::Workflow(f(e)),
+            ErrorKind::Cancelled { step } => ErrorKind::Cancelled { step },
+            ErrorKind::TimedOut { limit, step } => ErrorKind::TimedOut { limit, step },
+            ErrorKind::Panicked { step, message } => ErrorKind::Panicked { step, message },
+        };
+        let undo = self.undo.map(|u| {
+            let Undone {
+                compensation_failures,
+                nested_compensation_failures,
+                compensations,
+            } = *u;
+            Box::new(Undone {
+                compensation_failures: compensation_failures
+                    .into_iter()
+                    .map(|c| CompensationFailure {
+                        step: c.step,
+                        failure: match c.failure {
+                            Failure::Error(e) => Failure::Error(f(e)),
+                            Failure::TimedOut(d) => Failure::TimedOut(d),
+                            Failure::Panicked(m) => Failure::Panicked(m),
+                            Failure::Signal(e) => Failure::Signal(e),
+                        },
+                    })
+                    .collect(),
+                nested_compensation_failures,
+                compensations,
+            })
+        });
+        Error {
+            workflow: self.workflow,
+            kind,
+            undo,
+        }
+    }
+}
+
 impl<E> From<StepError<E>> for Error<E> {
     fn from(e: StepError<E>) -> Self {
         Error::new("", ErrorKind::Step(e))

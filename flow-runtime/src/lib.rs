@@ -16,6 +16,7 @@
 //!   `ProgressObserver` (feature `progress`: live progress in the terminal).
 
 mod ctx;
+mod dynamic;
 mod error;
 mod event;
 mod glue;
@@ -23,6 +24,7 @@ mod graph;
 mod policy;
 #[cfg(feature = "progress")]
 mod progress;
+mod registry;
 mod runtime;
 mod saga;
 mod signal;
@@ -35,6 +37,7 @@ pub mod __private;
 mod checks;
 
 pub use crate::ctx::{Ctx, StateView, Status, StepOutput};
+pub use crate::dynamic::{ArcWorkflow, BoxFuture, BoxWorkflow, DynState, DynWorkflow};
 pub use crate::error::{
     Attempt, CompensationFailure, CompensationOutcome, CompensationRecord, Error, ErrorKind,
     Failure, GaveUp, KEPT_LAST_ATTEMPTS, NestedCompensationFailure, RunReport, StepError,
@@ -44,6 +47,7 @@ pub use crate::graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};
 pub use crate::policy::{Backoff, Delays, Jitter, On, Retry, SplitMix64, StepPolicy};
 #[cfg(feature = "progress")]
 pub use crate::progress::ProgressObserver;
+pub use crate::registry::{AnyError, AnyHandle, Payload, Registered, Registry, RegistryError};
 pub use crate::runtime::{EventStream, Handle, Runtime};
 pub use crate::saga::{CompensationPolicy, DEFAULT_COMPENSATION_TIMEOUT};
 pub use crate::signal::{Signal, SignalError, signal};
