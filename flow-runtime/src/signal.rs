@@ -232,16 +232,16 @@ impl<E> Ctx<E> {
     ///     ctx.signal::<bool>(NodeId(2), "approve", Some(Duration::from_secs(3600))).await
     /// }
     /// ```
-    pub fn signal<T: Send + 'static>(
+    pub async fn signal<T: Send + 'static>(
         &self,
         node: NodeId,
         name: &'static str,
         timeout: Option<Duration>,
-    ) -> impl Future<Output = Result<T, StepError<E>>> + Send + '_
+    ) -> Result<T, StepError<E>>
     where
         E: Send + 'static,
     {
-        async move {
+        {
             // Events as a step's: entered, attempt 1 started, .., succeeded or failed (so that
             // timelines and progress show the wait as a step), with the signal's own between.
             let mut iteration = 0;
