@@ -194,7 +194,7 @@ where
     }
 }
 
-impl<In, Out, E> dyn DynWorkflow<In, Out, E>
+impl<'a, In, Out, E> dyn DynWorkflow<In, Out, E> + 'a
 where
     In: Send + 'static,
     Out: Send + 'static,

@@ -228,7 +228,7 @@ impl<E> Ctx<E> {
     /// ```
     /// # use flow_runtime::{Ctx, NodeId, StepError};
     /// # use core::time::Duration;
-    /// async fn approval<E>(ctx: &Ctx<E>) -> Result<bool, StepError<E>> {
+    /// async fn approval<E: Send + 'static>(ctx: &Ctx<E>) -> Result<bool, StepError<E>> {
     ///     ctx.signal::<bool>(NodeId(2), "approve", Some(Duration::from_secs(3600))).await
     /// }
     /// ```
@@ -300,7 +300,8 @@ impl<E> Ctx<E> {
 /// first message of that name sent to the run (a message sent before the wait is kept); the
 /// run's events show [`EventKind::SignalWaiting`] and [`EventKind::SignalReceived`] at the
 /// node the run is at. Outside a run (or on a task spawned by one) it fails at once with
-/// [`SignalError::NotInARun`].
+/// [`SignalError::NotInARun`]. In a workflow that runs inside another's step (a child run), it
+/// waits in the child run's mailbox: send to the child's id.
 ///
 /// ```
 /// # async fn step() -> Result<u32, flow_runtime::SignalError> {
