@@ -81,6 +81,14 @@ where
     /// Runs the workflow as a child of the run whose step awaits it (inheriting its observers,
     /// cancellation and compensation), or with a default runtime outside any run: what
     /// awaiting a `#[workflow]` function does.
+    ///
+    /// ```
+    /// # use flow_runtime::{ArcWorkflow, Error};
+    /// // A step function that runs a stored workflow as a child of the run calling it.
+    /// async fn audit(w: ArcWorkflow<u32, u32, String>, n: u32) -> Result<u32, Error<String>> {
+    ///     w.call(n).await
+    /// }
+    /// ```
     fn call(&self, input: In) -> BoxFuture<'_, Result<Out, Error<E>>>;
 
     /// Starts the workflow on a task of its own (see [`Runtime::spawn`]).

@@ -308,6 +308,22 @@ where
 
 /// A workflow in a [`Registry`]: its name, graph, fingerprint and types, and the workflow
 /// itself, typed ([`workflow`](Self::workflow)) or not ([`Registry::run`]).
+///
+/// ```
+/// # use flow_runtime::{Ctx, DynState, Error, Graph, Registry, Workflow};
+/// # struct Double;
+/// # static GRAPH: Graph = Graph { name: "double", nodes: &[], edges: &[], fingerprint: 9 };
+/// # impl Workflow for Double {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, _: Ctx<String>, x: u32) -> Result<u32, Error<String>> { Ok(2 * x) }
+/// # }
+/// let mut registry = Registry::new();
+/// registry.register("double", Double).unwrap();
+/// let entry = registry.get("double").unwrap();
+/// assert_eq!((entry.name(), entry.fingerprint(), entry.input_type()), ("double", 9, "u32"));
+/// assert!(entry.workflow::<u32, u32, String>().is_some());
+/// ```
 pub struct Registered {
     name: String,
     graph: &'static Graph,
@@ -576,6 +592,26 @@ impl Registry {
 
 /// A run started by [`Registry::spawn`]: a [`Handle`] whose output and error are type-erased.
 /// Await it for the result.
+///
+/// ```
+/// # use flow_runtime::{Ctx, DynState, Error, Graph, Workflow};
+/// # struct Double;
+/// # static GRAPH: Graph = Graph { name: "double", nodes: &[], edges: &[], fingerprint: 9 };
+/// # impl Workflow for Double {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, _: Ctx<String>, x: u32) -> Result<u32, Error<String>> { Ok(2 * x) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{Payload, Registry, Runtime};
+/// let mut registry = Registry::new();
+/// registry.register("double", Double).unwrap();
+/// let handle = registry.spawn(&Runtime::new(), "double", Payload::new(4u32)).unwrap();
+/// println!("{} is at {}", handle.run_id(), handle.state());
+/// assert_eq!(handle.await.unwrap().downcast::<u32>().ok(), Some(8));
+/// # }
+/// ```
 pub struct AnyHandle {
     inner: Box<dyn ErasedHandle>,
 }

@@ -324,6 +324,15 @@ pub fn signal<T: Send + 'static>(name: &'static str) -> Signal<T> {
 }
 
 /// A wait for a signal, made by [`signal`]; await it.
+///
+/// ```
+/// # async fn step() -> Result<(), flow_runtime::SignalError> {
+/// let wait: flow_runtime::Signal<bool> = flow_runtime::signal("approve");
+/// let approved = wait.await?;
+/// # let _ = approved;
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a signal is only waited for when awaited"]
 pub struct Signal<T> {
     name: &'static str,
