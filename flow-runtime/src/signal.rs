@@ -525,3 +525,68 @@ impl<W: crate::workflow::Workflow> crate::runtime::Handle<W> {
         deliver(&self.ctx, name, Message::new(value))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Edge, EdgeKind, Graph, Node, NodeKind};
+    use crate::runtime::Runtime;
+    use crate::workflow::Flow;
+
+    static GRAPH: Graph = Graph {
+        name: "plain",
+        nodes: &[
+            Node {
+                name: "start",
+                key: "start",
+                fingerprint: 0,
+                kind: NodeKind::Start,
+                policy: "",
+                parent: None,
+            },
+            Node {
+                name: "end",
+                key: "end",
+                fingerprint: 0,
+                kind: NodeKind::End,
+                policy: "",
+                parent: None,
+            },
+        ],
+        edges: &[Edge {
+            from: 0,
+            to: 1,
+            kind: EdgeKind::Sequence,
+            label: "",
+        }],
+        fingerprint: 0,
+    };
+
+    struct Start(u32);
+    impl crate::workflow::WorkflowState for Start {
+        fn node(&self) -> NodeId {
+            NodeId::START
+        }
+    }
+
+    /// A run that uses no signal never makes its mailbox, spawned or not.
+    #[tokio::test]
+    async fn an_unused_mailbox_is_never_made() {
+        let plain = Flow::new(
+            &GRAPH,
+            Start,
+            None,
+            |ctx: Ctx<String>, s: Start| async move {
+                assert!(ctx.inner.signals.get().is_none());
+                Ok::<u32, crate::error::Error<String>>(s.0)
+            },
+        );
+        assert_eq!(Runtime::default().run(&plain, 3).await.unwrap(), 3);
+        let mut h = Runtime::default().spawn(plain, 4);
+        assert_eq!((&mut h).await.unwrap(), 4);
+        assert!(h.ctx.inner.signals.get().is_none());
+        // A message refused (the run is over) does not make it either.
+        assert_eq!(h.signal("x", 1u8), Err(SignalError::RunFinished));
+        assert!(h.ctx.inner.signals.get().is_none());
+    }
+}
