@@ -169,6 +169,8 @@ pub(crate) struct Inner<E> {
     /// `#[workflow]`: a step failure with no value of the error type, which ends the run.
     abort: Mutex<Option<StepError<E>>>,
     aborted: AtomicBool,
+    /// The run's signal mailbox, made on first use (`signal.rs`).
+    pub(crate) signals: crate::signal::Slot,
 }
 
 /// The context of one run, shared by the generated state machine and the run's handle.
@@ -243,6 +245,7 @@ impl<E: core::fmt::Display> Ctx<E> {
                 has_surfaced: AtomicBool::new(false),
                 abort: Mutex::new(None),
                 aborted: AtomicBool::new(false),
+                signals: crate::signal::Slot::new(),
             }),
         }
     }
@@ -413,7 +416,7 @@ impl<E> Ctx<E> {
     /// duration and both events. `iteration` is the step's entry number (observed runs): set
     /// when entering, read after.
     #[inline]
-    fn start_attempt(
+    pub(crate) fn start_attempt(
         &self,
         node: NodeId,
         number: u32,
@@ -690,7 +693,13 @@ impl<E> Ctx<E> {
     }
 
     #[inline]
-    fn emit_success(&self, node: NodeId, attempt: u32, start: Option<Instant>, iteration: u32) {
+    pub(crate) fn emit_success(
+        &self,
+        node: NodeId,
+        attempt: u32,
+        start: Option<Instant>,
+        iteration: u32,
+    ) {
         // Observed runs always time their attempts (`start_attempt`).
         if let (true, Some(start)) = (self.observed(), start) {
             let now = Instant::now();

@@ -19,6 +19,9 @@ pub enum Failure<E> {
     TimedOut(Duration),
     /// The step panicked; the panic message, or `"<non-string panic payload>"`.
     Panicked(String),
+    /// A signal the workflow waited for ([`Ctx::signal`](crate::Ctx::signal)) carried a value
+    /// of another type ([`SignalError::WrongType`](crate::SignalError::WrongType)).
+    Signal(crate::signal::SignalError),
 }
 
 impl<E> Failure<E> {
@@ -55,6 +58,7 @@ impl<E: fmt::Display> fmt::Display for Failure<E> {
             Failure::Error(e) => e.fmt(f),
             Failure::TimedOut(d) => write!(f, "timed out after {d:?}"),
             Failure::Panicked(msg) => write!(f, "panicked: {msg}"),
+            Failure::Signal(e) => e.fmt(f),
         }
     }
 }
@@ -205,6 +209,7 @@ impl<E> StepError<E> {
                         Failure::Error(e) => Failure::Error(f(e)),
                         Failure::TimedOut(d) => Failure::TimedOut(d),
                         Failure::Panicked(m) => Failure::Panicked(m),
+                        Failure::Signal(e) => Failure::Signal(e),
                     },
                 })
                 .collect(),
@@ -525,6 +530,56 @@ impl<E> Error<E> {
             ErrorKind::Step(s) => s.into_error(),
             ErrorKind::Workflow(e) => Some(e),
             _ => None,
+        }
+    }
+}
+
+impl<E> Error<E> {
+    /// The same error with the workflow's error values (in its kind and its compensation
+    /// failures) converted by `f`: for example into a type-erased error, as a
+    /// [`Registry`](crate::Registry) does.
+    ///
+    /// ```
+    /// use flow_runtime::{Error, ErrorKind};
+    /// let e: Error<u32> = Error::new("demo", ErrorKind::Workflow(7));
+    /// let e: Error<String> = e.map_err(|n| format!("code {n}"));
+    /// assert_eq!(e.error().map(String::as_str), Some("code 7"));
+    /// ```
+    pub fn map_err<F>(self, mut f: impl FnMut(E) -> F) -> Error<F> {
+        let kind = match self.kind {
+            ErrorKind::Step(s) => ErrorKind::Step(s.map_err(&mut f)),
+            ErrorKind::Workflow(e) => ErrorKind::Workflow(f(e)),
+            ErrorKind::Cancelled { step } => ErrorKind::Cancelled { step },
+            ErrorKind::TimedOut { limit, step } => ErrorKind::TimedOut { limit, step },
+            ErrorKind::Panicked { step, message } => ErrorKind::Panicked { step, message },
+        };
+        let undo = self.undo.map(|u| {
+            let Undone {
+                compensation_failures,
+                nested_compensation_failures,
+                compensations,
+            } = *u;
+            Box::new(Undone {
+                compensation_failures: compensation_failures
+                    .into_iter()
+                    .map(|c| CompensationFailure {
+                        step: c.step,
+                        failure: match c.failure {
+                            Failure::Error(e) => Failure::Error(f(e)),
+                            Failure::TimedOut(d) => Failure::TimedOut(d),
+                            Failure::Panicked(m) => Failure::Panicked(m),
+                            Failure::Signal(e) => Failure::Signal(e),
+                        },
+                    })
+                    .collect(),
+                nested_compensation_failures,
+                compensations,
+            })
+        });
+        Error {
+            workflow: self.workflow,
+            kind,
+            undo,
         }
     }
 }

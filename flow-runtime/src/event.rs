@@ -95,6 +95,17 @@ pub enum EventKind {
         /// The failure, as text.
         error: String,
     },
+    /// The run waits for a signal ([`Ctx::signal`](crate::Ctx::signal) at its node, or
+    /// [`signal`](crate::signal()) at the node the run is at).
+    SignalWaiting {
+        /// The signal's name.
+        name: &'static str,
+    },
+    /// The signal the run waited for arrived (with a value of the expected type).
+    SignalReceived {
+        /// The signal's name.
+        name: &'static str,
+    },
     /// The run completed.
     RunCompleted,
     /// The run failed.
@@ -148,6 +159,8 @@ impl core::fmt::Display for Event {
             EventKind::CompensationStarted => f.write_str("compensating"),
             EventKind::CompensationSucceeded => f.write_str("compensated"),
             EventKind::CompensationFailed { error } => write!(f, "compensation failed: {error}"),
+            EventKind::SignalWaiting { name } => write!(f, "waiting for signal `{name}`"),
+            EventKind::SignalReceived { name } => write!(f, "signal `{name}` received"),
             EventKind::RunCompleted => f.write_str("run completed"),
             EventKind::RunFailed { error } => write!(f, "run failed: {error}"),
             EventKind::RunCancelled => f.write_str("run cancelled"),

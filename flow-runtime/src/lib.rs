@@ -16,6 +16,7 @@
 //!   `ProgressObserver` (feature `progress`: live progress in the terminal).
 
 mod ctx;
+mod dynamic;
 mod error;
 mod event;
 mod glue;
@@ -23,8 +24,10 @@ mod graph;
 mod policy;
 #[cfg(feature = "progress")]
 mod progress;
+mod registry;
 mod runtime;
 mod saga;
+mod signal;
 mod timeline;
 mod trace;
 mod workflow;
@@ -38,6 +41,7 @@ pub mod __private;
 pub mod checks;
 
 pub use crate::ctx::{Ctx, StateView, Status, StepOutput};
+pub use crate::dynamic::{ArcWorkflow, BoxFuture, BoxWorkflow, DynState, DynWorkflow};
 pub use crate::error::{
     Attempt, CompensationFailure, CompensationOutcome, CompensationRecord, Error, ErrorKind,
     Failure, GaveUp, KEPT_LAST_ATTEMPTS, NestedCompensationFailure, RunReport, StepError,
@@ -47,8 +51,10 @@ pub use crate::graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};
 pub use crate::policy::{Backoff, Delays, Jitter, On, Retry, SplitMix64, StepPolicy};
 #[cfg(feature = "progress")]
 pub use crate::progress::ProgressObserver;
+pub use crate::registry::{AnyError, AnyHandle, Payload, Registered, Registry, RegistryError};
 pub use crate::runtime::{EventStream, Handle, Runtime};
 pub use crate::saga::{CompensationPolicy, DEFAULT_COMPENSATION_TIMEOUT};
+pub use crate::signal::{Signal, SignalError, signal};
 pub use crate::timeline::{Slice, SliceKind, SliceOutcome, Timeline};
 #[cfg(feature = "tracing")]
 pub use crate::trace::TracingObserver;

@@ -58,12 +58,31 @@ tokio::task_local! {
 /// # let _ = runtime;
 /// # }
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Runtime {
     /// Shared by every run of this runtime (one reference count per run, no allocation).
     observers: Observers,
     seed: Option<u64>,
     compensate_on_drop: Option<bool>,
+    /// This runtime's identity, shared by its clones: the runs it lists for
+    /// [`Runtime::signal`] are looked up under it (`signal.rs`).
+    pub(crate) id: u64,
+    /// Whether [`run`](Self::run) and [`run_report`](Self::run_report) list their runs too
+    /// (spawned runs always are).
+    pub(crate) register_runs: bool,
+}
+
+impl Default for Runtime {
+    /// A runtime with no observers and a random jitter seed.
+    fn default() -> Self {
+        Runtime {
+            observers: Observers::default(),
+            seed: None,
+            compensate_on_drop: None,
+            id: crate::signal::next_runtime_id(),
+            register_runs: false,
+        }
+    }
 }
 
 impl core::fmt::Debug for Runtime {
@@ -83,8 +102,7 @@ impl Runtime {
     pub fn new() -> Self {
         Runtime {
             observers: Observers::from_vec(crate::trace::default_observers()),
-            seed: None,
-            compensate_on_drop: None,
+            ..Runtime::default()
         }
     }
 
@@ -149,6 +167,7 @@ impl Runtime {
     ) -> Result<W::Output, Error<W::Error>> {
         let ctx = self.ctx(workflow, None, None);
         let on_drop = self.on_drop(workflow);
+        let _listed = self.listing(&ctx);
         drive(workflow, ctx, input, None, on_drop).await
     }
 
@@ -162,6 +181,7 @@ impl Runtime {
     ) -> RunReport<W::Output, W::Error> {
         let ctx = self.ctx(workflow, None, None);
         let on_drop = self.on_drop(workflow);
+        let _listed = self.listing(&ctx);
         let result = drive(workflow, ctx.clone(), input, None, on_drop).await;
         report_of(&ctx, result)
     }
@@ -205,7 +225,10 @@ impl Runtime {
         let run = ctx.run_id();
         let on_drop = self.on_drop(&workflow);
         let closing = Arc::clone(&lazy);
+        // Listed for `Runtime::signal` until the run ends (or its task is dropped).
+        let listed = crate::signal::list(self.id, &ctx);
         let task = tokio::spawn(async move {
+            let _listed = listed;
             let result = drive(&workflow, ctx, input, None, on_drop).await;
             closing.close();
             result
@@ -222,6 +245,13 @@ impl Runtime {
             }),
         }
     }
+}
+
+/// The task-local link of the run being polled on this task, as signals see it.
+pub(crate) fn current_host() -> Option<Arc<dyn crate::signal::SignalHost>> {
+    CURRENT
+        .try_with(|link| Arc::clone(link) as Arc<dyn crate::signal::SignalHost>)
+        .ok()
 }
 
 fn report_of<T, E>(ctx: &Ctx<E>, result: Result<T, Error<E>>) -> RunReport<T, E> {
@@ -510,7 +540,7 @@ impl<E: Send + 'static> Drop for RunGuard<'_, E> {
 ///
 /// Dropping the handle does not stop the run.
 pub struct Handle<W: Workflow> {
-    ctx: Ctx<W::Error>,
+    pub(crate) ctx: Ctx<W::Error>,
     token: CancellationToken,
     task: JoinHandle<Result<W::Output, Error<W::Error>>>,
     lazy: Arc<LazyChannel>,

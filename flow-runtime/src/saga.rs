@@ -126,7 +126,8 @@ impl<E> CompensationPolicy<'_, E> {
 }
 
 /// Where a child run leaves its compensations: the parent run's context, type-erased.
-pub(crate) trait OrphanSink: Send + Sync {
+/// (It is also the run as signals see it: the task-local run link reaches the mailbox.)
+pub(crate) trait OrphanSink: crate::signal::SignalHost {
     /// A child dropped mid-run (or while compensating): its remaining undos, to run soon.
     fn adopt(&self, orphan: Package);
     /// A child that completed: its stack joins this run's, tagged with where it ran.
@@ -555,6 +556,9 @@ impl<E: Send + 'static> Ctx<E> {
                                 Failure::TimedOut(d) => CompensationOutcome::TimedOut(*d),
                                 Failure::Panicked(m) => {
                                     CompensationOutcome::Failed(Failure::Panicked(m.clone()))
+                                }
+                                Failure::Signal(e) => {
+                                    CompensationOutcome::Failed(Failure::Signal(e.clone()))
                                 }
                                 Failure::Error(_) => {
                                     CompensationOutcome::Failed(Failure::Error((self

@@ -224,7 +224,10 @@ mod imp {
             let this =
                 |s: &StepSpan| s.node == node && s.iteration == e.iteration && s.item == e.item;
             match &e.kind {
-                EventKind::RunStarted | EventKind::Entered => {}
+                EventKind::RunStarted
+                | EventKind::Entered
+                | EventKind::SignalWaiting { .. }
+                | EventKind::SignalReceived { .. } => {}
                 EventKind::AttemptStarted { attempt: 1 } => {
                     let span = tracing::info_span!(
                         target: "flow",

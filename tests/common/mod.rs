@@ -64,6 +64,8 @@ pub fn short(e: &Event) -> String {
         EventKind::RunFailed { .. } => "run-failed".to_owned(),
         EventKind::RunCancelled => "run-cancelled".to_owned(),
         EventKind::ObserverPanicked { .. } => "observer-panicked".to_owned(),
+        EventKind::SignalWaiting { name } => format!("waiting-{name}"),
+        EventKind::SignalReceived { name } => format!("received-{name}"),
     };
     format!("{}:{kind}", e.step)
 }

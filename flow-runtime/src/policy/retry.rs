@@ -145,7 +145,7 @@ impl<E> Retry<E> {
     /// Whether this rule handles `failure`. Panics are never retried.
     pub fn matches(&self, failure: &Failure<E>) -> bool {
         match (failure, &self.on) {
-            (Failure::Panicked(_), _) => false,
+            (Failure::Panicked(_) | Failure::Signal(_), _) => false,
             (_, On::Any) => true,
             (Failure::Error(_), On::Errors) => true,
             (Failure::TimedOut(_), On::Timeouts) => true,
