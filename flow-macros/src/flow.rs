@@ -611,10 +611,14 @@ impl Parser<'_> {
             content.parse::<Token![=]>()?;
             let value: Expr = content.parse()?;
             if key == kw::TIMEOUT {
-                timeout = self.errors.ok(duration::parse(&value, "a signal's timeout"));
+                timeout = self
+                    .errors
+                    .ok(duration::parse(&value, "a signal's timeout"));
             } else {
-                self.errors
-                    .spanned(&key, unknown_key("`signal` key", &key.to_string(), &[kw::TIMEOUT]));
+                self.errors.spanned(
+                    &key,
+                    unknown_key("`signal` key", &key.to_string(), &[kw::TIMEOUT]),
+                );
             }
         }
         Ok(Unit::Signal {

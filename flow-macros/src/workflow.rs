@@ -513,11 +513,17 @@ enum StepExpr<'a> {
     /// message from outside.
     Signal {
         name: syn::LitStr,
-        timeout: Option<core::time::Duration>,
+        timeout: Option<SignalTimeout>,
         /// `flow::signal::<T>(..)`: the message type, when written.
         ty: Option<TokenStream>,
         span: Span,
     },
+}
+
+/// A signal's timeout: a duration string parsed at compile time, or a `Duration` expression.
+enum SignalTimeout {
+    Fixed(core::time::Duration),
+    Expr(TokenStream),
 }
 
 /// `flow::signal(NAME)` (a call of the path `flow::signal`, with an optional turbofish).
@@ -550,9 +556,17 @@ fn classify_signal(base: &Expr) -> Option<Result<StepExpr<'static>, syn::Error>>
                     "`timeout` needs a duration: `.timeout(\"1h\")`",
                 )));
             };
-            match duration::parse(arg, "a signal's timeout") {
-                Ok(d) => (call, Some(d)),
-                Err(e) => return Some(Err(e)),
+            match arg {
+                // A string is parsed now (and shown in the graph); any other expression is a
+                // `Duration` computed at run time.
+                Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(_),
+                    ..
+                }) => match duration::parse(arg, "a signal's timeout") {
+                    Ok(d) => (call, Some(SignalTimeout::Fixed(d))),
+                    Err(e) => return Some(Err(e)),
+                },
+                other => (call, Some(SignalTimeout::Expr(other.to_token_stream()))),
             }
         }
         other => (signal_call(other)?.0, None),
@@ -989,24 +1003,29 @@ impl Rewriter<'_> {
     fn signal_code(
         &mut self,
         name: &syn::LitStr,
-        timeout: Option<core::time::Duration>,
+        timeout: Option<SignalTimeout>,
         ty: Option<TokenStream>,
         span: Span,
     ) -> TokenStream {
         let krate = self.krate.clone();
         let ctx = self.ctx.clone();
         let label = self.next_label.take().unwrap_or_else(|| name.value());
-        let policy = timeout.map_or_else(String::new, |d| {
-            format!("timeout = {}", humantime::format_duration(d))
-        });
+        let policy = match &timeout {
+            None => String::new(),
+            Some(SignalTimeout::Fixed(d)) => {
+                format!("timeout = {}", humantime::format_duration(*d))
+            }
+            Some(SignalTimeout::Expr(e)) => format!("timeout = {}", crate::control::text(e)),
+        };
         let id = self.add_node(&label, Kind::Signal, policy, true);
         self.model.set_call(id, &quote!(signal #name));
         self.attach(id);
         let timeout = match timeout {
-            Some(d) => {
+            Some(SignalTimeout::Fixed(d)) => {
                 let d = duration::to_tokens(d);
                 quote!(::core::option::Option::Some(#d))
             }
+            Some(SignalTimeout::Expr(e)) => quote!(::core::option::Option::Some(#e)),
             None => quote!(::core::option::Option::None),
         };
         let ty = ty.unwrap_or_else(|| quote!(_));
