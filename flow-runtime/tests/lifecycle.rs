@@ -20,24 +20,32 @@ static PIPELINE: Graph = Graph {
     nodes: &[
         Node {
             name: "start",
+            key: "start",
+            fingerprint: 0,
             kind: NodeKind::Start,
             policy: "",
             parent: None,
         },
         Node {
             name: "end",
+            key: "end",
+            fingerprint: 0,
             kind: NodeKind::End,
             policy: "",
             parent: None,
         },
         Node {
             name: "load",
+            key: "load",
+            fingerprint: 0,
             kind: NodeKind::Step,
             policy: "",
             parent: None,
         },
         Node {
             name: "save",
+            key: "save",
+            fingerprint: 0,
             kind: NodeKind::Step,
             policy: "retry(max_attempts = 2, backoff = constant(\"100ms\"))",
             parent: None,

@@ -53,12 +53,16 @@ pub fn graph(name: &'static str, steps: &[(&'static str, NodeKind)]) -> &'static
     let mut nodes = vec![
         Node {
             name: "start",
+            key: "start",
+            fingerprint: 0,
             kind: NodeKind::Start,
             policy: "",
             parent: None,
         },
         Node {
             name: "end",
+            key: "end",
+            fingerprint: 0,
             kind: NodeKind::End,
             policy: "",
             parent: None,
@@ -66,6 +70,8 @@ pub fn graph(name: &'static str, steps: &[(&'static str, NodeKind)]) -> &'static
     ];
     nodes.extend(steps.iter().map(|&(name, kind)| Node {
         name,
+        key: name,
+        fingerprint: 0,
         kind,
         policy: "",
         parent: None,
