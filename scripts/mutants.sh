@@ -15,10 +15,14 @@
 # flow-runtime and its dependents plus the test suites.
 #
 # CARGO_TARGET_DIR: cargo-mutants builds a copy of the tree; a fixed target dir (default
-# target/mutants here) keeps the dependencies built between runs.
+# target/mutants here, apart from the usual target/ since it is built without debug info)
+# keeps the dependencies built between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-mutants.sh >&2
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/mutants}"
+# No debug info in the mutants' builds: linking the dozen test binaries again after every
+# mutant is most of a mutant's time, and a failing test's backtrace is not needed here.
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-false}"
 exec cargo mutants --package flow-runtime "$@"
