@@ -1,0 +1,331 @@
+//! Exact timelines, written for the mutants of `flow-runtime/src/timeline.rs` that the other
+//! tests (tests/observe.rs at the root, which checks a few slices of one run) let survive
+//! (`cargo mutants`, see MUTANTS.md): two steps retrying at the same time in one run (so an
+//! attempt or a failure must be matched to its own step, not to whichever is open), a failed
+//! run with its compensation, and the exact slices, Chrome trace and Mermaid gantt drawn
+//! from them.
+
+mod common;
+
+use core::time::Duration;
+
+use common::{Act, E, Script, after, flow, ms, steps, within};
+use flow_runtime::__private::try_join;
+use flow_runtime::{
+    Backoff, EventKind, NodeId, Retry, RunId, Runtime, Slice, SliceKind, SliceOutcome, StepPolicy,
+    Timeline,
+};
+
+/// Runs `a`, then `left` and `right` in parallel, both retrying at once, then `c` with
+/// `last`; `a` has a compensation taking 5 ms.
+///
+/// - `left` (node 3): fails at 0, waits 30 ms, succeeds at 40 (attempt 2 takes 10 ms);
+/// - `right` (node 4): fails at 0, 10, 20 (10 ms apart), its 4th attempt fails at 35 (it
+///   took 5 ms, while `left`'s 2nd attempt was open), its 5th succeeds at 45.
+async fn run(last: Act) -> (Timeline, RunId) {
+    let timeline = Timeline::new();
+    let run = run_on(&timeline, last).await;
+    (timeline, run)
+}
+
+/// [`run`], recorded by `timeline`; returns the run's id.
+async fn run_on(timeline: &Timeline, last: Act) -> RunId {
+    let g = steps("timeline", &["a", "left", "right", "c"]);
+    let left = Script::new([Act::Err(E::Busy), after(10, Act::Ok(1))]);
+    let right = Script::new([
+        Act::Err(E::Busy),
+        Act::Err(E::Busy),
+        Act::Err(E::Busy),
+        after(5, Act::Err(E::Busy)),
+        Act::Ok(2),
+    ]);
+    let last = Script::new([last]);
+    let wf = flow(g, None, move |ctx, ()| {
+        let (left, right, last) = (left.clone(), right.clone(), last.clone());
+        async move {
+            let r = ctx.step(NodeId(2), async { Ok::<u32, E>(1) }).await;
+            let a = ctx.compensate(NodeId(2), r, |_| async {
+                tokio::time::sleep(ms(5)).await;
+                Ok::<(), E>(())
+            })?;
+            let slow = [Retry::new(2).with_backoff(Backoff::constant(ms(30)))];
+            let fast = [Retry::new(5).with_backoff(Backoff::constant(ms(10)))];
+            let (l, r) = try_join(
+                ctx.step_with(
+                    NodeId(3),
+                    StepPolicy {
+                        retry: &slow,
+                        timeout: None,
+                    },
+                    || left.attempt(),
+                ),
+                ctx.step_with(
+                    NodeId(4),
+                    StepPolicy {
+                        retry: &fast,
+                        timeout: None,
+                    },
+                    || right.attempt(),
+                ),
+            )
+            .await?;
+            let c = ctx.step(NodeId(5), last.attempt()).await?;
+            Ok(a + l + r + c)
+        }
+    });
+    let rt = Runtime::new().with_observer(timeline.clone());
+    let _ = within(rt.run(&wf, ())).await;
+    timeline.events().last().unwrap().1.run
+}
+
+/// `(kind, label, start ms, end ms, outcome)` of every slice.
+fn summary(slices: &[Slice]) -> Vec<(SliceKind, String, u128, u128, SliceOutcome)> {
+    slices
+        .iter()
+        .map(|s| {
+            (
+                s.kind,
+                s.label(),
+                s.start.as_millis(),
+                s.end.as_millis(),
+                s.outcome.clone(),
+            )
+        })
+        .collect()
+}
+
+fn failed(e: &str) -> SliceOutcome {
+    SliceOutcome::Failed(e.into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_retries_are_matched_to_their_own_step() {
+    let (timeline, run) = run(Act::Ok(4)).await;
+    use SliceKind::*;
+    use SliceOutcome::Ok as Done;
+    let run_label = format!("timeline {run}");
+    assert_eq!(
+        summary(&timeline.slices()),
+        [
+            (Run, run_label, 0, 45, Done),
+            (Step, "a".into(), 0, 0, Done),
+            (Step, "left".into(), 0, 40, Done),
+            (Attempt, "left #1".into(), 0, 0, failed("busy")),
+            (Backoff, "backoff before left #2".into(), 0, 30, Done),
+            (Step, "right".into(), 0, 45, Done),
+            (Attempt, "right #1".into(), 0, 0, failed("busy")),
+            (Backoff, "backoff before right #2".into(), 0, 10, Done),
+            (Attempt, "right #2".into(), 10, 10, failed("busy")),
+            (Backoff, "backoff before right #3".into(), 10, 20, Done),
+            (Attempt, "right #3".into(), 20, 20, failed("busy")),
+            (Backoff, "backoff before right #4".into(), 20, 30, Done),
+            (Attempt, "left #2".into(), 30, 40, Done),
+            (Attempt, "right #4".into(), 30, 35, failed("busy")),
+            (Backoff, "backoff before right #5".into(), 35, 45, Done),
+            (Attempt, "right #5".into(), 45, 45, Done),
+            (Step, "c".into(), 45, 45, Done),
+        ]
+    );
+    // A step's slice carries its last attempt.
+    let slices = timeline.slices();
+    let attempt = |name: &str| {
+        slices
+            .iter()
+            .find(|s| s.kind == Step && s.name == name)
+            .unwrap()
+            .attempt
+    };
+    assert_eq!((attempt("a"), attempt("left"), attempt("right")), (1, 2, 5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_run_ends_its_steps_and_runs_its_compensation() {
+    let (timeline, run) = run(after(3, Act::Err(E::Broken))).await;
+    let all = summary(&timeline.slices());
+    let tail = &all[all.len() - 2..];
+    assert_eq!(
+        tail,
+        [
+            (SliceKind::Step, "c".into(), 45, 48, failed("broken")),
+            (
+                SliceKind::Compensation,
+                "compensate a".into(),
+                48,
+                53,
+                SliceOutcome::Ok
+            ),
+        ]
+    );
+    let (kind, label, start, end, outcome) = &all[0];
+    assert_eq!(
+        (*kind, label.as_str(), *start),
+        (SliceKind::Run, &*format!("timeline {run}"), 0)
+    );
+    assert_eq!(*end, 53, "the run ends after its compensation");
+    assert!(
+        matches!(outcome, SliceOutcome::Failed(e) if e.contains("broken")),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_are_kept_in_order_and_clear_forgets_them() {
+    let (timeline, run) = run(Act::Ok(4)).await;
+    let events = timeline.events();
+    assert_eq!(events[0].0, Duration::ZERO);
+    assert_eq!(events[0].1.kind, EventKind::RunStarted);
+    assert!(events.iter().all(|(_, e)| e.run == run));
+    assert!(events.windows(2).all(|w| w[0].0 <= w[1].0));
+    let (at, last) = events.last().unwrap();
+    assert_eq!((*at, &last.kind), (ms(45), &EventKind::RunCompleted));
+
+    timeline.clear();
+    assert!(timeline.events().is_empty());
+    assert!(timeline.slices().is_empty());
+    // A cleared timeline starts its clock again at its next event.
+    tokio::time::sleep(ms(100)).await;
+    let second = run_on(&timeline, Act::Ok(4)).await;
+    let again = timeline.events();
+    assert_eq!(again[0].0, Duration::ZERO);
+    assert_eq!(again[0].1.run, second);
+    assert_eq!(again.len(), events.len());
+}
+
+/// The Mermaid gantt of the failed run: a bar per step (per attempt for retried steps), failed
+/// ones `crit`, a zero-length bar drawn 1 ms long, the compensation last.
+#[tokio::test(start_paused = true)]
+async fn gantt_of_the_failed_run() {
+    let (timeline, run) = run(after(3, Act::Err(E::Broken))).await;
+    let expected = format!(
+        "gantt
+    title flow timeline
+    dateFormat x
+    axisFormat %M:%S.%L
+    section timeline {run}
+    a :done, s0, 0, 1
+    left attempt 1 :crit, s1, 0, 1
+    right attempt 1 :crit, s2, 0, 1
+    right attempt 2 :crit, s3, 10, 11
+    right attempt 3 :crit, s4, 20, 21
+    left attempt 2 :done, s5, 30, 40
+    right attempt 4 :crit, s6, 30, 35
+    right attempt 5 :done, s7, 45, 46
+    c :crit, s8, 45, 48
+    compensate a :done, s9, 48, 53
+"
+    );
+    assert_eq!(timeline.to_mermaid_gantt(), expected);
+}
+
+/// The Chrome trace of the failed run: every slice's `B` event exactly (track, time, name,
+/// category, arguments), and an `E` event for each on the same track at the slice's end.
+#[tokio::test(start_paused = true)]
+async fn chrome_trace_of_the_failed_run() {
+    let (timeline, run) = run(after(3, Act::Err(E::Broken))).await;
+    let json = timeline.to_chrome_trace();
+    let n = run.0;
+    assert!(json.starts_with("{\"traceEvents\":[\n{\"ph\":\"M\",\"pid\":1,\"tid\":0,\"name\":\"process_name\",\"args\":{\"name\":\"flow\"}},\n"), "{json}");
+    assert!(
+        json.ends_with("\n],\"displayTimeUnit\":\"ms\"}\n"),
+        "{json}"
+    );
+    let lines: Vec<&str> = json.lines().map(|l| l.trim_end_matches(',')).collect();
+    let tracks: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("thread_name"))
+        .collect();
+    assert_eq!(
+        tracks,
+        [
+            r#"{"ph":"M","pid":1,"tid":1,"name":"thread_name","args":{"name":"track 1"}}"#,
+            r#"{"ph":"M","pid":1,"tid":2,"name":"thread_name","args":{"name":"track 2"}}"#,
+        ]
+    );
+    let step = |tid: u32, ts: u32, name: &str, attempt: u32, outcome: &str| {
+        format!(
+            r#"{{"ph":"B","pid":1,"tid":{tid},"ts":{ts},"name":"{name}","cat":"step","args":{{"run":{n},"workflow":"timeline","step":"{name}","attempt":{attempt},"outcome":{outcome}}}}}"#
+        )
+    };
+    let attempt = |tid: u32, ts: u32, name: &str, attempt: u32, outcome: &str| {
+        format!(
+            r#"{{"ph":"B","pid":1,"tid":{tid},"ts":{ts},"name":"{name} #{attempt}","cat":"attempt","args":{{"run":{n},"workflow":"timeline","step":"{name}","attempt":{attempt},"outcome":{outcome}}}}}"#
+        )
+    };
+    let backoff = |tid: u32, ts: u32, name: &str, next: u32| {
+        format!(
+            r#"{{"ph":"B","pid":1,"tid":{tid},"ts":{ts},"name":"backoff before {name} #{next}","cat":"backoff","args":{{"run":{n},"workflow":"timeline","step":"{name}","outcome":"ok"}}}}"#
+        )
+    };
+    let busy = r#""failed","error":"busy""#;
+    let ok = r#""ok""#;
+    let begins: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains(r#""ph":"B""#))
+        .collect();
+    assert_eq!(
+        begins,
+        [
+            format!(
+                r#"{{"ph":"B","pid":1,"tid":1,"ts":0,"name":"timeline {run}","cat":"workflow","args":{{"run":{n},"workflow":"timeline","outcome":"failed","error":"workflow `timeline` failed: step `c` failed: broken"}}}}"#
+            ),
+            step(1, 0, "a", 1, ok),
+            step(1, 0, "left", 2, ok),
+            attempt(1, 0, "left", 1, busy),
+            backoff(1, 0, "left", 2),
+            step(2, 0, "right", 5, ok),
+            attempt(2, 0, "right", 1, busy),
+            backoff(2, 0, "right", 2),
+            attempt(2, 10_000, "right", 2, busy),
+            backoff(2, 10_000, "right", 3),
+            attempt(2, 20_000, "right", 3, busy),
+            backoff(2, 20_000, "right", 4),
+            attempt(1, 30_000, "left", 2, ok),
+            attempt(2, 30_000, "right", 4, busy),
+            backoff(2, 35_000, "right", 5),
+            attempt(2, 45_000, "right", 5, ok),
+            step(1, 45_000, "c", 1, r#""failed","error":"broken""#),
+            format!(
+                r#"{{"ph":"B","pid":1,"tid":1,"ts":48000,"name":"compensate a","cat":"compensation","args":{{"run":{n},"workflow":"timeline","step":"a","outcome":"ok"}}}}"#
+            ),
+        ]
+    );
+    // One `E` per slice, on its track, at its end (in µs), in time order.
+    let mut ends: Vec<(u32, u32)> = lines
+        .iter()
+        .filter(|l| l.contains(r#""ph":"E""#))
+        .map(|l| {
+            let v: Vec<u32> = l
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|d| !d.is_empty())
+                .map(|d| d.parse().unwrap())
+                .collect();
+            (v[1], v[2]) // pid, tid, ts
+        })
+        .collect();
+    assert!(ends.windows(2).all(|w| w[0].1 <= w[1].1), "{json}");
+    ends.sort_unstable();
+    let mut expected: Vec<(u32, u32)> = vec![
+        (1, 53_000), // run
+        (1, 0),      // a
+        (1, 40_000), // left
+        (1, 0),      // left #1
+        (1, 30_000), // backoff
+        (2, 45_000), // right
+        (2, 0),
+        (2, 10_000),
+        (2, 10_000),
+        (2, 20_000),
+        (2, 20_000),
+        (2, 30_000),
+        (1, 40_000), // left #2
+        (2, 35_000),
+        (2, 45_000),
+        (2, 45_000),
+        (1, 48_000), // c
+        (1, 53_000), // compensate a
+    ];
+    expected.sort_unstable();
+    assert_eq!(ends, expected);
+}
