@@ -9,11 +9,11 @@ mod common;
 
 use core::time::Duration;
 
-use common::{Act, E, Script, after, flow, ms, steps, within};
-use flow_runtime::__private::try_join;
+use common::{Act, E, Script, after, flow, graph, ms, steps, within};
+use flow_runtime::__private::{join, run_nested, try_join};
 use flow_runtime::{
-    Backoff, EventKind, NodeId, Retry, RunId, Runtime, Slice, SliceKind, SliceOutcome, StepPolicy,
-    Timeline,
+    Backoff, EventKind, NodeId, NodeKind, Retry, RunId, Runtime, Slice, SliceKind, SliceOutcome,
+    StepPolicy, Timeline,
 };
 
 /// Runs `a`, then `left` and `right` in parallel, both retrying at once, then `c` with
@@ -328,4 +328,277 @@ async fn chrome_trace_of_the_failed_run() {
     ];
     expected.sort_unstable();
     assert_eq!(ends, expected);
+}
+
+// ---------------------------------------------------------------- other endings
+
+/// `a` (whose compensation fails after 7 ms), then `b`, which hangs; cancelled at 100 ms.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_run_with_a_failing_compensation() {
+    let g = steps("cancelled", &["a", "b"]);
+    let wf = flow(g, None, |ctx, ()| async move {
+        let r = ctx.step(NodeId(2), async { Ok::<u32, E>(1) }).await;
+        let a = ctx.compensate(NodeId(2), r, |_| async {
+            tokio::time::sleep(ms(7)).await;
+            Err::<(), E>(E::Undo("a"))
+        })?;
+        let b = ctx
+            .step(NodeId(3), Script::new([Act::Hang]).attempt())
+            .await?;
+        Ok(a + b)
+    });
+    let timeline = Timeline::new();
+    let h = Runtime::new().with_observer(timeline.clone()).spawn(wf, ());
+    tokio::time::sleep(ms(100)).await;
+    h.cancel();
+    let _ = within(h).await;
+    let run = timeline.events()[0].1.run;
+    assert_eq!(
+        summary(&timeline.slices()),
+        [
+            (
+                SliceKind::Run,
+                format!("cancelled {run}"),
+                0,
+                107,
+                SliceOutcome::Cancelled
+            ),
+            (SliceKind::Step, "a".into(), 0, 0, SliceOutcome::Ok),
+            // Dropped by the cancellation: it ends with its run, unfinished.
+            (
+                SliceKind::Step,
+                "b".into(),
+                0,
+                107,
+                SliceOutcome::Unfinished
+            ),
+            (
+                SliceKind::Compensation,
+                "compensate a".into(),
+                100,
+                107,
+                failed("undo of a failed")
+            ),
+        ]
+    );
+    let json = timeline.to_chrome_trace();
+    let n = run.0;
+    for line in [
+        format!(
+            r#"{{"ph":"B","pid":1,"tid":1,"ts":0,"name":"cancelled {run}","cat":"workflow","args":{{"run":{n},"workflow":"cancelled","outcome":"cancelled"}}}}"#
+        ),
+        format!(
+            r#"{{"ph":"B","pid":1,"tid":1,"ts":0,"name":"b","cat":"step","args":{{"run":{n},"workflow":"cancelled","step":"b","attempt":1,"outcome":"unfinished"}}}}"#
+        ),
+        format!(
+            r#"{{"ph":"B","pid":1,"tid":2,"ts":100000,"name":"compensate a","cat":"compensation","args":{{"run":{n},"workflow":"cancelled","step":"a","outcome":"failed","error":"undo of a failed"}}}}"#
+        ),
+    ] {
+        assert!(json.contains(&line), "{line}\nnot in\n{json}");
+    }
+    let gantt = timeline.to_mermaid_gantt();
+    assert!(gantt.ends_with(&format!(
+        "    section cancelled {run}\n    a :done, s0, 0, 1\n    b :active, s1, 0, 107\n    compensate a :crit, s2, 100, 107\n"
+    )), "{gantt}");
+}
+
+/// Settled parallel branches: `right` fails at once while `left` is still running, so its
+/// failure must end `right`, not the first open step with the same attempt number.
+#[tokio::test(start_paused = true)]
+async fn a_settled_branch_failure_is_matched_to_its_step() {
+    let g = steps("settled", &["left", "right"]);
+    let wf = flow(g, None, |ctx, ()| async move {
+        let (l, r) = join(
+            ctx.step(NodeId(2), Script::new([after(20, Act::Ok(1))]).attempt()),
+            ctx.step(NodeId(3), Script::new([Act::Err(E::Broken)]).attempt()),
+        )
+        .await;
+        Ok(l.map_or(0, |v| v) + r.map_or(0, |v| v))
+    });
+    let timeline = Timeline::new();
+    let _ = within(Runtime::new().with_observer(timeline.clone()).run(&wf, ())).await;
+    let run = timeline.events()[0].1.run;
+    assert_eq!(
+        summary(&timeline.slices()),
+        [
+            (
+                SliceKind::Run,
+                format!("settled {run}"),
+                0,
+                20,
+                SliceOutcome::Ok
+            ),
+            (SliceKind::Step, "left".into(), 0, 20, SliceOutcome::Ok),
+            (SliceKind::Step, "right".into(), 0, 0, failed("broken")),
+        ]
+    );
+}
+
+/// Two runs one after the other on one timeline keep their own ends; a run still in flight
+/// when the timeline is read ends, unfinished, at the last event.
+#[tokio::test(start_paused = true)]
+async fn runs_keep_their_own_ends_and_an_unfinished_run_ends_at_the_last_event() {
+    let timeline = Timeline::new();
+    let first = run_on(&timeline, Act::Ok(4)).await;
+    tokio::time::sleep(ms(5)).await;
+    let second = run_on(&timeline, Act::Ok(4)).await;
+    let g = steps("hanging", &["wait"]);
+    let wf = flow(g, None, |ctx, ()| async move {
+        let v = ctx
+            .step(NodeId(2), Script::new([Act::Hang]).attempt())
+            .await?;
+        Ok(v)
+    });
+    let h = Runtime::new().with_observer(timeline.clone()).spawn(wf, ());
+    tokio::time::sleep(ms(10)).await;
+    let third = timeline.events().last().unwrap().1.run;
+    let runs: Vec<_> = summary(&timeline.slices())
+        .into_iter()
+        .filter(|s| s.0 == SliceKind::Run || s.1 == "wait")
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            (
+                SliceKind::Run,
+                format!("timeline {first}"),
+                0,
+                45,
+                SliceOutcome::Ok
+            ),
+            (
+                SliceKind::Run,
+                format!("timeline {second}"),
+                50,
+                95,
+                SliceOutcome::Ok
+            ),
+            (
+                SliceKind::Run,
+                format!("hanging {third}"),
+                95,
+                95,
+                SliceOutcome::Unfinished
+            ),
+            (
+                SliceKind::Step,
+                "wait".into(),
+                95,
+                95,
+                SliceOutcome::Unfinished
+            ),
+        ]
+    );
+    h.cancel();
+}
+
+/// A child run drawn inside the step of its parent that ran it, and a caught failure drawn
+/// as an instant event on the run's track.
+#[tokio::test(start_paused = true)]
+async fn a_nested_run_and_a_caught_failure() {
+    let child = flow(steps("child", &["inner"]), None, |ctx, ()| async move {
+        let v = ctx
+            .step(NodeId(2), Script::new([after(4, Act::Ok(1))]).attempt())
+            .await?;
+        Ok(v)
+    });
+    let child = std::sync::Arc::new(child);
+    let g = graph(
+        "parent",
+        &[
+            ("outer", NodeKind::Step),
+            ("fetch", NodeKind::Step),
+            ("fallback", NodeKind::Recovery),
+        ],
+    );
+    let wf = flow(g, None, move |ctx, ()| {
+        let child = child.clone();
+        async move {
+            let r = ctx
+                .step(NodeId(2), async move {
+                    run_nested(&*child, ()).await.map_err(|_| E::Broken)
+                })
+                .await;
+            let v = r?;
+            let r = ctx
+                .step(
+                    NodeId(3),
+                    Script::new([after(2, Act::Err(E::Busy))]).attempt(),
+                )
+                .await;
+            let w = ctx
+                .catch(r, |_| true, NodeId(4), |_| async { Ok::<u32, E>(10) })
+                .await?;
+            Ok(v + w)
+        }
+    });
+    let timeline = Timeline::new();
+    let out = within(Runtime::new().with_observer(timeline.clone()).run(&wf, ())).await;
+    assert_eq!(out.unwrap(), 11);
+    let slices = timeline.slices();
+    let (parent, child) = (slices[0].run, slices[2].run);
+    assert_eq!(slices[2].parent, Some(parent));
+    assert_eq!(
+        summary(&slices),
+        [
+            (
+                SliceKind::Run,
+                format!("parent {parent}"),
+                0,
+                6,
+                SliceOutcome::Ok
+            ),
+            (SliceKind::Step, "outer".into(), 0, 4, SliceOutcome::Ok),
+            (
+                SliceKind::Run,
+                format!("child {child}"),
+                0,
+                4,
+                SliceOutcome::Ok
+            ),
+            (SliceKind::Step, "inner".into(), 0, 4, SliceOutcome::Ok),
+            (SliceKind::Step, "fetch".into(), 4, 6, failed("busy")),
+            (SliceKind::Step, "fallback".into(), 6, 6, SliceOutcome::Ok),
+        ]
+    );
+    // One track: the child run nests in `outer`, its step in the child run.
+    let json = timeline.to_chrome_trace();
+    let (p, c) = (parent.0, child.0);
+    let expected = format!(
+        r#"{{"traceEvents":[
+{{"ph":"M","pid":1,"tid":0,"name":"process_name","args":{{"name":"flow"}}}},
+{{"ph":"M","pid":1,"tid":1,"name":"thread_name","args":{{"name":"track 1"}}}},
+{{"ph":"B","pid":1,"tid":1,"ts":0,"name":"parent {parent}","cat":"workflow","args":{{"run":{p},"workflow":"parent","outcome":"ok"}}}},
+{{"ph":"B","pid":1,"tid":1,"ts":0,"name":"outer","cat":"step","args":{{"run":{p},"workflow":"parent","step":"outer","attempt":1,"outcome":"ok"}}}},
+{{"ph":"B","pid":1,"tid":1,"ts":0,"name":"child {child}","cat":"workflow","args":{{"run":{c},"workflow":"child","outcome":"ok"}}}},
+{{"ph":"B","pid":1,"tid":1,"ts":0,"name":"inner","cat":"step","args":{{"run":{c},"workflow":"child","step":"inner","attempt":1,"outcome":"ok"}}}},
+{{"ph":"E","pid":1,"tid":1,"ts":4000}},
+{{"ph":"E","pid":1,"tid":1,"ts":4000}},
+{{"ph":"E","pid":1,"tid":1,"ts":4000}},
+{{"ph":"B","pid":1,"tid":1,"ts":4000,"name":"fetch","cat":"step","args":{{"run":{p},"workflow":"parent","step":"fetch","attempt":1,"outcome":"failed","error":"busy"}}}},
+{{"ph":"E","pid":1,"tid":1,"ts":6000}},
+{{"ph":"E","pid":1,"tid":1,"ts":6000}},
+{{"ph":"B","pid":1,"tid":1,"ts":6000,"name":"fallback","cat":"step","args":{{"run":{p},"workflow":"parent","step":"fallback","attempt":1,"outcome":"ok"}}}},
+{{"ph":"E","pid":1,"tid":1,"ts":6000}},
+{{"ph":"i","s":"t","pid":1,"tid":1,"ts":6000,"name":"caught: fetch","args":{{"error":"step `fetch` failed: busy"}}}}
+],"displayTimeUnit":"ms"}}
+"#
+    );
+    assert_eq!(json, expected);
+    assert_eq!(
+        timeline.to_mermaid_gantt(),
+        format!(
+            "gantt
+    title flow timeline
+    dateFormat x
+    axisFormat %M:%S.%L
+    section parent {parent}
+    outer :done, s0, 0, 4
+    fetch :crit, s1, 4, 6
+    fallback :done, s2, 6, 7
+    section child {child}
+    inner :done, s3, 0, 4
+"
+        )
+    );
 }
