@@ -602,3 +602,101 @@ async fn a_nested_run_and_a_caught_failure() {
         )
     );
 }
+
+// ---------------------------------------------------------------- two runs side by side
+
+/// A one-step run of `name` whose step `step` does `acts` (with `retry` rules).
+fn one_step_run(
+    name: &'static str,
+    step: &'static str,
+    acts: Vec<Act>,
+    retry: Vec<Retry<E>>,
+) -> impl flow_runtime::Workflow<Input = (), Output = u32, Error = E> + 'static {
+    let script = Script::new(acts);
+    flow(steps(name, &[step]), None, move |ctx, ()| {
+        let (script, retry) = (script.clone(), retry.clone());
+        async move {
+            let policy = StepPolicy {
+                retry: &retry,
+                timeout: None,
+            };
+            let v = ctx
+                .step_with(NodeId(2), policy, || script.attempt())
+                .await?;
+            Ok(v)
+        }
+    })
+}
+
+/// Runs `a` at 0 and `b` at 10 ms on one timeline; returns its Chrome trace's `B` events as
+/// `(name, tid)`.
+async fn side_by_side(
+    a: impl flow_runtime::Workflow<Input = (), Output = u32, Error = E> + 'static,
+    b: impl flow_runtime::Workflow<Input = (), Output = u32, Error = E> + 'static,
+) -> Vec<(String, u64)> {
+    let timeline = Timeline::new();
+    let rt = Runtime::new().with_observer(timeline.clone());
+    let ha = rt.spawn(a, ());
+    tokio::time::sleep(ms(10)).await;
+    let hb = rt.spawn(b, ());
+    assert!(within(ha).await.is_ok());
+    assert!(within(hb).await.is_ok());
+    timeline
+        .to_chrome_trace()
+        .lines()
+        .filter(|l| l.contains(r#""ph":"B""#))
+        .map(|l| {
+            let name = l.split(r#""name":""#).nth(1).unwrap();
+            let name = name[..name.find('"').unwrap()].to_owned();
+            let tid = l.split(r#""tid":"#).nth(1).unwrap();
+            let tid = tid[..tid.find(',').unwrap()].parse().unwrap();
+            // Run labels carry the run id, which depends on the other tests: keep the name.
+            let name = name.split(" run-").next().unwrap().to_owned();
+            (name, tid)
+        })
+        .collect()
+}
+
+/// An unrelated run that starts during a step of another run does not nest in it: it gets a
+/// track of its own (only a child run nests in its parent's step).
+#[tokio::test(start_paused = true)]
+async fn an_unrelated_run_does_not_nest_in_another_runs_step() {
+    let a = one_step_run("alpha", "long", vec![after(100, Act::Ok(1))], vec![]);
+    let b = one_step_run("beta", "short", vec![after(20, Act::Ok(2))], vec![]);
+    assert_eq!(
+        side_by_side(a, b).await,
+        [
+            ("alpha".into(), 1),
+            ("long".into(), 1),
+            ("beta".into(), 2),
+            ("short".into(), 2),
+        ]
+    );
+}
+
+/// The attempts of a retried step stay on their step's track even when a lower track has
+/// become free (here: `alpha` ends at 15 ms, `beta` runs from 10 to 35, its second attempt
+/// from 30).
+#[tokio::test(start_paused = true)]
+async fn attempts_stay_on_their_steps_track() {
+    let a = one_step_run("alpha", "quick", vec![after(15, Act::Ok(1))], vec![]);
+    let b = one_step_run(
+        "beta",
+        "x",
+        vec![Act::Err(E::Busy), after(5, Act::Ok(2))],
+        vec![Retry::new(2).with_backoff(Backoff::constant(ms(20)))],
+    );
+    assert_eq!(
+        side_by_side(a, b).await,
+        [
+            ("alpha".into(), 1),
+            ("quick".into(), 1),
+            ("beta".into(), 2),
+            ("x".into(), 2),
+            ("x #1".into(), 2),
+            ("backoff before x #2".into(), 2),
+            // Track 1 is free since 15 ms, but the attempt goes on its step's track.
+            ("x #2".into(), 2),
+        ]
+    );
+}
