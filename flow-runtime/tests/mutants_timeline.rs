@@ -700,3 +700,36 @@ async fn attempts_stay_on_their_steps_track() {
         ]
     );
 }
+
+/// Parallel branches: `right` succeeds at once while `left` (the first branch) is still in
+/// its first attempt, so the success must end `right`, not the first open step.
+#[tokio::test(start_paused = true)]
+async fn a_branch_that_succeeds_first_is_matched_to_its_step() {
+    let g = steps("racing", &["left", "right"]);
+    let wf = flow(g, None, |ctx, ()| async move {
+        let (l, r) = try_join(
+            ctx.step(NodeId(2), Script::new([after(20, Act::Ok(1))]).attempt()),
+            ctx.step(NodeId(3), Script::new([Act::Ok(2)]).attempt()),
+        )
+        .await?;
+        Ok(l + r)
+    });
+    let timeline = Timeline::new();
+    let out = within(Runtime::new().with_observer(timeline.clone()).run(&wf, ())).await;
+    assert_eq!(out.unwrap(), 3);
+    let run = timeline.events()[0].1.run;
+    assert_eq!(
+        summary(&timeline.slices()),
+        [
+            (
+                SliceKind::Run,
+                format!("racing {run}"),
+                0,
+                20,
+                SliceOutcome::Ok
+            ),
+            (SliceKind::Step, "left".into(), 0, 20, SliceOutcome::Ok),
+            (SliceKind::Step, "right".into(), 0, 0, SliceOutcome::Ok),
+        ]
+    );
+}
