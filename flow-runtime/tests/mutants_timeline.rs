@@ -733,3 +733,102 @@ async fn a_branch_that_succeeds_first_is_matched_to_its_step() {
         ]
     );
 }
+
+/// A step executed twice in one run (a loop): retried the first time, not the second. The
+/// gantt draws the first execution's attempts and the second execution as a step.
+#[tokio::test(start_paused = true)]
+async fn a_step_run_twice_is_drawn_twice() {
+    let g = steps("looping", &["x"]);
+    let first = Script::new([Act::Err(E::Busy), after(5, Act::Ok(1))]);
+    let wf = flow(g, None, move |ctx, ()| {
+        let first = first.clone();
+        async move {
+            let rules = [Retry::new(2)];
+            let policy = StepPolicy {
+                retry: &rules,
+                timeout: None,
+            };
+            let a = ctx.step_with(NodeId(2), policy, || first.attempt()).await?;
+            let b = ctx
+                .step(NodeId(2), Script::new([after(3, Act::Ok(2))]).attempt())
+                .await?;
+            Ok(a + b)
+        }
+    });
+    let timeline = Timeline::new();
+    let out = within(Runtime::new().with_observer(timeline.clone()).run(&wf, ())).await;
+    assert_eq!(out.unwrap(), 3);
+    let run = timeline.events()[0].1.run;
+    assert_eq!(
+        timeline.to_mermaid_gantt(),
+        format!(
+            "gantt
+    title flow timeline
+    dateFormat x
+    axisFormat %M:%S.%L
+    section looping {run}
+    x attempt 1 :crit, s0, 0, 1
+    x attempt 2 :done, s1, 0, 5
+    x :done, s2, 5, 8
+"
+        )
+    );
+}
+
+/// A failure caught inside a parallel branch is drawn on its run's track (track 1), not on
+/// the branch's.
+#[tokio::test(start_paused = true)]
+async fn a_caught_failure_in_a_branch_is_drawn_on_its_runs_track() {
+    let g = graph(
+        "branches",
+        &[
+            ("left", NodeKind::Step),
+            ("right", NodeKind::Step),
+            ("fallback", NodeKind::Recovery),
+        ],
+    );
+    let wf = flow(g, None, |ctx, ()| async move {
+        let left = ctx.step(NodeId(2), Script::new([after(10, Act::Ok(1))]).attempt());
+        let right = async {
+            let r = ctx
+                .step(NodeId(3), Script::new([Act::Err(E::Busy)]).attempt())
+                .await;
+            ctx.catch(r, |_| true, NodeId(4), |_| async { Ok::<u32, E>(5) })
+                .await
+        };
+        let (l, r) = try_join(async { left.await.map_err(Into::into) }, right).await?;
+        Ok(l + r)
+    });
+    let timeline = Timeline::new();
+    let out = within(Runtime::new().with_observer(timeline.clone()).run(&wf, ())).await;
+    assert_eq!(out.unwrap(), 6);
+    let json = timeline.to_chrome_trace();
+    let tracks: Vec<(String, String)> = json
+        .lines()
+        .filter(|l| l.contains(r#""ph":"B""#) || l.contains(r#""ph":"i""#))
+        .map(|l| {
+            let tid = l.split(r#""tid":"#).nth(1).unwrap();
+            let name = l.split(r#""name":""#).nth(1).unwrap();
+            (
+                name[..name.find('"').unwrap()]
+                    .split(" run-")
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+                tid[..tid.find(',').unwrap()].to_owned(),
+            )
+        })
+        .collect();
+    let expect = |n: &str, t: &str| (n.to_owned(), t.to_owned());
+    assert_eq!(
+        tracks,
+        [
+            expect("branches", "1"),
+            expect("left", "1"),
+            expect("right", "2"),
+            expect("fallback", "2"),
+            expect("caught: right", "1"),
+        ],
+        "{json}"
+    );
+}
