@@ -796,7 +796,7 @@ async fn a_caught_failure_in_a_branch_is_drawn_on_its_runs_track() {
             ctx.catch(r, |_| true, NodeId(4), |_| async { Ok::<u32, E>(5) })
                 .await
         };
-        let (l, r) = try_join(async { left.await.map_err(Into::into) }, right).await?;
+        let (l, r) = try_join(left, right).await?;
         Ok(l + r)
     });
     let timeline = Timeline::new();
