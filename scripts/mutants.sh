@@ -10,7 +10,7 @@
 #   scripts/mutants.sh --list | wc -l                    # how many mutants
 #
 # Extra arguments go to `cargo mutants` (`--file`, `--re`, `--list`, `-j 2`, `--in-diff`, ..).
-# Results: mutants.out/ (outcomes.json, caught.txt, missed.txt, timeout.txt, unviable.txt);
+# Results: target/mutants.out/ (outcomes.json, caught.txt, missed.txt, timeout.txt, unviable.txt);
 # MUTANTS.md records the last full results. Not run by CI: one mutant costs a rebuild of
 # flow-runtime and its dependents plus the test suites.
 #
