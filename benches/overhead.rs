@@ -16,11 +16,12 @@
 //!   loop, `flow!` and `#[workflow]` with `retry(max_attempts = 3)`, backon with a no-op
 //!   sleeper, and backon's tokio sleeper (`ExponentialBuilder` with a zero minimum delay),
 //!   which pays tokio's 1 ms timer tick per retry.
+//!
+//! The trivial steps, the chains, the observer and the retry path live in `benches/workloads/`,
+//! shared with `benches/instructions.rs` (the same workloads counted in instructions).
 
-use std::cell::Cell;
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -29,28 +30,10 @@ use flow::prelude::*;
 use futures_util::StreamExt as _;
 use futures_util::TryStreamExt as _;
 
-// ---------------------------------------------------------------- the steps
+mod workloads;
+use workloads::*;
 
-/// The steps' error type.
-#[derive(Debug)]
-pub struct E;
-
-impl std::fmt::Display for E {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("step failed")
-    }
-}
-
-impl std::error::Error for E {}
-
-macro_rules! trivial_steps {
-    ($($name:ident),*) => {$(
-        async fn $name(x: u64) -> Result<u64, E> {
-            Ok(x + 1)
-        }
-    )*};
-}
-trivial_steps!(s1, s2, s3, s4, s5, s6, s7, s8, s9, s10);
+// ---------------------------------------------------------------- the steps doing ~1 us of work
 
 /// Iterations of the hash loop that take about 1 us (calibrated at start-up).
 static SPIN: AtomicU64 = AtomicU64::new(0);
@@ -100,19 +83,6 @@ working_steps!(w1, w2, w3, w4, w5, w6, w7, w8, w9, w10);
 
 // ---------------------------------------------------------------- the chains
 
-async fn hand(x: u64) -> Result<u64, E> {
-    let x = s1(x).await?;
-    let x = s2(x).await?;
-    let x = s3(x).await?;
-    let x = s4(x).await?;
-    let x = s5(x).await?;
-    let x = s6(x).await?;
-    let x = s7(x).await?;
-    let x = s8(x).await?;
-    let x = s9(x).await?;
-    s10(x).await
-}
-
 async fn hand_work(x: u64) -> Result<u64, E> {
     let x = w1(x).await?;
     let x = w2(x).await?;
@@ -127,20 +97,6 @@ async fn hand_work(x: u64) -> Result<u64, E> {
 }
 
 #[workflow]
-async fn chain(x: u64) -> Result<u64, E> {
-    let x = s1(x).await?;
-    let x = s2(x).await?;
-    let x = s3(x).await?;
-    let x = s4(x).await?;
-    let x = s5(x).await?;
-    let x = s6(x).await?;
-    let x = s7(x).await?;
-    let x = s8(x).await?;
-    let x = s9(x).await?;
-    s10(x).await
-}
-
-#[workflow]
 async fn chain_work(x: u64) -> Result<u64, E> {
     let x = w1(x).await?;
     let x = w2(x).await?;
@@ -152,37 +108,6 @@ async fn chain_work(x: u64) -> Result<u64, E> {
     let x = w8(x).await?;
     let x = w9(x).await?;
     w10(x).await
-}
-
-type BoxFut = Pin<Box<dyn Future<Output = Result<u64, E>> + Send>>;
-type BoxStep = Box<dyn Fn(u64) -> BoxFut + Send + Sync>;
-
-/// The reference point of DESIGN.md: ten boxed steps, one boxed future each.
-fn boxed_steps() -> Vec<BoxStep> {
-    fn b<F: Future<Output = Result<u64, E>> + Send + 'static>(
-        f: fn(u64) -> F,
-    ) -> Box<dyn Fn(u64) -> BoxFut + Send + Sync> {
-        Box::new(move |x| Box::pin(f(x)))
-    }
-    vec![
-        b(s1),
-        b(s2),
-        b(s3),
-        b(s4),
-        b(s5),
-        b(s6),
-        b(s7),
-        b(s8),
-        b(s9),
-        b(s10),
-    ]
-}
-
-async fn run_boxed(steps: &[BoxStep], mut x: u64) -> Result<u64, E> {
-    for s in steps {
-        x = s(x).await?;
-    }
-    Ok(x)
 }
 
 mod dagx_chain {
@@ -276,10 +201,6 @@ where
     })
 }
 
-fn observer(e: &Event) {
-    black_box(e);
-}
-
 fn chain10(c: &mut Criterion) {
     let rt = runtime();
     let plain = Runtime::new();
@@ -353,10 +274,6 @@ fn chain10_1us(c: &mut Criterion) {
         b.iter_custom(|n| time_async(&rt, n, |x| observed.run(&ChainWork, (x,))))
     });
     g.finish();
-}
-
-fn items(n: u64) -> Vec<u64> {
-    (0..n).collect()
 }
 
 fn fanout100(c: &mut Criterion) {
@@ -434,43 +351,6 @@ fn map1000(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------- retry
-
-thread_local! {
-    /// How many more calls of `flaky` fail.
-    static FAILS_LEFT: Cell<u32> = const { Cell::new(0) };
-}
-
-async fn flaky(x: u64) -> Result<u64, E> {
-    FAILS_LEFT.with(|left| match left.get() {
-        0 => Ok(x + 1),
-        n => {
-            left.set(n - 1);
-            Err(E)
-        }
-    })
-}
-
-fn arm() {
-    FAILS_LEFT.with(|left| left.set(2));
-}
-
-async fn hand_retry(x: u64) -> Result<u64, E> {
-    let mut attempt = 1;
-    loop {
-        match flaky(x).await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt >= 3 => return Err(e),
-            Err(_) => attempt += 1,
-        }
-    }
-}
-
-#[workflow]
-async fn retrying(x: u64) -> Result<u64, E> {
-    #[retry(max_attempts = 3)]
-    let x = flaky(x).await?;
-    Ok(x)
-}
 
 fn retry(c: &mut Criterion) {
     use backon::{ExponentialBuilder, Retryable as _};
