@@ -6,7 +6,10 @@
 //!   -> plan_batches
 //!   -> map(probe_batch [timeout = "5s", catch(count_breach, when = is_slo_breach)], concurrency = 4)
 //!   -> summarize
-//!   -> branch(|s: &Summary| s.verdict) { Verdict::Healthy => promote, Verdict::Failing => rollback }
+//!   -> branch(|s: &Summary| s.verdict) {
+//!         Verdict::Healthy => signal("approve", timeout = "10m") -> |s, a: Approval| decide(s, a),
+//!         Verdict::Failing => rollback,
+//!      }
 //! ```
 //!
 //! - `deploy_canary` starts the new version as its own process next to the stable one.
@@ -15,8 +18,10 @@
 //!   routes that failure to `count_breach`, which turns it into a data point for the verdict,
 //!   so one bad batch does not abort the rollout. Any other failure (the canary unreachable,
 //!   a timeout) is not caught: the flow fails and the compensation retires the canary.
-//! - `branch` promotes a healthy canary (the old stable version is retired) or rolls a
-//!   failing one back (the canary is retired).
+//! - `branch` waits for an operator's approval of a healthy canary (a signal: type `approve`
+//!   or `reject` on stdin, or pass `--auto-approve`, as CI does), then promotes it (the old
+//!   stable version is retired) or rolls it back; a failing one is rolled back at once (the
+//!   canary is retired).
 //!
 //! The program runs the same flow twice: v1.1 (healthy, promoted), then v1.2 (failing,
 //! rolled back). Every app process is retired at exit.
@@ -24,7 +29,8 @@
 //! Run it:
 //!
 //! ```text
-//! cargo run --example canary_rollout
+//! cargo run --example canary_rollout                  # asks for each approval on stdin
+//! cargo run --example canary_rollout -- --auto-approve
 //! ```
 
 #[path = "support/canary.rs"]
@@ -314,6 +320,69 @@ async fn promote(s: Summary) -> Result<Outcome, RolloutError> {
     Ok(Outcome::Promoted { version: s.version })
 }
 
+/// An operator's answer to "promote this canary?", sent to the run as the `approve` signal.
+#[derive(Clone, Debug)]
+struct Approval {
+    approved: bool,
+    by: String,
+}
+
+/// Promotes the canary if the operator approved it, rolls it back otherwise.
+async fn decide(s: Summary, a: Approval) -> Result<Outcome, RolloutError> {
+    if a.approved {
+        println!("      v{}: approved by {}", s.version, a.by);
+        promote(s).await
+    } else {
+        println!("      v{}: rejected by {}", s.version, a.by);
+        let mut outcome = rollback(s).await?;
+        if let Outcome::RolledBack { reason, .. } = &mut outcome {
+            *reason = format!("rejected by {}", a.by);
+        }
+        Ok(outcome)
+    }
+}
+
+/// The rollout workflow: built once per release (it is `'static`, so it can be spawned and
+/// signalled through its handle).
+fn rollout() -> impl Workflow<Input = Release, Output = Outcome, Error = RolloutError> + 'static {
+    flow! {
+        name = "canary_rollout", error = RolloutError;
+        deploy_canary [compensate = retire_canary]
+            -> plan_batches
+            -> map(probe_batch [timeout = "5s", catch(count_breach, when = is_slo_breach)], concurrency = 4)
+            -> summarize
+            -> branch(|s: &Summary| s.verdict) {
+                Verdict::Healthy => signal("approve", timeout = "10m") -> |s, a: Approval| decide(s, a),
+                Verdict::Failing => rollback,
+            }
+    }
+}
+
+/// Asks the operator on stdin; end of input (no terminal, as in CI without `--auto-approve`)
+/// is a rejection.
+async fn ask_operator(version: String) -> Approval {
+    println!("   promote v{version}? type `approve` or `reject`:");
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await;
+    match line {
+        Ok(Ok(l)) if l.trim() == "approve" => Approval {
+            approved: true,
+            by: "the operator".into(),
+        },
+        Ok(Ok(l)) if l.trim().is_empty() => Approval {
+            approved: false,
+            by: "nobody (no answer on stdin)".into(),
+        },
+        _ => Approval {
+            approved: false,
+            by: "the operator".into(),
+        },
+    }
+}
+
 /// The canary is taken down; the stable version keeps serving.
 async fn rollback(s: Summary) -> Result<Outcome, RolloutError> {
     let app = router()
@@ -350,18 +419,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     router().stable = Some(Arc::new(stable));
 
-    let rollout = flow! {
-        name = "canary_rollout", error = RolloutError;
-        deploy_canary [compensate = retire_canary]
-            -> plan_batches
-            -> map(probe_batch [timeout = "5s", catch(count_breach, when = is_slo_breach)], concurrency = 4)
-            -> summarize
-            -> branch(|s: &Summary| s.verdict) {
-                Verdict::Healthy => promote,
-                Verdict::Failing => rollback,
-            }
-    };
     let runtime = Runtime::new().with_observer(|e: &Event| println!("    {e}"));
+    let auto_approve = argv.iter().any(|a| a == "--auto-approve");
 
     let releases = [
         Release {
@@ -379,7 +438,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "\nrolling out v{} (build fails {}% of requests)",
             release.version, release.fail_rate
         );
-        match runtime.run(&rollout, release).await {
+        let version = release.version.clone();
+        let mut handle = runtime.spawn_with_events(rollout(), release);
+        // Answer the approval when the run asks for it (a message sent earlier would be kept,
+        // but an operator answers what they are asked).
+        while let Some(e) = handle.events().next().await {
+            if matches!(e.kind, EventKind::SignalWaiting { .. }) {
+                let answer = if auto_approve {
+                    Approval {
+                        approved: true,
+                        by: "--auto-approve".into(),
+                    }
+                } else {
+                    ask_operator(version.clone()).await
+                };
+                handle.signal("approve", answer)?;
+            }
+            if e.parent.is_none()
+                && matches!(
+                    e.kind,
+                    EventKind::RunCompleted | EventKind::RunFailed { .. } | EventKind::RunCancelled
+                )
+            {
+                break;
+            }
+        }
+        match handle.await {
             Ok(Outcome::Promoted { version }) => println!("=> v{version} promoted"),
             Ok(Outcome::RolledBack { version, reason }) => {
                 println!("=> v{version} rolled back: {reason}")
