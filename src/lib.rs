@@ -5,10 +5,12 @@ pub use flow_macros::{flow, workflow};
 #[doc(inline)]
 pub use flow_runtime::*;
 
-/// The items most programs need: the macros, the runtime, the workflow trait and the errors.
+/// The items most programs need: the macros, the runtime, the workflow trait, events and the
+/// error kinds. Nothing here shadows a common name: the run's error type is `flow::Error`
+/// (name it with its path, or import it under a name of your own).
 pub mod prelude {
     pub use crate::{flow, join, map, settle, workflow};
-    pub use flow_runtime::{Error, ErrorKind, Event, EventKind, Runtime, StepError, Workflow};
+    pub use flow_runtime::{ErrorKind, Event, EventKind, Runtime, StepError, Workflow};
 }
 
 /// Items the macros' expansion uses. Not public API.
@@ -41,7 +43,7 @@ pub mod __private {
             FnWorkflow {
                 graph,
                 timeout,
-                compensation_timeout: flow_runtime::DEFAULT_COMPENSATION_TIMEOUT,
+                compensation_timeout: flow_runtime::policy::DEFAULT_COMPENSATION_TIMEOUT,
                 compensate_on_drop: true,
                 body,
                 _types: core::marker::PhantomData,
@@ -69,7 +71,7 @@ pub mod __private {
         Out: Send,
         E: core::fmt::Display + core::fmt::Debug + Send + 'static,
         S: flow_runtime::WorkflowState,
-        F: Fn(flow_runtime::Ctx<E>, In) -> Fut + Send + Sync,
+        F: Fn(flow_runtime::__private::Ctx<E>, In) -> Fut + Send + Sync,
         Fut: core::future::Future<Output = Result<Out, E>> + Send,
     {
         type Input = In;
@@ -95,7 +97,7 @@ pub mod __private {
 
         fn execute(
             &self,
-            ctx: flow_runtime::Ctx<E>,
+            ctx: flow_runtime::__private::Ctx<E>,
             input: In,
         ) -> impl core::future::Future<Output = Result<Out, flow_runtime::Error<E>>> + Send
         {

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::TestError;
-use flow::CompensationOutcome;
+use flow::error::CompensationOutcome;
 use flow::prelude::*;
 
 static UNDO_TRIES: Mutex<u32> = Mutex::new(0);

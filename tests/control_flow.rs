@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use common::Recorder;
+use flow::graph::{EdgeKind, NodeKind};
 use flow::prelude::*;
-use flow::{EdgeKind, Graph, NodeId, NodeKind};
+use flow::{Graph, NodeId};
 
 fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

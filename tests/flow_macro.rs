@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{DropFlag, Recorder, TestError};
+use flow::WorkflowState;
+use flow::graph::{EdgeKind, NodeKind};
 use flow::prelude::*;
-use flow::{EdgeKind, NodeKind, WorkflowState};
 use tokio::time::{Instant, sleep};
 
 fn ms(n: u64) -> Duration {

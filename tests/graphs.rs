@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use flow::Graph;
+use flow::graph::NodeKind;
 use flow::prelude::*;
-use flow::{Graph, NodeKind};
 
 // ---------------------------------------------------------------- provision_cluster's workflow
 

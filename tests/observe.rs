@@ -202,7 +202,7 @@ fn tracing_spans_nest_workflow_step_with_otel_fields() {
     let rec = Rec::default();
     let out = tracing::subscriber::with_default(rec.clone(), || {
         // Only when a subscriber wants `flow`'s spans does the runtime get the observer.
-        assert_eq!(flow::default_observers().len(), 1);
+        assert_eq!(flow::__private::default_observers().len(), 1);
         paused_runtime().block_on(async {
             // `default()`: no built-in observers (`new()` may add a `TracingObserver` itself).
             Runtime::default()
@@ -213,7 +213,7 @@ fn tracing_spans_nest_workflow_step_with_otel_fields() {
     });
     assert_eq!(out.unwrap(), 8);
     assert!(
-        flow::default_observers().is_empty(),
+        flow::__private::default_observers().is_empty(),
         "no subscriber, no observer"
     );
 

@@ -4,11 +4,10 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use flow::dynamic::DynState;
 use flow::prelude::*;
-use flow::{
-    AnyError, ArcWorkflow, BoxWorkflow, DynState, DynWorkflow, NodeId, Payload, Registry,
-    RegistryError, SignalError, Status,
-};
+use flow::registry::{AnyError, Payload, RegistryError};
+use flow::{ArcWorkflow, BoxWorkflow, DynWorkflow, NodeId, Registry, SignalError, Status};
 
 async fn fetch(id: u32) -> Result<String, String> {
     Ok(format!("record {id}"))

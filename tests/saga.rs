@@ -7,8 +7,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flow::RunReport;
+use flow::error::CompensationOutcome;
 use flow::prelude::*;
-use flow::{CompensationOutcome, RunReport};
 
 /// What the steps and undos did, in order.
 #[derive(Clone, Default)]

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use flow::Status;
+use flow::graph::NodeKind;
 use flow::prelude::*;
-use flow::{NodeKind, Status};
 
 /// What an operator sends to let a release go on.
 #[derive(Debug, Clone, PartialEq)]

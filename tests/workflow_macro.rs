@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{DropFlag, Recorder, TestError};
+use flow::error::GaveUp;
+use flow::graph::NodeKind;
 use flow::prelude::*;
-use flow::{GaveUp, NodeKind, Status, WorkflowState};
+use flow::{Status, WorkflowState};
 use tokio::time::{Instant, sleep};
 
 fn ms(n: u64) -> Duration {
@@ -43,7 +45,7 @@ async fn sequence_states_and_events_follow_the_graph() {
     let edges: Vec<(u32, u32)> = g
         .edges
         .iter()
-        .filter(|e| e.kind != flow::EdgeKind::Exit)
+        .filter(|e| e.kind != flow::graph::EdgeKind::Exit)
         .map(|e| (e.from, e.to))
         .collect();
     assert_eq!(edges, [(0, 2), (2, 3), (3, 4), (4, 1)]);
@@ -51,7 +53,7 @@ async fn sequence_states_and_events_follow_the_graph() {
     let exits: Vec<(u32, u32, &str)> = g
         .edges
         .iter()
-        .filter(|e| e.kind == flow::EdgeKind::Exit)
+        .filter(|e| e.kind == flow::graph::EdgeKind::Exit)
         .map(|e| (e.from, e.to, e.label))
         .collect();
     assert_eq!(exits, [(2, 1, "?"), (3, 1, "?")]);

@@ -1365,7 +1365,7 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
             }
         }
         #env_def
-        #krate::Flow::new(#graph, #state::Start, #timeout, move |#ctx: #krate::Ctx<#err_ty>, #s| {
+        #krate::Flow::new(#graph, #state::Start, #timeout, move |#ctx: #krate::__private::Ctx<#err_ty>, #s| {
           #env_clone
           async move {
             #env_bind

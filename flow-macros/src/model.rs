@@ -246,12 +246,12 @@ impl Model {
                 Some(p) => quote!(::core::option::Option::Some(#p)),
                 None => quote!(::core::option::Option::None),
             };
-            quote!(#krate::Node { name: #name, key: #key, fingerprint: #nfp, kind: #krate::NodeKind::#kind, policy: #policy, parent: #parent })
+            quote!(#krate::graph::Node { name: #name, key: #key, fingerprint: #nfp, kind: #krate::graph::NodeKind::#kind, policy: #policy, parent: #parent })
         });
         let edges = self.edges.iter().map(|e| {
             let (from, to, label) = (e.from, e.to, &e.label);
             let kind = format_ident!("{}", edge_kind_name(e.kind));
-            quote!(#krate::Edge { from: #from, to: #to, kind: #krate::EdgeKind::#kind, label: #label })
+            quote!(#krate::graph::Edge { from: #from, to: #to, kind: #krate::graph::EdgeKind::#kind, label: #label })
         });
         quote! {
             &#krate::Graph {

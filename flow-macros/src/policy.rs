@@ -275,7 +275,7 @@ impl Policy {
             None => quote!(::core::option::Option::None),
         };
         Some(quote! {
-            #krate::CompensationPolicy { retry: &[#(#rules),*], timeout: #timeout }
+            #krate::__private::CompensationPolicy { retry: &[#(#rules),*], timeout: #timeout }
         })
     }
 
@@ -290,7 +290,7 @@ impl Policy {
             None => quote!(::core::option::Option::None),
         };
         quote! {
-            #krate::StepPolicy { retry: &[#(#rules),*], timeout: #timeout }
+            #krate::__private::StepPolicy { retry: &[#(#rules),*], timeout: #timeout }
         }
     }
 }
@@ -547,14 +547,14 @@ impl RetryRule {
     fn to_tokens(&self, krate: &TokenStream) -> TokenStream {
         let n = self.max_attempts;
         let mut backoff = match self.backoff {
-            BackoffSpec::None => quote!(#krate::Backoff::NONE),
+            BackoffSpec::None => quote!(#krate::policy::Backoff::NONE),
             BackoffSpec::Constant(d) => {
                 let d = duration::to_tokens(d);
-                quote!(#krate::Backoff::constant(#d))
+                quote!(#krate::policy::Backoff::constant(#d))
             }
             BackoffSpec::Exponential(d, f) => {
                 let d = duration::to_tokens(d);
-                quote!(#krate::Backoff::exponential(#d, #f))
+                quote!(#krate::policy::Backoff::exponential(#d, #f))
             }
         };
         if let Some(m) = self.max_delay {
@@ -562,19 +562,20 @@ impl RetryRule {
             backoff = quote!(#backoff.with_max_delay(#m));
         }
         let jitter = match self.jitter {
-            kw::FULL => quote!(#krate::Jitter::Full),
-            kw::EQUAL => quote!(#krate::Jitter::Equal),
-            _ => quote!(#krate::Jitter::None),
+            kw::FULL => quote!(#krate::policy::Jitter::Full),
+            kw::EQUAL => quote!(#krate::policy::Jitter::Equal),
+            _ => quote!(#krate::policy::Jitter::None),
         };
-        let mut rule = quote!(#krate::Retry::new(#n).with_backoff(#backoff).with_jitter(#jitter));
+        let mut rule =
+            quote!(#krate::policy::Retry::new(#n).with_backoff(#backoff).with_jitter(#jitter));
         if let Some(b) = self.max_elapsed {
             let b = duration::to_tokens(b);
             rule = quote!(#rule.with_max_elapsed(#b));
         }
         match &self.on {
             On::Any => {}
-            On::Errors => rule = quote!(#rule.on(#krate::On::Errors)),
-            On::Timeouts => rule = quote!(#rule.on(#krate::On::Timeouts)),
+            On::Errors => rule = quote!(#rule.on(#krate::policy::On::Errors)),
+            On::Timeouts => rule = quote!(#rule.on(#krate::policy::On::Timeouts)),
             On::When(pred) => {
                 let span = pred.span();
                 rule = quote_spanned!(span=> #rule.when(#pred));

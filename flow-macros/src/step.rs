@@ -170,11 +170,27 @@ impl Gen<'_> {
         value: &Ident,
         fut_type: TokenStream,
     ) -> TokenStream {
-        let Some(err) = self.error_ty else {
-            return TokenStream::new();
-        };
         let krate = self.krate;
         let m = self.markers.path(name, span);
+        let Some(err) = self.error_ty else {
+            if !self.exact {
+                return TokenStream::new();
+            }
+            // `flow!` without `error = Type`: every step fails with the flow's one error type
+            // (the first step's). Checked with our message, the future passing through so
+            // that a mismatch is reported once.
+            let ctx = self.ctx;
+            return quote_spanned! {span=>
+                let #value = {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{SameErrorNo as _, SameErrorYes as _};
+                    let __flow_e = #ctx.error_type();
+                    let __flow_check =
+                        (&#krate::__private::error_probe(&#fut_type, __flow_e)).flow_same_error();
+                    #krate::__private::same_error::<_, #m, _, _>(__flow_e, #value, __flow_check)
+                };
+            };
+        };
         quote_spanned! {span=>
             let #value = {
                 #[allow(unused_imports)]
@@ -244,7 +260,7 @@ impl Gen<'_> {
                 }
                 _ => cloned,
             };
-            let fut = self.exact(cloned);
+            let fut = cloned;
             let pol = policy.to_step_policy(krate);
             out.extend(quote_spanned! {span=>
                 #(#hoisted)*
@@ -263,7 +279,7 @@ impl Gen<'_> {
                 let #r = #ctx.step_with(#id, #pol, #mk).await;
             });
         } else if let Some(t) = policy.timeout {
-            let fut = self.exact(self.call_with(call, |_, a| quote!(#a)));
+            let fut = self.call_with(call, |_, a| quote!(#a));
             let t = crate::duration::to_tokens(t);
             out.extend(quote_spanned! {span=>
                 let #f = #fut;
@@ -274,7 +290,7 @@ impl Gen<'_> {
                 let #r = #ctx.step_timeout(#id, #t, #f).await;
             });
         } else {
-            let fut = self.exact(self.call_with(call, |_, a| quote!(#a)));
+            let fut = self.call_with(call, |_, a| quote!(#a));
             out.extend(quote_spanned! {span=>
                 let #f = #fut;
             });

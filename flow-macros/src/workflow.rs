@@ -1644,7 +1644,7 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
     let doc_state = format!(
         " The states of [`{type_name}`]: start, one per step or group, and the terminal states."
     );
-    let ctx_ty = quote!(#krate::Ctx<#err>);
+    let ctx_ty = quote!(#krate::__private::Ctx<#err>);
     let tuple_tys = quote!((#(#param_tys,)*));
     let undo_methods = options.undo.trait_methods();
     let undo_builder = options.undo.builder_calls();

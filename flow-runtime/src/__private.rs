@@ -1,7 +1,9 @@
 //! Items the macros' generated code uses. Not part of the public API: no semver guarantees.
 
-pub use crate::ctx::Ctx;
+pub use crate::ctx::{Ctx, StepOutput};
+pub use crate::policy::{CompensationPolicy, StepPolicy};
 pub use crate::runtime::run_nested;
+pub use crate::trace::default_observers;
 pub use futures_util::future::{join, try_join};
 
 use core::future::Future;

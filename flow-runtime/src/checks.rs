@@ -317,3 +317,68 @@ impl<S> Awaited<S> for Pass<()> {}
 pub fn unawaited<S, T, A: Awaited<S>>(value: T, _: A) -> T {
     value
 }
+
+// ---------------------------------------------------------------- one error type in a flow!
+
+/// What [`same_error`] inspects: a step's future type and the flow's error type.
+pub fn error_probe<'a, Fut, E>(
+    fut: &'a PhantomData<Fut>,
+    _: PhantomData<fn() -> E>,
+) -> Probe<'a, PhantomData<Fut>, fn() -> E> {
+    Probe(fut, PhantomData)
+}
+
+/// Dispatch: the step fails with the flow's error type.
+pub trait SameErrorYes {
+    /// Passed.
+    fn flow_same_error(&self) -> Pass<()>;
+}
+impl<Fut, T, E> SameErrorYes for Probe<'_, PhantomData<Fut>, fn() -> E>
+where
+    Fut: core::future::Future<Output = Result<T, E>>,
+{
+    fn flow_same_error(&self) -> Pass<()> {
+        Pass(())
+    }
+}
+/// Dispatch fallback: it fails with another type.
+pub trait SameErrorNo<E> {
+    /// The failure.
+    fn flow_same_error(&self) -> Fail<E>;
+}
+impl<Fut, E> SameErrorNo<E> for &Probe<'_, PhantomData<Fut>, fn() -> E> {
+    fn flow_same_error(&self) -> Fail<E> {
+        Fail::new()
+    }
+}
+
+/// Every step of a `flow!` without `error = Type` fails with the flow's error type.
+#[diagnostic::on_unimplemented(
+    message = "step `{S}` fails with another error type than this flow's, `{E}` (the error type of its first step)",
+    label = "this step's error type is not `{E}`",
+    note = "without `error = Type`, every step of a `flow!` fails with one error type; declare one that each step's error converts into (`From`): `flow! {{ error = AppError; .. }}`"
+)]
+pub trait SameError<E, S, F> {
+    /// `F`, checked.
+    type Checked;
+    /// Passes `F` through.
+    fn pass(f: F) -> Self::Checked;
+}
+#[diagnostic::do_not_recommend]
+impl<E, S, F> SameError<E, S, F> for Pass<()> {
+    type Checked = F;
+    fn pass(f: F) -> F {
+        f
+    }
+}
+
+/// Checks that step `S` fails with the flow's error type `E`, passing its future (or `make`
+/// closure) `F` through.
+#[inline]
+pub fn same_error<E, S, F, A: SameError<E, S, F>>(
+    _: PhantomData<fn() -> E>,
+    f: F,
+    _: A,
+) -> A::Checked {
+    A::pass(f)
+}

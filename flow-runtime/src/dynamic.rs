@@ -18,7 +18,8 @@ use crate::workflow::{Workflow, WorkflowState};
 /// The state of a type-erased workflow: the node the run is at (its own state enum is erased).
 ///
 /// ```
-/// use flow_runtime::{DynState, NodeId, WorkflowState};
+/// use flow_runtime::{NodeId, WorkflowState};
+/// use flow_runtime::dynamic::DynState;
 /// assert_eq!(DynState(NodeId(3)).node(), NodeId(3));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,11 +46,12 @@ impl WorkflowState for DynState {
 ///
 /// ```
 /// use flow_runtime::{ArcWorkflow, BoxWorkflow, DynWorkflow, Runtime, Workflow};
-/// # use flow_runtime::{Ctx, Error, Graph, NodeId};
+/// # use flow_runtime::{Error, Graph, NodeId};
+/// # use flow_runtime::__private::Ctx;
 /// # struct Double;
 /// # static GRAPH: Graph = Graph { name: "double", nodes: &[], edges: &[], fingerprint: 1 };
 /// # impl Workflow for Double {
-/// #     type Input = u32; type Output = u32; type Error = String; type State = flow_runtime::DynState;
+/// #     type Input = u32; type Output = u32; type Error = String; type State = flow_runtime::dynamic::DynState;
 /// #     fn graph(&self) -> &'static Graph { &GRAPH }
 /// #     async fn execute(&self, _: Ctx<String>, x: u32) -> Result<u32, Error<String>> { Ok(2 * x) }
 /// # }
@@ -138,7 +140,9 @@ pub type BoxWorkflow<In, Out, E> = Box<dyn DynWorkflow<In, Out, E>>;
 /// ```
 /// use std::sync::LazyLock;
 /// use flow_runtime::ArcWorkflow;
-/// # use flow_runtime::{Ctx, Error, Graph, Workflow, DynState};
+/// # use flow_runtime::{Error, Graph, Workflow};
+/// # use flow_runtime::__private::Ctx;
+/// # use flow_runtime::dynamic::DynState;
 /// # struct Noop;
 /// # static GRAPH: Graph = Graph { name: "noop", nodes: &[], edges: &[], fingerprint: 1 };
 /// # impl Workflow for Noop {

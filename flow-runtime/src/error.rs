@@ -19,7 +19,7 @@ pub enum Failure<E> {
     TimedOut(Duration),
     /// The step panicked; the panic message, or `"<non-string panic payload>"`.
     Panicked(String),
-    /// A signal the workflow waited for ([`Ctx::signal`](crate::Ctx::signal)) carried a value
+    /// A signal the workflow waited for (`Ctx::signal`) carried a value
     /// of another type ([`SignalError::WrongType`](crate::SignalError::WrongType)).
     Signal(crate::signal::SignalError),
 }
@@ -318,7 +318,7 @@ pub struct CompensationRecord {
     pub node: NodeId,
     /// The step's name.
     pub step: &'static str,
-    /// The step's stable key ([`Node::key`](crate::Node::key)).
+    /// The step's stable key ([`Node::key`](crate::graph::Node::key)).
     pub key: &'static str,
     /// How many attempts the undo took.
     pub attempts: u32,

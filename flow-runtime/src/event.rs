@@ -28,7 +28,7 @@ pub struct Event {
     pub node: NodeId,
     /// The node's name (the step's name, or `"start"` for run-level events).
     pub step: &'static str,
-    /// The node's stable identity ([`Node::key`](crate::Node::key)): unchanged by edits
+    /// The node's stable identity ([`Node::key`](crate::graph::Node::key)): unchanged by edits
     /// elsewhere in the workflow, unlike [`node`](Self::node).
     pub key: &'static str,
     /// Which time this node was entered in this run (1 for the first; a step in a loop or in a
@@ -95,7 +95,7 @@ pub enum EventKind {
         /// The failure, as text.
         error: String,
     },
-    /// The run waits for a signal ([`Ctx::signal`](crate::Ctx::signal) at its node, or
+    /// The run waits for a signal (`Ctx::signal` at its node, or
     /// [`signal`](crate::signal()) at the node the run is at).
     SignalWaiting {
         /// The signal's name.

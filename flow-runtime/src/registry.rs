@@ -25,7 +25,7 @@ use crate::workflow::Workflow;
 /// A type-erased value (a workflow's input or output) with the name of its type.
 ///
 /// ```
-/// use flow_runtime::Payload;
+/// use flow_runtime::registry::Payload;
 /// let p = Payload::new(42u32);
 /// assert_eq!(p.type_name(), "u32");
 /// assert_eq!(p.downcast::<u32>().ok(), Some(42));
@@ -53,7 +53,7 @@ impl Payload {
     /// Whether the value is a `T`.
     ///
     /// ```
-    /// assert!(flow_runtime::Payload::new("x").is::<&str>());
+    /// assert!(flow_runtime::registry::Payload::new("x").is::<&str>());
     /// ```
     pub fn is<T: 'static>(&self) -> bool {
         (*self.value).type_id() == TypeId::of::<T>()
@@ -62,7 +62,7 @@ impl Payload {
     /// The value, if it is a `T`; the payload back otherwise.
     ///
     /// ```
-    /// let p = flow_runtime::Payload::new(1u8);
+    /// let p = flow_runtime::registry::Payload::new(1u8);
     /// let p = p.downcast::<String>().unwrap_err();
     /// assert_eq!(p.downcast::<u8>().ok(), Some(1));
     /// ```
@@ -77,7 +77,7 @@ impl Payload {
     /// A reference to the value, if it is a `T`.
     ///
     /// ```
-    /// let p = flow_runtime::Payload::new(vec![1, 2]);
+    /// let p = flow_runtime::registry::Payload::new(vec![1, 2]);
     /// assert_eq!(p.downcast_ref::<Vec<i32>>().map(Vec::len), Some(2));
     /// ```
     pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
@@ -87,7 +87,7 @@ impl Payload {
     /// The boxed value.
     ///
     /// ```
-    /// let any = flow_runtime::Payload::new(3i64).into_any();
+    /// let any = flow_runtime::registry::Payload::new(3i64).into_any();
     /// assert_eq!(any.downcast_ref::<i64>(), Some(&3));
     /// ```
     pub fn into_any(self) -> Box<dyn Any + Send> {
@@ -116,7 +116,7 @@ impl Debug for Payload {
 /// Displays and debugs as the original error.
 ///
 /// ```
-/// use flow_runtime::AnyError;
+/// use flow_runtime::registry::AnyError;
 /// let e = AnyError::new(String::from("disk full"));
 /// assert_eq!(e.to_string(), "disk full");
 /// assert_eq!(e.downcast_ref::<String>().map(String::as_str), Some("disk full"));
@@ -156,7 +156,7 @@ impl AnyError {
     /// The name of the original error type.
     ///
     /// ```
-    /// assert_eq!(flow_runtime::AnyError::new(7u8).type_name(), "u8");
+    /// assert_eq!(flow_runtime::registry::AnyError::new(7u8).type_name(), "u8");
     /// ```
     pub fn type_name(&self) -> &'static str {
         // Through the box: `Box<dyn ErrorValue>` is an `ErrorValue` itself.
@@ -171,7 +171,7 @@ impl AnyError {
     /// The original error by value, if it is an `E`; this error back otherwise.
     ///
     /// ```
-    /// let e = flow_runtime::AnyError::new(std::io::Error::other("gone"));
+    /// let e = flow_runtime::registry::AnyError::new(std::io::Error::other("gone"));
     /// assert_eq!(e.downcast::<std::io::Error>().unwrap().to_string(), "gone");
     /// ```
     pub fn downcast<E: 'static>(self) -> Result<E, AnyError> {
@@ -202,7 +202,7 @@ impl Debug for AnyError {
 /// What went wrong with a [`Registry`]: registering, finding, starting or running a workflow.
 ///
 /// ```
-/// use flow_runtime::RegistryError;
+/// use flow_runtime::registry::RegistryError;
 /// let e = RegistryError::WrongInput { workflow: "deploy".into(), expected: "u32", got: "&str" };
 /// assert_eq!(e.to_string(), "workflow `deploy` takes a `u32`, but was given a `&str`");
 /// ```
@@ -310,7 +310,9 @@ where
 /// itself, typed ([`workflow`](Self::workflow)) or not ([`Registry::run`]).
 ///
 /// ```
-/// # use flow_runtime::{Ctx, DynState, Error, Graph, Registry, Workflow};
+/// # use flow_runtime::{Error, Graph, Registry, Workflow};
+/// # use flow_runtime::__private::Ctx;
+/// # use flow_runtime::dynamic::DynState;
 /// # struct Double;
 /// # static GRAPH: Graph = Graph { name: "double", nodes: &[], edges: &[], fingerprint: 9 };
 /// # impl Workflow for Double {
@@ -409,8 +411,11 @@ impl Debug for Registered {
 /// Names are unique. Workflows are listed in name order.
 ///
 /// ```
-/// use flow_runtime::{Payload, Registry, Runtime};
-/// # use flow_runtime::{Ctx, DynState, Error, Graph, Workflow};
+/// use flow_runtime::{Registry, Runtime};
+/// use flow_runtime::registry::Payload;
+/// # use flow_runtime::{Error, Graph, Workflow};
+/// # use flow_runtime::__private::Ctx;
+/// # use flow_runtime::dynamic::DynState;
 /// # struct Double;
 /// # static GRAPH: Graph = Graph { name: "double", nodes: &[], edges: &[], fingerprint: 9 };
 /// # impl Workflow for Double {
@@ -459,7 +464,9 @@ impl Registry {
     /// Registers `workflow` under `name`; [`RegistryError::Duplicate`] if the name is taken.
     ///
     /// ```
-    /// # use flow_runtime::{Ctx, DynState, Error, Graph, Registry, Workflow};
+    /// # use flow_runtime::{Error, Graph, Registry, Workflow};
+    /// # use flow_runtime::__private::Ctx;
+    /// # use flow_runtime::dynamic::DynState;
     /// # struct Noop;
     /// # static GRAPH: Graph = Graph { name: "noop", nodes: &[], edges: &[], fingerprint: 1 };
     /// # impl Workflow for Noop {
@@ -549,7 +556,8 @@ impl Registry {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// use flow_runtime::{Payload, Registry, RegistryError, Runtime};
+    /// use flow_runtime::{Registry, Runtime};
+    /// use flow_runtime::registry::{Payload, RegistryError};
     /// let registry = Registry::new();
     /// let e = registry.run(&Runtime::new(), "deploy", Payload::new(1u32)).await.unwrap_err();
     /// assert!(matches!(e, RegistryError::NoSuchWorkflow { .. }));
@@ -575,7 +583,8 @@ impl Registry {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// use flow_runtime::{Payload, Registry, Runtime};
+    /// use flow_runtime::{Registry, Runtime};
+    /// use flow_runtime::registry::Payload;
     /// assert!(Registry::new().spawn(&Runtime::new(), "deploy", Payload::new(())).is_err());
     /// # }
     /// ```
@@ -594,7 +603,9 @@ impl Registry {
 /// Await it for the result.
 ///
 /// ```
-/// # use flow_runtime::{Ctx, DynState, Error, Graph, Workflow};
+/// # use flow_runtime::{Error, Graph, Workflow};
+/// # use flow_runtime::__private::Ctx;
+/// # use flow_runtime::dynamic::DynState;
 /// # struct Double;
 /// # static GRAPH: Graph = Graph { name: "double", nodes: &[], edges: &[], fingerprint: 9 };
 /// # impl Workflow for Double {
@@ -604,7 +615,8 @@ impl Registry {
 /// # }
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// use flow_runtime::{Payload, Registry, Runtime};
+/// use flow_runtime::{Registry, Runtime};
+/// use flow_runtime::registry::Payload;
 /// let mut registry = Registry::new();
 /// registry.register("double", Double).unwrap();
 /// let handle = registry.spawn(&Runtime::new(), "double", Payload::new(4u32)).unwrap();

@@ -226,7 +226,8 @@ impl<E> Ctx<E> {
     /// `flow::signal("name").timeout("1h").await`.
     ///
     /// ```
-    /// # use flow_runtime::{Ctx, NodeId, StepError};
+    /// # use flow_runtime::{NodeId, StepError};
+    /// # use flow_runtime::__private::Ctx;
     /// # use core::time::Duration;
     /// async fn approval<E: Send + 'static>(ctx: &Ctx<E>) -> Result<bool, StepError<E>> {
     ///     ctx.signal::<bool>(NodeId(2), "approve", Some(Duration::from_secs(3600))).await

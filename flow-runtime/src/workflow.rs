@@ -51,10 +51,10 @@ pub trait Workflow: Send + Sync {
     /// The total time a run may spend compensating (undoing its completed steps, and the work
     /// of child runs it abandoned), however it ended: an undo still running when it is spent is
     /// stopped and reported as timed out
-    /// ([`CompensationOutcome::TimedOut`](crate::CompensationOutcome::TimedOut)), so that a
+    /// ([`CompensationOutcome::TimedOut`](crate::error::CompensationOutcome::TimedOut)), so that a
     /// hung undo never holds a run forever. Each undo can also have its own timeout
     /// ([`Ctx::compensate_with`]). Defaults to
-    /// [`DEFAULT_COMPENSATION_TIMEOUT`](crate::DEFAULT_COMPENSATION_TIMEOUT) (five minutes).
+    /// [`DEFAULT_COMPENSATION_TIMEOUT`](crate::policy::DEFAULT_COMPENSATION_TIMEOUT) (five minutes).
     fn compensation_timeout(&self) -> Duration {
         crate::saga::DEFAULT_COMPENSATION_TIMEOUT
     }

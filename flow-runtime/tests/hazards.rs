@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use common::{Act, Collect, E, Log, Script, flow, ms, steps, within};
 use flow_runtime::__private::select;
-use flow_runtime::{
-    Backoff, Ctx, Edge, EdgeKind, ErrorKind, Event, EventKind, GaveUp, Graph, Jitter, Node, NodeId,
-    NodeKind, Retry, Runtime, Status, StepPolicy,
-};
+use flow_runtime::__private::{Ctx, StepPolicy};
+use flow_runtime::error::GaveUp;
+use flow_runtime::graph::{Edge, EdgeKind, Node, NodeKind};
+use flow_runtime::policy::{Backoff, Jitter, Retry};
+use flow_runtime::{ErrorKind, Event, EventKind, Graph, NodeId, Runtime, Status};
 
 // ---------------------------------------------------------------------------------------------
 // Panics
@@ -171,7 +172,7 @@ async fn a_huge_backoff_factor_with_a_budget_gives_up_instead_of_overflowing() {
 
 #[test]
 fn jitter_at_the_ends_of_its_range_saturates() {
-    let rng = flow_runtime::SplitMix64::new(3);
+    let rng = flow_runtime::policy::SplitMix64::new(3);
     for j in [
         Jitter::Spread(0.0),
         Jitter::Spread(0.5),
@@ -240,7 +241,7 @@ async fn a_step_error_keeps_a_bounded_number_of_attempts() {
     let mut expected = vec![1];
     expected.extend(85..=100);
     assert_eq!(kept, expected);
-    assert_eq!(kept.len(), 1 + flow_runtime::KEPT_LAST_ATTEMPTS);
+    assert_eq!(kept.len(), 1 + flow_runtime::error::KEPT_LAST_ATTEMPTS);
     assert!(s.to_string().contains("after 100 attempts"));
 }
 

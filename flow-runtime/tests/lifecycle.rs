@@ -5,9 +5,12 @@ mod common;
 use core::time::Duration;
 
 use common::{Act, Collect, E, Log, Script, flow, ms, steps, within};
+use flow_runtime::__private::{Ctx, StepPolicy};
+use flow_runtime::graph::{Edge, EdgeKind, Node, NodeKind};
+use flow_runtime::policy::{Backoff, Retry};
 use flow_runtime::{
-    Backoff, Ctx, Edge, EdgeKind, ErrorKind, Event, EventKind, Flow, Graph, Node, NodeId, NodeKind,
-    Retry, RunId, Runtime, StateView, Status, StepPolicy, Workflow, WorkflowState,
+    ErrorKind, Event, EventKind, Flow, Graph, NodeId, RunId, Runtime, StateView, Status, Workflow,
+    WorkflowState,
 };
 use tokio::time::Instant;
 

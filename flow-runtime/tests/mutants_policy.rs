@@ -6,7 +6,7 @@
 
 use core::time::Duration;
 
-use flow_runtime::{Backoff, Jitter, SplitMix64};
+use flow_runtime::policy::{Backoff, Jitter, SplitMix64};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -106,7 +106,7 @@ fn spread_factor_is_clamped() {
 #[cfg(feature = "backoff")]
 #[test]
 fn backoff_crate_randomization_becomes_spread() {
-    use flow_runtime::Retry;
+    use flow_runtime::policy::Retry;
 
     let b = backoff::ExponentialBackoffBuilder::new()
         .with_initial_interval(ms(100))

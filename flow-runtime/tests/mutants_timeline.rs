@@ -10,11 +10,12 @@ mod common;
 use core::time::Duration;
 
 use common::{Act, E, Script, after, flow, graph, ms, steps, within};
+use flow_runtime::__private::StepPolicy;
 use flow_runtime::__private::{join, run_nested, try_join};
-use flow_runtime::{
-    Backoff, EventKind, NodeId, NodeKind, Retry, RunId, Runtime, Slice, SliceKind, SliceOutcome,
-    StepPolicy, Timeline,
-};
+use flow_runtime::graph::NodeKind;
+use flow_runtime::policy::{Backoff, Retry};
+use flow_runtime::timeline::{Slice, SliceKind, SliceOutcome};
+use flow_runtime::{EventKind, NodeId, RunId, Runtime, Timeline};
 
 /// Runs `a`, then `left` and `right` in parallel, both retrying at once, then `c` with
 /// `last`; `a` has a compensation taking 5 ms.

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Act, Collect, E, Log, Script, after, flow, graph, is_busy, ms, steps, within};
+use flow_runtime::__private::StepPolicy;
 use flow_runtime::__private::{join, try_join};
-use flow_runtime::{
-    Backoff, ErrorKind, EventKind, Failure, GaveUp, NodeId, NodeKind, Retry, Runtime, Status,
-    StepError, StepPolicy,
-};
+use flow_runtime::error::GaveUp;
+use flow_runtime::graph::NodeKind;
+use flow_runtime::policy::{Backoff, Retry};
+use flow_runtime::{ErrorKind, EventKind, Failure, NodeId, Runtime, Status, StepError};
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ use core::time::Duration;
 use std::collections::BTreeSet;
 
 use common::{Act, Collect, E, Script, after, flow, is_busy, ms, steps, within};
-use flow_runtime::{
-    Backoff, Error, ErrorKind, EventKind, Failure, GaveUp, Jitter, NodeId, On, Retry, Runtime,
-    StepError, StepPolicy, Workflow,
-};
+use flow_runtime::__private::StepPolicy;
+use flow_runtime::error::GaveUp;
+use flow_runtime::policy::{Backoff, Jitter, On, Retry};
+use flow_runtime::{Error, ErrorKind, EventKind, Failure, NodeId, Runtime, StepError, Workflow};
 use tokio::time::Instant;
 
 /// A flow of one step, `fetch` (node 2), run under `rules` and `timeout`.

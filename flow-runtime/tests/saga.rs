@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::{Act, Collect, E, Log, Script, after, flow, ms, steps, within};
+use flow_runtime::__private::{Ctx, StepPolicy};
 use flow_runtime::__private::{run_nested, try_join};
-use flow_runtime::{
-    Backoff, CompensationOutcome, CompensationPolicy, Ctx, Error, EventKind, Failure, Graph,
-    NodeId, Retry, Runtime, StepPolicy, Workflow,
-};
+use flow_runtime::error::CompensationOutcome;
+use flow_runtime::policy::{Backoff, CompensationPolicy, Retry};
+use flow_runtime::{Error, EventKind, Failure, Graph, NodeId, Runtime, Workflow};
 
 /// A workflow with its own compensation budget and drop behaviour.
 struct Tuned<W> {
@@ -540,7 +540,7 @@ async fn a_hanging_undo_is_bounded_by_the_compensation_budget() {
     assert_eq!(e.compensation_failures().len(), 1);
     assert!(e.compensation_failures()[0].failure.is_timeout());
     assert_eq!(
-        flow_runtime::DEFAULT_COMPENSATION_TIMEOUT,
+        flow_runtime::policy::DEFAULT_COMPENSATION_TIMEOUT,
         Duration::from_secs(300)
     );
 }

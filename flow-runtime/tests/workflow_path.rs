@@ -6,9 +6,10 @@ mod common;
 use core::time::Duration;
 
 use common::{Act, E, Log, Script, flow, ms, steps, within};
-use flow_runtime::{
-    Backoff, Error, ErrorKind, Failure, GaveUp, NodeId, Retry, Runtime, StepPolicy, Workflow,
-};
+use flow_runtime::__private::StepPolicy;
+use flow_runtime::error::GaveUp;
+use flow_runtime::policy::{Backoff, Retry};
+use flow_runtime::{Error, ErrorKind, Failure, NodeId, Runtime, Workflow};
 use tokio::time::Instant;
 
 /// What the body does with the first step's error.

@@ -61,166 +61,166 @@ fn __expansion() {
             &::flow::Graph {
                 name: "every_policy",
                 nodes: &[
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "start",
                         key: "start",
                         fingerprint: 2400376230776533317u64,
-                        kind: ::flow::NodeKind::Start,
+                        kind: ::flow::graph::NodeKind::Start,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "end",
                         key: "end",
                         fingerprint: 12074965269506322629u64,
-                        kind: ::flow::NodeKind::End,
+                        kind: ::flow::graph::NodeKind::End,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "reserve",
                         key: "reserve",
                         fingerprint: 3440331375117514854u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "compensate = release",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "notify",
                         key: "notify",
                         fingerprint: 6915829240077495274u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "retry(max_attempts = 5, backoff = exponential(100ms, 2), max_delay = 2s, jitter = full, max_elapsed = 30s, on = errors), retry(max_attempts = 2, backoff = constant(1s), when = AppError :: is_transient), timeout = 5s, catch(fallback)",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "fallback",
                         key: "fallback",
                         fingerprint: 8691691816671331696u64,
-                        kind: ::flow::NodeKind::Recovery,
+                        kind: ::flow::graph::NodeKind::Recovery,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "parallel",
                         key: "parallel",
                         fingerprint: 13017830868142991192u64,
-                        kind: ::flow::NodeKind::Parallel,
+                        kind: ::flow::graph::NodeKind::Parallel,
                         policy: "settle",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "audit",
                         key: "audit",
                         fingerprint: 2406289115216848874u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "",
                         parent: ::core::option::Option::Some(5u32),
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "bill",
                         key: "bill",
                         fingerprint: 16684145481729099344u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "",
                         parent: ::core::option::Option::Some(5u32),
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "batch",
                         key: "batch",
                         fingerprint: 9615109165112422577u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "map",
                         key: "map",
                         fingerprint: 17225502543026733542u64,
-                        kind: ::flow::NodeKind::Map,
+                        kind: ::flow::graph::NodeKind::Map,
                         policy: "concurrency = 8, tolerate = 2",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "deliver",
                         key: "deliver",
                         fingerprint: 11076513188134198497u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "timeout = 1s",
                         parent: ::core::option::Option::Some(9u32),
                     },
                 ],
                 edges: &[
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 0u32,
                         to: 2u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 2u32,
                         to: 3u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 3u32,
                         to: 4u32,
-                        kind: ::flow::EdgeKind::Catch,
+                        kind: ::flow::graph::EdgeKind::Catch,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 3u32,
                         to: 5u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 4u32,
                         to: 5u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 5u32,
                         to: 6u32,
-                        kind: ::flow::EdgeKind::Parallel,
+                        kind: ::flow::graph::EdgeKind::Parallel,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 5u32,
                         to: 7u32,
-                        kind: ::flow::EdgeKind::Parallel,
+                        kind: ::flow::graph::EdgeKind::Parallel,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 6u32,
                         to: 8u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 7u32,
                         to: 8u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 8u32,
                         to: 9u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 9u32,
                         to: 10u32,
-                        kind: ::flow::EdgeKind::Map,
+                        kind: ::flow::graph::EdgeKind::Map,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 10u32,
                         to: 1u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
                 ],
@@ -228,7 +228,7 @@ fn __expansion() {
             },
             __FlowState::Start,
             ::core::option::Option::Some(::core::time::Duration::new(5400u64, 0u32)),
-            move |__flow_ctx: ::flow::Ctx<AppError>, __flow_s| {
+            move |__flow_ctx: ::flow::__private::Ctx<AppError>, __flow_s| {
                 async move {
                     let mut __flow_s = __flow_s;
                     #[allow(unreachable_code, clippy::never_loop)]
@@ -323,26 +323,26 @@ fn __expansion() {
                                         let __flow_r = __flow_ctx
                                             .step_with(
                                                 ::flow::NodeId(3u32),
-                                                ::flow::StepPolicy {
+                                                ::flow::__private::StepPolicy {
                                                     retry: &[
-                                                        ::flow::Retry::new(5u32)
+                                                        ::flow::policy::Retry::new(5u32)
                                                             .with_backoff(
-                                                                ::flow::Backoff::exponential(
+                                                                ::flow::policy::Backoff::exponential(
                                                                         ::core::time::Duration::new(0u64, 100000000u32),
                                                                         2f64,
                                                                     )
                                                                     .with_max_delay(::core::time::Duration::new(2u64, 0u32)),
                                                             )
-                                                            .with_jitter(::flow::Jitter::Full)
+                                                            .with_jitter(::flow::policy::Jitter::Full)
                                                             .with_max_elapsed(::core::time::Duration::new(30u64, 0u32))
-                                                            .on(::flow::On::Errors),
-                                                        ::flow::Retry::new(2u32)
+                                                            .on(::flow::policy::On::Errors),
+                                                        ::flow::policy::Retry::new(2u32)
                                                             .with_backoff(
-                                                                ::flow::Backoff::constant(
+                                                                ::flow::policy::Backoff::constant(
                                                                     ::core::time::Duration::new(1u64, 0u32),
                                                                 ),
                                                             )
-                                                            .with_jitter(::flow::Jitter::None)
+                                                            .with_jitter(::flow::policy::Jitter::None)
                                                             .when(AppError::is_transient),
                                                     ],
                                                     timeout: ::core::option::Option::Some(

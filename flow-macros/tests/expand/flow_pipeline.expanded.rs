@@ -65,180 +65,180 @@ fn __expansion() {
             &::flow::Graph {
                 name: "flow",
                 nodes: &[
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "start",
                         key: "start",
                         fingerprint: 2400376230776533317u64,
-                        kind: ::flow::NodeKind::Start,
+                        kind: ::flow::graph::NodeKind::Start,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "end",
                         key: "end",
                         fingerprint: 12074965269506322629u64,
-                        kind: ::flow::NodeKind::End,
+                        kind: ::flow::graph::NodeKind::End,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "parse",
                         key: "parse",
                         fingerprint: 1287700359457895439u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "parallel",
                         key: "parallel",
                         fingerprint: 7593743966065626361u64,
-                        kind: ::flow::NodeKind::Parallel,
+                        kind: ::flow::graph::NodeKind::Parallel,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "enrich",
                         key: "enrich",
                         fingerprint: 8836175832060194076u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "",
                         parent: ::core::option::Option::Some(3u32),
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "score",
                         key: "score",
                         fingerprint: 7029977613624812464u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "",
                         parent: ::core::option::Option::Some(3u32),
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "map",
                         key: "map",
                         fingerprint: 6261243619790675821u64,
-                        kind: ::flow::NodeKind::Map,
+                        kind: ::flow::graph::NodeKind::Map,
                         policy: "concurrency = 4",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "charge",
                         key: "charge",
                         fingerprint: 6753001187531737931u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "",
                         parent: ::core::option::Option::Some(6u32),
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "branch",
                         key: "branch",
                         fingerprint: 16598211628602727519u64,
-                        kind: ::flow::NodeKind::Branch,
+                        kind: ::flow::graph::NodeKind::Branch,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "archive",
                         key: "archive",
                         fingerprint: 14097409791840085277u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "review",
                         key: "review",
                         fingerprint: 14622480574185791821u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
-                    ::flow::Node {
+                    ::flow::graph::Node {
                         name: "archive",
                         key: "archive#2",
                         fingerprint: 2560525097781902578u64,
-                        kind: ::flow::NodeKind::Step,
+                        kind: ::flow::graph::NodeKind::Step,
                         policy: "",
                         parent: ::core::option::Option::None,
                     },
                 ],
                 edges: &[
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 0u32,
                         to: 2u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 2u32,
                         to: 3u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 3u32,
                         to: 4u32,
-                        kind: ::flow::EdgeKind::Parallel,
+                        kind: ::flow::graph::EdgeKind::Parallel,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 3u32,
                         to: 5u32,
-                        kind: ::flow::EdgeKind::Parallel,
+                        kind: ::flow::graph::EdgeKind::Parallel,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 4u32,
                         to: 6u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 5u32,
                         to: 6u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 6u32,
                         to: 7u32,
-                        kind: ::flow::EdgeKind::Map,
+                        kind: ::flow::graph::EdgeKind::Map,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 7u32,
                         to: 8u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 8u32,
                         to: 9u32,
-                        kind: ::flow::EdgeKind::Branch,
+                        kind: ::flow::graph::EdgeKind::Branch,
                         label: "Kind::Small",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 8u32,
                         to: 10u32,
-                        kind: ::flow::EdgeKind::Branch,
+                        kind: ::flow::graph::EdgeKind::Branch,
                         label: "Kind::Large",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 10u32,
                         to: 11u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 9u32,
                         to: 1u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
-                    ::flow::Edge {
+                    ::flow::graph::Edge {
                         from: 11u32,
                         to: 1u32,
-                        kind: ::flow::EdgeKind::Sequence,
+                        kind: ::flow::graph::EdgeKind::Sequence,
                         label: "",
                     },
                 ],
@@ -246,7 +246,7 @@ fn __expansion() {
             },
             __FlowState::Start,
             ::core::option::Option::None,
-            move |__flow_ctx: ::flow::Ctx<_>, __flow_s| {
+            move |__flow_ctx: ::flow::__private::Ctx<_>, __flow_s| {
                 async move {
                     let mut __flow_s = __flow_s;
                     #[allow(unreachable_code, clippy::never_loop)]
@@ -257,7 +257,25 @@ fn __expansion() {
                                 __FlowState::Parallel({
                                     let __flow_step_fn = parse;
                                     {
-                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{
+                                                SameErrorNo as _, SameErrorYes as _,
+                                            };
+                                            let __flow_e = __flow_ctx.error_type();
+                                            let __flow_check = (&::flow::__private::error_probe(
+                                                &::flow::__private::future_type(&__flow_f),
+                                                __flow_e,
+                                            ))
+                                                .flow_same_error();
+                                            ::flow::__private::same_error::<
+                                                _,
+                                                __flow_steps::parse,
+                                                _,
+                                                _,
+                                            >(__flow_e, __flow_f, __flow_check)
+                                        };
                                         let __flow_m = ::flow::__private::output_of(&__flow_f);
                                         let __flow_r = __flow_ctx
                                             .step(::flow::NodeId(2u32), __flow_f)
@@ -307,7 +325,25 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{
+                                                                    SameErrorNo as _, SameErrorYes as _,
+                                                                };
+                                                                let __flow_e = __flow_ctx.error_type();
+                                                                let __flow_check = (&::flow::__private::error_probe(
+                                                                    &::flow::__private::future_type(&__flow_f),
+                                                                    __flow_e,
+                                                                ))
+                                                                    .flow_same_error();
+                                                                ::flow::__private::same_error::<
+                                                                    _,
+                                                                    __flow_steps::enrich,
+                                                                    _,
+                                                                    _,
+                                                                >(__flow_e, __flow_f, __flow_check)
+                                                            };
                                                             let __flow_m = ::flow::__private::output_of(&__flow_f);
                                                             let __flow_r = __flow_ctx
                                                                 .step(::flow::NodeId(4u32), __flow_f)
@@ -343,7 +379,25 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{
+                                                                    SameErrorNo as _, SameErrorYes as _,
+                                                                };
+                                                                let __flow_e = __flow_ctx.error_type();
+                                                                let __flow_check = (&::flow::__private::error_probe(
+                                                                    &::flow::__private::future_type(&__flow_f),
+                                                                    __flow_e,
+                                                                ))
+                                                                    .flow_same_error();
+                                                                ::flow::__private::same_error::<
+                                                                    _,
+                                                                    __flow_steps::score,
+                                                                    _,
+                                                                    _,
+                                                                >(__flow_e, __flow_f, __flow_check)
+                                                            };
                                                             let __flow_m = ::flow::__private::output_of(&__flow_f);
                                                             let __flow_r = __flow_ctx
                                                                 .step(::flow::NodeId(5u32), __flow_f)
@@ -404,7 +458,25 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{
+                                                                    SameErrorNo as _, SameErrorYes as _,
+                                                                };
+                                                                let __flow_e = __flow_ctx.error_type();
+                                                                let __flow_check = (&::flow::__private::error_probe(
+                                                                    &::flow::__private::future_type(&__flow_f),
+                                                                    __flow_e,
+                                                                ))
+                                                                    .flow_same_error();
+                                                                ::flow::__private::same_error::<
+                                                                    _,
+                                                                    __flow_steps::charge,
+                                                                    _,
+                                                                    _,
+                                                                >(__flow_e, __flow_f, __flow_check)
+                                                            };
                                                             let __flow_m = ::flow::__private::output_of(&__flow_f);
                                                             let __flow_r = __flow_ctx
                                                                 .step(::flow::NodeId(7u32), __flow_f)
@@ -452,7 +524,25 @@ fn __expansion() {
                                         );
                                     }
                                     {
-                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{
+                                                SameErrorNo as _, SameErrorYes as _,
+                                            };
+                                            let __flow_e = __flow_ctx.error_type();
+                                            let __flow_check = (&::flow::__private::error_probe(
+                                                &::flow::__private::future_type(&__flow_f),
+                                                __flow_e,
+                                            ))
+                                                .flow_same_error();
+                                            ::flow::__private::same_error::<
+                                                _,
+                                                __flow_steps::archive,
+                                                _,
+                                                _,
+                                            >(__flow_e, __flow_f, __flow_check)
+                                        };
                                         let __flow_m = ::flow::__private::output_of(&__flow_f);
                                         let __flow_r = __flow_ctx
                                             .step(::flow::NodeId(9u32), __flow_f)
@@ -480,7 +570,25 @@ fn __expansion() {
                                         );
                                     }
                                     {
-                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{
+                                                SameErrorNo as _, SameErrorYes as _,
+                                            };
+                                            let __flow_e = __flow_ctx.error_type();
+                                            let __flow_check = (&::flow::__private::error_probe(
+                                                &::flow::__private::future_type(&__flow_f),
+                                                __flow_e,
+                                            ))
+                                                .flow_same_error();
+                                            ::flow::__private::same_error::<
+                                                _,
+                                                __flow_steps::review,
+                                                _,
+                                                _,
+                                            >(__flow_e, __flow_f, __flow_check)
+                                        };
                                         let __flow_m = ::flow::__private::output_of(&__flow_f);
                                         let __flow_r = __flow_ctx
                                             .step(::flow::NodeId(10u32), __flow_f)
@@ -508,7 +616,25 @@ fn __expansion() {
                                         );
                                     }
                                     {
-                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{
+                                                SameErrorNo as _, SameErrorYes as _,
+                                            };
+                                            let __flow_e = __flow_ctx.error_type();
+                                            let __flow_check = (&::flow::__private::error_probe(
+                                                &::flow::__private::future_type(&__flow_f),
+                                                __flow_e,
+                                            ))
+                                                .flow_same_error();
+                                            ::flow::__private::same_error::<
+                                                _,
+                                                __flow_steps::archive,
+                                                _,
+                                                _,
+                                            >(__flow_e, __flow_f, __flow_check)
+                                        };
                                         let __flow_m = ::flow::__private::output_of(&__flow_f);
                                         let __flow_r = __flow_ctx
                                             .step(::flow::NodeId(11u32), __flow_f)

@@ -158,142 +158,142 @@ impl Provision {
     pub const GRAPH: &'static ::flow::Graph = &::flow::Graph {
         name: "Provision",
         nodes: &[
-            ::flow::Node {
+            ::flow::graph::Node {
                 name: "start",
                 key: "start",
                 fingerprint: 2400376230776533317u64,
-                kind: ::flow::NodeKind::Start,
+                kind: ::flow::graph::NodeKind::Start,
                 policy: "",
                 parent: ::core::option::Option::None,
             },
-            ::flow::Node {
+            ::flow::graph::Node {
                 name: "end",
                 key: "end",
                 fingerprint: 12074965269506322629u64,
-                kind: ::flow::NodeKind::End,
+                kind: ::flow::graph::NodeKind::End,
                 policy: "",
                 parent: ::core::option::Option::None,
             },
-            ::flow::Node {
+            ::flow::graph::Node {
                 name: "launch",
                 key: "launch",
                 fingerprint: 3941735228242053977u64,
-                kind: ::flow::NodeKind::Step,
+                kind: ::flow::graph::NodeKind::Step,
                 policy: "compensate = teardown",
                 parent: ::core::option::Option::None,
             },
-            ::flow::Node {
+            ::flow::graph::Node {
                 name: "wait_healthy",
                 key: "wait_healthy",
                 fingerprint: 430636183147879705u64,
-                kind: ::flow::NodeKind::Step,
+                kind: ::flow::graph::NodeKind::Step,
                 policy: "retry(max_attempts = 8, backoff = exponential(200ms, 2), max_delay = 5s), timeout = 2s",
                 parent: ::core::option::Option::None,
             },
-            ::flow::Node {
+            ::flow::graph::Node {
                 name: "join",
                 key: "join",
                 fingerprint: 15149979587689755010u64,
-                kind: ::flow::NodeKind::Parallel,
+                kind: ::flow::graph::NodeKind::Parallel,
                 policy: "",
                 parent: ::core::option::Option::None,
             },
-            ::flow::Node {
+            ::flow::graph::Node {
                 name: "seed",
                 key: "seed",
                 fingerprint: 1010007885967725197u64,
-                kind: ::flow::NodeKind::Step,
+                kind: ::flow::graph::NodeKind::Step,
                 policy: "",
                 parent: ::core::option::Option::Some(4u32),
             },
-            ::flow::Node {
+            ::flow::graph::Node {
                 name: "seed",
                 key: "seed#2",
                 fingerprint: 565480212441036760u64,
-                kind: ::flow::NodeKind::Step,
+                kind: ::flow::graph::NodeKind::Step,
                 policy: "",
                 parent: ::core::option::Option::Some(4u32),
             },
-            ::flow::Node {
+            ::flow::graph::Node {
                 name: "verify",
                 key: "verify",
                 fingerprint: 7152296334878794333u64,
-                kind: ::flow::NodeKind::Step,
+                kind: ::flow::graph::NodeKind::Step,
                 policy: "",
                 parent: ::core::option::Option::None,
             },
         ],
         edges: &[
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 0u32,
                 to: 2u32,
-                kind: ::flow::EdgeKind::Sequence,
+                kind: ::flow::graph::EdgeKind::Sequence,
                 label: "",
             },
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 2u32,
                 to: 1u32,
-                kind: ::flow::EdgeKind::Exit,
+                kind: ::flow::graph::EdgeKind::Exit,
                 label: "?",
             },
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 2u32,
                 to: 3u32,
-                kind: ::flow::EdgeKind::Sequence,
+                kind: ::flow::graph::EdgeKind::Sequence,
                 label: "",
             },
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 3u32,
                 to: 1u32,
-                kind: ::flow::EdgeKind::Exit,
+                kind: ::flow::graph::EdgeKind::Exit,
                 label: "?",
             },
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 3u32,
                 to: 4u32,
-                kind: ::flow::EdgeKind::Sequence,
+                kind: ::flow::graph::EdgeKind::Sequence,
                 label: "",
             },
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 4u32,
                 to: 5u32,
-                kind: ::flow::EdgeKind::Parallel,
+                kind: ::flow::graph::EdgeKind::Parallel,
                 label: "",
             },
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 4u32,
                 to: 6u32,
-                kind: ::flow::EdgeKind::Parallel,
+                kind: ::flow::graph::EdgeKind::Parallel,
                 label: "",
             },
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 5u32,
                 to: 1u32,
-                kind: ::flow::EdgeKind::Exit,
+                kind: ::flow::graph::EdgeKind::Exit,
                 label: "?",
             },
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 6u32,
                 to: 1u32,
-                kind: ::flow::EdgeKind::Exit,
+                kind: ::flow::graph::EdgeKind::Exit,
                 label: "?",
             },
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 5u32,
                 to: 7u32,
-                kind: ::flow::EdgeKind::Sequence,
+                kind: ::flow::graph::EdgeKind::Sequence,
                 label: "",
             },
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 6u32,
                 to: 7u32,
-                kind: ::flow::EdgeKind::Sequence,
+                kind: ::flow::graph::EdgeKind::Sequence,
                 label: "",
             },
-            ::flow::Edge {
+            ::flow::graph::Edge {
                 from: 7u32,
                 to: 1u32,
-                kind: ::flow::EdgeKind::Sequence,
+                kind: ::flow::graph::EdgeKind::Sequence,
                 label: "",
             },
         ],
@@ -316,14 +316,14 @@ impl ::flow::Workflow for Provision {
     }
     fn execute(
         &self,
-        __flow_ctx: ::flow::Ctx<ProvisionError>,
+        __flow_ctx: ::flow::__private::Ctx<ProvisionError>,
         __flow_input: Self::Input,
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<Cluster, ::flow::Error<ProvisionError>>,
     > + ::core::marker::Send {
         #[allow(clippy::needless_question_mark, clippy::unused_async)]
         async fn __flow_body(
-            __flow_ctx: ::flow::Ctx<ProvisionError>,
+            __flow_ctx: ::flow::__private::Ctx<ProvisionError>,
             spec: Spec,
         ) -> Result<Cluster, ProvisionError> {
             let nodes = {
@@ -402,17 +402,17 @@ impl ::flow::Workflow for Provision {
                     let __flow_r = __flow_ctx
                         .step_with(
                             ::flow::NodeId(3u32),
-                            ::flow::StepPolicy {
+                            ::flow::__private::StepPolicy {
                                 retry: &[
-                                    ::flow::Retry::new(8u32)
+                                    ::flow::policy::Retry::new(8u32)
                                         .with_backoff(
-                                            ::flow::Backoff::exponential(
+                                            ::flow::policy::Backoff::exponential(
                                                     ::core::time::Duration::new(0u64, 200000000u32),
                                                     2f64,
                                                 )
                                                 .with_max_delay(::core::time::Duration::new(5u64, 0u32)),
                                         )
-                                        .with_jitter(::flow::Jitter::None),
+                                        .with_jitter(::flow::policy::Jitter::None),
                                 ],
                                 timeout: ::core::option::Option::Some(
                                     ::core::time::Duration::new(2u64, 0u32),

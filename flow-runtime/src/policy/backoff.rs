@@ -10,7 +10,7 @@ use core::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use flow_runtime::Backoff;
+/// use flow_runtime::policy::Backoff;
 ///
 /// let b = Backoff::exponential(Duration::from_millis(200), 2.0)
 ///     .with_max_delay(Duration::from_millis(500));

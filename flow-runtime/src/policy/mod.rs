@@ -10,10 +10,12 @@ mod retry;
 pub use self::backoff::{Backoff, Delays};
 pub use self::jitter::{Jitter, SplitMix64};
 pub use self::retry::{On, Retry};
+pub use crate::saga::{CompensationPolicy, DEFAULT_COMPENSATION_TIMEOUT};
 
 use core::time::Duration;
 
 /// The policies of one step: its retry rules (in order) and its per-attempt timeout.
+#[doc(hidden)]
 pub struct StepPolicy<'a, E> {
     /// Retry rules, tried in order against each failure. Empty: no retries.
     pub retry: &'a [Retry<E>],

@@ -10,9 +10,9 @@ use core::time::Duration;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use flow_runtime::{
-    Ctx, Edge, EdgeKind, Error, Event, Flow, Graph, Node, NodeId, NodeKind, Workflow, WorkflowState,
-};
+use flow_runtime::__private::Ctx;
+use flow_runtime::graph::{Edge, EdgeKind, Node, NodeKind};
+use flow_runtime::{Error, Event, Flow, Graph, NodeId, Workflow, WorkflowState};
 use tokio::time::Instant;
 
 /// The tests' workflow error type.
