@@ -636,3 +636,66 @@ async fn a_label_names_a_step_and_fixes_its_identity() {
         .collect();
     assert_eq!(entered, ["before", "rebalance", "after"]);
 }
+
+// ---------------------------------------------------------------- events in loops
+
+async fn flaky_once(seen: Arc<Mutex<Vec<u32>>>, round: u32) -> Result<u32, String> {
+    let mut s = seen.lock().unwrap();
+    if s.contains(&round) {
+        return Ok(round);
+    }
+    s.push(round);
+    Err(format!("round {round}: busy"))
+}
+
+#[workflow]
+async fn rounds(seen: Arc<Mutex<Vec<u32>>>) -> Result<u32, String> {
+    let mut total = 0;
+    for round in 0..2 {
+        #[retry(max_attempts = 2)]
+        let n = flaky_once(seen.clone(), round).await?;
+        total += n;
+    }
+    Ok(total)
+}
+
+#[tokio::test]
+async fn every_event_of_a_step_in_a_loop_says_which_iteration() {
+    let rec = Recorder::default();
+    Runtime::new()
+        .with_observer(rec.observer())
+        .run(&Rounds, (Arc::default(),))
+        .await
+        .unwrap();
+    let failed: Vec<(u32, u32)> = rec
+        .events()
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::AttemptFailed { attempt, .. } => Some((e.iteration, attempt)),
+            _ => None,
+        })
+        .collect();
+    // Iteration 1's first attempt failed, then iteration 2's.
+    assert_eq!(failed, [(1, 1), (2, 1)]);
+    let ok: Vec<u32> = rec
+        .events()
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::StepSucceeded { .. }))
+        .map(|e| e.iteration)
+        .collect();
+    assert_eq!(ok, [1, 2]);
+}
+
+#[tokio::test]
+async fn a_state_reads_as_its_node_and_status() {
+    let rx = Arc::new(tokio::sync::Notify::new());
+    let handle = Runtime::new().spawn(Fan, (rx.clone(),));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(handle.state().to_string(), "gate (running)");
+    rx.notify_one();
+    let mut handle = handle;
+    (&mut handle).await.unwrap();
+    assert_eq!(handle.state().to_string(), "end (completed)");
+}
