@@ -15,6 +15,7 @@
 //!   [`Timeline`] (Chrome trace JSON and Mermaid `gantt` of recorded runs) and
 //!   `ProgressObserver` (feature `progress`: live progress in the terminal).
 
+mod context;
 mod ctx;
 mod error;
 mod event;
@@ -33,6 +34,7 @@ mod workflow;
 pub mod __private;
 mod checks;
 
+pub use crate::context::{Progress, StepContext, step_context};
 pub use crate::ctx::{Ctx, StateView, Status, StepOutput};
 pub use crate::error::{
     Attempt, CompensationFailure, CompensationOutcome, CompensationRecord, Error, ErrorKind,

@@ -261,6 +261,8 @@ impl ProgressObserver {
             (EventKind::StepSucceeded { .. }, Some(i)) => {
                 let l = &mut run.lines[i];
                 l.end_execution(e);
+                // A progress note ends with the step.
+                l.note.clear();
                 l.done += 1;
                 l.elapsed = l.started.map_or(Duration::ZERO, |s| now - s);
                 if l.running == 0 {
@@ -301,6 +303,25 @@ impl ProgressObserver {
                 l.state = State::CompensationFailed;
                 l.note = format!("compensation failed: {error}");
                 l.redraw();
+            }
+            (
+                EventKind::Progress {
+                    fraction, message, ..
+                },
+                _,
+            ) => {
+                if let Some(l) = run.lines.iter_mut().find(|l| l.node == node) {
+                    let mut note =
+                        fraction.map_or_else(String::new, |f| format!("{:.0}%", f * 100.0));
+                    if let Some(m) = message {
+                        if !note.is_empty() {
+                            note.push(' ');
+                        }
+                        note.push_str(m);
+                    }
+                    l.note = note;
+                    l.redraw();
+                }
             }
             (EventKind::Caught { error }, _) => {
                 if let Some(l) = run.lines.iter_mut().find(|l| l.node == node) {

@@ -216,7 +216,9 @@ fn build_slices(events: &[(Duration, Event)]) -> Vec<Slice> {
                 runs.insert(e.run, out.len());
                 out.push(Slice::new(SliceKind::Run, e, e.workflow, 0, t));
             }
-            EventKind::Entered | EventKind::ObserverPanicked { .. } => {}
+            EventKind::Entered
+            | EventKind::ObserverPanicked { .. }
+            | EventKind::Progress { .. } => {}
             EventKind::AttemptStarted { attempt: 1 } => {
                 let step = out.len();
                 out.push(Slice::new(SliceKind::Step, e, e.step, 1, t));
