@@ -322,7 +322,7 @@ async fn step_policies_retry_timeout_compensate_and_catch() {
 
     ATTEMPTS.lock().unwrap().clear();
     let caught = flow! {
-        reserve -> notify [retry(max_attempts = 3), timeout = "1s", catch(recover, when = |e| e.error().is_some())]
+        reserve -> notify [retry(max_attempts = 3), timeout = "1s", catch(recover, on = errors)]
     };
     assert_eq!(
         caught.run(999).await.unwrap(),
@@ -336,6 +336,27 @@ async fn step_policies_retry_timeout_compensate_and_catch() {
             .iter()
             .any(|e| e.kind == EdgeKind::Catch)
     );
+
+    // `when` sees the step's own error `&E`, as retry's `when` does: a rejected notification
+    // (`Broken`) is caught, the timeout of the first attempt is not (it fails the flow).
+    ATTEMPTS.lock().unwrap().clear();
+    let only_rejections = flow! {
+        reserve -> notify [timeout = "1s", catch(recover, when = |e| matches!(e, TestError::Broken(_)))]
+    };
+    assert!(
+        only_rejections
+            .run(999)
+            .await
+            .unwrap_err()
+            .step_error()
+            .unwrap()
+            .is_timeout()
+    );
+    ATTEMPTS.lock().unwrap().clear();
+    let timeouts = flow! {
+        reserve -> notify [timeout = "1s", catch(recover, on = timeouts)]
+    };
+    assert_eq!(timeouts.run(999).await.unwrap(), 1);
 }
 
 #[derive(Debug, PartialEq)]

@@ -16,7 +16,8 @@
 //!
 //! #[timeout("2s")] fetch(url).await   { .. let __r = __ctx.step_timeout(NodeId(k), 2s, __f).await; .. }
 //!
-//! + catch(recover, when = p)          let __r = __ctx.catch(__r, p, NodeId(r), recover).await;
+//! + catch(recover, when = p)          let __r = __ctx.catch(__r, __ctx.catch_when(p), NodeId(r), recover).await;
+//! + catch(recover, on = timeouts)     let __r = __ctx.catch(__r, __ctx.catch_on(CatchOn::Timeouts), ..).await;
 //! + compensate(undo)                  let __r = __ctx.compensate(NodeId(k), __r, undo);
 //! ```
 //!
@@ -279,9 +280,20 @@ impl Gen<'_> {
             let rec_id = self.node(rec);
             let recover = &c.recover;
             let e = Ident::new("__flow_e", Span::mixed_site());
-            let when = match &c.when {
-                Some(w) => quote!(#w),
-                None => quote!(|_| true),
+            // One predicate shape with retry: `when` sees the step's own error `&E` (and
+            // catches only errors it accepts); `on` picks failures by kind.
+            let when = match (&c.when, c.on) {
+                (Some(w), _) => quote!(#ctx.catch_when(#w)),
+                (None, Some(on)) => {
+                    let kind = match on {
+                        "errors" => quote!(Errors),
+                        "timeouts" => quote!(Timeouts),
+                        "panics" => quote!(Panics),
+                        _ => quote!(Any),
+                    };
+                    quote!(#ctx.catch_on(#krate::CatchOn::#kind))
+                }
+                (None, None) => quote!(|_| true),
             };
             let recover_call = self.exact(quote!((#recover)(#e)));
             out.extend(quote! {

@@ -68,3 +68,49 @@ impl<E> Ctx<E> {
         PhantomData
     }
 }
+
+/// Which failures a `catch` routes to its recovery step (`catch(recover, on = timeouts)`).
+///
+/// `catch(recover, when = pred)` is the other form: `pred(&E)` sees the step's own error, as a
+/// retry rule's `when` does, and only errors it accepts are caught.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchOn {
+    /// Every failure: the step's errors, timeouts and panics (the default).
+    Any,
+    /// The step's own errors.
+    Errors,
+    /// Timed-out attempts.
+    Timeouts,
+    /// Panics.
+    Panics,
+}
+
+impl CatchOn {
+    /// Whether a step that failed with `error` (its final attempt) is caught.
+    pub fn matches<E>(self, error: &StepError<E>) -> bool {
+        match self {
+            CatchOn::Any => true,
+            CatchOn::Errors => error.error().is_some(),
+            CatchOn::Timeouts => error.is_timeout(),
+            CatchOn::Panics => error.is_panic(),
+        }
+    }
+}
+
+impl<E> Ctx<E> {
+    /// `catch(recover, when = pred)`: catches the step's own errors that `pred` accepts (a
+    /// timeout or a panic is not caught), the predicate having retry's `when` shape, `&E`.
+    #[inline]
+    pub fn catch_when<P>(&self, pred: P) -> impl FnOnce(&StepError<E>) -> bool + use<P, E>
+    where
+        P: FnOnce(&E) -> bool,
+    {
+        move |e| e.error().is_some_and(pred)
+    }
+
+    /// `catch(recover, on = kind)`.
+    #[inline]
+    pub fn catch_on(&self, on: CatchOn) -> impl FnOnce(&StepError<E>) -> bool + use<E> {
+        move |e| on.matches(e)
+    }
+}

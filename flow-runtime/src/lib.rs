@@ -41,6 +41,7 @@ pub use crate::error::{
     Failure, GaveUp, KEPT_LAST_ATTEMPTS, NestedCompensationFailure, RunReport, StepError,
 };
 pub use crate::event::{Event, EventKind, Observer, RunId};
+pub use crate::glue::CatchOn;
 pub use crate::graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};
 pub use crate::policy::{Backoff, Delays, Jitter, On, Retry, SplitMix64, StepPolicy};
 #[cfg(feature = "progress")]

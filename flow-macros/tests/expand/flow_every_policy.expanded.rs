@@ -355,7 +355,7 @@ fn __expansion() {
                                         let __flow_r = __flow_ctx
                                             .catch(
                                                 __flow_r,
-                                                |e| e.is_timeout(),
+                                                __flow_ctx.catch_on(::flow::CatchOn::Timeouts),
                                                 ::flow::NodeId(4u32),
                                                 |__flow_e| (fallback)(__flow_e),
                                             )
