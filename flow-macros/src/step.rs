@@ -124,11 +124,33 @@ impl Gen<'_> {
 
     fn exact(&self, fut: TokenStream) -> TokenStream {
         let ctx = self.ctx;
+        let fut = self.child(fut);
         if self.exact {
             quote!(#ctx.exact(#fut))
         } else {
             fut
         }
+    }
+
+    /// `flow!`: a step that is a `#[workflow]` function (its future gives
+    /// `Result<T, flow::Error<X>>`) hands the child run's failure to the step engine as the
+    /// step's own (`X` as the step's error, a timeout as a timeout, a panic as a panic), so no
+    /// `From<flow::Error<X>>` impl is needed. Other steps pass through. (`#[workflow]` bodies
+    /// keep seeing the child's `Result<T, flow::Error<X>>`.)
+    fn child(&self, fut: TokenStream) -> TokenStream {
+        if self.marker {
+            return fut;
+        }
+        let krate = self.krate;
+        let c = Ident::new("__flow_c", Span::mixed_site());
+        let k = Ident::new("__flow_k", Span::mixed_site());
+        quote!({
+            #[allow(unused_imports)]
+            use #krate::__private::{ChildNo as _, ChildYes as _};
+            let #c = #fut;
+            let #k = (&#krate::__private::Probe(&#c, ::core::marker::PhantomData::<()>)).flow_child();
+            #krate::__private::child_step(#c, #k)
+        })
     }
 
     /// The step's call, with each argument replaced by `arg(i, expr)`.

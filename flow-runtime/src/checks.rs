@@ -288,3 +288,72 @@ impl<S> Awaited<S> for Pass<()> {}
 pub fn unawaited<S, T, A: Awaited<S>>(value: T, _: A) -> T {
     value
 }
+
+// ---------------------------------------------------------------- a workflow as a `flow!` step
+
+/// The step's future gives a child run's result (`Result<T, flow::Error<X>>`).
+pub struct IsChild;
+/// Any other step.
+pub struct NotChild;
+
+/// Dispatch: the step is a `#[workflow]` function (its output is a run's result).
+pub trait ChildYes {
+    /// It is.
+    fn flow_child(&self) -> IsChild;
+}
+impl<F, T, X> ChildYes for Probe<'_, F, ()>
+where
+    F: core::future::Future<Output = Result<T, crate::error::Error<X>>>,
+{
+    fn flow_child(&self) -> IsChild {
+        IsChild
+    }
+}
+/// Dispatch fallback: another step.
+pub trait ChildNo {
+    /// It is not.
+    fn flow_child(&self) -> NotChild;
+}
+impl<F, X> ChildNo for &Probe<'_, F, X> {
+    fn flow_child(&self) -> NotChild {
+        NotChild
+    }
+}
+
+/// A child run's result, as its step's output.
+pub type ChildMap<F, T, X> = futures_util::future::Map<
+    F,
+    fn(Result<T, crate::error::Error<X>>) -> crate::glue::ChildOutcome<T, X>,
+>;
+
+/// Makes a step's future give a [`ChildOutcome`](crate::glue::ChildOutcome) when it is a
+/// child run, and passes any other future through.
+pub trait ChildStep<F> {
+    /// The step's future.
+    type Out;
+    /// Wraps (or passes) it.
+    fn wrap(f: F) -> Self::Out;
+}
+impl<F> ChildStep<F> for NotChild {
+    type Out = F;
+    #[inline]
+    fn wrap(f: F) -> F {
+        f
+    }
+}
+impl<F, T, X> ChildStep<F> for IsChild
+where
+    F: core::future::Future<Output = Result<T, crate::error::Error<X>>>,
+{
+    type Out = ChildMap<F, T, X>;
+    #[inline]
+    fn wrap(f: F) -> Self::Out {
+        futures_util::FutureExt::map(f, crate::glue::ChildOutcome::new as fn(_) -> _)
+    }
+}
+
+/// See [`ChildStep`].
+#[inline]
+pub fn child_step<F, K: ChildStep<F>>(f: F, _: K) -> K::Out {
+    K::wrap(f)
+}

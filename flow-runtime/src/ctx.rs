@@ -525,7 +525,7 @@ where
         }
     };
     match outcome {
-        Ok(out) => out.into_result().map_err(Failure::Error),
+        Ok(out) => out.into_result(),
         Err(payload) => Err(Failure::Panicked(panic_message(&*payload))),
     }
 }
@@ -542,8 +542,9 @@ pub trait StepOutput<E> {
     type Ok;
     /// What a `#[workflow]` body sees: `Result<Ok, E>` for a fallible step, `()` for `()`.
     type Surfaced;
-    /// The output as a result in the workflow's error type.
-    fn into_result(self) -> Result<Self::Ok, E>;
+    /// The output as a result whose failure is the step's, in the workflow's error type
+    /// (usually [`Failure::Error`]; a child workflow's timeout or panic keeps its kind).
+    fn into_result(self) -> Result<Self::Ok, Failure<E>>;
     /// The result as the body sees it.
     fn surfaced(result: Result<Self::Ok, E>) -> Self::Surfaced;
 }
@@ -556,8 +557,8 @@ where
     type Surfaced = Result<T, E>;
 
     #[inline]
-    fn into_result(self) -> Result<T, E> {
-        self.map_err(E::from)
+    fn into_result(self) -> Result<T, Failure<E>> {
+        self.map_err(|e| Failure::Error(E::from(e)))
     }
 
     #[inline]
@@ -571,7 +572,7 @@ impl<E> StepOutput<E> for () {
     type Surfaced = ();
 
     #[inline]
-    fn into_result(self) -> Result<(), E> {
+    fn into_result(self) -> Result<(), Failure<E>> {
         Ok(())
     }
 
@@ -610,7 +611,7 @@ impl<E> Ctx<E> {
                     }
                     return Ok(v);
                 }
-                Err(e) => Failure::Error(e),
+                Err(failure) => failure,
             },
             Err(payload) => Failure::Panicked(panic_message(&*payload)),
         };

@@ -257,7 +257,18 @@ fn __expansion() {
                                 __FlowState::Parallel({
                                     let __flow_step_fn = parse;
                                     {
-                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_f = __flow_ctx
+                                            .exact({
+                                                #[allow(unused_imports)]
+                                                use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                let __flow_c = __flow_step_fn(__flow_v);
+                                                let __flow_k = (&::flow::__private::Probe(
+                                                    &__flow_c,
+                                                    ::core::marker::PhantomData::<()>,
+                                                ))
+                                                    .flow_child();
+                                                ::flow::__private::child_step(__flow_c, __flow_k)
+                                            });
                                         let __flow_m = ::flow::__private::output_of(&__flow_f);
                                         let __flow_r = __flow_ctx
                                             .step(::flow::NodeId(2u32), __flow_f)
@@ -307,7 +318,18 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                                            let __flow_f = __flow_ctx
+                                                                .exact({
+                                                                    #[allow(unused_imports)]
+                                                                    use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                                    let __flow_c = __flow_step_fn(__flow_v);
+                                                                    let __flow_k = (&::flow::__private::Probe(
+                                                                        &__flow_c,
+                                                                        ::core::marker::PhantomData::<()>,
+                                                                    ))
+                                                                        .flow_child();
+                                                                    ::flow::__private::child_step(__flow_c, __flow_k)
+                                                                });
                                                             let __flow_m = ::flow::__private::output_of(&__flow_f);
                                                             let __flow_r = __flow_ctx
                                                                 .step(::flow::NodeId(4u32), __flow_f)
@@ -343,7 +365,18 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                                            let __flow_f = __flow_ctx
+                                                                .exact({
+                                                                    #[allow(unused_imports)]
+                                                                    use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                                    let __flow_c = __flow_step_fn(__flow_v);
+                                                                    let __flow_k = (&::flow::__private::Probe(
+                                                                        &__flow_c,
+                                                                        ::core::marker::PhantomData::<()>,
+                                                                    ))
+                                                                        .flow_child();
+                                                                    ::flow::__private::child_step(__flow_c, __flow_k)
+                                                                });
                                                             let __flow_m = ::flow::__private::output_of(&__flow_f);
                                                             let __flow_r = __flow_ctx
                                                                 .step(::flow::NodeId(5u32), __flow_f)
@@ -404,7 +437,18 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                                            let __flow_f = __flow_ctx
+                                                                .exact({
+                                                                    #[allow(unused_imports)]
+                                                                    use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                                    let __flow_c = __flow_step_fn(__flow_v);
+                                                                    let __flow_k = (&::flow::__private::Probe(
+                                                                        &__flow_c,
+                                                                        ::core::marker::PhantomData::<()>,
+                                                                    ))
+                                                                        .flow_child();
+                                                                    ::flow::__private::child_step(__flow_c, __flow_k)
+                                                                });
                                                             let __flow_m = ::flow::__private::output_of(&__flow_f);
                                                             let __flow_r = __flow_ctx
                                                                 .step(::flow::NodeId(7u32), __flow_f)
@@ -452,7 +496,18 @@ fn __expansion() {
                                         );
                                     }
                                     {
-                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_f = __flow_ctx
+                                            .exact({
+                                                #[allow(unused_imports)]
+                                                use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                let __flow_c = __flow_step_fn(__flow_v);
+                                                let __flow_k = (&::flow::__private::Probe(
+                                                    &__flow_c,
+                                                    ::core::marker::PhantomData::<()>,
+                                                ))
+                                                    .flow_child();
+                                                ::flow::__private::child_step(__flow_c, __flow_k)
+                                            });
                                         let __flow_m = ::flow::__private::output_of(&__flow_f);
                                         let __flow_r = __flow_ctx
                                             .step(::flow::NodeId(9u32), __flow_f)
@@ -480,7 +535,18 @@ fn __expansion() {
                                         );
                                     }
                                     {
-                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_f = __flow_ctx
+                                            .exact({
+                                                #[allow(unused_imports)]
+                                                use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                let __flow_c = __flow_step_fn(__flow_v);
+                                                let __flow_k = (&::flow::__private::Probe(
+                                                    &__flow_c,
+                                                    ::core::marker::PhantomData::<()>,
+                                                ))
+                                                    .flow_child();
+                                                ::flow::__private::child_step(__flow_c, __flow_k)
+                                            });
                                         let __flow_m = ::flow::__private::output_of(&__flow_f);
                                         let __flow_r = __flow_ctx
                                             .step(::flow::NodeId(10u32), __flow_f)
@@ -508,7 +574,18 @@ fn __expansion() {
                                         );
                                     }
                                     {
-                                        let __flow_f = __flow_ctx.exact(__flow_step_fn(__flow_v));
+                                        let __flow_f = __flow_ctx
+                                            .exact({
+                                                #[allow(unused_imports)]
+                                                use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                let __flow_c = __flow_step_fn(__flow_v);
+                                                let __flow_k = (&::flow::__private::Probe(
+                                                    &__flow_c,
+                                                    ::core::marker::PhantomData::<()>,
+                                                ))
+                                                    .flow_child();
+                                                ::flow::__private::child_step(__flow_c, __flow_k)
+                                            });
                                         let __flow_m = ::flow::__private::output_of(&__flow_f);
                                         let __flow_r = __flow_ctx
                                             .step(::flow::NodeId(11u32), __flow_f)
