@@ -156,6 +156,9 @@ pub(crate) struct Inner<E> {
     pub(crate) deadline: std::sync::OnceLock<Instant>,
     /// When a step of this run last reported progress ([`StepContext::report_progress`]).
     pub(crate) heartbeat: Mutex<Option<Instant>>,
+    /// Scripted step outcomes (`flow::testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) script: std::sync::OnceLock<Arc<crate::testing::Script<E>>>,
     pub(crate) cancel: Option<CancellationToken>,
     pub(crate) rng: SplitMix64,
     /// The root run's runtime had a fixed seed: every descendant's jitter is reproducible.
@@ -276,6 +279,8 @@ impl<E: core::fmt::Display> Ctx<E> {
                 iterations: std::sync::OnceLock::new(),
                 deadline: std::sync::OnceLock::new(),
                 heartbeat: Mutex::new(None),
+                #[cfg(feature = "testing")]
+                script: std::sync::OnceLock::new(),
                 cancel,
                 rng: SplitMix64::new(seed),
                 seeded,
@@ -599,6 +604,28 @@ impl<E> Ctx<E> {
         // The start time and the step's iteration, only in observed runs: one `None` to carry
         // across the await otherwise.
         let (start, iteration) = self.start_plain(node);
+        // Tests only. A scripted run is always observed (the harness records its events), so
+        // an unobserved run does not even look. A scripted attempt never polls the step; a
+        // scripted timeout of a step without one never ends.
+        #[cfg(feature = "testing")]
+        if start.is_some()
+            && let Some(scripted) = self.scripted_now(node)
+        {
+            drop(fut);
+            let failure = match scripted {
+                crate::testing::Scripted::Fail(failure) => failure,
+                crate::testing::Scripted::Hang => core::future::pending().await,
+            };
+            return Err(self.fail(
+                node,
+                GaveUp::NotRetried,
+                Vec::new(),
+                1,
+                start,
+                failure,
+                iteration,
+            ));
+        }
         // Polled with the step's context at hand (`StepContext::current`).
         let frame = Frame::plain(node, iteration);
         let fut = core::pin::pin!(crate::trace::traced(fut, self.observed()));
@@ -659,14 +686,27 @@ impl<E> Ctx<E> {
             let first_start = *first_start.get_or_insert(start);
             let deadline = policy.timeout.and_then(|t| start.checked_add(t));
             let frame = Frame::attempt(node, iteration, number, deadline.is_some());
-            let failure = match attempt(
-                crate::trace::traced(make(), self.observed()),
-                policy.timeout,
-                frame,
-                deadline,
-            )
-            .await
-            {
+            #[cfg(feature = "testing")]
+            let scripted = if self.observed() {
+                self.scripted(node, policy.timeout).await
+            } else {
+                None
+            };
+            #[cfg(not(feature = "testing"))]
+            let scripted: Option<Failure<E>> = None;
+            let outcome = match scripted {
+                Some(failure) => Err(failure),
+                None => {
+                    attempt(
+                        crate::trace::traced(make(), self.observed()),
+                        policy.timeout,
+                        frame,
+                        deadline,
+                    )
+                    .await
+                }
+            };
+            let failure = match outcome {
                 Ok(v) => {
                     self.emit_success(node, number, Some(start), iteration);
                     return Ok(v);
@@ -753,6 +793,32 @@ impl<E> Ctx<E> {
             } else {
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+
+    /// `flow::testing`: what is scripted for this attempt of `node`, if anything.
+    #[cfg(feature = "testing")]
+    #[cold]
+    #[inline(never)]
+    fn scripted_now(&self, node: NodeId) -> Option<crate::testing::Scripted<E>> {
+        let script = self.inner.script.get()?;
+        script.next(self.inner.graph.key_of(node))?.scripted()
+    }
+
+    /// `flow::testing`: the failure scripted for this attempt of `node`, if any (a scripted
+    /// timeout waits for the attempt's `timeout`, or forever).
+    #[cfg(feature = "testing")]
+    #[cold]
+    async fn scripted(&self, node: NodeId, timeout: Option<Duration>) -> Option<Failure<E>> {
+        match self.scripted_now(node)? {
+            crate::testing::Scripted::Fail(failure) => Some(failure),
+            crate::testing::Scripted::Hang => match timeout {
+                Some(limit) => {
+                    tokio::time::sleep(limit).await;
+                    Some(Failure::TimedOut(limit))
+                }
+                None => core::future::pending().await,
+            },
         }
     }
 

@@ -26,6 +26,8 @@ mod policy;
 mod progress;
 mod runtime;
 mod saga;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod timeline;
 mod trace;
 mod workflow;

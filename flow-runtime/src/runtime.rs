@@ -172,6 +172,20 @@ impl Runtime {
         report_of(&ctx, result)
     }
 
+    /// `flow::testing`: [`run`](Self::run) with scripted step outcomes.
+    #[cfg(feature = "testing")]
+    pub(crate) async fn run_scripted<W: Workflow>(
+        &self,
+        workflow: &W,
+        input: W::Input,
+        script: Arc<crate::testing::Script<W::Error>>,
+    ) -> Result<W::Output, Error<W::Error>> {
+        let ctx = self.ctx(workflow, None, None);
+        let _ = ctx.inner.script.set(script);
+        let on_drop = self.on_drop(workflow);
+        drive(workflow, ctx, input, None, on_drop).await
+    }
+
     /// Starts `workflow` on a new tokio task and returns its [`Handle`].
     ///
     /// No event is built for the handle until [`Handle::events`] is first called: the stream
