@@ -230,3 +230,48 @@ async fn outside_a_step_there_is_none_and_a_child_run_has_its_own() {
     assert_eq!(mine, after);
     assert!(step_context().is_none());
 }
+
+// ---------------------------------------------------------------- an undo is not a step
+
+static UNDO_SAW: Mutex<Vec<bool>> = Mutex::new(Vec::new());
+
+async fn acquire(n: u32) -> Result<u32, TestError> {
+    Ok(n)
+}
+async fn release(_: u32) -> Result<(), TestError> {
+    UNDO_SAW.lock().unwrap().push(step_context().is_some());
+    Ok(())
+}
+async fn refuse(_: u32) -> Result<u32, TestError> {
+    Err(TestError::Busy)
+}
+
+#[workflow]
+async fn undoing_child(n: u32) -> Result<u32, TestError> {
+    #[compensate(release)]
+    let n = acquire(n).await?;
+    refuse(n).await
+}
+
+async fn runs_child(n: u32) -> Result<u32, TestError> {
+    let r = undoing_child(n).await;
+    // The step's own context is back after the child undid itself.
+    assert!(step_context().is_some());
+    r.map_err(|_| TestError::Busy)
+}
+
+#[workflow]
+async fn parent_of_undoing(n: u32) -> Result<u32, TestError> {
+    runs_child(n).await
+}
+
+#[tokio::test]
+async fn a_compensation_has_no_step_context() {
+    assert!(
+        Runtime::default()
+            .run(&ParentOfUndoing, (1,))
+            .await
+            .is_err()
+    );
+    assert_eq!(*UNDO_SAW.lock().unwrap(), [false]);
+}

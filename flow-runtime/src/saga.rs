@@ -664,7 +664,14 @@ impl<E: Send + 'static> Ctx<E> {
             let failure = match std::panic::catch_unwind(AssertUnwindSafe(&mut *job)) {
                 Err(payload) => Failure::Panicked(panic_message(&*payload)),
                 Ok(attempt) => {
-                    let attempt = AssertUnwindSafe(attempt).catch_unwind();
+                    // An undo is not a step: no step context, even when a child run undoes
+                    // itself while its parent's step is polled.
+                    let fut = core::pin::pin!(attempt);
+                    let attempt = AssertUnwindSafe(crate::context::Framed {
+                        fut,
+                        frame: crate::context::Frame::NONE,
+                    })
+                    .catch_unwind();
                     match tokio::time::timeout_at(limit_at, attempt).await {
                         Ok(Ok(Ok(()))) => return (number, Ok(())),
                         Ok(Ok(Err(e))) => Failure::Error(e),
