@@ -252,8 +252,8 @@ async fn probe_batch(b: Batch) -> Result<BatchResult, RolloutError> {
 }
 
 /// Which failures of `probe_batch` are caught: SLO breaches only.
-fn is_slo_breach(e: &StepError<RolloutError>) -> bool {
-    matches!(e.error(), Some(RolloutError::SloBreached { .. }))
+fn is_slo_breach(e: &RolloutError) -> bool {
+    matches!(e, RolloutError::SloBreached { .. })
 }
 
 /// Recovery for a caught SLO breach: the batch counts against the canary instead of

@@ -323,7 +323,7 @@ async fn step_policies_retry_timeout_compensate_and_catch() {
 
     ATTEMPTS.lock().unwrap().clear();
     let caught = flow! {
-        reserve -> notify [retry(max_attempts = 3), timeout = "1s", catch(recover, when = |e| e.error().is_some())]
+        reserve -> notify [retry(max_attempts = 3), timeout = "1s", catch(recover, on = errors)]
     };
     assert_eq!(
         caught.run(999).await.unwrap(),
@@ -337,6 +337,27 @@ async fn step_policies_retry_timeout_compensate_and_catch() {
             .iter()
             .any(|e| e.kind == EdgeKind::Catch)
     );
+
+    // `when` sees the step's own error `&E`, as retry's `when` does: a rejected notification
+    // (`Broken`) is caught, the timeout of the first attempt is not (it fails the flow).
+    ATTEMPTS.lock().unwrap().clear();
+    let only_rejections = flow! {
+        reserve -> notify [timeout = "1s", catch(recover, when = |e| matches!(e, TestError::Broken(_)))]
+    };
+    assert!(
+        only_rejections
+            .run(999)
+            .await
+            .unwrap_err()
+            .step_error()
+            .unwrap()
+            .is_timeout()
+    );
+    ATTEMPTS.lock().unwrap().clear();
+    let timeouts = flow! {
+        reserve -> notify [timeout = "1s", catch(recover, on = timeouts)]
+    };
+    assert_eq!(timeouts.run(999).await.unwrap(), 1);
 }
 
 #[derive(Debug, PartialEq)]
@@ -392,10 +413,66 @@ async fn sub_workflow(n: u32) -> Result<u32, TestError> {
     square(n).await
 }
 
-impl From<flow::Error<TestError>> for TestError {
-    fn from(e: flow::Error<TestError>) -> Self {
-        e.into_error().unwrap_or(TestError::Busy)
-    }
+// No `From<flow::Error<TestError>>` is needed: a workflow's failure is its step's failure.
+
+#[flow::workflow]
+async fn sub_failing(n: u32) -> Result<u32, TestError> {
+    let n = double(n).await?;
+    rejecting(n).await
+}
+async fn rejecting(n: u32) -> Result<u32, TestError> {
+    Err(TestError::Broken(format!("{n} rejected")))
+}
+
+#[flow::workflow(timeout = "1s")]
+async fn sub_slow(n: u32) -> Result<u32, TestError> {
+    sleep(Duration::from_secs(60)).await;
+    double(n).await
+}
+
+#[flow::workflow]
+async fn sub_panicking(n: u32) -> Result<u32, TestError> {
+    let n = double(n).await?;
+    exploding(n).await
+}
+async fn exploding(_: u32) -> Result<u32, TestError> {
+    panic!("boom")
+}
+async fn after_timeout(e: flow::StepError<TestError>) -> Result<u32, TestError> {
+    assert!(e.is_timeout());
+    Ok(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_workflow_step_fails_as_its_child_run_failed() {
+    // The flow's error type is inferred from its steps: the child's own `TestError`.
+    let ok = flow! { double -> sub_workflow -> square };
+    assert_eq!(ok.run(1).await.unwrap(), 256);
+
+    let err = flow! { double -> sub_failing }.run(1).await.unwrap_err();
+    let step = err.step_error().unwrap();
+    assert_eq!(step.step(), "sub_failing");
+    assert_eq!(step.error(), Some(&TestError::Broken("4 rejected".into())));
+
+    // Retried like any step: the child run is started again for each attempt.
+    let retried = flow! { double -> sub_failing [retry(max_attempts = 3)] };
+    let err = retried.run(1).await.unwrap_err();
+    assert_eq!(err.step_error().unwrap().attempts().len(), 3);
+
+    let t0 = Instant::now();
+    let err = flow! { double -> sub_slow }.run(1).await.unwrap_err();
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    assert!(err.step_error().unwrap().is_timeout(), "{err}");
+    let caught = flow! { double -> sub_slow [catch(after_timeout, on = timeouts)] };
+    assert_eq!(caught.run(1).await.unwrap(), 0);
+
+    let err = flow! { error = TestError; double -> sub_panicking }
+        .run(1)
+        .await
+        .unwrap_err();
+    let step = err.step_error().unwrap();
+    assert!(step.is_panic());
+    assert_eq!(step.failure().to_string(), "panicked: boom");
 }
 
 async fn split(n: u32) -> Result<Vec<u32>, TestError> {

@@ -54,7 +54,7 @@ pub async fn everything(n: u32) -> Result<u32, Failed> {
     #[retry(max_attempts = 2, on = timeouts)]
     #[timeout("5s")]
     let b = two(a).await?;
-    #[catch(recover, when = flow::StepError::is_timeout)]
+    #[catch(recover, on = timeouts)]
     #[timeout("1s")]
     let c = one(b).await?;
     // An infallible step: its output is `()`, and so is what the body sees.

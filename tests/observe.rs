@@ -324,6 +324,47 @@ fn tracing_reports_failure_and_compensation() {
     assert!(messages.contains(&"run failed"), "{messages:?}");
 }
 
+async fn reporting(n: u32) -> Result<u32, String> {
+    let c = flow::step_context().expect("inside a step");
+    c.report_progress((0.5, "halfway"));
+    Ok(n)
+}
+
+#[workflow]
+async fn reports(n: u32) -> Result<u32, String> {
+    reporting(n).await
+}
+
+#[test]
+fn tracing_shows_a_steps_progress_inside_its_span() {
+    let _serial = reset();
+    let rec = Rec::default();
+    let out = tracing::subscriber::with_default(rec.clone(), || {
+        paused_runtime().block_on(async {
+            Runtime::default()
+                .with_observer(TracingObserver::new())
+                .run(&Reports, (1,))
+                .await
+        })
+    });
+    assert_eq!(out.unwrap(), 1);
+    let spans = rec.0.spans.lock().unwrap().clone();
+    let events = rec.0.events.lock().unwrap().clone();
+    let (&step_id, _) = spans
+        .iter()
+        .find(|(_, s)| s.name == "step" && s.fields["flow.step"] == "reporting")
+        .unwrap();
+    let progress = events
+        .iter()
+        .find(|e| e.fields.get("message").is_some_and(|m| m == "progress"))
+        .expect("a progress event");
+    assert_eq!(progress.parent, Some(step_id));
+    assert_eq!(progress.target, "flow");
+    assert_eq!(progress.fields["flow.progress"], "0.5");
+    assert_eq!(progress.fields["flow.message"], "halfway");
+    assert_eq!(progress.fields["flow.attempt"], "1");
+}
+
 // ---------------------------------------------------------------- timeline
 
 /// Checks `json` against the trace-event format: the required fields, a matching `E` for

@@ -186,7 +186,7 @@ async fn timing_out() -> Result<u32, TestError> {
 #[workflow]
 async fn catching() -> Result<u32, TestError> {
     #[timeout("250ms")]
-    #[catch(fallback, when = |e| e.is_timeout())]
+    #[catch(fallback, on = timeouts)]
     let v = hang().await?;
     Ok(v)
 }
@@ -208,6 +208,64 @@ async fn a_timed_out_step_fails_the_run_or_is_caught() {
             .iter()
             .any(|n| n.kind == NodeKind::Recovery && n.name == "fallback")
     );
+}
+
+async fn fails_with(e: TestError) -> Result<u32, TestError> {
+    Err(e)
+}
+async fn fell_back(e: flow::StepError<TestError>) -> Result<u32, TestError> {
+    assert_eq!(e.error(), Some(&TestError::Busy));
+    Ok(7)
+}
+fn is_busy(e: &TestError) -> bool {
+    *e == TestError::Busy
+}
+
+#[workflow]
+async fn catching_busy(e: TestError) -> Result<u32, TestError> {
+    // `when` sees the step's own error, as retry's `when` does.
+    #[retry(max_attempts = 2, when = is_busy)]
+    #[catch(fell_back, when = |e| matches!(e, TestError::Busy))]
+    let v = fails_with(e).await?;
+    Ok(v)
+}
+
+#[workflow]
+async fn catching_busy_by_path(e: TestError) -> Result<u32, TestError> {
+    #[catch(fell_back, when = is_busy)]
+    let v = fails_with(e).await?;
+    Ok(v)
+}
+
+#[workflow]
+async fn catching_panics() -> Result<u32, TestError> {
+    #[catch(fallback_after_panic, on = panics)]
+    let v = panicking().await?;
+    Ok(v)
+}
+async fn panicking() -> Result<u32, TestError> {
+    panic!("boom")
+}
+async fn fallback_after_panic(e: flow::StepError<TestError>) -> Result<u32, TestError> {
+    assert!(e.is_panic());
+    Ok(5)
+}
+
+#[tokio::test(start_paused = true)]
+async fn catch_when_sees_the_error_and_on_picks_a_failure_kind() {
+    assert_eq!(catching_busy(TestError::Busy).await.unwrap(), 7);
+    let err = catching_busy(TestError::Broken("x".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.step(), Some("fails_with"));
+    assert_eq!(catching_busy_by_path(TestError::Busy).await.unwrap(), 7);
+    assert!(
+        catching_busy_by_path(TestError::Broken("x".into()))
+            .await
+            .is_err()
+    );
+    assert_eq!(catching_panics().await.unwrap(), 5);
+    // A timeout is not an error: `when` does not catch it, `on = timeouts` does (above).
 }
 
 static UNDONE: Mutex<Vec<String>> = Mutex::new(Vec::new());

@@ -14,7 +14,7 @@
 //!           | 'map' '(' pipeline (',' KEY '=' INT)* ')'   over an IntoIterator: keys concurrency, tolerate
 //!           | 'branch' '(' EXPR ')' '{' (PAT '=>' pipeline ','?)+ '}'
 //! policy   := 'retry' '(' KEY '=' VALUE, .. ')' | 'timeout' '=' STRING
-//!           | 'compensate' '=' EXPR | 'catch' '(' EXPR [',' 'when' '=' EXPR] ')' | 'settle'
+//!           | 'compensate' '=' EXPR | 'catch' '(' EXPR [',' ('when' '=' EXPR | 'on' '=' KIND)] ')' | 'settle'
 //! ```
 //!
 //! Input/output:

@@ -43,6 +43,9 @@ pub(crate) const ANY: &str = "any";
 pub(crate) const ERRORS: &str = "errors";
 pub(crate) const TIMEOUTS: &str = "timeouts";
 pub(crate) const ON_KINDS: &[&str] = &[ANY, ERRORS, TIMEOUTS];
+pub(crate) const PANICS: &str = "panics";
+/// `catch(recover, on = ..)`: a catch may also take panics.
+pub(crate) const CATCH_ON_KINDS: &[&str] = &[ANY, ERRORS, TIMEOUTS, PANICS];
 
 pub(crate) const NAME: &str = "name";
 pub(crate) const ERROR: &str = "error";

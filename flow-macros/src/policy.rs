@@ -92,7 +92,10 @@ pub(crate) struct RetryRule {
 
 pub(crate) struct Catch {
     pub(crate) recover: Expr,
+    /// `when = pred`: a predicate over the step's own error `&E` (as retry's `when`).
     pub(crate) when: Option<Expr>,
+    /// `on = any | errors | timeouts | panics`.
+    pub(crate) on: Option<&'static str>,
 }
 
 /// The policies of one step (or one parallel group: only `settle`).
@@ -184,7 +187,11 @@ impl Policy {
                 }
                 let parsed = match item.args {
                     ItemArgs::List(t, _) => errors.ok(syn::parse2::<CatchArgs>(t)),
-                    ItemArgs::Value(e) => Some(CatchArgs { recover: e, when: None }),
+                    ItemArgs::Value(e) => Some(CatchArgs {
+                        recover: e,
+                        when: None,
+                        on: None,
+                    }),
                     ItemArgs::None => {
                         errors.spanned(&item.name, "`catch` needs a recovery step: `catch(recover)` or `catch(recover, when = is_transient)`");
                         None
@@ -194,6 +201,7 @@ impl Policy {
                     self.catch = Some(Catch {
                         recover: c.recover,
                         when: c.when,
+                        on: c.on,
                     });
                 }
             }
@@ -350,24 +358,39 @@ impl Parse for CompensateArgs {
 struct CatchArgs {
     recover: Expr,
     when: Option<Expr>,
+    on: Option<&'static str>,
 }
 
 impl Parse for CatchArgs {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let recover: Expr = input.parse()?;
         let mut when = None;
-        if input.parse::<Option<Token![,]>>()?.is_some() && !input.is_empty() {
+        let mut on = None;
+        while input.parse::<Option<Token![,]>>()?.is_some() && !input.is_empty() {
             let kv: KeyValue = input.parse()?;
-            if kv.key != kw::WHEN {
+            if kv.key == kw::WHEN && when.is_none() {
+                when = Some(kv.value);
+            } else if kv.key == kw::ON && on.is_none() {
+                on = Some(choice(&kv.value, "`on` value", kw::CATCH_ON_KINDS)?);
+            } else if kv.key == kw::WHEN || kv.key == kw::ON {
                 return Err(syn::Error::new_spanned(
                     &kv.key,
-                    unknown_key("catch key", &kv.key.to_string(), &[kw::WHEN]),
+                    format!("`{}` is given twice", kv.key),
+                ));
+            } else {
+                return Err(syn::Error::new_spanned(
+                    &kv.key,
+                    unknown_key("catch key", &kv.key.to_string(), &[kw::WHEN, kw::ON]),
                 ));
             }
-            when = Some(kv.value);
-            input.parse::<Option<Token![,]>>()?;
+            if when.is_some() && on.is_some() {
+                return Err(syn::Error::new_spanned(
+                    &kv.key,
+                    "give either `on` or `when`, not both (`when` catches the step's errors its predicate accepts)",
+                ));
+            }
         }
-        Ok(CatchArgs { recover, when })
+        Ok(CatchArgs { recover, when, on })
     }
 }
 

@@ -16,7 +16,8 @@
 //!
 //! #[timeout("2s")] fetch(url).await   { .. let __r = __ctx.step_timeout(NodeId(k), 2s, __f).await; .. }
 //!
-//! + catch(recover, when = p)          let __r = __ctx.catch(__r, p, NodeId(r), recover).await;
+//! + catch(recover, when = p)          let __r = __ctx.catch(__r, __ctx.catch_when(p), NodeId(r), recover).await;
+//! + catch(recover, on = timeouts)     let __r = __ctx.catch(__r, __ctx.catch_on(CatchOn::Timeouts), ..).await;
 //! + compensate(undo)                  let __r = __ctx.compensate(NodeId(k), __r, undo);
 //! ```
 //!
@@ -123,11 +124,33 @@ impl Gen<'_> {
 
     fn exact(&self, fut: TokenStream) -> TokenStream {
         let ctx = self.ctx;
+        let fut = self.child(fut);
         if self.exact {
             quote!(#ctx.exact(#fut))
         } else {
             fut
         }
+    }
+
+    /// `flow!`: a step that is a `#[workflow]` function (its future gives
+    /// `Result<T, flow::Error<X>>`) hands the child run's failure to the step engine as the
+    /// step's own (`X` as the step's error, a timeout as a timeout, a panic as a panic), so no
+    /// `From<flow::Error<X>>` impl is needed. Other steps pass through. (`#[workflow]` bodies
+    /// keep seeing the child's `Result<T, flow::Error<X>>`.)
+    fn child(&self, fut: TokenStream) -> TokenStream {
+        if self.marker {
+            return fut;
+        }
+        let krate = self.krate;
+        let c = Ident::new("__flow_c", Span::mixed_site());
+        let k = Ident::new("__flow_k", Span::mixed_site());
+        quote!({
+            #[allow(unused_imports)]
+            use #krate::__private::{ChildNo as _, ChildYes as _};
+            let #c = #fut;
+            let #k = (&#krate::__private::Probe(&#c, ::core::marker::PhantomData::<()>)).flow_child();
+            #krate::__private::child_step(#c, #k)
+        })
     }
 
     /// The step's call, with each argument replaced by `arg(i, expr)`.
@@ -260,7 +283,7 @@ impl Gen<'_> {
                 }
                 _ => cloned,
             };
-            let fut = cloned;
+            let fut = self.child(cloned);
             let pol = policy.to_step_policy(krate);
             out.extend(quote_spanned! {span=>
                 #(#hoisted)*
@@ -279,7 +302,7 @@ impl Gen<'_> {
                 let #r = #ctx.step_with(#id, #pol, #mk).await;
             });
         } else if let Some(t) = policy.timeout {
-            let fut = self.call_with(call, |_, a| quote!(#a));
+            let fut = self.child(self.call_with(call, |_, a| quote!(#a)));
             let t = crate::duration::to_tokens(t);
             out.extend(quote_spanned! {span=>
                 let #f = #fut;
@@ -290,7 +313,7 @@ impl Gen<'_> {
                 let #r = #ctx.step_timeout(#id, #t, #f).await;
             });
         } else {
-            let fut = self.call_with(call, |_, a| quote!(#a));
+            let fut = self.child(self.call_with(call, |_, a| quote!(#a)));
             out.extend(quote_spanned! {span=>
                 let #f = #fut;
             });
@@ -305,9 +328,20 @@ impl Gen<'_> {
             let rec_id = self.node(rec);
             let recover = &c.recover;
             let e = Ident::new("__flow_e", Span::mixed_site());
-            let when = match &c.when {
-                Some(w) => quote!(#w),
-                None => quote!(|_| true),
+            // One predicate shape with retry: `when` sees the step's own error `&E` (and
+            // catches only errors it accepts); `on` picks failures by kind.
+            let when = match (&c.when, c.on) {
+                (Some(w), _) => quote!(#ctx.catch_when(#w)),
+                (None, Some(on)) => {
+                    let kind = match on {
+                        "errors" => quote!(Errors),
+                        "timeouts" => quote!(Timeouts),
+                        "panics" => quote!(Panics),
+                        _ => quote!(Any),
+                    };
+                    quote!(#ctx.catch_on(#krate::policy::CatchOn::#kind))
+                }
+                (None, None) => quote!(|_| true),
             };
             let recover_call = self.exact(quote!((#recover)(#e)));
             out.extend(quote! {

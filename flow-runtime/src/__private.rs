@@ -28,6 +28,7 @@ impl<T, E> IsResult for Result<T, E> {
 }
 
 pub use crate::checks::*;
+pub use crate::glue::{ChildOutcome, Exact};
 
 /// Identity on a future whose error type is `E` (see [`Ctx::error_type`]).
 #[inline]

@@ -16,13 +16,13 @@ use core::marker::PhantomData;
 pub struct Probe<'a, T, X = ()>(pub &'a T, pub PhantomData<X>);
 
 /// A check that passed, carrying what it produced.
-pub struct Pass<T>(pub T);
+pub struct Met<T>(pub T);
 /// A check that failed; `T` is the offending type.
-pub struct Fail<T>(PhantomData<T>);
+pub struct Unmet<T>(PhantomData<T>);
 
-impl<T> Fail<T> {
+impl<T> Unmet<T> {
     fn new() -> Self {
-        Fail(PhantomData)
+        Unmet(PhantomData)
     }
 }
 
@@ -31,21 +31,21 @@ impl<T> Fail<T> {
 /// Dispatch: the value's type is `Clone`.
 pub trait CloneYes<T> {
     /// A copy of the value.
-    fn flow_clone(&self) -> Pass<T>;
+    fn flow_clone(&self) -> Met<T>;
 }
 impl<T: Clone, X> CloneYes<T> for Probe<'_, T, X> {
-    fn flow_clone(&self) -> Pass<T> {
-        Pass(self.0.clone())
+    fn flow_clone(&self) -> Met<T> {
+        Met(self.0.clone())
     }
 }
 /// Dispatch fallback: the value's type is not `Clone`.
 pub trait CloneNo<T> {
     /// The failure.
-    fn flow_clone(&self) -> Fail<T>;
+    fn flow_clone(&self) -> Unmet<T>;
 }
 impl<T, X> CloneNo<T> for &Probe<'_, T, X> {
-    fn flow_clone(&self) -> Fail<T> {
-        Fail::new()
+    fn flow_clone(&self) -> Unmet<T> {
+        Unmet::new()
     }
 }
 
@@ -60,7 +60,7 @@ pub trait RetryArg<T, S> {
     fn get(self) -> T;
 }
 #[diagnostic::do_not_recommend]
-impl<T, S> RetryArg<T, S> for Pass<T> {
+impl<T, S> RetryArg<T, S> for Met<T> {
     fn get(self) -> T {
         self.0
     }
@@ -83,7 +83,7 @@ pub trait RetryInput<T, S> {
     fn get(self) -> T;
 }
 #[diagnostic::do_not_recommend]
-impl<T, S> RetryInput<T, S> for Pass<T> {
+impl<T, S> RetryInput<T, S> for Met<T> {
     fn get(self) -> T {
         self.0
     }
@@ -106,7 +106,7 @@ pub trait BranchInput<T, S> {
     fn get(self) -> T;
 }
 #[diagnostic::do_not_recommend]
-impl<T, S> BranchInput<T, S> for Pass<T> {
+impl<T, S> BranchInput<T, S> for Met<T> {
     fn get(self) -> T {
         self.0
     }
@@ -123,21 +123,21 @@ pub fn branch_input<S, T, A: BranchInput<T, S>>(_: &T, copy: A) -> T {
 /// Dispatch: the value is iterable.
 pub trait IterYes<T> {
     /// The value, checked.
-    fn flow_iter(&self) -> Pass<PhantomData<T>>;
+    fn flow_iter(&self) -> Met<PhantomData<T>>;
 }
 impl<T: IntoIterator, X> IterYes<T> for Probe<'_, T, X> {
-    fn flow_iter(&self) -> Pass<PhantomData<T>> {
-        Pass(PhantomData)
+    fn flow_iter(&self) -> Met<PhantomData<T>> {
+        Met(PhantomData)
     }
 }
 /// Dispatch fallback: the value is not iterable.
 pub trait IterNo<T> {
     /// The failure.
-    fn flow_iter(&self) -> Fail<T>;
+    fn flow_iter(&self) -> Unmet<T>;
 }
 impl<T, X> IterNo<T> for &Probe<'_, T, X> {
-    fn flow_iter(&self) -> Fail<T> {
-        Fail::new()
+    fn flow_iter(&self) -> Unmet<T> {
+        Unmet::new()
     }
 }
 
@@ -154,7 +154,7 @@ pub trait MapInput<T, S> {
     fn pass(value: T) -> Self::Items;
 }
 #[diagnostic::do_not_recommend]
-impl<T, S> MapInput<T, S> for Pass<PhantomData<T>> {
+impl<T, S> MapInput<T, S> for Met<PhantomData<T>> {
     type Items = T;
     fn pass(value: T) -> T {
         value
@@ -172,24 +172,24 @@ pub fn map_input<S, T, A: MapInput<T, S>>(value: T, _: A) -> A::Items {
 /// Dispatch: the step `F` takes the value on its incoming edge.
 pub trait TakesYes {
     /// Passed.
-    fn flow_takes(&self) -> Pass<()>;
+    fn flow_takes(&self) -> Met<()>;
 }
 impl<F, I, R, X> TakesYes for Probe<'_, F, (I, X)>
 where
     F: Fn(I) -> R,
 {
-    fn flow_takes(&self) -> Pass<()> {
-        Pass(())
+    fn flow_takes(&self) -> Met<()> {
+        Met(())
     }
 }
 /// Dispatch fallback: the step does not take that value.
 pub trait TakesNo<I> {
     /// The failure.
-    fn flow_takes(&self) -> Fail<I>;
+    fn flow_takes(&self) -> Unmet<I>;
 }
 impl<F, I, X> TakesNo<I> for &Probe<'_, F, (I, X)> {
-    fn flow_takes(&self) -> Fail<I> {
-        Fail::new()
+    fn flow_takes(&self) -> Unmet<I> {
+        Unmet::new()
     }
 }
 
@@ -201,7 +201,7 @@ impl<F, I, X> TakesNo<I> for &Probe<'_, F, (I, X)> {
 )]
 pub trait Edge<I, S, P> {}
 #[diagnostic::do_not_recommend]
-impl<I, S, P> Edge<I, S, P> for Pass<()> {}
+impl<I, S, P> Edge<I, S, P> for Met<()> {}
 
 /// Checks that step `S` takes `I`, the output of step `P`.
 #[inline]
@@ -212,25 +212,25 @@ pub fn edge<I, S, P, A: Edge<I, S, P>>(_: &I, _: A) {}
 /// Dispatch: the step's output (`Result<T, E2>` or `()`) fits the workflow's error `E`.
 pub trait ConvertsYes {
     /// Passed.
-    fn flow_converts(&self) -> Pass<()>;
+    fn flow_converts(&self) -> Met<()>;
 }
 impl<Fut, E> ConvertsYes for Probe<'_, PhantomData<Fut>, E>
 where
     Fut: core::future::Future,
     Fut::Output: crate::ctx::StepOutput<E>,
 {
-    fn flow_converts(&self) -> Pass<()> {
-        Pass(())
+    fn flow_converts(&self) -> Met<()> {
+        Met(())
     }
 }
 /// Dispatch fallback: it does not.
 pub trait ConvertsNo<E> {
     /// The failure.
-    fn flow_converts(&self) -> Fail<E>;
+    fn flow_converts(&self) -> Unmet<E>;
 }
 impl<Fut, E> ConvertsNo<E> for &Probe<'_, PhantomData<Fut>, E> {
-    fn flow_converts(&self) -> Fail<E> {
-        Fail::new()
+    fn flow_converts(&self) -> Unmet<E> {
+        Unmet::new()
     }
 }
 
@@ -248,7 +248,7 @@ pub trait Converts<E, S, F> {
     fn pass(f: F) -> Self::Checked;
 }
 #[diagnostic::do_not_recommend]
-impl<E, S, F> Converts<E, S, F> for Pass<()> {
+impl<E, S, F> Converts<E, S, F> for Met<()> {
     type Checked = F;
     fn pass(f: F) -> F {
         f
@@ -284,21 +284,21 @@ pub fn probe_edge<'a, F, I>(f: &'a F, _: &I) -> Probe<'a, F, (I, ())> {
 /// Dispatch: the value is a future (a step called without `.await`).
 pub trait FutureYes<T> {
     /// The failure.
-    fn flow_future(&self) -> Fail<T>;
+    fn flow_future(&self) -> Unmet<T>;
 }
 impl<T: core::future::Future, X> FutureYes<T> for Probe<'_, T, X> {
-    fn flow_future(&self) -> Fail<T> {
-        Fail::new()
+    fn flow_future(&self) -> Unmet<T> {
+        Unmet::new()
     }
 }
 /// Dispatch fallback: the value is not a future.
 pub trait FutureNo<T> {
     /// The value passes.
-    fn flow_future(&self) -> Pass<()>;
+    fn flow_future(&self) -> Met<()>;
 }
 impl<T, X> FutureNo<T> for &Probe<'_, T, X> {
-    fn flow_future(&self) -> Pass<()> {
-        Pass(())
+    fn flow_future(&self) -> Met<()> {
+        Met(())
     }
 }
 
@@ -310,7 +310,7 @@ impl<T, X> FutureNo<T> for &Probe<'_, T, X> {
 )]
 pub trait Awaited<S> {}
 #[diagnostic::do_not_recommend]
-impl<S> Awaited<S> for Pass<()> {}
+impl<S> Awaited<S> for Met<()> {}
 
 /// Checks that a dropped value is not an unawaited step future (`S` names the call).
 #[inline]
@@ -331,24 +331,25 @@ pub fn error_probe<'a, Fut, E>(
 /// Dispatch: the step fails with the flow's error type.
 pub trait SameErrorYes {
     /// Passed.
-    fn flow_same_error(&self) -> Pass<()>;
+    fn flow_same_error(&self) -> Met<()>;
 }
-impl<Fut, T, E> SameErrorYes for Probe<'_, PhantomData<Fut>, fn() -> E>
+impl<Fut, E> SameErrorYes for Probe<'_, PhantomData<Fut>, fn() -> E>
 where
-    Fut: core::future::Future<Output = Result<T, E>>,
+    Fut: core::future::Future,
+    Fut::Output: crate::glue::Exact<E>,
 {
-    fn flow_same_error(&self) -> Pass<()> {
-        Pass(())
+    fn flow_same_error(&self) -> Met<()> {
+        Met(())
     }
 }
 /// Dispatch fallback: it fails with another type.
 pub trait SameErrorNo<E> {
     /// The failure.
-    fn flow_same_error(&self) -> Fail<E>;
+    fn flow_same_error(&self) -> Unmet<E>;
 }
 impl<Fut, E> SameErrorNo<E> for &Probe<'_, PhantomData<Fut>, fn() -> E> {
-    fn flow_same_error(&self) -> Fail<E> {
-        Fail::new()
+    fn flow_same_error(&self) -> Unmet<E> {
+        Unmet::new()
     }
 }
 
@@ -365,7 +366,7 @@ pub trait SameError<E, S, F> {
     fn pass(f: F) -> Self::Checked;
 }
 #[diagnostic::do_not_recommend]
-impl<E, S, F> SameError<E, S, F> for Pass<()> {
+impl<E, S, F> SameError<E, S, F> for Met<()> {
     type Checked = F;
     fn pass(f: F) -> F {
         f
@@ -381,4 +382,73 @@ pub fn same_error<E, S, F, A: SameError<E, S, F>>(
     _: A,
 ) -> A::Checked {
     A::pass(f)
+}
+
+// ---------------------------------------------------------------- a workflow as a `flow!` step
+
+/// The step's future gives a child run's result (`Result<T, flow::Error<X>>`).
+pub struct IsChild;
+/// Any other step.
+pub struct NotChild;
+
+/// Dispatch: the step is a `#[workflow]` function (its output is a run's result).
+pub trait ChildYes {
+    /// It is.
+    fn flow_child(&self) -> IsChild;
+}
+impl<F, T, X> ChildYes for Probe<'_, F, ()>
+where
+    F: core::future::Future<Output = Result<T, crate::error::Error<X>>>,
+{
+    fn flow_child(&self) -> IsChild {
+        IsChild
+    }
+}
+/// Dispatch fallback: another step.
+pub trait ChildNo {
+    /// It is not.
+    fn flow_child(&self) -> NotChild;
+}
+impl<F, X> ChildNo for &Probe<'_, F, X> {
+    fn flow_child(&self) -> NotChild {
+        NotChild
+    }
+}
+
+/// A child run's result, as its step's output.
+pub type ChildMap<F, T, X> = futures_util::future::Map<
+    F,
+    fn(Result<T, crate::error::Error<X>>) -> crate::glue::ChildOutcome<T, X>,
+>;
+
+/// Makes a step's future give a [`ChildOutcome`](crate::glue::ChildOutcome) when it is a
+/// child run, and passes any other future through.
+pub trait ChildStep<F> {
+    /// The step's future.
+    type Out;
+    /// Wraps (or passes) it.
+    fn wrap(f: F) -> Self::Out;
+}
+impl<F> ChildStep<F> for NotChild {
+    type Out = F;
+    #[inline]
+    fn wrap(f: F) -> F {
+        f
+    }
+}
+impl<F, T, X> ChildStep<F> for IsChild
+where
+    F: core::future::Future<Output = Result<T, crate::error::Error<X>>>,
+{
+    type Out = ChildMap<F, T, X>;
+    #[inline]
+    fn wrap(f: F) -> Self::Out {
+        futures_util::FutureExt::map(f, crate::glue::ChildOutcome::new as fn(_) -> _)
+    }
+}
+
+/// See [`ChildStep`].
+#[inline]
+pub fn child_step<F, K: ChildStep<F>>(f: F, _: K) -> K::Out {
+    K::wrap(f)
 }

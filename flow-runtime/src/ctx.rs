@@ -16,6 +16,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::{Frame, Framed, FramedUntil};
 use crate::error::{Attempt, CompensationRecord, Error, ErrorKind, Failure, GaveUp, StepError};
 use crate::event::{Disabled, Event, EventKind, Observers, RunId};
 use crate::graph::{Graph, NodeId};
@@ -23,6 +24,9 @@ use crate::policy::{SplitMix64, StepPolicy};
 use crate::saga::{Entry, Package};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Nodes whose entry counters live inline in a run's context (no allocation).
+const SMALL_GRAPH: usize = 16;
 
 thread_local! {
     /// The index of the `map` item whose body is being polled on this thread (see
@@ -143,8 +147,18 @@ pub(crate) struct Inner<E> {
     disabled: Disabled,
     /// Their panic messages.
     pub(crate) observer_panics: Mutex<Vec<String>>,
-    /// How many times each node was entered (observed runs only; allocated on first use).
+    /// How many times each step was entered (every run: a step's context names its entry),
+    /// and each group (observed runs): inline for the first [`SMALL_GRAPH`] nodes, the rest
+    /// allocated on first use.
+    iter_small: [AtomicU32; SMALL_GRAPH],
     iterations: std::sync::OnceLock<Box<[AtomicU32]>>,
+    /// When the workflow's time limit ends, for runs that have one (set when the run starts).
+    pub(crate) deadline: std::sync::OnceLock<Instant>,
+    /// When a step of this run last reported progress ([`StepContext::report_progress`]).
+    pub(crate) heartbeat: Mutex<Option<Instant>>,
+    /// Scripted step outcomes (`flow::testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) script: std::sync::OnceLock<Arc<crate::testing::Script<E>>>,
     pub(crate) cancel: Option<CancellationToken>,
     pub(crate) rng: SplitMix64,
     /// The root run's runtime had a fixed seed: every descendant's jitter is reproducible.
@@ -171,6 +185,38 @@ pub(crate) struct Inner<E> {
     aborted: AtomicBool,
     /// The run's signal mailbox, made on first use (`signal.rs`).
     pub(crate) signals: crate::signal::Slot,
+}
+
+impl<E> Inner<E> {
+    #[inline]
+    pub(crate) fn is_observed(&self) -> bool {
+        self.observed.load(Ordering::Relaxed)
+    }
+
+    /// See [`Ctx::emit_at`].
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn emit_at(&self, node: NodeId, kind: EventKind, now: Instant, iteration: u32) {
+        let at = self
+            .started
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        let event = Event {
+            run: self.run,
+            parent: self.parent,
+            workflow: self.graph.name,
+            node,
+            step: self.graph.name_of(node),
+            key: self.graph.key_of(node),
+            iteration,
+            item: current_item(),
+            at,
+            kind,
+        };
+        let panics = self.observers.emit(&event, &self.disabled);
+        if !panics.is_empty() {
+            lock(&self.observer_panics).extend(panics);
+        }
+    }
 }
 
 /// The context of one run, shared by the generated state machine and the run's handle.
@@ -231,7 +277,12 @@ impl<E: core::fmt::Display> Ctx<E> {
                 observers,
                 disabled: Disabled::new(0),
                 observer_panics: Mutex::new(Vec::new()),
+                iter_small: [const { AtomicU32::new(0) }; SMALL_GRAPH],
                 iterations: std::sync::OnceLock::new(),
+                deadline: std::sync::OnceLock::new(),
+                heartbeat: Mutex::new(None),
+                #[cfg(feature = "testing")]
+                script: std::sync::OnceLock::new(),
                 cancel,
                 rng: SplitMix64::new(seed),
                 seeded,
@@ -309,25 +360,47 @@ impl<E> Ctx<E> {
         }
     }
 
-    /// How many times `node` was entered so far (observed runs; 0 for the start and end).
-    fn iteration_of(&self, node: NodeId) -> u32 {
-        self.inner
-            .iterations
-            .get()
-            .and_then(|c| c.get(node.0 as usize))
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+    /// How many times `node` was entered so far (0 for the start and end).
+    pub(crate) fn iteration_of(&self, node: NodeId) -> u32 {
+        let i = node.0 as usize;
+        match self.inner.iter_small.get(i) {
+            Some(c) => c.load(Ordering::Relaxed),
+            None => self
+                .inner
+                .iterations
+                .get()
+                .and_then(|c| c.get(i - SMALL_GRAPH))
+                .map_or(0, |c| c.load(Ordering::Relaxed)),
+        }
     }
 
-    /// Counts one more entry into `node` and returns its number (observed runs only; the
-    /// counters, one per node of the graph, are allocated on first use).
+    /// Counts one more entry into `node` and returns its number (steps in every run, groups
+    /// in observed runs; the counters of nodes past the first [`SMALL_GRAPH`] are allocated
+    /// on first use).
+    #[inline]
     fn next_iteration(&self, node: NodeId) -> u32 {
+        match self.inner.iter_small.get(node.0 as usize) {
+            // Not a read-modify-write: every entry into a node happens while the run's body
+            // is polled, and one task polls it, one poll at a time.
+            Some(c) => {
+                let n = c.load(Ordering::Relaxed).wrapping_add(1);
+                c.store(n, Ordering::Relaxed);
+                n
+            }
+            None => self.next_iteration_big(node),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn next_iteration_big(&self, node: NodeId) -> u32 {
         let counts = self.inner.iterations.get_or_init(|| {
-            (0..self.inner.graph.nodes.len())
+            (SMALL_GRAPH..self.inner.graph.nodes.len())
                 .map(|_| AtomicU32::new(0))
                 .collect()
         });
         counts
-            .get(node.0 as usize)
+            .get((node.0 as usize).wrapping_sub(SMALL_GRAPH))
             .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed).saturating_add(1))
     }
 
@@ -336,26 +409,7 @@ impl<E> Ctx<E> {
     #[cold]
     #[inline(never)]
     fn emit_at(&self, node: NodeId, kind: EventKind, now: Instant, iteration: u32) {
-        let at = self
-            .inner
-            .started
-            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
-        let event = Event {
-            run: self.inner.run,
-            parent: self.inner.parent,
-            workflow: self.inner.graph.name,
-            node,
-            step: self.inner.graph.name_of(node),
-            key: self.inner.graph.key_of(node),
-            iteration,
-            item: current_item(),
-            at,
-            kind,
-        };
-        let panics = self.inner.observers.emit(&event, &self.inner.disabled);
-        if !panics.is_empty() {
-            lock(&self.inner.observer_panics).extend(panics);
-        }
+        self.inner.emit_at(node, kind, now, iteration);
     }
 
     /// Enters a node: records it as the current state and emits [`EventKind::Entered`].
@@ -384,22 +438,23 @@ impl<E> Ctx<E> {
         *lock(&self.inner.surfaced) = None;
     }
 
-    /// `start_attempt` for a plain step (entered, attempt 1, timed only when observed).
+    /// `start_attempt` for a plain step (entered, attempt 1, timed only when observed): the
+    /// start when observed, and the step's entry number.
     #[inline]
-    fn start_plain(&self, node: NodeId) -> Option<(Instant, u32)> {
+    fn start_plain(&self, node: NodeId) -> (Option<Instant>, u32) {
         self.record_current(node);
+        let iteration = self.next_iteration(node);
         if self.observed() {
-            Some(self.start_observed(node))
+            (Some(self.start_observed(node, iteration)), iteration)
         } else {
-            None
+            (None, iteration)
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn start_observed(&self, node: NodeId) -> (Instant, u32) {
+    fn start_observed(&self, node: NodeId, iteration: u32) -> Instant {
         let start = Instant::now();
-        let iteration = self.next_iteration(node);
         self.emit_at(node, EventKind::Entered, start, iteration);
         self.emit_at(
             node,
@@ -407,7 +462,7 @@ impl<E> Ctx<E> {
             start,
             iteration,
         );
-        (start, iteration)
+        start
     }
 
     /// Enters a step's node (when `enter`) and starts its attempt `number`: records the step
@@ -426,11 +481,11 @@ impl<E> Ctx<E> {
     ) -> Option<Instant> {
         if enter {
             self.record_current(node);
+            *iteration = self.next_iteration(node);
         }
         if self.observed() {
             let start = Instant::now();
             if enter {
-                *iteration = self.next_iteration(node);
                 self.emit_at(node, EventKind::Entered, start, *iteration);
             }
             self.emit_at(
@@ -453,21 +508,32 @@ impl<E> Ctx<E> {
 async fn attempt<E, Fut>(
     fut: Fut,
     timeout: Option<Duration>,
+    frame: Frame,
+    deadline: Option<Instant>,
 ) -> Result<<Fut::Output as StepOutput<E>>::Ok, Failure<E>>
 where
     Fut: Future,
     Fut::Output: StepOutput<E>,
 {
-    let guarded = AssertUnwindSafe(fut).catch_unwind();
-    let outcome = match timeout {
-        None => guarded.await,
-        Some(limit) => match tokio::time::timeout(limit, guarded).await {
-            Ok(r) => r,
-            Err(_) => return Err(Failure::TimedOut(limit)),
-        },
+    let fut = core::pin::pin!(fut);
+    let outcome = match deadline {
+        None => AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await,
+        Some(deadline) => {
+            let guarded = AssertUnwindSafe(FramedUntil {
+                fut,
+                frame,
+                deadline,
+            })
+            .catch_unwind();
+            // `timeout` is `Some` whenever there is a deadline.
+            match tokio::time::timeout_at(deadline, guarded).await {
+                Ok(r) => r,
+                Err(_) => return Err(Failure::TimedOut(timeout.unwrap_or_default())),
+            }
+        }
     };
     match outcome {
-        Ok(out) => out.into_result().map_err(Failure::Error),
+        Ok(out) => out.into_result(),
         Err(payload) => Err(Failure::Panicked(panic_message(&*payload))),
     }
 }
@@ -484,8 +550,9 @@ pub trait StepOutput<E> {
     type Ok;
     /// What a `#[workflow]` body sees: `Result<Ok, E>` for a fallible step, `()` for `()`.
     type Surfaced;
-    /// The output as a result in the workflow's error type.
-    fn into_result(self) -> Result<Self::Ok, E>;
+    /// The output as a result whose failure is the step's, in the workflow's error type
+    /// (usually [`Failure::Error`]; a child workflow's timeout or panic keeps its kind).
+    fn into_result(self) -> Result<Self::Ok, Failure<E>>;
     /// The result as the body sees it.
     fn surfaced(result: Result<Self::Ok, E>) -> Self::Surfaced;
 }
@@ -498,8 +565,8 @@ where
     type Surfaced = Result<T, E>;
 
     #[inline]
-    fn into_result(self) -> Result<T, E> {
-        self.map_err(E::from)
+    fn into_result(self) -> Result<T, Failure<E>> {
+        self.map_err(|e| Failure::Error(E::from(e)))
     }
 
     #[inline]
@@ -513,7 +580,7 @@ impl<E> StepOutput<E> for () {
     type Surfaced = ();
 
     #[inline]
-    fn into_result(self) -> Result<(), E> {
+    fn into_result(self) -> Result<(), Failure<E>> {
         Ok(())
     }
 
@@ -539,19 +606,42 @@ impl<E> Ctx<E> {
         // layer fewer on the path every plain step takes.
         // The start time and the step's iteration, only in observed runs: one `None` to carry
         // across the await otherwise.
-        let start = self.start_plain(node);
-        let outcome = AssertUnwindSafe(crate::trace::traced(fut, self.observed()))
-            .catch_unwind()
-            .await;
+        let (start, iteration) = self.start_plain(node);
+        // Tests only. A scripted run is always observed (the harness records its events), so
+        // an unobserved run does not even look. A scripted attempt never polls the step; a
+        // scripted timeout of a step without one never ends.
+        #[cfg(feature = "testing")]
+        if start.is_some()
+            && let Some(scripted) = self.scripted_now(node)
+        {
+            drop(fut);
+            let failure = match scripted {
+                crate::testing::Scripted::Fail(failure) => failure,
+                crate::testing::Scripted::Hang => core::future::pending().await,
+            };
+            return Err(self.fail(
+                node,
+                GaveUp::NotRetried,
+                Vec::new(),
+                1,
+                start,
+                failure,
+                iteration,
+            ));
+        }
+        // Polled with the step's context at hand (`StepContext::current`).
+        let frame = Frame::plain(node, iteration);
+        let fut = core::pin::pin!(crate::trace::traced(fut, self.observed()));
+        let outcome = AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await;
         let failure = match outcome {
             Ok(out) => match out.into_result() {
                 Ok(v) => {
-                    if let Some((at, iteration)) = start {
-                        self.emit_success(node, 1, Some(at), iteration);
+                    if start.is_some() {
+                        self.emit_success(node, 1, start, iteration);
                     }
                     return Ok(v);
                 }
-                Err(e) => Failure::Error(e),
+                Err(failure) => failure,
             },
             Err(payload) => Failure::Panicked(panic_message(&*payload)),
         };
@@ -560,9 +650,9 @@ impl<E> Ctx<E> {
             GaveUp::NotRetried,
             Vec::new(),
             1,
-            start.map(|(at, _)| at),
+            start,
             failure,
-            start.map_or(0, |(_, iteration)| iteration),
+            iteration,
         ))
     }
 
@@ -597,12 +687,29 @@ impl<E> Ctx<E> {
                 .start_attempt(node, number, number == 1, true, &mut iteration)
                 .unwrap_or_else(Instant::now);
             let first_start = *first_start.get_or_insert(start);
-            let failure = match attempt(
-                crate::trace::traced(make(), self.observed()),
-                policy.timeout,
-            )
-            .await
-            {
+            let deadline = policy.timeout.and_then(|t| start.checked_add(t));
+            let frame = Frame::attempt(node, iteration, number, deadline.is_some());
+            #[cfg(feature = "testing")]
+            let scripted = if self.observed() {
+                self.scripted(node, policy.timeout).await
+            } else {
+                None
+            };
+            #[cfg(not(feature = "testing"))]
+            let scripted: Option<Failure<E>> = None;
+            let outcome = match scripted {
+                Some(failure) => Err(failure),
+                None => {
+                    attempt(
+                        crate::trace::traced(make(), self.observed()),
+                        policy.timeout,
+                        frame,
+                        deadline,
+                    )
+                    .await
+                }
+            };
+            let failure = match outcome {
                 Ok(v) => {
                     self.emit_success(node, number, Some(start), iteration);
                     return Ok(v);
@@ -689,6 +796,32 @@ impl<E> Ctx<E> {
             } else {
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+
+    /// `flow::testing`: what is scripted for this attempt of `node`, if anything.
+    #[cfg(feature = "testing")]
+    #[cold]
+    #[inline(never)]
+    fn scripted_now(&self, node: NodeId) -> Option<crate::testing::Scripted<E>> {
+        let script = self.inner.script.get()?;
+        script.next(self.inner.graph.key_of(node))?.scripted()
+    }
+
+    /// `flow::testing`: the failure scripted for this attempt of `node`, if any (a scripted
+    /// timeout waits for the attempt's `timeout`, or forever).
+    #[cfg(feature = "testing")]
+    #[cold]
+    async fn scripted(&self, node: NodeId, timeout: Option<Duration>) -> Option<Failure<E>> {
+        match self.scripted_now(node)? {
+            crate::testing::Scripted::Fail(failure) => Some(failure),
+            crate::testing::Scripted::Hang => match timeout {
+                Some(limit) => {
+                    tokio::time::sleep(limit).await;
+                    Some(Failure::TimedOut(limit))
+                }
+                None => core::future::pending().await,
+            },
         }
     }
 

@@ -67,6 +67,15 @@ pub enum EventKind {
         /// When a retry follows: the delay before it.
         retry_in: Option<Duration>,
     },
+    /// A step reported progress ([`StepContext::report_progress`](crate::StepContext::report_progress)).
+    Progress {
+        /// The attempt that reported it.
+        attempt: u32,
+        /// How much is done, from 0.0 to 1.0, if the step said.
+        fraction: Option<f64>,
+        /// What the step is doing, if it said.
+        message: Option<String>,
+    },
     /// The step succeeded.
     StepSucceeded {
         /// The attempt that succeeded.
@@ -149,6 +158,18 @@ impl core::fmt::Display for Event {
                 error,
                 retry_in: None,
             } => write!(f, "attempt {attempt} failed: {error}"),
+            EventKind::Progress {
+                fraction, message, ..
+            } => {
+                f.write_str("progress")?;
+                if let Some(p) = fraction {
+                    write!(f, " {:.0}%", p * 100.0)?;
+                }
+                if let Some(m) = message {
+                    write!(f, ": {m}")?;
+                }
+                Ok(())
+            }
             EventKind::StepSucceeded { attempt, elapsed } => {
                 write!(f, "succeeded on attempt {attempt} in {elapsed:?}")
             }

@@ -6,7 +6,7 @@ use core::marker::PhantomData;
 use core::time::Duration;
 
 use crate::ctx::{Ctx, StepOutput};
-use crate::error::StepError;
+use crate::error::{Error, ErrorKind, Failure, StepError};
 use crate::graph::NodeId;
 use crate::policy::StepPolicy;
 
@@ -47,9 +47,10 @@ impl<E> Ctx<E> {
     /// Identity on a step's future whose error type must be the workflow's own: lets `flow!`
     /// infer its error type from the steps when none is declared.
     #[inline]
-    pub fn exact<T, Fut>(&self, fut: Fut) -> Fut
+    pub fn exact<Fut>(&self, fut: Fut) -> Fut
     where
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future,
+        Fut::Output: Exact<E>,
     {
         fut
     }
@@ -66,5 +67,109 @@ impl<E> Ctx<E> {
     #[inline]
     pub fn error_type(&self) -> PhantomData<fn() -> E> {
         PhantomData
+    }
+}
+
+/// Which failures a `catch` routes to its recovery step (`catch(recover, on = timeouts)`).
+///
+/// `catch(recover, when = pred)` is the other form: `pred(&E)` sees the step's own error, as a
+/// retry rule's `when` does, and only errors it accepts are caught.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchOn {
+    /// Every failure: the step's errors, timeouts and panics (the default).
+    Any,
+    /// The step's own errors.
+    Errors,
+    /// Timed-out attempts.
+    Timeouts,
+    /// Panics.
+    Panics,
+}
+
+impl CatchOn {
+    /// Whether a step that failed with `error` (its final attempt) is caught.
+    pub fn matches<E>(self, error: &StepError<E>) -> bool {
+        match self {
+            CatchOn::Any => true,
+            CatchOn::Errors => error.error().is_some(),
+            CatchOn::Timeouts => error.is_timeout(),
+            CatchOn::Panics => error.is_panic(),
+        }
+    }
+}
+
+impl<E> Ctx<E> {
+    /// `catch(recover, when = pred)`: catches the step's own errors that `pred` accepts (a
+    /// timeout or a panic is not caught), the predicate having retry's `when` shape, `&E`.
+    #[inline]
+    pub fn catch_when<P>(&self, pred: P) -> impl FnOnce(&StepError<E>) -> bool + use<P, E>
+    where
+        P: FnOnce(&E) -> bool,
+    {
+        move |e| e.error().is_some_and(pred)
+    }
+
+    /// `catch(recover, on = kind)`.
+    #[inline]
+    pub fn catch_on(&self, on: CatchOn) -> impl FnOnce(&StepError<E>) -> bool + use<E> {
+        move |e| on.matches(e)
+    }
+}
+
+/// A step output whose error type is exactly `E` (see [`Ctx::exact`]).
+#[doc(hidden)]
+pub trait Exact<E> {}
+impl<T, E> Exact<E> for Result<T, E> {}
+impl<T, E> Exact<E> for ChildOutcome<T, E> {}
+
+/// What a `#[workflow]` function called as a `flow!` step gives the step engine: the child
+/// run's result, whose failure becomes the step's own. The child's error `X` (its step's
+/// error after retries, or its code's) is the step's [`Failure::Error`], converted with
+/// `From` (nothing to write when the flow's error type is `X`); its timeout is
+/// [`Failure::TimedOut`], its panic [`Failure::Panicked`]; a cancelled child (its parent is
+/// being cancelled too) is reported as panicked with the child's message.
+#[doc(hidden)]
+pub struct ChildOutcome<T, X>(pub Result<T, Error<X>>);
+
+impl<T, X> ChildOutcome<T, X> {
+    /// Wraps a child run's result.
+    #[inline]
+    pub fn new(result: Result<T, Error<X>>) -> Self {
+        ChildOutcome(result)
+    }
+}
+
+impl<T, E, X> StepOutput<E> for ChildOutcome<T, X>
+where
+    E: From<X>,
+{
+    type Ok = T;
+    type Surfaced = Result<T, E>;
+
+    fn into_result(self) -> Result<T, Failure<E>> {
+        self.0.map_err(|error| {
+            let workflow = error.workflow();
+            match error.into_kind() {
+                ErrorKind::Step(mut step) => match step.pop_attempt() {
+                    Some(last) => match last.failure {
+                        Failure::Error(x) => Failure::Error(E::from(x)),
+                        Failure::TimedOut(d) => Failure::TimedOut(d),
+                        Failure::Panicked(m) => Failure::Panicked(m),
+                        Failure::Signal(e) => Failure::Signal(e),
+                    },
+                    None => Failure::Panicked(format!("workflow `{workflow}` failed")),
+                },
+                ErrorKind::Workflow(x) => Failure::Error(E::from(x)),
+                ErrorKind::TimedOut { limit, .. } => Failure::TimedOut(limit),
+                ErrorKind::Panicked { message, .. } => Failure::Panicked(message),
+                ErrorKind::Cancelled { .. } => {
+                    Failure::Panicked(format!("workflow `{workflow}` was cancelled"))
+                }
+            }
+        })
+    }
+
+    fn surfaced(result: Result<T, E>) -> Result<T, E> {
+        result
     }
 }

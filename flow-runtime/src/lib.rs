@@ -18,6 +18,7 @@
 //!   [`Timeline`] (Chrome trace JSON and Mermaid `gantt` of recorded runs) and
 //!   `ProgressObserver` (feature `progress`: live progress in the terminal).
 
+mod context;
 mod ctx;
 pub mod dynamic;
 pub mod error;
@@ -31,6 +32,8 @@ pub mod registry;
 mod runtime;
 mod saga;
 mod signal;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod timeline;
 mod trace;
 mod workflow;
@@ -39,13 +42,14 @@ mod workflow;
 pub mod __private;
 /// The compile-time checks behind the macros' error messages. Public so that those messages
 /// can name them briefly (``the trait `RetryInput<Nodes, wait_healthy>` is not implemented
-/// for `Fail<Nodes>` ``: rustc shortens a path only when the item is visible); not meant to
+/// for `Unmet<Nodes>` ``: rustc shortens a path only when the item is visible); not meant to
 /// be used directly.
 pub mod checks;
 
 // The root holds what programs name; the details live in the modules above (`error`,
 // `graph`, `policy`, `timeline`, `registry`, `dynamic`), and the generated code's plumbing in
 // the hidden `__private`.
+pub use crate::context::{Progress, StepContext, step_context};
 pub use crate::ctx::{StateView, Status};
 pub use crate::dynamic::{ArcWorkflow, BoxWorkflow, DynWorkflow};
 pub use crate::error::{Error, ErrorKind, Failure, RunReport, StepError};

@@ -81,6 +81,8 @@ struct Line {
     started: Option<Instant>,
     elapsed: Duration,
     note: String,
+    /// `note` is what the step last reported (`StepContext::report_progress`).
+    progress_note: bool,
 }
 
 impl core::fmt::Debug for ProgressObserver {
@@ -243,6 +245,7 @@ impl ProgressObserver {
                 }
                 l.state = State::Running;
                 l.note.clear();
+                l.progress_note = false;
                 l.redraw();
             }
             (
@@ -256,11 +259,17 @@ impl ProgressObserver {
                 let l = &mut run.lines[i];
                 l.state = State::Retrying;
                 l.note = format!("retrying in {d:?} (attempt {attempt} failed: {error})");
+                l.progress_note = false;
                 l.redraw();
             }
             (EventKind::StepSucceeded { .. }, Some(i)) => {
                 let l = &mut run.lines[i];
                 l.end_execution(e);
+                // A progress note ends with the step (a note of another item's failure stays).
+                if l.progress_note {
+                    l.note.clear();
+                    l.progress_note = false;
+                }
                 l.done += 1;
                 l.elapsed = l.started.map_or(Duration::ZERO, |s| now - s);
                 if l.running == 0 {
@@ -284,6 +293,7 @@ impl ProgressObserver {
                     State::Running
                 };
                 l.note = format!("failed after {attempts} attempt(s): {error}");
+                l.progress_note = false;
                 l.redraw();
             }
             (EventKind::CompensationStarted, Some(i)) => {
@@ -300,11 +310,33 @@ impl ProgressObserver {
                 let l = &mut run.lines[i];
                 l.state = State::CompensationFailed;
                 l.note = format!("compensation failed: {error}");
+                l.progress_note = false;
                 l.redraw();
+            }
+            (
+                EventKind::Progress {
+                    fraction, message, ..
+                },
+                _,
+            ) => {
+                if let Some(l) = run.lines.iter_mut().find(|l| l.node == node) {
+                    let mut note =
+                        fraction.map_or_else(String::new, |f| format!("{:.0}%", f * 100.0));
+                    if let Some(m) = message {
+                        if !note.is_empty() {
+                            note.push(' ');
+                        }
+                        note.push_str(m);
+                    }
+                    l.note = note;
+                    l.progress_note = true;
+                    l.redraw();
+                }
             }
             (EventKind::Caught { error }, _) => {
                 if let Some(l) = run.lines.iter_mut().find(|l| l.node == node) {
                     l.note = format!("caught, recovering: {error}");
+                    l.progress_note = false;
                     l.redraw();
                 }
             }
@@ -322,6 +354,7 @@ impl ProgressObserver {
                     if l.state == State::Running || l.state == State::Retrying {
                         l.state = State::Failed;
                         l.note = "dropped: the run ended".to_owned();
+                        l.progress_note = false;
                     }
                     l.finish();
                 }
@@ -360,6 +393,7 @@ impl ProgressObserver {
             started: None,
             elapsed: Duration::ZERO,
             note: String::new(),
+            progress_note: false,
         };
         line.redraw();
         line

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::{Frame, FrameScope};
 use crate::ctx::{BoxFuture, Ctx, ItemScope, StateView, Status, lock, panic_message};
 use crate::error::{CompensationRecord, Error, ErrorKind, NestedCompensationFailure, RunReport};
 use crate::event::{Event, EventKind, LazyChannel, Observer, Observers, RunId};
@@ -47,6 +48,11 @@ tokio::task_local! {
     /// finds what it inherits ([`OrphanSink::link`]) and leaves its compensations. One
     /// reference-counted pointer, swapped in and out around each poll of a run.
     static CURRENT: Arc<dyn OrphanSink>;
+}
+
+/// The run whose body is being polled on this task, if any (see [`StepContext`](crate::StepContext)).
+pub(crate) fn current_run() -> Option<Arc<dyn OrphanSink>> {
+    CURRENT.try_with(Arc::clone).ok()
 }
 
 /// Runs workflows: holds the observers and the jitter seed that its runs use.
@@ -184,6 +190,20 @@ impl Runtime {
         let _listed = self.listing(&ctx);
         let result = drive(workflow, ctx.clone(), input, None, on_drop).await;
         report_of(&ctx, result)
+    }
+
+    /// `flow::testing`: [`run`](Self::run) with scripted step outcomes.
+    #[cfg(feature = "testing")]
+    pub(crate) async fn run_scripted<W: Workflow>(
+        &self,
+        workflow: &W,
+        input: W::Input,
+        script: Arc<crate::testing::Script<W::Error>>,
+    ) -> Result<W::Output, Error<W::Error>> {
+        let ctx = self.ctx(workflow, None, None);
+        let _ = ctx.inner.script.set(script);
+        let on_drop = self.on_drop(workflow);
+        drive(workflow, ctx, input, None, on_drop).await
     }
 
     /// Starts `workflow` on a new tokio task and returns its [`Handle`].
@@ -363,13 +383,19 @@ async fn drive<W: Workflow>(
             }
         });
         let limit = workflow.timeout();
+        // The run's deadline, which steps can read (`StepContext::deadline`): a clock read
+        // only for runs that have a limit.
+        let ends = limit.map(crate::saga::deadline_after);
+        if let Some(at) = ends {
+            let _ = ctx.inner.deadline.set(at);
+        }
         let mut deadline = pin!(async move {
-            match limit {
-                Some(d) => {
-                    tokio::time::sleep(d).await;
+            match (limit, ends) {
+                (Some(d), Some(at)) => {
+                    tokio::time::sleep_until(at).await;
                     d
                 }
-                None => core::future::pending().await,
+                _ => core::future::pending().await,
             }
         });
         core::future::poll_fn(|cx| {
@@ -381,6 +407,7 @@ async fn drive<W: Workflow>(
             // enclosing `map` item.
             let polled = {
                 let _item = ItemScope::enter(None);
+                let _frame = FrameScope::enter(Frame::NONE);
                 std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx)))
             };
             match polled {
@@ -562,6 +589,13 @@ impl<W: Workflow> Handle<W> {
     /// (`#[workflow]` state enums).
     pub fn typed_state(&self) -> Option<W::State> {
         W::State::from_view(&self.ctx.state())
+    }
+
+    /// When a step of this run last reported progress
+    /// ([`StepContext::report_progress`](crate::StepContext::report_progress)), if one did: a
+    /// heartbeat, to tell a slow step from a stuck one. On tokio's clock.
+    pub fn last_heartbeat(&self) -> Option<tokio::time::Instant> {
+        *lock(&self.ctx.inner.heartbeat)
     }
 
     /// Cancels the run: the steps in flight are dropped, the compensations of completed steps

@@ -138,6 +138,21 @@ pub(crate) trait OrphanSink: crate::signal::SignalHost {
     fn tag(&self) -> Tag;
     /// What a child starting now inherits.
     fn link(&self) -> crate::runtime::ChildLink;
+    /// The run's id (for [`StepContext`](crate::StepContext)).
+    fn run_id(&self) -> crate::event::RunId;
+    /// The run's graph.
+    fn graph(&self) -> &'static crate::graph::Graph;
+    /// When the run's time limit ends, if it has one.
+    fn run_deadline(&self) -> Option<Instant>;
+    /// A step of this run reports progress: a heartbeat, and an event when observed.
+    fn progress(
+        &self,
+        node: NodeId,
+        iteration: u32,
+        item: Option<u32>,
+        attempt: u32,
+        progress: crate::context::Progress,
+    );
 }
 
 impl<E: Send + 'static> OrphanSink for Inner<E> {
@@ -169,6 +184,43 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
             cancel: self.cancel.clone(),
             seed: self.rng.next_u64(),
             seeded: self.seeded,
+        }
+    }
+
+    fn run_id(&self) -> crate::event::RunId {
+        self.run
+    }
+
+    fn graph(&self) -> &'static crate::graph::Graph {
+        self.graph
+    }
+
+    fn run_deadline(&self) -> Option<Instant> {
+        self.deadline.get().copied()
+    }
+
+    fn progress(
+        &self,
+        node: NodeId,
+        iteration: u32,
+        item: Option<u32>,
+        attempt: u32,
+        progress: crate::context::Progress,
+    ) {
+        let now = Instant::now();
+        *lock(&self.heartbeat) = Some(now);
+        if self.is_observed() {
+            let _item = crate::ctx::ItemScope::enter(item);
+            self.emit_at(
+                node,
+                EventKind::Progress {
+                    attempt,
+                    fraction: progress.fraction,
+                    message: progress.message,
+                },
+                now,
+                iteration,
+            );
         }
     }
 }
@@ -616,7 +668,14 @@ impl<E: Send + 'static> Ctx<E> {
             let failure = match std::panic::catch_unwind(AssertUnwindSafe(&mut *job)) {
                 Err(payload) => Failure::Panicked(panic_message(&*payload)),
                 Ok(attempt) => {
-                    let attempt = AssertUnwindSafe(attempt).catch_unwind();
+                    // An undo is not a step: no step context, even when a child run undoes
+                    // itself while its parent's step is polled.
+                    let fut = core::pin::pin!(attempt);
+                    let attempt = AssertUnwindSafe(crate::context::Framed {
+                        fut,
+                        frame: crate::context::Frame::NONE,
+                    })
+                    .catch_unwind();
                     match tokio::time::timeout_at(limit_at, attempt).await {
                         Ok(Ok(Ok(()))) => return (number, Ok(())),
                         Ok(Ok(Err(e))) => Failure::Error(e),

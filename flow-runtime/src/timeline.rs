@@ -219,7 +219,8 @@ fn build_slices(events: &[(Duration, Event)]) -> Vec<Slice> {
             EventKind::Entered
             | EventKind::ObserverPanicked { .. }
             | EventKind::SignalWaiting { .. }
-            | EventKind::SignalReceived { .. } => {}
+            | EventKind::SignalReceived { .. }
+            | EventKind::Progress { .. } => {}
             EventKind::AttemptStarted { attempt: 1 } => {
                 let step = out.len();
                 out.push(Slice::new(SliceKind::Step, e, e.step, 1, t));

@@ -95,6 +95,7 @@ mod imp {
     /// | `flow.attempt` | `step`, attempt events | the attempt (1 for the first) |
     /// | `flow.failure` | failure events | `error`, `timeout` or `panic` |
     /// | `flow.retry_in_ms` | retry events | the delay before the next attempt, in ms |
+    /// | `flow.progress`, `flow.message` | progress events | the fraction done (0 to 1) and the message a step reported |
     ///
     /// Everything is emitted with target `flow`: `RUST_LOG=flow=info` (or an `EnvFilter`
     /// directive) selects it.
@@ -331,6 +332,24 @@ mod imp {
                             flow.failure = failure_kind(error),
                             error.message = %error,
                             "step failed after {attempts} attempt(s)"
+                        );
+                    }
+                }
+                EventKind::Progress {
+                    attempt,
+                    fraction,
+                    message,
+                } => {
+                    if let Some(s) = run.steps.iter().find(|s| this(s)) {
+                        tracing::event!(
+                            target: "flow",
+                            parent: &s.span,
+                            Level::INFO,
+                            flow.step = e.step,
+                            flow.attempt = *attempt,
+                            flow.progress = *fraction,
+                            flow.message = message.as_deref(),
+                            "progress"
                         );
                     }
                 }

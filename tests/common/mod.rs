@@ -57,6 +57,7 @@ pub fn short(e: &Event) -> String {
         EventKind::StepSucceeded { .. } => "ok".to_owned(),
         EventKind::StepFailed { .. } => "failed".to_owned(),
         EventKind::Caught { .. } => "caught".to_owned(),
+        EventKind::Progress { .. } => "progress".to_owned(),
         EventKind::CompensationStarted => "compensating".to_owned(),
         EventKind::CompensationSucceeded => "compensated".to_owned(),
         EventKind::CompensationFailed { .. } => "compensation-failed".to_owned(),

@@ -241,7 +241,17 @@ fn __expansion() {
                                 __FlowState::Notify({
                                     let __flow_step_fn = reserve;
                                     {
-                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                            let __flow_c = __flow_step_fn(__flow_v);
+                                            let __flow_k = (&::flow::__private::Probe(
+                                                &__flow_c,
+                                                ::core::marker::PhantomData::<()>,
+                                            ))
+                                                .flow_child();
+                                            ::flow::__private::child_step(__flow_c, __flow_k)
+                                        };
                                         let __flow_f = {
                                             #[allow(unused_imports)]
                                             use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
@@ -286,22 +296,32 @@ fn __expansion() {
                                         );
                                     }
                                     {
-                                        let __flow_mk = || __flow_step_fn({
+                                        let __flow_mk = || {
                                             #[allow(unused_imports)]
-                                            use ::flow::__private::{CloneNo as _, CloneYes as _};
-                                            ::flow::__private::retry_input::<
-                                                __flow_steps::notify,
-                                                _,
-                                                _,
-                                            >(
-                                                &__flow_v,
-                                                (&::flow::__private::Probe(
+                                            use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                            let __flow_c = __flow_step_fn({
+                                                #[allow(unused_imports)]
+                                                use ::flow::__private::{CloneNo as _, CloneYes as _};
+                                                ::flow::__private::retry_input::<
+                                                    __flow_steps::notify,
+                                                    _,
+                                                    _,
+                                                >(
                                                     &__flow_v,
-                                                    ::core::marker::PhantomData::<()>,
-                                                ))
-                                                    .flow_clone(),
-                                            )
-                                        });
+                                                    (&::flow::__private::Probe(
+                                                        &__flow_v,
+                                                        ::core::marker::PhantomData::<()>,
+                                                    ))
+                                                        .flow_clone(),
+                                                )
+                                            });
+                                            let __flow_k = (&::flow::__private::Probe(
+                                                &__flow_c,
+                                                ::core::marker::PhantomData::<()>,
+                                            ))
+                                                .flow_child();
+                                            ::flow::__private::child_step(__flow_c, __flow_k)
+                                        };
                                         let __flow_mk = {
                                             #[allow(unused_imports)]
                                             use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
@@ -355,9 +375,19 @@ fn __expansion() {
                                         let __flow_r = __flow_ctx
                                             .catch(
                                                 __flow_r,
-                                                |e| e.is_timeout(),
+                                                __flow_ctx.catch_on(::flow::policy::CatchOn::Timeouts),
                                                 ::flow::NodeId(4u32),
-                                                |__flow_e| (fallback)(__flow_e),
+                                                |__flow_e| {
+                                                    #[allow(unused_imports)]
+                                                    use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                    let __flow_c = (fallback)(__flow_e);
+                                                    let __flow_k = (&::flow::__private::Probe(
+                                                        &__flow_c,
+                                                        ::core::marker::PhantomData::<()>,
+                                                    ))
+                                                        .flow_child();
+                                                    ::flow::__private::child_step(__flow_c, __flow_k)
+                                                },
                                             )
                                             .await;
                                         let _ = __flow_m;
@@ -405,7 +435,17 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                                let __flow_c = __flow_step_fn(__flow_v);
+                                                                let __flow_k = (&::flow::__private::Probe(
+                                                                    &__flow_c,
+                                                                    ::core::marker::PhantomData::<()>,
+                                                                ))
+                                                                    .flow_child();
+                                                                ::flow::__private::child_step(__flow_c, __flow_k)
+                                                            };
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
                                                                 use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
@@ -456,7 +496,17 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                                let __flow_c = __flow_step_fn(__flow_v);
+                                                                let __flow_k = (&::flow::__private::Probe(
+                                                                    &__flow_c,
+                                                                    ::core::marker::PhantomData::<()>,
+                                                                ))
+                                                                    .flow_child();
+                                                                ::flow::__private::child_step(__flow_c, __flow_k)
+                                                            };
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
                                                                 use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
@@ -509,7 +559,17 @@ fn __expansion() {
                                         );
                                     }
                                     {
-                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                            let __flow_c = __flow_step_fn(__flow_v);
+                                            let __flow_k = (&::flow::__private::Probe(
+                                                &__flow_c,
+                                                ::core::marker::PhantomData::<()>,
+                                            ))
+                                                .flow_child();
+                                            ::flow::__private::child_step(__flow_c, __flow_k)
+                                        };
                                         let __flow_f = {
                                             #[allow(unused_imports)]
                                             use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
@@ -576,7 +636,17 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                                let __flow_c = __flow_step_fn(__flow_v);
+                                                                let __flow_k = (&::flow::__private::Probe(
+                                                                    &__flow_c,
+                                                                    ::core::marker::PhantomData::<()>,
+                                                                ))
+                                                                    .flow_child();
+                                                                ::flow::__private::child_step(__flow_c, __flow_k)
+                                                            };
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
                                                                 use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};

@@ -11,7 +11,7 @@ flow! {
                   jitter = full, max_elapsed = "30s", on = errors),
             retry(max_attempts = 2, backoff = constant("1s"), when = AppError::is_transient),
             timeout = "5s",
-            catch(fallback, when = |e| e.is_timeout())
+            catch(fallback, on = timeouts)
         ]
         -> (audit & bill) [settle]
         -> batch

@@ -257,7 +257,17 @@ fn __expansion() {
                                 __FlowState::Parallel({
                                     let __flow_step_fn = parse;
                                     {
-                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                            let __flow_c = __flow_step_fn(__flow_v);
+                                            let __flow_k = (&::flow::__private::Probe(
+                                                &__flow_c,
+                                                ::core::marker::PhantomData::<()>,
+                                            ))
+                                                .flow_child();
+                                            ::flow::__private::child_step(__flow_c, __flow_k)
+                                        };
                                         let __flow_f = {
                                             #[allow(unused_imports)]
                                             use ::flow::__private::{
@@ -325,7 +335,17 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                                let __flow_c = __flow_step_fn(__flow_v);
+                                                                let __flow_k = (&::flow::__private::Probe(
+                                                                    &__flow_c,
+                                                                    ::core::marker::PhantomData::<()>,
+                                                                ))
+                                                                    .flow_child();
+                                                                ::flow::__private::child_step(__flow_c, __flow_k)
+                                                            };
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
                                                                 use ::flow::__private::{
@@ -379,7 +399,17 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                                let __flow_c = __flow_step_fn(__flow_v);
+                                                                let __flow_k = (&::flow::__private::Probe(
+                                                                    &__flow_c,
+                                                                    ::core::marker::PhantomData::<()>,
+                                                                ))
+                                                                    .flow_child();
+                                                                ::flow::__private::child_step(__flow_c, __flow_k)
+                                                            };
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
                                                                 use ::flow::__private::{
@@ -458,7 +488,17 @@ fn __expansion() {
                                                             );
                                                         }
                                                         {
-                                                            let __flow_f = __flow_step_fn(__flow_v);
+                                                            let __flow_f = {
+                                                                #[allow(unused_imports)]
+                                                                use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                                let __flow_c = __flow_step_fn(__flow_v);
+                                                                let __flow_k = (&::flow::__private::Probe(
+                                                                    &__flow_c,
+                                                                    ::core::marker::PhantomData::<()>,
+                                                                ))
+                                                                    .flow_child();
+                                                                ::flow::__private::child_step(__flow_c, __flow_k)
+                                                            };
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
                                                                 use ::flow::__private::{
@@ -524,7 +564,17 @@ fn __expansion() {
                                         );
                                     }
                                     {
-                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                            let __flow_c = __flow_step_fn(__flow_v);
+                                            let __flow_k = (&::flow::__private::Probe(
+                                                &__flow_c,
+                                                ::core::marker::PhantomData::<()>,
+                                            ))
+                                                .flow_child();
+                                            ::flow::__private::child_step(__flow_c, __flow_k)
+                                        };
                                         let __flow_f = {
                                             #[allow(unused_imports)]
                                             use ::flow::__private::{
@@ -570,7 +620,17 @@ fn __expansion() {
                                         );
                                     }
                                     {
-                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                            let __flow_c = __flow_step_fn(__flow_v);
+                                            let __flow_k = (&::flow::__private::Probe(
+                                                &__flow_c,
+                                                ::core::marker::PhantomData::<()>,
+                                            ))
+                                                .flow_child();
+                                            ::flow::__private::child_step(__flow_c, __flow_k)
+                                        };
                                         let __flow_f = {
                                             #[allow(unused_imports)]
                                             use ::flow::__private::{
@@ -616,7 +676,17 @@ fn __expansion() {
                                         );
                                     }
                                     {
-                                        let __flow_f = __flow_step_fn(__flow_v);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                            let __flow_c = __flow_step_fn(__flow_v);
+                                            let __flow_k = (&::flow::__private::Probe(
+                                                &__flow_c,
+                                                ::core::marker::PhantomData::<()>,
+                                            ))
+                                                .flow_child();
+                                            ::flow::__private::child_step(__flow_c, __flow_k)
+                                        };
                                         let __flow_f = {
                                             #[allow(unused_imports)]
                                             use ::flow::__private::{

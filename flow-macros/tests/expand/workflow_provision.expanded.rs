@@ -447,7 +447,17 @@ impl ::flow::Workflow for Provision {
                                 let __flow_p0_1 = "users";
                                 async move {
                                     {
-                                        let __flow_f = seed(__flow_p0_0, __flow_p0_1);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                            let __flow_c = seed(__flow_p0_0, __flow_p0_1);
+                                            let __flow_k = (&::flow::__private::Probe(
+                                                &__flow_c,
+                                                ::core::marker::PhantomData::<()>,
+                                            ))
+                                                .flow_child();
+                                            ::flow::__private::child_step(__flow_c, __flow_k)
+                                        };
                                         let __flow_f = {
                                             #[allow(unused_imports)]
                                             use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};
@@ -477,7 +487,17 @@ impl ::flow::Workflow for Provision {
                                 let __flow_p1_1 = "orders";
                                 async move {
                                     {
-                                        let __flow_f = seed(__flow_p1_0, __flow_p1_1);
+                                        let __flow_f = {
+                                            #[allow(unused_imports)]
+                                            use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                            let __flow_c = seed(__flow_p1_0, __flow_p1_1);
+                                            let __flow_k = (&::flow::__private::Probe(
+                                                &__flow_c,
+                                                ::core::marker::PhantomData::<()>,
+                                            ))
+                                                .flow_child();
+                                            ::flow::__private::child_step(__flow_c, __flow_k)
+                                        };
                                         let __flow_f = {
                                             #[allow(unused_imports)]
                                             use ::flow::__private::{ConvertsNo as _, ConvertsYes as _};

@@ -10,6 +10,7 @@ mod retry;
 pub use self::backoff::{Backoff, Delays};
 pub use self::jitter::{Jitter, SplitMix64};
 pub use self::retry::{On, Retry};
+pub use crate::glue::CatchOn;
 pub use crate::saga::{CompensationPolicy, DEFAULT_COMPENSATION_TIMEOUT};
 
 use core::time::Duration;
