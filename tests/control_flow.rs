@@ -699,3 +699,47 @@ async fn a_state_reads_as_its_node_and_status() {
     (&mut handle).await.unwrap();
     assert_eq!(handle.state().to_string(), "end (completed)");
 }
+
+// ---------------------------------------------------------------- the current state in a group
+
+async fn fails_then_waits(tries: Arc<Mutex<u32>>) -> Result<u32, String> {
+    let n = {
+        let mut t = tries.lock().unwrap();
+        *t += 1;
+        *t
+    };
+    if n == 1 {
+        return Err("first attempt fails".into());
+    }
+    std::future::pending().await
+}
+async fn waits_forever(_: u32) -> Result<u32, String> {
+    std::future::pending().await
+}
+
+#[workflow]
+async fn group_state(tries: Arc<Mutex<u32>>) -> Result<u32, String> {
+    let (a, b) = flow::join!(
+        #[retry(max_attempts = 2, backoff = constant("1s"))]
+        fails_then_waits(tries.clone()),
+        waits_forever(0)
+    )
+    .await?;
+    Ok(a + b)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_inside_a_group_is_the_current_state_again() {
+    let tries = Arc::new(Mutex::new(0));
+    let handle = Runtime::new().spawn(GroupState, (tries.clone(),));
+    // Attempt 1 of the retried branch fails, then the other branch is entered and waits.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(*tries.lock().unwrap(), 1);
+    assert_eq!(handle.state().name, "waits_forever");
+    // After the backoff, attempt 2 runs: the run is at the retried step again.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(*tries.lock().unwrap(), 2);
+    assert_eq!(handle.state().name, "fails_then_waits");
+    handle.cancel();
+    assert!(handle.await.unwrap_err().is_cancelled());
+}
