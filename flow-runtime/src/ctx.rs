@@ -141,12 +141,11 @@ impl Status {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// use flow_runtime::{NodeId, Runtime, StateView, Status};
-/// let handle = Runtime::new().spawn(Order, 3);
+/// let mut handle = Runtime::new().spawn(Order, 3);
+/// assert_eq!(handle.state().status, Status::Running); // started, not polled yet
+/// let _ = (&mut handle).await; // `charge` fails
 /// let view: StateView = handle.state();
-/// assert_eq!(view.status, Status::Running); // not polled yet
-/// let _ = view.name; // the name of `view.node`
-/// let report = handle.report().await;
-/// assert!(report.result.is_err());
+/// assert_eq!((view.node, view.name, view.status), (NodeId::END, "end", Status::Failed));
 /// # }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
