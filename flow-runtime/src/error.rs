@@ -184,10 +184,37 @@ pub enum GaveUp {
 /// not kept, so a step retried a million times does not hold a million errors.
 ///
 /// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "poll", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End), node("ping", NodeKind::Step)] };
+/// # /// One step, `ping`, that always fails, with `retry(max_attempts = 30)`.
+/// # struct Poll;
+/// # impl Workflow for Poll {
+/// #     type Input = (); type Output = (); type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, _: ()) -> Result<(), Error<String>> {
+/// #         let retry = [flow_runtime::policy::Retry::new(30)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(2), policy, || async { Err::<(), String>("down".into()) }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::Runtime;
 /// use flow_runtime::error::KEPT_LAST_ATTEMPTS;
-/// // A step retried 100 times keeps its first attempt and the last 16.
-/// let kept = 1 + KEPT_LAST_ATTEMPTS;
-/// assert_eq!(kept, 17);
+/// // `ping` failed 30 times: the error keeps attempt 1 and attempts 15 to 30.
+/// let err = Runtime::new().run(&Poll, ()).await.unwrap_err();
+/// let step = err.step_error().unwrap();
+/// assert_eq!(step.attempt_count(), 30);
+/// assert_eq!(step.attempts().len(), 1 + KEPT_LAST_ATTEMPTS);
+/// assert_eq!((step.attempts()[0].number, step.attempts()[1].number), (1, 15));
+/// # }
 /// ```
 pub const KEPT_LAST_ATTEMPTS: usize = 16;
 
