@@ -129,6 +129,24 @@ pub mod __private {
 /// Inside a `#[workflow]` body, `flow::join!(a(x), b(y)).await?` makes each call a step of a
 /// parallel group. Elsewhere it is a plain fail-fast join: it evaluates to a future of
 /// `Result<(A, B, ..), E>`.
+///
+/// ```
+/// async fn price(item: u32) -> Result<u32, String> { Ok(item * 10) }
+/// async fn stock(item: u32) -> Result<u32, String> { Ok(item + 1) }
+///
+/// #[flow::workflow]
+/// async fn quote(item: u32) -> Result<u32, String> {
+///     // `price` and `stock` run as two steps of one parallel group.
+///     let (p, s) = flow::join!(price(item), stock(item)).await?;
+///     Ok(p * s)
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(quote(2).await.unwrap(), 20 * 3);
+/// // Outside a workflow: a plain fail-fast join.
+/// assert_eq!(flow::join!(price(1), stock(1)).await, Ok((10, 2)));
+/// # }
+/// ```
 #[macro_export]
 macro_rules! join {
     ($a:expr, $b:expr $(,)?) => {
@@ -157,9 +175,18 @@ macro_rules! join {
 /// fail-fast concurrent map that evaluates to a future of `Result<Vec<T>, E>`.
 ///
 /// ```
+/// async fn square(x: u32) -> Result<u32, String> { Ok(x * x) }
+///
+/// #[flow::workflow]
+/// async fn sum_of_squares(xs: Vec<u32>) -> Result<u32, String> {
+///     // A map node: one `square` step per item, at most 2 at a time.
+///     let squares = flow::map!(xs, |x| square(x), concurrency = 2).await?;
+///     Ok(squares.iter().sum())
+/// }
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// async fn square(x: u32) -> Result<u32, String> { Ok(x * x) }
+/// assert_eq!(sum_of_squares(vec![1, 2, 3]).await.unwrap(), 14);
+/// // Outside a workflow: a plain ordered, bounded concurrent map.
 /// let squares = flow::map!(vec![1, 2, 3], |x| square(x), concurrency = 2).await;
 /// assert_eq!(squares, Ok(vec![1, 4, 9]));
 /// # }
@@ -177,7 +204,27 @@ macro_rules! map {
 /// Runs 2 to 5 fallible futures concurrently to the end and returns every result (settle).
 ///
 /// Inside a `#[workflow]` body each call is a step, and each result is
-/// `Result<T, flow::StepError<E>>`.
+/// `Result<T, flow::StepError<E>>`. Elsewhere it evaluates to a future of the tuple of
+/// results.
+///
+/// ```
+/// async fn primary(n: u32) -> Result<u32, String> { Err(format!("primary down ({n})")) }
+/// async fn replica(n: u32) -> Result<u32, String> { Ok(n) }
+///
+/// #[flow::workflow]
+/// async fn read(n: u32) -> Result<u32, String> {
+///     // Both steps run to the end; each result says how its step went.
+///     let (a, b) = flow::settle!(primary(n), replica(n)).await;
+///     assert_eq!(a.as_ref().err().map(|e| e.step()), Some("primary"));
+///     Ok(a.unwrap_or(0) + b.unwrap_or(0))
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(read(7).await.unwrap(), 7);
+/// let (a, b) = flow::settle!(primary(1), replica(1)).await;
+/// assert_eq!((a.is_err(), b), (true, Ok(1)));
+/// # }
+/// ```
 #[macro_export]
 macro_rules! settle {
     ($a:expr, $b:expr $(,)?) => {

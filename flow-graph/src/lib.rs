@@ -8,6 +8,25 @@
 use core::fmt::Write as _;
 
 /// Index of a node in its [`Graph`]: a step's identity, fixed at compile time.
+///
+/// ```
+/// # use flow_graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind, policy: &'static str) -> Node<'static> {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy, parent: None }
+/// # }
+/// # const fn edge(from: u32, to: u32) -> Edge<'static> {
+/// #     Edge { from, to, kind: EdgeKind::Sequence, label: "" }
+/// # }
+/// # // What `flow! { name = "deploy"; build -> test }` emits, `build` retried.
+/// # static DEPLOY: Graph<'static> = Graph { name: "deploy", fingerprint: 7, nodes: &[
+/// #     node("start", NodeKind::Start, ""), node("end", NodeKind::End, ""),
+/// #     node("build", NodeKind::Step, "retry(max_attempts = 3)"), node("test", NodeKind::Step, "")],
+/// #     edges: &[edge(0, 2), edge(2, 3), edge(3, 1)] };
+/// assert_eq!(DEPLOY.find("build"), Some(NodeId(2)));
+/// assert_eq!(DEPLOY.name_of(NodeId::START), "start");
+/// assert_eq!(DEPLOY.node(NodeId::END).map(|n| n.kind), Some(NodeKind::End));
+/// assert!(NodeId(2) < NodeId(3)); // ids are indexes into `Graph::nodes`
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u32);
 
@@ -19,6 +38,23 @@ impl NodeId {
 }
 
 /// What a node is.
+///
+/// ```
+/// # use flow_graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind, policy: &'static str) -> Node<'static> {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy, parent: None }
+/// # }
+/// # const fn edge(from: u32, to: u32) -> Edge<'static> {
+/// #     Edge { from, to, kind: EdgeKind::Sequence, label: "" }
+/// # }
+/// # // What `flow! { name = "deploy"; build -> test }` emits, `build` retried.
+/// # static DEPLOY: Graph<'static> = Graph { name: "deploy", fingerprint: 7, nodes: &[
+/// #     node("start", NodeKind::Start, ""), node("end", NodeKind::End, ""),
+/// #     node("build", NodeKind::Step, "retry(max_attempts = 3)"), node("test", NodeKind::Step, "")],
+/// #     edges: &[edge(0, 2), edge(2, 3), edge(3, 1)] };
+/// let kinds: Vec<NodeKind> = DEPLOY.nodes.iter().map(|n| n.kind).collect();
+/// assert_eq!(kinds, [NodeKind::Start, NodeKind::End, NodeKind::Step, NodeKind::Step]);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeKind {
     /// Where every run starts.
@@ -43,6 +79,24 @@ pub enum NodeKind {
 }
 
 /// The kind of an edge.
+///
+/// ```
+/// # use flow_graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind, policy: &'static str) -> Node<'static> {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy, parent: None }
+/// # }
+/// # const fn edge(from: u32, to: u32) -> Edge<'static> {
+/// #     Edge { from, to, kind: EdgeKind::Sequence, label: "" }
+/// # }
+/// # // What `flow! { name = "deploy"; build -> test }` emits, `build` retried.
+/// # static DEPLOY: Graph<'static> = Graph { name: "deploy", fingerprint: 7, nodes: &[
+/// #     node("start", NodeKind::Start, ""), node("end", NodeKind::End, ""),
+/// #     node("build", NodeKind::Step, "retry(max_attempts = 3)"), node("test", NodeKind::Step, "")],
+/// #     edges: &[edge(0, 2), edge(2, 3), edge(3, 1)] };
+/// let into_test = DEPLOY.edges.iter().find(|e| e.to == 3).unwrap();
+/// assert_eq!((into_test.from, into_test.kind), (2, EdgeKind::Sequence));
+/// assert!(DEPLOY.edges.iter().all(|e| e.kind != EdgeKind::Catch)); // nothing is caught
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EdgeKind {
     /// One node after another.
@@ -62,6 +116,24 @@ pub enum EdgeKind {
 }
 
 /// A node of a workflow graph.
+///
+/// ```
+/// # use flow_graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind, policy: &'static str) -> Node<'static> {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy, parent: None }
+/// # }
+/// # const fn edge(from: u32, to: u32) -> Edge<'static> {
+/// #     Edge { from, to, kind: EdgeKind::Sequence, label: "" }
+/// # }
+/// # // What `flow! { name = "deploy"; build -> test }` emits, `build` retried.
+/// # static DEPLOY: Graph<'static> = Graph { name: "deploy", fingerprint: 7, nodes: &[
+/// #     node("start", NodeKind::Start, ""), node("end", NodeKind::End, ""),
+/// #     node("build", NodeKind::Step, "retry(max_attempts = 3)"), node("test", NodeKind::Step, "")],
+/// #     edges: &[edge(0, 2), edge(2, 3), edge(3, 1)] };
+/// let build: &Node = DEPLOY.node(DEPLOY.find("build").unwrap()).unwrap();
+/// assert_eq!((build.name, build.kind), ("build", NodeKind::Step));
+/// assert_eq!((build.policy, build.parent), ("retry(max_attempts = 3)", None));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Node<'a> {
     /// The step's name as written (`launch_nodes`), or the group's kind.
@@ -83,6 +155,24 @@ pub struct Node<'a> {
 }
 
 /// An edge of a workflow graph.
+///
+/// ```
+/// # use flow_graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind, policy: &'static str) -> Node<'static> {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy, parent: None }
+/// # }
+/// # const fn edge(from: u32, to: u32) -> Edge<'static> {
+/// #     Edge { from, to, kind: EdgeKind::Sequence, label: "" }
+/// # }
+/// # // What `flow! { name = "deploy"; build -> test }` emits, `build` retried.
+/// # static DEPLOY: Graph<'static> = Graph { name: "deploy", fingerprint: 7, nodes: &[
+/// #     node("start", NodeKind::Start, ""), node("end", NodeKind::End, ""),
+/// #     node("build", NodeKind::Step, "retry(max_attempts = 3)"), node("test", NodeKind::Step, "")],
+/// #     edges: &[edge(0, 2), edge(2, 3), edge(3, 1)] };
+/// let path: Vec<(u32, u32)> = DEPLOY.edges.iter().map(|e: &Edge| (e.from, e.to)).collect();
+/// assert_eq!(path, [(0, 2), (2, 3), (3, 1)]); // start -> build -> test -> end
+/// assert!(DEPLOY.edges.iter().all(|e| e.label.is_empty()));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Edge<'a> {
     /// Source node index.
@@ -96,6 +186,28 @@ pub struct Edge<'a> {
 }
 
 /// The static description of a workflow.
+///
+/// ```
+/// # use flow_graph::{Edge, EdgeKind, Graph, Node, NodeId, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind, policy: &'static str) -> Node<'static> {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy, parent: None }
+/// # }
+/// # const fn edge(from: u32, to: u32) -> Edge<'static> {
+/// #     Edge { from, to, kind: EdgeKind::Sequence, label: "" }
+/// # }
+/// # // What `flow! { name = "deploy"; build -> test }` emits, `build` retried.
+/// # static DEPLOY: Graph<'static> = Graph { name: "deploy", fingerprint: 7, nodes: &[
+/// #     node("start", NodeKind::Start, ""), node("end", NodeKind::End, ""),
+/// #     node("build", NodeKind::Step, "retry(max_attempts = 3)"), node("test", NodeKind::Step, "")],
+/// #     edges: &[edge(0, 2), edge(2, 3), edge(3, 1)] };
+/// let build = DEPLOY.find("build").unwrap();
+/// assert_eq!((DEPLOY.key_of(build), DEPLOY.name_of(NodeId(99))), ("build", "?"));
+/// let steps: Vec<&str> = DEPLOY.steps().map(|(_, n)| n.name).collect();
+/// assert_eq!(steps, ["build", "test"]);
+/// assert!(DEPLOY.to_mermaid().starts_with("%% workflow deploy\nflowchart TD"));
+/// assert!(DEPLOY.to_dot().starts_with("digraph"));
+/// assert!(DEPLOY.steps_table().contains("retry(max_attempts = 3)"));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Graph<'a> {
     /// The workflow's name.

@@ -141,6 +141,14 @@ impl<F: Future> Future for FramedUntil<'_, F> {
 /// What a step reports with [`StepContext::report_progress`]: a fraction done, a message, or
 /// both. Built from an `f64` (the fraction, `0.0..=1.0`), a string, or a `(f64, message)`
 /// pair.
+///
+/// ```
+/// use flow_runtime::Progress;
+/// assert_eq!(Progress::from(0.5), Progress { fraction: Some(0.5), message: None });
+/// assert_eq!(Progress::from("copying").message.as_deref(), Some("copying"));
+/// let both = Progress::from((0.25, "chunk 1 of 4"));
+/// assert_eq!((both.fraction, both.message.as_deref()), (Some(0.25), Some("chunk 1 of 4")));
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {
     /// How much of the step's work is done, from 0.0 to 1.0 (clamped; NaN is dropped).
@@ -240,12 +248,92 @@ impl core::fmt::Debug for StepContext {
 }
 
 /// The context of the step being polled on this thread, if any: see [`StepContext`].
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "backup", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End), node("upload", NodeKind::Step)] };
+/// # /// A workflow whose one step, `upload`, is retried once.
+/// # struct Backup;
+/// # impl Workflow for Backup {
+/// #     type Input = u32; type Output = String; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<String, Error<String>> {
+/// #         let retry = [flow_runtime::policy::Retry::new(2)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(2), policy, || upload(n)).await?)
+/// #     }
+/// # }
+///
+/// /// The `upload` step of the `Backup` workflow: fails its first attempt.
+/// async fn upload(n: u32) -> Result<String, String> {
+///     let ctx = flow_runtime::step_context().expect("called as a step");
+///     assert_eq!((ctx.workflow(), ctx.step(), ctx.key()), ("backup", "upload", "upload"));
+///     match ctx.attempt() {
+///         1 => Err("connection reset".into()),
+///         _ => Ok(format!("{n} chunks, attempt {}", ctx.attempt())),
+///     }
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let out = flow_runtime::Runtime::new().run(&Backup, 3).await.unwrap();
+/// assert_eq!(out, "3 chunks, attempt 2");
+/// assert!(flow_runtime::step_context().is_none()); // not in a step
+/// # }
+/// ```
 pub fn step_context() -> Option<StepContext> {
     StepContext::current()
 }
 
 impl StepContext {
     /// The context of the step being polled on this thread, if any.
+    ///
+    /// ```
+    /// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+    /// # use flow_runtime::__private::{Ctx, StepPolicy};
+    /// # use flow_runtime::dynamic::DynState;
+    /// # use flow_runtime::graph::{Node, NodeKind};
+    /// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+    /// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+    /// # }
+    /// # static GRAPH: Graph = Graph { name: "backup", fingerprint: 1, edges: &[], nodes: &[
+    /// #     node("start", NodeKind::Start), node("end", NodeKind::End), node("upload", NodeKind::Step)] };
+    /// # /// A workflow whose one step, `upload`, is retried once.
+    /// # struct Backup;
+    /// # impl Workflow for Backup {
+    /// #     type Input = u32; type Output = String; type Error = String; type State = DynState;
+    /// #     fn graph(&self) -> &'static Graph { &GRAPH }
+    /// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<String, Error<String>> {
+    /// #         let retry = [flow_runtime::policy::Retry::new(2)];
+    /// #         let policy = StepPolicy { retry: &retry, timeout: None };
+    /// #         Ok(ctx.step_with(NodeId(2), policy, || upload(n)).await?)
+    /// #     }
+    /// # }
+    ///
+    /// use flow_runtime::StepContext;
+    /// async fn upload(n: u32) -> Result<String, String> {
+    ///     let ctx = StepContext::current().unwrap();
+    ///     assert_eq!((ctx.node(), ctx.iteration(), ctx.item()), (NodeId(2), 1, None));
+    ///     assert!(ctx.deadline().is_none()); // no timeout applies
+    ///     ctx.report_progress((1.0, "done"));
+    ///     // The same key for both attempts of this execution.
+    ///     let key = ctx.idempotency_key();
+    ///     assert!(key.starts_with("flow:") && key.ends_with(&format!(":{}:upload#1", ctx.run_id().0)));
+    ///     if ctx.attempt() == 1 { Err("retry me".into()) } else { Ok(key) }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let handle = flow_runtime::Runtime::new().spawn(Backup, 1);
+    /// assert!(handle.last_heartbeat().is_none());
+    /// assert!(handle.await.unwrap().contains("upload#1"));
+    /// # }
+    /// ```
     pub fn current() -> Option<StepContext> {
         let frame = FRAME.with(Cell::get);
         if frame.attempt == 0 {

@@ -69,6 +69,13 @@ async fn in_item<F: Future>(item: u32, fut: F) -> F::Output {
 }
 
 /// Where a run is: running, or one of the terminal states.
+///
+/// ```
+/// use flow_runtime::Status;
+/// assert!(!Status::Running.is_terminal() && !Status::Compensating.is_terminal());
+/// assert!(Status::Completed.is_terminal() && Status::Failed.is_terminal());
+/// assert!(Status::Cancelled.is_terminal());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     /// The run is executing (or was created and not yet polled).
@@ -101,6 +108,46 @@ impl Status {
 }
 
 /// A snapshot of a run's state: the node it is at and its status.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{NodeId, Runtime, StateView, Status};
+/// let mut handle = Runtime::new().spawn(Order, 3);
+/// assert_eq!(handle.state().status, Status::Running); // started, not polled yet
+/// let _ = (&mut handle).await; // `charge` fails
+/// let view: StateView = handle.state();
+/// assert_eq!((view.node, view.name, view.status), (NodeId::END, "end", Status::Failed));
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateView {
     /// The node most recently entered (the start node before the first step; the end node once

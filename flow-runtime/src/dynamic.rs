@@ -7,6 +7,18 @@ use core::future::Future;
 use core::time::Duration;
 use std::sync::Arc;
 
+/// What [`DynWorkflow::run`] and [`DynWorkflow::call`] return: a boxed `Send` future.
+///
+/// ```
+/// use flow_runtime::dynamic::BoxFuture;
+/// fn answer() -> BoxFuture<'static, u32> {
+///     Box::pin(async { 42 })
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(answer().await, 42);
+/// # }
+/// ```
 pub use futures_util::future::BoxFuture;
 
 use crate::ctx::{Ctx, StateView};

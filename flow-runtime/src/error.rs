@@ -11,6 +11,20 @@ use core::time::Duration;
 use crate::graph::NodeId;
 
 /// Why one attempt of a step failed.
+///
+/// ```
+/// use core::time::Duration;
+/// use flow_runtime::Failure;
+///
+/// let declined: Failure<String> = Failure::Error("card declined".into());
+/// assert_eq!(declined.error().map(String::as_str), Some("card declined"));
+/// assert_eq!(declined.into_error(), Some(String::from("card declined")));
+///
+/// let slow: Failure<String> = Failure::TimedOut(Duration::from_secs(2));
+/// assert!(slow.is_timeout() && !slow.is_panic() && slow.error().is_none());
+/// assert_eq!(slow.to_string(), "timed out after 2s");
+/// assert!(Failure::<String>::Panicked("boom".into()).is_panic());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure<E> {
     /// The step returned its error (converted into the workflow's error type).
@@ -64,6 +78,45 @@ impl<E: fmt::Display> fmt::Display for Failure<E> {
 }
 
 /// One failed attempt of a step.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{Failure, Runtime};
+/// let err = Runtime::new().run(&Order, 3).await.unwrap_err();
+/// let attempts = err.step_error().unwrap().attempts();
+/// assert_eq!(attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2, 3]);
+/// assert_eq!(attempts[0].failure, Failure::Error("card declined for 3".to_string()));
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Attempt<E> {
     /// 1 for the first attempt.
@@ -77,6 +130,45 @@ pub struct Attempt<E> {
 }
 
 /// Why a failing step stopped trying.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::Runtime;
+/// use flow_runtime::error::GaveUp;
+/// // `charge` has a rule of 3 attempts, and all 3 failed.
+/// let err = Runtime::new().run(&Order, 3).await.unwrap_err();
+/// assert_eq!(err.step_error().unwrap().gave_up(), GaveUp::RetriesExhausted);
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GaveUp {
     /// No retry rule matched the failure (or the step has none, or it panicked).
@@ -90,12 +182,92 @@ pub enum GaveUp {
 /// How many attempts a [`StepError`] keeps: the first one and the last
 /// [`KEPT_LAST_ATTEMPTS`]; the ones in between are counted ([`StepError::attempt_count`]) but
 /// not kept, so a step retried a million times does not hold a million errors.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "poll", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End), node("ping", NodeKind::Step)] };
+/// # /// One step, `ping`, that always fails, with `retry(max_attempts = 30)`.
+/// # struct Poll;
+/// # impl Workflow for Poll {
+/// #     type Input = (); type Output = (); type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, _: ()) -> Result<(), Error<String>> {
+/// #         let retry = [flow_runtime::policy::Retry::new(30)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(2), policy, || async { Err::<(), String>("down".into()) }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::Runtime;
+/// use flow_runtime::error::KEPT_LAST_ATTEMPTS;
+/// // `ping` failed 30 times: the error keeps attempt 1 and attempts 15 to 30.
+/// let err = Runtime::new().run(&Poll, ()).await.unwrap_err();
+/// let step = err.step_error().unwrap();
+/// assert_eq!(step.attempt_count(), 30);
+/// assert_eq!(step.attempts().len(), 1 + KEPT_LAST_ATTEMPTS);
+/// assert_eq!((step.attempts()[0].number, step.attempts()[1].number), (1, 15));
+/// # }
+/// ```
 pub const KEPT_LAST_ATTEMPTS: usize = 16;
 
 /// A step that failed for good: every attempt failed and no retry was left.
 ///
 /// Boxed: a step's `Result<T, StepError<E>>` is moved through the state machine on every
 /// step, so its error side is kept one pointer wide.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{ErrorKind, NodeId, Runtime};
+/// use flow_runtime::error::GaveUp;
+///
+/// let err = Runtime::new().run(&Order, 3).await.unwrap_err();
+/// let step = err.step_error().unwrap();
+/// assert_eq!((step.step(), step.node()), ("charge", NodeId(3)));
+/// assert_eq!((step.attempt_count(), step.gave_up()), (3, GaveUp::RetriesExhausted));
+/// assert_eq!(step.error().map(String::as_str), Some("card declined for 3"));
+/// assert!(!step.is_timeout() && !step.is_panic() && step.failure().error().is_some());
+///
+/// let ErrorKind::Step(step) = err.into_kind() else { unreachable!() };
+/// assert_eq!(step.map_err(|e| e.len()).into_error(), Some(19));
+/// # }
+/// ```
 pub struct StepError<E>(Box<StepErrorData<E>>);
 
 struct StepErrorData<E> {
@@ -268,6 +440,46 @@ impl<E: std::error::Error + 'static> std::error::Error for StepError<E> {
 }
 
 /// A compensation that failed while a failed run was being undone.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{Failure, Runtime};
+/// // Order 7: `charge` fails, and undoing `reserve` fails too.
+/// let err = Runtime::new().run(&Order, 7).await.unwrap_err();
+/// let failed = &err.compensation_failures()[0];
+/// assert_eq!(failed.step, "reserve");
+/// assert_eq!(failed.failure, Failure::Error("cannot release 7".to_string()));
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct CompensationFailure<E> {
     /// The step whose compensation failed.
@@ -280,6 +492,47 @@ pub struct CompensationFailure<E> {
 /// failed while undoing the child after it was dropped mid-run (this run was cancelled, timed
 /// out, or a sibling branch failed). The child's error type is not this run's, so the failure
 /// is kept as text.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::Runtime;
+/// let err = Runtime::new().run(&Order, 7).await.unwrap_err();
+/// // No workflow ran inside `Order`'s steps, so no child's undo failed.
+/// for nested in err.nested_compensation_failures() {
+///     eprintln!("{} / {}: {}", nested.workflow, nested.step, nested.message);
+/// }
+/// assert!(err.nested_compensation_failures().is_empty());
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NestedCompensationFailure {
     /// The child workflow.
@@ -291,6 +544,45 @@ pub struct NestedCompensationFailure {
 }
 
 /// How one compensation ended.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{Failure, Runtime};
+/// use flow_runtime::error::CompensationOutcome;
+/// let err = Runtime::new().run(&Order, 7).await.unwrap_err();
+/// let outcome = &err.compensations()[0].outcome;
+/// assert_eq!(outcome, &CompensationOutcome::Failed(Failure::Error("cannot release 7".into())));
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CompensationOutcome {
     /// The undo succeeded (possibly after retries).
@@ -308,6 +600,46 @@ pub enum CompensationOutcome {
 /// One compensation that ran: whose, and how it ended. A run's records list every
 /// compensation it ran, in the order they ran, including those of its child runs (with their
 /// workflow and run id) and those of abandoned work undone while the run went on.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::Runtime;
+/// // Order 3: `charge` fails, `reserve` is undone.
+/// let err = Runtime::new().run(&Order, 3).await.unwrap_err();
+/// let record = &err.compensations()[0];
+/// assert_eq!((record.workflow, record.step, record.attempts), ("order", "reserve", 1));
+/// assert!(record.succeeded());
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompensationRecord {
     /// The workflow whose step is undone (a child workflow's name for its own steps).
@@ -336,6 +668,47 @@ impl CompensationRecord {
 /// Everything a run reports: its result, every compensation it ran (also when it succeeded:
 /// the undoing of abandoned attempts and dropped child runs), and the observers that panicked
 /// (they were removed from the run, which went on).
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::Runtime;
+/// let report = Runtime::new().run_report(&Order, 7).await;
+/// assert!(report.result.is_err());
+/// assert_eq!(report.compensations.len(), 1);
+/// let problems: Vec<_> = report.compensation_problems().map(|r| r.step).collect();
+/// assert_eq!(problems, ["reserve"]);
+/// assert!(report.observer_panics.is_empty());
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct RunReport<T, E> {
     /// The run's result.
@@ -354,6 +727,47 @@ impl<T, E> RunReport<T, E> {
 }
 
 /// What ended a run that did not complete.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{ErrorKind, Runtime};
+/// let err = Runtime::new().run(&Order, 3).await.unwrap_err();
+/// match err.kind() {
+///     ErrorKind::Step(step) => assert_eq!(step.step(), "charge"),
+///     ErrorKind::Workflow(e) => panic!("the workflow's own error: {e}"),
+///     ErrorKind::TimedOut { .. } | ErrorKind::Cancelled { .. } | ErrorKind::Panicked { .. } => {}
+/// }
+/// # }
+/// ```
 #[derive(Debug)]
 pub enum ErrorKind<E> {
     /// A step failed and nothing caught the failure.
@@ -388,6 +802,49 @@ pub enum ErrorKind<E> {
 ///
 /// A failing compensation never hides the original error: it is listed in
 /// [`compensation_failures`](Self::compensation_failures).
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::Runtime;
+/// let err = Runtime::new().run(&Order, 7).await.unwrap_err();
+/// assert_eq!((err.workflow(), err.step()), ("order", Some("charge")));
+/// assert_eq!(err.error().map(String::as_str), Some("card declined for 7"));
+/// assert!(!err.is_cancelled());
+/// // Undoing `reserve` failed; that never hides the original error.
+/// assert_eq!(err.compensation_failures()[0].step, "reserve");
+/// assert!(!err.compensations()[0].succeeded());
+/// assert_eq!(err.map_err(|e| e.len()).into_error(), Some(19));
+/// # }
+/// ```
 pub struct Error<E> {
     workflow: &'static str,
     kind: ErrorKind<E>,

@@ -6,6 +6,46 @@ use std::sync::Arc;
 use crate::graph::NodeId;
 
 /// Identifies one run within this process.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{RunId, Runtime};
+/// assert_eq!(RunId(7).to_string(), "run-7");
+/// let handle = Runtime::new().spawn(Order, 2);
+/// let id: RunId = handle.run_id();
+/// assert_eq!(id.to_string(), format!("run-{}", id.0));
+/// handle.await.unwrap();
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RunId(pub u64);
 
@@ -16,6 +56,52 @@ impl core::fmt::Display for RunId {
 }
 
 /// One transition of a run.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::sync::{Arc, Mutex};
+/// use flow_runtime::{Event, EventKind, NodeId, Runtime};
+/// let events = Arc::new(Mutex::new(Vec::new()));
+/// let sink = events.clone();
+/// let runtime = Runtime::new().with_observer(move |e: &Event| sink.lock().unwrap().push(e.clone()));
+/// runtime.run(&Order, 2).await.unwrap();
+/// let events = events.lock().unwrap();
+/// let first = &events[0];
+/// assert_eq!((first.workflow, first.step, first.node), ("order", "start", NodeId::START));
+/// assert_eq!((first.kind.clone(), first.parent), (EventKind::RunStarted, None));
+/// assert!(events.iter().any(|e| e.step == "charge" && e.iteration == 1));
+/// assert_eq!(events.last().unwrap().kind, EventKind::RunCompleted);
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// The run.
@@ -47,6 +133,55 @@ pub struct Event {
 }
 
 /// What happened in an [`Event`].
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::sync::{Arc, Mutex};
+/// use flow_runtime::{Event, EventKind, Runtime};
+/// let log = Arc::new(Mutex::new(Vec::new()));
+/// let sink = log.clone();
+/// let runtime = Runtime::new().with_observer(move |e: &Event| {
+///     let line = match &e.kind {
+///         EventKind::StepFailed { attempts, error } => format!("{} failed {attempts}x: {error}", e.step),
+///         EventKind::CompensationSucceeded => format!("{} undone", e.step),
+///         EventKind::RunFailed { .. } => "run failed".to_string(),
+///         _ => return,
+///     };
+///     sink.lock().unwrap().push(line);
+/// });
+/// runtime.run(&Order, 3).await.unwrap_err();
+/// assert_eq!(*log.lock().unwrap(), ["charge failed 3x: card declined for 3", "reserve undone", "run failed"]);
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventKind {
     /// The run started.
@@ -196,6 +331,59 @@ impl core::fmt::Display for Event {
 ///
 /// Called synchronously on the task that runs the workflow: keep it quick, or hand the event
 /// to a channel. Any `Fn(&Event) + Send + Sync + 'static` is an observer.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
+/// use flow_runtime::{Event, EventKind, Observer, Runtime};
+///
+/// /// Counts failed attempts.
+/// #[derive(Default)]
+/// struct Failures(AtomicU32);
+/// impl Observer for Failures {
+///     fn on_event(&self, event: &Event) {
+///         if let EventKind::AttemptFailed { .. } = event.kind {
+///             self.0.fetch_add(1, Ordering::Relaxed);
+///         }
+///     }
+/// }
+/// let failures = Arc::new(Failures::default());
+/// let shared = failures.clone();
+/// let runtime = Runtime::new().with_observer(move |e: &Event| shared.on_event(e));
+/// runtime.run(&Order, 3).await.unwrap_err();
+/// assert_eq!(failures.0.load(Ordering::Relaxed), 3);
+/// # }
+/// ```
 pub trait Observer: Send + Sync + 'static {
     /// Called for each event, in the order the run produces them.
     fn on_event(&self, event: &Event);

@@ -105,6 +105,47 @@ impl Runtime {
     ///
     /// With the `tracing` feature (on by default) and a `tracing` subscriber interested in the
     /// `flow` target, the runtime starts with a [`TracingObserver`](crate::TracingObserver).
+    ///
+    /// ```
+    /// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+    /// # use flow_runtime::__private::{Ctx, StepPolicy};
+    /// # use flow_runtime::dynamic::DynState;
+    /// # use flow_runtime::graph::{Node, NodeKind};
+    /// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+    /// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+    /// # }
+    /// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+    /// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+    /// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+    /// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+    /// # /// declined for odd numbers).
+    /// # struct Order;
+    /// # impl Workflow for Order {
+    /// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+    /// #     fn graph(&self) -> &'static Graph { &GRAPH }
+    /// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+    /// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+    /// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+    /// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+    /// #         })?;
+    /// #         let retry = [flow_runtime::policy::Retry::new(3)];
+    /// #         let policy = StepPolicy { retry: &retry, timeout: None };
+    /// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+    /// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+    /// #         }).await?)
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use flow_runtime::Runtime;
+    /// let runtime = Runtime::new().with_seed(42).compensate_on_drop(true);
+    /// assert_eq!(runtime.run(&Order, 2).await.unwrap(), 20);
+    /// let report = runtime.run_report(&Order, 3).await;
+    /// assert!(report.result.is_err() && report.compensations[0].succeeded());
+    /// let handle = runtime.spawn(Order, 4);
+    /// assert_eq!(handle.await.unwrap(), 40);
+    /// # }
+    /// ```
     pub fn new() -> Self {
         Runtime {
             observers: Observers::from_vec(crate::trace::default_observers()),
@@ -566,6 +607,55 @@ impl<E: Send + 'static> Drop for RunGuard<'_, E> {
 /// (await the handle).
 ///
 /// Dropping the handle does not stop the run.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{Runtime, Status, WorkflowState};
+/// let mut handle = Runtime::new().spawn_with_events(Order, 2);
+/// let mut steps = Vec::new();
+/// while let Some(event) = handle.events().next().await {
+///     steps.push(event.step);
+/// }
+/// assert!(steps.contains(&"reserve") && steps.contains(&"charge"));
+/// assert_eq!(handle.state().status, Status::Completed);
+/// assert_eq!(handle.typed_state().map(|s| s.node()), Some(handle.state().node));
+/// assert_eq!(handle.last_heartbeat(), None); // no step reported progress
+/// assert_eq!(handle.await.unwrap(), 20);
+///
+/// let handle = Runtime::new().spawn(Order, 4);
+/// handle.cancel();
+/// assert!(handle.report().await.result.unwrap_err().is_cancelled());
+/// # }
+/// ```
 pub struct Handle<W: Workflow> {
     pub(crate) ctx: Ctx<W::Error>,
     token: CancellationToken,
@@ -662,6 +752,50 @@ impl<W: Workflow> Future for Handle<W> {
 ///
 /// Events of workflows that run inside this run's steps come too (their
 /// [`parent`](Event::parent) is set). The stream ends after this run's final event.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{EventKind, Runtime};
+/// let mut handle = Runtime::new().spawn_with_events(Order, 2);
+/// assert_eq!(handle.events().next().await.unwrap().kind, EventKind::RunStarted);
+/// let _ = (&mut handle).await;
+/// // The run is over: the rest of its events are ready now.
+/// let mut last = None;
+/// while let Some(event) = handle.events().try_next() {
+///     last = Some(event.kind);
+/// }
+/// assert_eq!(last, Some(EventKind::RunCompleted));
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct EventStream {
     rx: mpsc::UnboundedReceiver<Event>,

@@ -80,6 +80,43 @@ pub(crate) enum Entry<E> {
 /// five minutes. Undoing is usually a few API calls (delete, release, revert); five minutes
 /// leaves room for their retries with backoff and for slow control planes, while still
 /// bounding how long a cancelled or failed run can hang on an undo that never returns.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+///
+/// use std::time::Duration;
+/// use flow_runtime::policy::DEFAULT_COMPENSATION_TIMEOUT;
+/// assert_eq!(DEFAULT_COMPENSATION_TIMEOUT, Duration::from_secs(5 * 60));
+/// // A workflow that does not say otherwise may spend that long undoing.
+/// assert_eq!(Order.compensation_timeout(), DEFAULT_COMPENSATION_TIMEOUT);
+/// ```
 pub const DEFAULT_COMPENSATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The policies of one compensation (see [`Ctx::compensate_with`]).
@@ -92,6 +129,17 @@ pub const DEFAULT_COMPENSATION_TIMEOUT: Duration = Duration::from_secs(300);
 /// ([`Workflow::compensation_timeout`](crate::Workflow::compensation_timeout)): an undo still
 /// running when the budget is spent is stopped and reported as
 /// [`CompensationOutcome::TimedOut`], and a retry that would start after it is not made.
+///
+/// ```
+/// use std::time::Duration;
+/// use flow_runtime::policy::{CompensationPolicy, Retry};
+/// // The policy of `#[compensate(release, timeout = "10s", retry(max_attempts = 3))]`:
+/// let retry = [Retry::<String>::new(3)];
+/// let policy = CompensationPolicy { timeout: Some(Duration::from_secs(10)), retry: &retry };
+/// assert_eq!(policy.retry[0].max_attempts(), 3);
+/// let once = CompensationPolicy::<String>::none();
+/// assert!(once.timeout.is_none() && once.retry.is_empty());
+/// ```
 pub struct CompensationPolicy<'a, E> {
     /// Limit on each attempt of the undo.
     pub timeout: Option<Duration>,

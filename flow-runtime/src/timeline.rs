@@ -65,6 +65,49 @@ impl Observer for Timeline {
 
 impl Timeline {
     /// An empty timeline.
+    ///
+    /// ```
+    /// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+    /// # use flow_runtime::__private::{Ctx, StepPolicy};
+    /// # use flow_runtime::dynamic::DynState;
+    /// # use flow_runtime::graph::{Node, NodeKind};
+    /// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+    /// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+    /// # }
+    /// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+    /// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+    /// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+    /// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+    /// # /// declined for odd numbers).
+    /// # struct Order;
+    /// # impl Workflow for Order {
+    /// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+    /// #     fn graph(&self) -> &'static Graph { &GRAPH }
+    /// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+    /// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+    /// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+    /// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+    /// #         })?;
+    /// #         let retry = [flow_runtime::policy::Retry::new(3)];
+    /// #         let policy = StepPolicy { retry: &retry, timeout: None };
+    /// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+    /// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+    /// #         }).await?)
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use flow_runtime::{Runtime, Timeline};
+    /// let timeline = Timeline::new();
+    /// let runtime = Runtime::new().with_observer(timeline.clone());
+    /// runtime.run(&Order, 3).await.unwrap_err();
+    /// assert!(!timeline.events().is_empty());
+    /// assert!(timeline.to_chrome_trace().starts_with(r#"{"traceEvents""#));
+    /// assert!(timeline.to_mermaid_gantt().starts_with("gantt"));
+    /// timeline.clear();
+    /// assert!(timeline.slices().is_empty());
+    /// # }
+    /// ```
     pub fn new() -> Self {
         Timeline::default()
     }
@@ -111,6 +154,47 @@ impl Timeline {
 }
 
 /// What a [`Slice`] of a [`Timeline`] is.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{Runtime, Timeline};
+/// use flow_runtime::timeline::SliceKind;
+/// let timeline = Timeline::new();
+/// Runtime::new().with_observer(timeline.clone()).run(&Order, 3).await.unwrap_err();
+/// let kinds: Vec<SliceKind> = timeline.slices().iter().map(|s| s.kind).collect();
+/// assert_eq!(kinds[0], SliceKind::Run);
+/// assert!(kinds.contains(&SliceKind::Attempt) && kinds.contains(&SliceKind::Compensation));
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SliceKind {
     /// A whole run.
@@ -126,6 +210,47 @@ pub enum SliceKind {
 }
 
 /// How a [`Slice`] ended.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{Runtime, Timeline};
+/// use flow_runtime::timeline::{SliceKind, SliceOutcome};
+/// let timeline = Timeline::new();
+/// Runtime::new().with_observer(timeline.clone()).run(&Order, 3).await.unwrap_err();
+/// let slices = timeline.slices();
+/// let charge = slices.iter().find(|s| s.kind == SliceKind::Step && s.name == "charge").unwrap();
+/// assert_eq!(charge.outcome, SliceOutcome::Failed("card declined for 3".into()));
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SliceOutcome {
     /// It succeeded (a backoff always does).
@@ -139,6 +264,48 @@ pub enum SliceOutcome {
 }
 
 /// One interval of a [`Timeline`].
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{Runtime, Timeline};
+/// use flow_runtime::timeline::SliceKind;
+/// let timeline = Timeline::new();
+/// Runtime::new().with_observer(timeline.clone()).run(&Order, 3).await.unwrap_err();
+/// let slices = timeline.slices();
+/// let second = slices.iter().find(|s| s.kind == SliceKind::Attempt && s.attempt == 2).unwrap();
+/// assert_eq!((second.workflow, second.name, second.label()), ("order", "charge", "charge #2".into()));
+/// assert!(second.start <= second.end && second.parent.is_none());
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slice {
     /// What it is.

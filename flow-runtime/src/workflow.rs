@@ -14,6 +14,46 @@ use crate::runtime::Runtime;
 /// The macros generate an enum per workflow that implements this trait: `#[workflow]` a plain
 /// enum (its values live in the async function's locals), `flow!` a generic enum whose
 /// variants carry the typed value on their incoming edge.
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flow_runtime::{Runtime, Workflow, WorkflowState};
+/// let handle = Runtime::new().spawn(Order, 2);
+/// // The run's state as the workflow's own state type, and its graph node.
+/// let state: Option<<Order as Workflow>::State> = handle.typed_state();
+/// assert_eq!(state.map(|s| s.node()), Some(handle.state().node));
+/// handle.await.unwrap();
+/// # }
+/// ```
 pub trait WorkflowState: Sized {
     /// The graph node this state stands for.
     fn node(&self) -> NodeId;
@@ -30,6 +70,51 @@ pub trait WorkflowState: Sized {
 /// Implemented by the types `#[workflow]` generates and by the value `flow!` returns. Run one
 /// with [`Runtime::run`] (on the current task) or [`Runtime::spawn`] (on its own task, with a
 /// [`Handle`](crate::Handle)).
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, Workflow};
+/// # use flow_runtime::__private::{Ctx, StepPolicy};
+/// # use flow_runtime::dynamic::DynState;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "order", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End),
+/// #     node("reserve", NodeKind::Step), node("charge", NodeKind::Step)] };
+/// # /// `reserve` (undone if `charge` fails; the undo of 7 fails), then `charge` (3 attempts,
+/// # /// declined for odd numbers).
+/// # struct Order;
+/// # impl Workflow for Order {
+/// #     type Input = u32; type Output = u32; type Error = String; type State = DynState;
+/// #     fn graph(&self) -> &'static Graph { &GRAPH }
+/// #     async fn execute(&self, ctx: Ctx<String>, n: u32) -> Result<u32, Error<String>> {
+/// #         let r = ctx.step(NodeId(2), async move { Ok::<u32, String>(n) }).await;
+/// #         let id = ctx.compensate(NodeId(2), r, |id: u32| async move {
+/// #             if id == 7 { Err(format!("cannot release {id}")) } else { Ok(()) }
+/// #         })?;
+/// #         let retry = [flow_runtime::policy::Retry::new(3)];
+/// #         let policy = StepPolicy { retry: &retry, timeout: None };
+/// #         Ok(ctx.step_with(NodeId(3), policy, || async move {
+/// #             if id % 2 == 1 { Err(format!("card declined for {id}")) } else { Ok(id * 10) }
+/// #         }).await?)
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use flow_runtime::{Runtime, Workflow};
+/// /// Works with any workflow: a `#[workflow]` type, a `flow!`, a `BoxWorkflow`.
+/// async fn run_logged<W: Workflow<Input = u32>>(w: &W, input: u32) -> bool {
+///     let g = w.graph();
+///     println!("{} ({} steps), limit {:?}", g.name, g.steps().count(), w.timeout());
+///     Runtime::new().run(w, input).await.is_ok()
+/// }
+/// assert!(run_logged(&Order, 2).await);
+/// assert_eq!((Order.timeout(), Order.compensate_on_drop()), (None, true));
+/// assert_eq!(Order.compensation_timeout(), Duration::from_secs(300));
+/// # }
+/// ```
 pub trait Workflow: Send + Sync {
     /// What a run takes.
     type Input: Send;
@@ -83,6 +168,33 @@ pub trait Workflow: Send + Sync {
 ///
 /// The type parameters are inferred from the steps; a flow is usually held in a `let` and run
 /// with [`Flow::run`].
+///
+/// ```
+/// # use flow_runtime::{Error, Graph, NodeId, WorkflowState};
+/// # use flow_runtime::__private::Ctx;
+/// # use flow_runtime::graph::{Node, NodeKind};
+/// # const fn node(name: &'static str, kind: NodeKind) -> Node {
+/// #     Node { name, key: name, fingerprint: 0, kind, policy: "", parent: None }
+/// # }
+/// # static GRAPH: Graph = Graph { name: "doubler", fingerprint: 1, edges: &[], nodes: &[
+/// #     node("start", NodeKind::Start), node("end", NodeKind::End), node("double", NodeKind::Step)] };
+/// # enum St { Start(u32) }
+/// # impl WorkflowState for St { fn node(&self) -> NodeId { NodeId::START } }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use flow_runtime::Workflow;
+/// // What `flow! { name = "doubler"; double }` returns:
+/// # let f = flow_runtime::Flow::new(&GRAPH, St::Start, None, |ctx: Ctx<String>, s: St| async move {
+/// #     let St::Start(x) = s;
+/// #     Ok::<u32, Error<String>>(ctx.step(NodeId(2), async move { Ok::<u32, String>(2 * x) }).await?)
+/// # });
+/// assert_eq!(f.graph().name, "doubler");
+/// assert_eq!(f.run(21).await.unwrap(), 42);
+/// let f = f.with_compensation_timeout(Duration::from_secs(10)).with_compensate_on_drop(false);
+/// assert_eq!((f.compensation_timeout(), f.compensate_on_drop()), (Duration::from_secs(10), false));
+/// # }
+/// ```
 pub struct Flow<In, Out, E, S, F> {
     graph: &'static Graph,
     start: fn(In) -> S,

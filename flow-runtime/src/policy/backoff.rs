@@ -26,6 +26,16 @@ pub struct Backoff {
 
 impl Backoff {
     /// No delay between attempts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flow_runtime::policy::Backoff;
+    /// let b = Backoff::exponential(Duration::from_millis(100), 3.0);
+    /// assert_eq!((b.initial(), b.factor(), b.max_delay()), (Duration::from_millis(100), 3.0, None));
+    /// assert_eq!(b.delay(3), Duration::from_millis(900)); // before the 3rd retry: 100ms * 3^2
+    /// assert_eq!(Backoff::NONE.delay(5), Duration::ZERO);
+    /// assert_eq!(Backoff::default(), Backoff::NONE);
+    /// ```
     pub const NONE: Backoff = Backoff {
         initial: Duration::ZERO,
         factor: 1.0,
@@ -110,6 +120,15 @@ impl Default for Backoff {
 }
 
 /// The iterator returned by [`Backoff::delays`].
+///
+/// ```
+/// use std::time::Duration;
+/// use flow_runtime::policy::{Backoff, Delays};
+/// let mut delays: Delays = Backoff::constant(Duration::from_secs(1)).delays();
+/// assert_eq!(delays.next(), Some(Duration::from_secs(1)));
+/// assert_eq!(delays.next(), Some(Duration::from_secs(1)));
+/// assert_eq!(Backoff::NONE.delays().next(), Some(Duration::ZERO));
+/// ```
 #[derive(Clone, Debug)]
 pub struct Delays {
     backoff: Backoff,

@@ -4,6 +4,19 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
 /// How a retry delay `d` is randomised.
+///
+/// ```
+/// use std::time::Duration;
+/// use flow_runtime::policy::{Jitter, SplitMix64};
+/// let rng = SplitMix64::new(7);
+/// let d = Duration::from_secs(10);
+/// assert_eq!(Jitter::None.apply(d, &rng), d);
+/// assert!(Jitter::Full.apply(d, &rng) <= d);
+/// let equal = Jitter::Equal.apply(d, &rng);
+/// assert!(equal >= d / 2 && equal <= d);
+/// let spread = Jitter::Spread(0.2).apply(d, &rng);
+/// assert!(spread >= Duration::from_secs(8) && spread <= Duration::from_secs(12));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Jitter {
     /// Exactly `d`.
@@ -57,6 +70,14 @@ fn uniform(lo: Duration, hi: Duration, rng: &SplitMix64) -> Duration {
 
 /// The SplitMix64 generator (Steele, Lea and Flood, 2014): tiny, fast, good enough for jitter,
 /// and shareable between the branches of a run because its state is one atomic counter.
+///
+/// ```
+/// use flow_runtime::policy::SplitMix64;
+/// let (a, b) = (SplitMix64::new(42), SplitMix64::new(42));
+/// let first = a.next_u64();
+/// assert_eq!(first, b.next_u64()); // the same seed gives the same sequence
+/// assert_ne!(a.next_u64(), first);
+/// ```
 #[derive(Debug)]
 pub struct SplitMix64 {
     state: AtomicU64,

@@ -7,6 +7,18 @@ use super::{Backoff, Jitter};
 use crate::error::Failure;
 
 /// Which failures a [`Retry`] rule applies to.
+///
+/// ```
+/// use std::time::Duration;
+/// use flow_runtime::Failure;
+/// use flow_runtime::policy::{On, Retry};
+/// let timeouts: Retry<String> = Retry::new(3).on(On::Timeouts);
+/// assert!(timeouts.matches(&Failure::TimedOut(Duration::from_secs(1))));
+/// assert!(!timeouts.matches(&Failure::Error("bad request".into())));
+/// let busy: Retry<String> = Retry::new(3).on(On::When(|e: &String| e.contains("busy")));
+/// assert!(busy.matches(&Failure::Error("server busy".into())));
+/// assert!(!Retry::<String>::new(3).on(On::Any).matches(&Failure::Panicked("boom".into())));
+/// ```
 pub enum On<E> {
     /// Every failure that can be retried: the step's errors and timed-out attempts.
     Any,
@@ -54,6 +66,23 @@ impl<E> fmt::Debug for On<E> {
 /// - With `max_elapsed`, a retry whose delay would end later than `max_elapsed` after the
 ///   first attempt started is not made: the step fails with its last failure.
 /// - A delay of zero retries at once without going through the timer.
+///
+/// ```
+/// use std::time::Duration;
+/// use flow_runtime::Failure;
+/// use flow_runtime::policy::{Backoff, Jitter, Retry};
+/// fn transient(e: &String) -> bool { e.starts_with("503") }
+/// let rule: Retry<String> = Retry::new(5)
+///     .with_backoff(Backoff::exponential(Duration::from_millis(200), 2.0))
+///     .with_jitter(Jitter::Full)
+///     .with_max_elapsed(Duration::from_secs(30))
+///     .when(transient);
+/// assert_eq!((rule.max_attempts(), rule.jitter()), (5, Jitter::Full));
+/// assert_eq!(rule.backoff().delay(2), Duration::from_millis(400));
+/// assert_eq!(rule.max_elapsed(), Some(Duration::from_secs(30)));
+/// assert!(rule.matches(&Failure::Error("503 unavailable".into())));
+/// assert!(!rule.matches(&Failure::Error("404 not found".into())));
+/// ```
 pub struct Retry<E> {
     max_attempts: u32,
     backoff: Backoff,
