@@ -1,7 +1,51 @@
 #![doc = include_str!("../README.md")]
 
+/// # Examples
+///
+/// ```
+/// use flow::prelude::*;
+///
+/// async fn parse(s: String) -> Result<u32, String> { s.trim().parse().map_err(|e| format!("{e}")) }
+/// async fn double(n: u32) -> Result<u32, String> { Ok(n * 2) }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let pipeline = flow! { parse -> double [retry(max_attempts = 2)] };
+/// assert_eq!(pipeline.run(" 21 ".to_owned()).await.unwrap(), 42);
+/// assert_eq!(pipeline.graph().steps().count(), 2);
+/// # }
+/// ```
 #[doc(inline)]
-pub use flow_macros::{flow, workflow};
+pub use flow_macros::flow;
+/// # Examples
+///
+/// ```
+/// use flow::prelude::*;
+///
+/// async fn fetch(id: u32) -> Result<String, String> { Ok(format!("record {id}")) }
+/// async fn store(record: String) -> Result<usize, String> { Ok(record.len()) }
+///
+/// #[workflow]
+/// async fn import(id: u32) -> Result<usize, String> {
+///     #[retry(max_attempts = 3, backoff = exponential("100ms", 2.0))]
+///     let record = fetch(id).await?;
+///     if record.is_empty() {
+///         return Ok(0);
+///     }
+///     store(record).await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(import(7).await.unwrap(), 8);                     // awaited directly
+/// assert_eq!(Runtime::new().run(&Import, (7,)).await.unwrap(), 8); // or through a runtime
+/// // The early return is an exit edge of the graph (an `if` with no step draws no node).
+/// let g = Import::GRAPH;
+/// assert!(g.edges.iter().any(|e| e.kind == flow::graph::EdgeKind::Exit && e.label == "return"));
+/// # }
+/// ```
+#[doc(inline)]
+pub use flow_macros::workflow;
 #[doc(inline)]
 pub use flow_runtime::*;
 
