@@ -304,3 +304,35 @@ async fn a_panic_in_the_body_fails_the_run_and_undoes_it() {
     assert!(err.to_string().contains("index out of bounds"), "{err}");
     assert_eq!(log.take(), ["create table", "delete table"]);
 }
+
+// ---------------------------------------------------------------- failures say what they are
+
+async fn slow(log: Log) -> Result<(), String> {
+    log.push("slow");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+#[workflow]
+async fn times_out(log: Log) -> Result<(), String> {
+    #[timeout("1s")]
+    slow(log).await?;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_says_whether_it_was_a_timeout_an_error_or_a_panic() {
+    let err = times_out(Log::default()).await.unwrap_err();
+    let step = err.step_error().unwrap();
+    assert!(step.failure().is_timeout() && !step.failure().is_panic());
+    assert!(step.failure().error().is_none());
+
+    let err = parent(Log::default()).await.unwrap_err();
+    // `fail` returned its own error: not a timeout, not a panic.
+    let failure = err.step_error().unwrap().failure();
+    assert!(!failure.is_timeout() && !failure.is_panic());
+    assert_eq!(failure.error(), Some(&"boom".to_owned()));
+
+    let err = panics_between_steps(Log::default(), 9).await.unwrap_err();
+    assert!(err.step_error().is_none_or(|s| !s.failure().is_timeout()));
+}
