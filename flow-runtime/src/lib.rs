@@ -31,6 +31,7 @@ pub mod registry;
 mod runtime;
 mod saga;
 mod signal;
+pub mod store;
 pub mod timeline;
 mod trace;
 mod workflow;
