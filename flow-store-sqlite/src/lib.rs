@@ -153,10 +153,41 @@ impl Default for Options {
 /// in several, may open the same file: SQLite's locks serialize their writes. Dropping the
 /// store ends its threads once the requests already queued are done.
 pub struct SqliteStore {
-    writer: mpsc::Sender<Box<dyn WriteJob>>,
-    reader: mpsc::Sender<ReadJob>,
+    // `None` only while dropping.
+    writer: Option<mpsc::Sender<Box<dyn WriteJob>>>,
+    reader: Option<mpsc::Sender<ReadJob>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     commits: Arc<AtomicU64>,
     path: PathBuf,
+}
+
+impl Drop for SqliteStore {
+    /// Closes the channels and waits for the threads: the requests already queued are done
+    /// and the connections closed when `drop` returns, so the file can be reopened, copied or
+    /// removed at once.
+    fn drop(&mut self) {
+        self.writer.take();
+        self.reader.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The settings of a store's write connection, as SQLite reports them
+/// ([`SqliteStore::settings`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `PRAGMA journal_mode`: `wal`.
+    pub journal_mode: String,
+    /// `PRAGMA synchronous`.
+    pub synchronous: Synchronous,
+    /// `PRAGMA foreign_keys`.
+    pub foreign_keys: bool,
+    /// `PRAGMA busy_timeout`.
+    pub busy_timeout: Duration,
+    /// The schema version in `flow_schema`.
+    pub schema_version: u32,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -303,17 +334,20 @@ impl SqliteStore {
             message: format!("cannot start the store's thread: {e}"),
         };
         let (counter, max_batch) = (commits.clone(), options.max_batch);
-        std::thread::Builder::new()
-            .name("flow-sqlite-writer".into())
-            .spawn(move || worker::writer(conn, write_rx, max_batch, counter))
-            .map_err(spawn_error)?;
-        std::thread::Builder::new()
-            .name("flow-sqlite-reader".into())
-            .spawn(move || worker::reader(read, read_rx))
-            .map_err(spawn_error)?;
+        let threads = vec![
+            std::thread::Builder::new()
+                .name("flow-sqlite-writer".into())
+                .spawn(move || worker::writer(conn, write_rx, max_batch, counter))
+                .map_err(spawn_error)?,
+            std::thread::Builder::new()
+                .name("flow-sqlite-reader".into())
+                .spawn(move || worker::reader(read, read_rx))
+                .map_err(spawn_error)?,
+        ];
         Ok(SqliteStore {
-            writer,
-            reader,
+            writer: Some(writer),
+            reader: Some(reader),
+            threads,
             commits,
             path: path.to_path_buf(),
         })
@@ -330,15 +364,63 @@ impl SqliteStore {
         self.commits.load(Ordering::Relaxed)
     }
 
+    /// The settings of the write connection, read from SQLite now: what the store really
+    /// runs with.
+    ///
+    /// # Errors
+    ///
+    /// If SQLite cannot be queried, or the store is closed.
+    pub async fn settings(&self) -> Result<Settings, StoreError> {
+        self.write(|c| {
+            let text = |name: &str| {
+                c.pragma_query_value(None, name, |r| r.get::<_, String>(0))
+                    .map_err(sql_error)
+            };
+            let int = |name: &str| {
+                c.pragma_query_value(None, name, |r| r.get::<_, i64>(0))
+                    .map_err(sql_error)
+            };
+            let synchronous = match int("synchronous")? {
+                2 => Synchronous::Full,
+                1 => Synchronous::Normal,
+                other => {
+                    return Err(StoreError::Backend {
+                        message: format!("synchronous is {other}, neither FULL nor NORMAL"),
+                    });
+                }
+            };
+            let version: i64 = c
+                .query_row("SELECT version FROM flow_schema WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
+                .map_err(sql_error)?;
+            Ok(Settings {
+                journal_mode: text("journal_mode")?,
+                synchronous,
+                foreign_keys: int("foreign_keys")? == 1,
+                busy_timeout: Duration::from_millis(
+                    u64::try_from(int("busy_timeout")?).unwrap_or(0),
+                ),
+                schema_version: u32::try_from(version).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
     fn write<T, F>(&self, work: F) -> StoreFuture<'static, T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let sent = self.writer.send(Box::new(Job::new(work, tx)));
+        let sent = match &self.writer {
+            Some(writer) => writer.send(Box::new(Job::new(work, tx))).is_ok(),
+            None => false,
+        };
         Box::pin(async move {
-            sent.map_err(|_| StoreError::Closed)?;
+            if !sent {
+                return Err(StoreError::Closed);
+            }
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
@@ -349,11 +431,15 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let sent = self.reader.send(Box::new(move |conn: &Connection| {
-            worker::answer(conn, work, tx)
-        }));
+        let job: ReadJob = Box::new(move |conn: &Connection| worker::answer(conn, work, tx));
+        let sent = match &self.reader {
+            Some(reader) => reader.send(job).is_ok(),
+            None => false,
+        };
         Box::pin(async move {
-            sent.map_err(|_| StoreError::Closed)?;
+            if !sent {
+                return Err(StoreError::Closed);
+            }
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
