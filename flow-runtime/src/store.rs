@@ -572,13 +572,32 @@ impl std::error::Error for StoreError {}
 
 /// A new, globally unique run id, in the layout of a UUIDv7: 48 bits of milliseconds since
 /// the Unix epoch, then 74 random bits, as 36 characters of lowercase hex
-/// (`0190f3a1-7c2e-7d4b-9a8f-1b2c3d4e5f60`). Ids made later sort after earlier ones (to the
-/// millisecond).
+/// (`0190f3a1-7c2e-7d4b-9a8f-1b2c3d4e5f60`). Within a process ids are strictly increasing:
+/// an id made later sorts after every earlier one (within the same millisecond, the random
+/// bits of the previous id plus one, as RFC 9562's monotonic method does). Across processes
+/// they are ordered to the millisecond.
 pub fn new_run_id() -> String {
-    let ms = now_ms() & 0xffff_ffff_ffff;
-    let rand_a = fastrand::u16(..) & 0x0fff;
-    let rand_b = fastrand::u64(..) & 0x3fff_ffff_ffff_ffff;
-    let hi = (ms << 16) | 0x7000 | u64::from(rand_a);
+    // The last (millisecond, 74 random bits) given out.
+    static LAST: std::sync::Mutex<(u64, u128)> = std::sync::Mutex::new((0, 0));
+    const RANDOM_BITS: u32 = 74;
+    let mut ms = now_ms() & 0xffff_ffff_ffff;
+    let mut random = ((u128::from(fastrand::u16(..)) << 64) | u128::from(fastrand::u64(..)))
+        & ((1 << RANDOM_BITS) - 1);
+    {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if ms <= last.0 {
+            ms = last.0;
+            random = last.1 + 1;
+            if random >> RANDOM_BITS != 0 {
+                ms += 1;
+                random = 0;
+            }
+        }
+        *last = (ms, random);
+    }
+    let rand_a = (random >> 62) as u64; // 12 bits
+    let rand_b = (random as u64) & 0x3fff_ffff_ffff_ffff; // 62 bits
+    let hi = (ms << 16) | 0x7000 | rand_a;
     let lo = 0x8000_0000_0000_0000 | rand_b;
     format!(
         "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
@@ -614,8 +633,12 @@ mod tests {
         );
         assert!(parts[2].starts_with('7'), "{a}");
         assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "{a}");
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_run_id()).collect();
-        assert_eq!(ids.len(), 1000);
+        let ids: Vec<String> = (0..1000).map(|_| new_run_id()).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "strictly increasing within a process"
+        );
+        assert!(a < ids[0]);
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert!(new_run_id()[..13] > a[..13]);
     }

@@ -114,18 +114,23 @@ pub(crate) fn writer(
 }
 
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_error)?;
+    // Cached statements: a batch runs these for every request.
+    let exec = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(sql_error)
+    };
+    exec("BEGIN IMMEDIATE")?;
     let body = (|| {
         for job in batch.iter_mut() {
-            conn.execute_batch("SAVEPOINT flow_job")
-                .map_err(sql_error)?;
+            exec("SAVEPOINT flow_job")?;
             if !job.run(conn) {
-                conn.execute_batch("ROLLBACK TO flow_job")
-                    .map_err(sql_error)?;
+                exec("ROLLBACK TO flow_job")?;
             }
-            conn.execute_batch("RELEASE flow_job").map_err(sql_error)?;
+            exec("RELEASE flow_job")?;
         }
-        conn.execute_batch("COMMIT").map_err(sql_error)
+        exec("COMMIT")
     })();
     if body.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
