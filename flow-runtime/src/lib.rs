@@ -32,6 +32,7 @@ pub mod registry;
 mod runtime;
 mod saga;
 mod signal;
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod timeline;

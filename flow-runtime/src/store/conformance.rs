@@ -1,0 +1,711 @@
+//! The behaviour every [`Store`] must have, written once as async functions taking the store
+//! (feature `store-conformance`). A backend's tests call [`run_all`], or each function on its
+//! own:
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+//! async fn conformance() {
+//!     let store: Arc<dyn Store> = Arc::new(MyStore::open(..)?);
+//!     flow_runtime::store::conformance::run_all(store).await;
+//! }
+//! ```
+//!
+//! The functions panic (with `assert!`) when the store misbehaves. They can share one store:
+//! each makes its own runs, under a workflow name of its own, and never assumes the store is
+//! empty. The races spawn tokio tasks: run them on a multi-threaded runtime for a real race.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{
+    AttemptRecord, CompensationOp, CompensationStatus, NewRun, RetryState, RunFilter, RunStatus,
+    StepCommit, StepKey, StepOutcome, StepProgress, Store, StoreError, new_run_id,
+};
+
+/// Runs every check of this module on `store`, one after the other.
+pub async fn run_all(store: Arc<dyn Store>) {
+    create_is_idempotent(store.clone()).await;
+    create_races_make_one_run(store.clone()).await;
+    statuses_move_until_finished(store.clone()).await;
+    commit_step_is_idempotent(store.clone()).await;
+    steps_are_keyed_by_occurrence_and_item(store.clone()).await;
+    progress_keeps_attempts_and_retry_state(store.clone()).await;
+    compensation_stack_push_drop_mark(store.clone()).await;
+    signals_are_fifo_and_taken_once(store.clone()).await;
+    unfinished_runs_are_the_ones_to_resume(store.clone()).await;
+    list_runs_filters_and_pages(store.clone()).await;
+    missing_records_are_reported(store).await;
+}
+
+/// A workflow name no other check (or earlier call) uses.
+fn unique_workflow(what: &str) -> String {
+    format!("{what}-{}", new_run_id())
+}
+
+fn new_run(id: &str, workflow: &str, input: &[u8]) -> NewRun {
+    NewRun {
+        id: id.to_owned(),
+        workflow: workflow.to_owned(),
+        fingerprint: 0xdead_beef_cafe_f00d,
+        node_fingerprints: BTreeMap::from([
+            ("launch_nodes".to_owned(), 1),
+            ("wait_healthy".to_owned(), u64::MAX),
+        ]),
+        input: input.to_vec(),
+    }
+}
+
+fn completed(key: StepKey, output: &[u8]) -> StepCommit {
+    StepCommit {
+        key,
+        outcome: StepOutcome::Completed(output.to_vec()),
+        attempts: vec![AttemptRecord {
+            number: 1,
+            started_ms: 1,
+            ended_ms: Some(2),
+            failure: None,
+        }],
+        compensations: Vec::new(),
+    }
+}
+
+/// Creating a run twice with one id returns the first run, unchanged, and `created` says
+/// which call made it. Every field round-trips (u64 fingerprints at the extremes included).
+pub async fn create_is_idempotent(store: Arc<dyn Store>) {
+    let workflow = unique_workflow("create");
+    let id = new_run_id();
+    let first = store
+        .create_run(new_run(&id, &workflow, b"{\"n\":3}"))
+        .await
+        .unwrap();
+    assert!(first.created);
+    let run = &first.run;
+    assert_eq!(run.id, id);
+    assert_eq!(run.workflow, workflow);
+    assert_eq!(run.fingerprint, 0xdead_beef_cafe_f00d);
+    assert_eq!(run.node_fingerprints["wait_healthy"], u64::MAX);
+    assert_eq!(run.node_fingerprints["launch_nodes"], 1);
+    assert_eq!(run.input, b"{\"n\":3}");
+    assert_eq!(run.status, RunStatus::Pending);
+    assert_eq!((run.output.clone(), run.error.clone()), (None, None));
+    assert!(run.created_ms > 0 && run.updated_ms >= run.created_ms);
+
+    // A second create with another input: the first run stays.
+    let again = store
+        .create_run(new_run(&id, &workflow, b"other"))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.run, first.run);
+    assert_eq!(store.get_run(&id).await.unwrap(), Some(first.run));
+}
+
+/// Sixteen tasks racing to create one id make exactly one run, and all see the same one.
+pub async fn create_races_make_one_run(store: Arc<dyn Store>) {
+    let workflow = unique_workflow("race");
+    let id = new_run_id();
+    let tasks: Vec<_> = (0..16u8)
+        .map(|i| {
+            let (store, id, workflow) = (store.clone(), id.clone(), workflow.clone());
+            tokio::spawn(async move { store.create_run(new_run(&id, &workflow, &[i])).await })
+        })
+        .collect();
+    let mut created = 0;
+    let mut inputs = Vec::new();
+    for task in tasks {
+        let c = task.await.expect("task").expect("create_run");
+        created += usize::from(c.created);
+        inputs.push(c.run.input);
+    }
+    assert_eq!(created, 1, "exactly one of 16 racing creates makes the run");
+    assert!(inputs.windows(2).all(|w| w[0] == w[1]), "{inputs:?}");
+    let page = store
+        .list_runs(RunFilter {
+            workflow: Some(workflow),
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.runs.len(), 1);
+}
+
+/// Statuses move freely until the run finishes; the result is stored with the final status;
+/// a finished run never changes again; a result with an unfinished status is refused.
+pub async fn statuses_move_until_finished(store: Arc<dyn Store>) {
+    let workflow = unique_workflow("status");
+    let id = new_run_id();
+    let created = store
+        .create_run(new_run(&id, &workflow, b""))
+        .await
+        .unwrap();
+    let running = store
+        .set_status(&id, RunStatus::Running, None)
+        .await
+        .unwrap();
+    assert_eq!(running.status, RunStatus::Running);
+    assert!(running.updated_ms >= created.run.updated_ms);
+    assert!(matches!(
+        store
+            .set_status(&id, RunStatus::Running, Some(b"x".to_vec()))
+            .await,
+        Err(StoreError::Invalid { .. })
+    ));
+    store
+        .set_status(&id, RunStatus::Compensating, None)
+        .await
+        .unwrap();
+    let failed = store
+        .set_status(&id, RunStatus::Failed, Some(b"boom".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert_eq!(failed.error.as_deref(), Some(&b"boom"[..]));
+    assert_eq!(failed.output, None);
+    for status in RunStatus::ALL {
+        let r = store.set_status(&id, status, None).await;
+        assert!(
+            matches!(r, Err(StoreError::Conflict { .. })),
+            "{status}: {r:?}"
+        );
+    }
+    assert_eq!(store.get_run(&id).await.unwrap(), Some(failed));
+
+    let id = new_run_id();
+    store
+        .create_run(new_run(&id, &workflow, b""))
+        .await
+        .unwrap();
+    let done = store
+        .set_status(&id, RunStatus::Completed, Some(b"42".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.output.as_deref(), done.error.as_deref()),
+        (Some(&b"42"[..]), None)
+    );
+    let id = new_run_id();
+    store
+        .create_run(new_run(&id, &workflow, b""))
+        .await
+        .unwrap();
+    let cancelled = store
+        .set_status(&id, RunStatus::Cancelled, None)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, RunStatus::Cancelled);
+}
+
+/// Committing one step identity twice keeps the first commit, reports it, and does not apply
+/// the second commit's compensation changes.
+pub async fn commit_step_is_idempotent(store: Arc<dyn Store>) {
+    let id = new_run_id();
+    store
+        .create_run(new_run(&id, &unique_workflow("commit"), b""))
+        .await
+        .unwrap();
+    let key = StepKey::new(&id, "launch_nodes");
+    let mut commit = completed(key.clone(), b"[1,2,3]");
+    commit.compensations.push(CompensationOp::Push {
+        node: "launch_nodes".into(),
+        occurrence: 0,
+        item: None,
+        undo: b"[1,2,3]".to_vec(),
+    });
+    let first = store.commit_step(commit.clone()).await.unwrap();
+    assert!(first.first);
+    assert_eq!(first.pushed.len(), 1);
+    assert_eq!(
+        first.step.outcome,
+        Some(StepOutcome::Completed(b"[1,2,3]".to_vec()))
+    );
+    assert_eq!(first.step.attempts, commit.attempts);
+
+    let mut second = completed(key.clone(), b"other");
+    second.outcome = StepOutcome::Failed("late".into());
+    second.compensations = commit.compensations.clone();
+    let again = store.commit_step(second).await.unwrap();
+    assert!(!again.first);
+    assert!(again.pushed.is_empty());
+    assert_eq!(again.step, first.step);
+    assert_eq!(store.get_step(&key).await.unwrap(), Some(first.step));
+    assert_eq!(store.compensations_of(&id).await.unwrap().len(), 1);
+
+    // Progress on a committed step is a conflict.
+    let r = store
+        .save_progress(StepProgress {
+            key,
+            attempt: None,
+            retry: RetryState::default(),
+        })
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict { .. })), "{r:?}");
+
+    // A failed step is committed the same way.
+    let key = StepKey::new(&id, "wait_healthy");
+    let mut failed = completed(key.clone(), b"");
+    failed.outcome = StepOutcome::Failed("retries exhausted".into());
+    let c = store.commit_step(failed).await.unwrap();
+    assert_eq!(
+        c.step.outcome,
+        Some(StepOutcome::Failed("retries exhausted".into()))
+    );
+}
+
+/// A step's identity is (run, node, occurrence, item): the same node in another occurrence or
+/// another map item is another step; map items commit in any order.
+pub async fn steps_are_keyed_by_occurrence_and_item(store: Arc<dyn Store>) {
+    let id = new_run_id();
+    store
+        .create_run(new_run(&id, &unique_workflow("identity"), b""))
+        .await
+        .unwrap();
+    let probe = StepKey::new(&id, "probe");
+    // Items 1 then 0, concurrently, then the same node outside the map, then a second
+    // occurrence (a loop's next iteration).
+    let (a, b) = futures_util::future::join(
+        store.commit_step(completed(probe.clone().item(1), b"one")),
+        store.commit_step(completed(probe.clone().item(0), b"zero")),
+    )
+    .await;
+    assert!(a.unwrap().first && b.unwrap().first);
+    assert!(
+        store
+            .commit_step(completed(probe.clone(), b"plain"))
+            .await
+            .unwrap()
+            .first
+    );
+    assert!(
+        store
+            .commit_step(completed(probe.clone().occurrence(1).item(0), b"again"))
+            .await
+            .unwrap()
+            .first
+    );
+    let steps = store.steps_of(&id).await.unwrap();
+    let seen: Vec<(u32, Option<u32>, Option<StepOutcome>)> = steps
+        .iter()
+        .map(|s| (s.key.occurrence, s.key.item, s.outcome.clone()))
+        .collect();
+    let out = |b: &[u8]| Some(StepOutcome::Completed(b.to_vec()));
+    assert_eq!(
+        seen,
+        vec![
+            (0, None, out(b"plain")),
+            (0, Some(0), out(b"zero")),
+            (0, Some(1), out(b"one")),
+            (1, Some(0), out(b"again")),
+        ]
+    );
+    assert!(
+        steps
+            .iter()
+            .all(|s| s.key.run == id && s.key.node == "probe")
+    );
+    assert_eq!(
+        store
+            .get_step(&probe.clone().occurrence(2))
+            .await
+            .unwrap()
+            .map(|s| s.key),
+        None
+    );
+}
+
+/// A step in progress keeps its attempts and retry state (a run killed during a backoff
+/// resumes with its counters and its wake-up time); its commit keeps them.
+pub async fn progress_keeps_attempts_and_retry_state(store: Arc<dyn Store>) {
+    let id = new_run_id();
+    store
+        .create_run(new_run(&id, &unique_workflow("progress"), b""))
+        .await
+        .unwrap();
+    let key = StepKey::new(&id, "wait_healthy").occurrence(2);
+    let attempt = |n: u32, failure: Option<&str>| AttemptRecord {
+        number: n,
+        started_ms: 1000 * u64::from(n),
+        ended_ms: failure.map(|_| 1000 * u64::from(n) + 10),
+        failure: failure.map(str::to_owned),
+    };
+    // Attempt 1 starts, then fails; a retry is due at 5000.
+    for (a, wake) in [
+        (attempt(1, None), None),
+        (attempt(1, Some("refused")), Some(5000)),
+    ] {
+        store
+            .save_progress(StepProgress {
+                key: key.clone(),
+                attempt: Some(a),
+                retry: RetryState {
+                    counters: vec![1, 0],
+                    wake_at_ms: wake,
+                },
+            })
+            .await
+            .unwrap();
+    }
+    let step = store.get_step(&key).await.unwrap().expect("in progress");
+    assert_eq!(step.outcome, None);
+    assert_eq!(step.attempts, vec![attempt(1, Some("refused"))]);
+    assert_eq!(
+        step.retry,
+        RetryState {
+            counters: vec![1, 0],
+            wake_at_ms: Some(5000)
+        }
+    );
+    // A durable sleep: only the wake-up time.
+    let sleep = StepKey::new(&id, "sleep");
+    store
+        .save_progress(StepProgress {
+            key: sleep.clone(),
+            attempt: None,
+            retry: RetryState {
+                counters: Vec::new(),
+                wake_at_ms: Some(u64::MAX >> 1),
+            },
+        })
+        .await
+        .unwrap();
+    let s = store.get_step(&sleep).await.unwrap().unwrap();
+    assert_eq!(s.retry.wake_at_ms, Some(u64::MAX >> 1));
+    assert!(s.attempts.is_empty() && s.retry.counters.is_empty());
+
+    // The commit adds attempt 2 and keeps attempt 1.
+    let mut commit = completed(key.clone(), b"ok");
+    commit.attempts = vec![attempt(2, None)];
+    let c = store.commit_step(commit).await.unwrap();
+    assert_eq!(
+        c.step.attempts.iter().map(|a| a.number).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(c.step.retry.counters, vec![1, 0]);
+}
+
+/// The compensation stack: entries get increasing `seq`s, pushed with the step commit that
+/// causes them; dropped and marked entries change in place; an unknown entry is reported.
+pub async fn compensation_stack_push_drop_mark(store: Arc<dyn Store>) {
+    let id = new_run_id();
+    store
+        .create_run(new_run(&id, &unique_workflow("saga"), b""))
+        .await
+        .unwrap();
+    let push = |node: &str, item: Option<u32>, undo: &[u8]| CompensationOp::Push {
+        node: node.into(),
+        occurrence: 0,
+        item,
+        undo: undo.to_vec(),
+    };
+    let mut launch = completed(StepKey::new(&id, "launch"), b"nodes");
+    launch.compensations = vec![push("launch", None, b"teardown")];
+    let a = store.commit_step(launch).await.unwrap().pushed;
+    // A child's entries, tagged with the step `deploy`, then `deploy`'s own undo takes over.
+    let children = store
+        .update_compensations(
+            &id,
+            vec![
+                push("deploy", Some(0), b"child-0"),
+                push("deploy", Some(1), b"child-1"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(children.len(), 2);
+    assert!(a[0] < children[0] && children[0] < children[1]);
+    let mut deploy = completed(StepKey::new(&id, "deploy"), b"");
+    deploy.compensations = vec![
+        CompensationOp::Drop { seq: children[0] },
+        CompensationOp::Drop { seq: children[1] },
+        push("deploy", None, b"rollback"),
+    ];
+    let d = store.commit_step(deploy).await.unwrap().pushed;
+    assert!(d[0] > children[1], "seqs are never reused");
+    let stack = store.compensations_of(&id).await.unwrap();
+    let undos: Vec<&[u8]> = stack.iter().map(|c| &c.undo[..]).collect();
+    assert_eq!(undos, [&b"teardown"[..], b"rollback"]);
+    assert!(
+        stack
+            .iter()
+            .all(|c| c.status == CompensationStatus::Pending)
+    );
+    assert_eq!(stack[1].node, "deploy");
+    assert_eq!(stack[0].run, id);
+
+    // Compensating: the last first.
+    store
+        .update_compensations(
+            &id,
+            vec![
+                CompensationOp::Mark {
+                    seq: d[0],
+                    status: CompensationStatus::Done,
+                },
+                CompensationOp::Mark {
+                    seq: a[0],
+                    status: CompensationStatus::TimedOut,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let statuses: Vec<CompensationStatus> = store
+        .compensations_of(&id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [CompensationStatus::TimedOut, CompensationStatus::Done]
+    );
+
+    // An unknown entry fails the whole batch: nothing of it is applied.
+    let r = store
+        .update_compensations(
+            &id,
+            vec![
+                CompensationOp::Mark {
+                    seq: a[0],
+                    status: CompensationStatus::Failed,
+                },
+                CompensationOp::Drop { seq: 9999 },
+            ],
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+    assert_eq!(
+        store.compensations_of(&id).await.unwrap()[0].status,
+        CompensationStatus::TimedOut
+    );
+}
+
+/// Signals: first in, first out per name, each taken exactly once, also by racing takers.
+pub async fn signals_are_fifo_and_taken_once(store: Arc<dyn Store>) {
+    let id = new_run_id();
+    store
+        .create_run(new_run(&id, &unique_workflow("signal"), b""))
+        .await
+        .unwrap();
+    assert_eq!(store.take_signal(&id, "approve").await.unwrap(), None);
+    let s1 = store
+        .send_signal(&id, "approve", b"1".to_vec())
+        .await
+        .unwrap();
+    let other = store
+        .send_signal(&id, "other", b"x".to_vec())
+        .await
+        .unwrap();
+    let s2 = store
+        .send_signal(&id, "approve", b"2".to_vec())
+        .await
+        .unwrap();
+    assert!(s1 < other && other < s2);
+    let t1 = store.take_signal(&id, "approve").await.unwrap().unwrap();
+    assert_eq!(
+        (t1.seq, &t1.payload[..], &t1.name[..]),
+        (s1, &b"1"[..], "approve")
+    );
+    let t2 = store.take_signal(&id, "approve").await.unwrap().unwrap();
+    assert_eq!((t2.seq, &t2.payload[..]), (s2, &b"2"[..]));
+    assert_eq!(store.take_signal(&id, "approve").await.unwrap(), None);
+    assert_eq!(
+        store
+            .take_signal(&id, "other")
+            .await
+            .unwrap()
+            .map(|s| s.payload),
+        Some(b"x".to_vec())
+    );
+
+    // Eight signals, sixteen racing takers: each signal taken once.
+    for i in 0..8u8 {
+        store.send_signal(&id, "race", vec![i]).await.unwrap();
+    }
+    let takers: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move { store.take_signal(&id, "race").await })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for t in takers {
+        if let Some(s) = t.await.unwrap().unwrap() {
+            taken.push(s.payload[0]);
+        }
+    }
+    taken.sort_unstable();
+    assert_eq!(taken, (0..8).collect::<Vec<u8>>());
+
+    let r = store
+        .send_signal("no-such-run", "approve", Vec::new())
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+}
+
+/// `unfinished_runs` lists pending, running and compensating runs, and no finished one.
+pub async fn unfinished_runs_are_the_ones_to_resume(store: Arc<dyn Store>) {
+    let workflow = unique_workflow("unfinished");
+    let mut ids = BTreeMap::new();
+    for status in RunStatus::ALL {
+        let id = new_run_id();
+        store
+            .create_run(new_run(&id, &workflow, b""))
+            .await
+            .unwrap();
+        if status != RunStatus::Pending {
+            store.set_status(&id, status, None).await.unwrap();
+        }
+        ids.insert(id, status);
+    }
+    let unfinished: Vec<(String, RunStatus)> = store
+        .unfinished_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.workflow == workflow)
+        .map(|r| (r.id, r.status))
+        .collect();
+    // Ids made one after the other sort in creation order (see `new_run_id`).
+    let expected: Vec<(String, RunStatus)> = ids
+        .into_iter()
+        .filter(|(_, status)| !status.is_finished())
+        .collect();
+    assert_eq!(unfinished, expected, "oldest first, finished runs left out");
+}
+
+/// `list_runs` filters by workflow, status and creation time, and pages with a cursor
+/// without skipping or repeating a run.
+pub async fn list_runs_filters_and_pages(store: Arc<dyn Store>) {
+    let workflow = unique_workflow("list");
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let id = new_run_id();
+        store
+            .create_run(new_run(&id, &workflow, b""))
+            .await
+            .unwrap();
+        if i % 3 == 0 {
+            store
+                .set_status(&id, RunStatus::Completed, Some(Vec::new()))
+                .await
+                .unwrap();
+        }
+        ids.push(id);
+    }
+    let filter = RunFilter {
+        workflow: Some(workflow.clone()),
+        limit: 3,
+        ..RunFilter::default()
+    };
+    let mut paged = Vec::new();
+    let mut pages = 0;
+    let mut after = None;
+    loop {
+        let page = store
+            .list_runs(RunFilter {
+                after: after.clone(),
+                ..filter.clone()
+            })
+            .await
+            .unwrap();
+        assert!(page.runs.len() <= 3);
+        pages += 1;
+        paged.extend(page.runs.into_iter().map(|r| r.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    // Ids made one after the other sort in creation order (see `new_run_id`).
+    ids.sort();
+    assert_eq!(paged, ids, "every run once, oldest first");
+    assert!((3..=4).contains(&pages));
+
+    let completed = store
+        .list_runs(RunFilter {
+            status: Some(RunStatus::Completed),
+            ..filter.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(completed.runs.len(), 3);
+    assert!(
+        completed
+            .runs
+            .iter()
+            .all(|r| r.status == RunStatus::Completed)
+    );
+
+    let all = store
+        .list_runs(RunFilter {
+            limit: 100,
+            ..filter.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.next, None);
+    let middle = all.runs[3].created_ms;
+    let before = store
+        .list_runs(RunFilter {
+            created_before: Some(middle),
+            limit: 100,
+            ..filter.clone()
+        })
+        .await
+        .unwrap();
+    let after = store
+        .list_runs(RunFilter {
+            created_after: Some(middle),
+            limit: 100,
+            ..filter.clone()
+        })
+        .await
+        .unwrap();
+    assert!(before.runs.iter().all(|r| r.created_ms < middle));
+    assert!(after.runs.iter().all(|r| r.created_ms >= middle));
+    assert_eq!(before.runs.len() + after.runs.len(), 7);
+    let none = store
+        .list_runs(RunFilter {
+            workflow: Some(unique_workflow("nothing")),
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((none.runs.len(), none.next), (0, None));
+}
+
+/// Changes to a run that does not exist are `NotFound`; reads of it are empty.
+pub async fn missing_records_are_reported(store: Arc<dyn Store>) {
+    let ghost = format!("ghost-{}", new_run_id());
+    assert_eq!(store.get_run(&ghost).await.unwrap(), None);
+    assert!(store.steps_of(&ghost).await.unwrap().is_empty());
+    assert!(store.compensations_of(&ghost).await.unwrap().is_empty());
+    let r = store.set_status(&ghost, RunStatus::Running, None).await;
+    assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+    let r = store
+        .commit_step(completed(StepKey::new(&ghost, "x"), b""))
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+    let r = store
+        .save_progress(StepProgress {
+            key: StepKey::new(&ghost, "x"),
+            attempt: None,
+            retry: RetryState::default(),
+        })
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+    let r = store
+        .update_compensations(
+            &ghost,
+            vec![CompensationOp::Push {
+                node: "x".into(),
+                occurrence: 0,
+                item: None,
+                undo: Vec::new(),
+            }],
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+}

@@ -1,0 +1,672 @@
+//! The SQL of each store operation, on a connection that is already inside a transaction
+//! (the writer's group transaction, or a reader's snapshot).
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};
+
+use flow_runtime::store::{
+    AttemptRecord, Committed, CompensationOp, CompensationRecord, CompensationStatus, Created,
+    NewRun, RetryState, RunFilter, RunPage, RunRecord, RunStatus, SignalRecord, StepCommit,
+    StepKey, StepOutcome, StepProgress, StepRecord, StoreError, now_ms,
+};
+
+use crate::sql_error;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+// u64 values are stored as the i64 with the same bits (fingerprints), or saturated
+// (timestamps, which never reach 2^63 ms).
+fn bits(v: u64) -> i64 {
+    v as i64
+}
+fn unbits(v: i64) -> u64 {
+    v as u64
+}
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+fn unms(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+fn item_col(item: Option<u32>) -> i64 {
+    item.map_or(-1, i64::from)
+}
+fn item_of(v: i64) -> Option<u32> {
+    u32::try_from(v).ok()
+}
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { what: what.into() }
+}
+
+fn not_found(what: impl Into<String>) -> StoreError {
+    StoreError::NotFound { what: what.into() }
+}
+
+const RUN_COLUMNS: &str =
+    "id, workflow, fingerprint, input, status, output, error, created_ms, updated_ms";
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
+    let status: String = row.get(4)?;
+    Ok((
+        RunRecord {
+            id: row.get(0)?,
+            workflow: row.get(1)?,
+            fingerprint: unbits(row.get(2)?),
+            node_fingerprints: BTreeMap::new(),
+            input: row.get(3)?,
+            status: RunStatus::Pending,
+            output: row.get(5)?,
+            error: row.get(6)?,
+            created_ms: unms(row.get(7)?),
+            updated_ms: unms(row.get(8)?),
+        },
+        status,
+    ))
+}
+
+fn finish_run(conn: &Connection, (mut run, status): (RunRecord, String)) -> Result<RunRecord> {
+    run.status = RunStatus::parse(&status)
+        .ok_or_else(|| corrupt(format!("run {} has an unknown status {status:?}", run.id)))?;
+    let mut stmt = conn
+        .prepare_cached("SELECT node, fingerprint FROM flow_run_nodes WHERE run_id = ?1")
+        .map_err(sql_error)?;
+    let nodes = stmt
+        .query_map([&run.id], |r| {
+            Ok((r.get::<_, String>(0)?, unbits(r.get(1)?)))
+        })
+        .map_err(sql_error)?;
+    for node in nodes {
+        let (key, fp) = node.map_err(sql_error)?;
+        run.node_fingerprints.insert(key, fp);
+    }
+    Ok(run)
+}
+
+pub(crate) fn get_run(conn: &Connection, id: &str) -> Result<Option<RunRecord>> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM flow_runs WHERE id = ?1"
+        ))
+        .map_err(sql_error)?
+        .query_row([id], run_from_row)
+        .optional()
+        .map_err(sql_error)?;
+    row.map(|r| finish_run(conn, r)).transpose()
+}
+
+fn existing_run(conn: &Connection, id: &str) -> Result<RunRecord> {
+    get_run(conn, id)?.ok_or_else(|| not_found(format!("run {id}")))
+}
+
+fn require_run(conn: &Connection, id: &str) -> Result<()> {
+    let found = conn
+        .prepare_cached("SELECT 1 FROM flow_runs WHERE id = ?1")
+        .map_err(sql_error)?
+        .exists([id])
+        .map_err(sql_error)?;
+    if found {
+        Ok(())
+    } else {
+        Err(not_found(format!("run {id}")))
+    }
+}
+
+pub(crate) fn create_run(conn: &Connection, new: &NewRun) -> Result<Created> {
+    let now = ms(now_ms());
+    // The primary key decides, also between processes: the first insert wins, the others
+    // do nothing and read the winner's run.
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO flow_runs (id, workflow, fingerprint, input, status, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .map_err(sql_error)?
+        .execute(params![
+            new.id,
+            new.workflow,
+            bits(new.fingerprint),
+            new.input,
+            now
+        ])
+        .map_err(sql_error)?;
+    if inserted == 1 {
+        let mut stmt = conn
+            .prepare_cached(
+                "INSERT INTO flow_run_nodes (run_id, node, fingerprint) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(sql_error)?;
+        for (node, fp) in &new.node_fingerprints {
+            stmt.execute(params![new.id, node, bits(*fp)])
+                .map_err(sql_error)?;
+        }
+    }
+    Ok(Created {
+        run: existing_run(conn, &new.id)?,
+        created: inserted == 1,
+    })
+}
+
+pub(crate) fn set_status(
+    conn: &Connection,
+    id: &str,
+    status: RunStatus,
+    result: Option<Vec<u8>>,
+) -> Result<RunRecord> {
+    if result.is_some() && !status.is_finished() {
+        return Err(StoreError::Invalid {
+            what: format!("a result given with status {status}, which has none"),
+        });
+    }
+    let run = existing_run(conn, id)?;
+    if run.status.is_finished() {
+        return Err(StoreError::Conflict {
+            what: format!(
+                "run {id} is {}: its status cannot become {status}",
+                run.status
+            ),
+        });
+    }
+    let (output, error) = match status {
+        RunStatus::Completed => (result, None),
+        _ => (None, result),
+    };
+    conn.prepare_cached(
+        "UPDATE flow_runs SET status = ?2, output = ?3, error = ?4, updated_ms = max(?5, created_ms)
+         WHERE id = ?1",
+    )
+    .map_err(sql_error)?
+    .execute(params![id, status.as_str(), output, error, ms(now_ms())])
+    .map_err(sql_error)?;
+    existing_run(conn, id)
+}
+
+fn runs_where(conn: &Connection, clause: &str, args: &[&dyn ToSql]) -> Result<Vec<RunRecord>> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM flow_runs {clause}"))
+        .map_err(sql_error)?;
+    let rows = stmt
+        .query_map(args, run_from_row)
+        .map_err(sql_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql_error)?;
+    rows.into_iter().map(|r| finish_run(conn, r)).collect()
+}
+
+pub(crate) fn unfinished_runs(conn: &Connection) -> Result<Vec<RunRecord>> {
+    runs_where(
+        conn,
+        "WHERE status IN ('pending', 'running', 'compensating') ORDER BY created_ms, id",
+        &[],
+    )
+}
+
+/// A page cursor is `created_ms:id` of the last run of the page: it stays valid whatever
+/// happens to that run.
+pub(crate) fn list_runs(conn: &Connection, filter: &RunFilter) -> Result<RunPage> {
+    let mut clauses = Vec::new();
+    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+    if let Some(w) = &filter.workflow {
+        args.push(Box::new(w.clone()));
+        clauses.push(format!("workflow = ?{}", args.len()));
+    }
+    if let Some(s) = filter.status {
+        args.push(Box::new(s.as_str()));
+        clauses.push(format!("status = ?{}", args.len()));
+    }
+    if let Some(t) = filter.created_after {
+        args.push(Box::new(ms(t)));
+        clauses.push(format!("created_ms >= ?{}", args.len()));
+    }
+    if let Some(t) = filter.created_before {
+        args.push(Box::new(ms(t)));
+        clauses.push(format!("created_ms < ?{}", args.len()));
+    }
+    if let Some(cursor) = &filter.after {
+        let (created, id) = cursor
+            .split_once(':')
+            .and_then(|(c, id)| Some((c.parse::<i64>().ok()?, id.to_owned())))
+            .ok_or_else(|| StoreError::Invalid {
+                what: format!("{cursor:?} is not a page cursor of this store"),
+            })?;
+        args.push(Box::new(created));
+        args.push(Box::new(id));
+        clauses.push(format!(
+            "(created_ms, id) > (?{}, ?{})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    let limit = filter.limit.max(1);
+    args.push(Box::new(
+        i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1),
+    ));
+    let clause = format!(
+        "{} ORDER BY created_ms, id LIMIT ?{}",
+        if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        },
+        args.len()
+    );
+    let refs: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
+    let mut runs = runs_where(conn, &clause, &refs)?;
+    let next = if runs.len() > limit {
+        runs.truncate(limit);
+        runs.last().map(|r| format!("{}:{}", r.created_ms, r.id))
+    } else {
+        None
+    };
+    Ok(RunPage { runs, next })
+}
+
+fn counters_text(counters: &[u32]) -> String {
+    counters
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn counters_of(text: &str) -> Result<Vec<u32>> {
+    text.split(',')
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse()
+                .map_err(|_| corrupt(format!("retry counters {text:?}")))
+        })
+        .collect()
+}
+
+fn put_attempt(conn: &Connection, key: &StepKey, a: &AttemptRecord) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO flow_step_attempts
+             (run_id, node, occurrence, item, number, started_ms, ended_ms, failure)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .map_err(sql_error)?
+    .execute(params![
+        key.run,
+        key.node,
+        key.occurrence,
+        item_col(key.item),
+        a.number,
+        ms(a.started_ms),
+        a.ended_ms.map(ms),
+        a.failure
+    ])
+    .map_err(sql_error)?;
+    Ok(())
+}
+
+fn step_state(conn: &Connection, key: &StepKey) -> Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT state FROM flow_steps
+         WHERE run_id = ?1 AND node = ?2 AND occurrence = ?3 AND item = ?4",
+    )
+    .map_err(sql_error)?
+    .query_row(
+        params![key.run, key.node, key.occurrence, item_col(key.item)],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(sql_error)
+}
+
+pub(crate) fn save_progress(conn: &Connection, p: &StepProgress) -> Result<()> {
+    require_run(conn, &p.key.run)?;
+    if let Some(state) = step_state(conn, &p.key)?
+        && state != "running"
+    {
+        return Err(StoreError::Conflict {
+            what: format!("step {} is already committed ({state})", p.key),
+        });
+    }
+    conn.prepare_cached(
+        "INSERT INTO flow_steps
+             (run_id, node, occurrence, item, state, retry_counters, wake_at_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
+         ON CONFLICT (run_id, node, occurrence, item) DO UPDATE SET
+             retry_counters = excluded.retry_counters,
+             wake_at_ms = excluded.wake_at_ms,
+             updated_ms = excluded.updated_ms",
+    )
+    .map_err(sql_error)?
+    .execute(params![
+        p.key.run,
+        p.key.node,
+        p.key.occurrence,
+        item_col(p.key.item),
+        counters_text(&p.retry.counters),
+        p.retry.wake_at_ms.map(ms),
+        ms(now_ms())
+    ])
+    .map_err(sql_error)?;
+    if let Some(a) = &p.attempt {
+        put_attempt(conn, &p.key, a)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn commit_step(conn: &Connection, c: &StepCommit) -> Result<Committed> {
+    require_run(conn, &c.key.run)?;
+    if let Some(state) = step_state(conn, &c.key)?
+        && state != "running"
+    {
+        // Committed before: keep the first commit, apply nothing.
+        let step = get_step(conn, &c.key)?.ok_or_else(|| not_found(c.key.to_string()))?;
+        return Ok(Committed {
+            step,
+            first: false,
+            pushed: Vec::new(),
+        });
+    }
+    let (state, output, failure) = match &c.outcome {
+        StepOutcome::Completed(out) => ("completed", Some(out.as_slice()), None),
+        StepOutcome::Failed(why) => ("failed", None, Some(why.as_str())),
+    };
+    conn.prepare_cached(
+        "INSERT INTO flow_steps
+             (run_id, node, occurrence, item, state, output, failure, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (run_id, node, occurrence, item) DO UPDATE SET
+             state = excluded.state,
+             output = excluded.output,
+             failure = excluded.failure,
+             wake_at_ms = NULL,
+             updated_ms = excluded.updated_ms",
+    )
+    .map_err(sql_error)?
+    .execute(params![
+        c.key.run,
+        c.key.node,
+        c.key.occurrence,
+        item_col(c.key.item),
+        state,
+        output,
+        failure,
+        ms(now_ms())
+    ])
+    .map_err(sql_error)?;
+    for a in &c.attempts {
+        put_attempt(conn, &c.key, a)?;
+    }
+    let pushed = apply_compensations(conn, &c.key.run, &c.compensations)?;
+    let step = get_step(conn, &c.key)?.ok_or_else(|| not_found(c.key.to_string()))?;
+    Ok(Committed {
+        step,
+        first: true,
+        pushed,
+    })
+}
+
+const STEP_COLUMNS: &str =
+    "node, occurrence, item, state, output, failure, retry_counters, wake_at_ms, updated_ms";
+
+fn step_from_row(run: &str, row: &Row<'_>) -> rusqlite::Result<StepRow> {
+    Ok((
+        StepRecord {
+            key: StepKey {
+                run: run.to_owned(),
+                node: row.get(0)?,
+                occurrence: row.get(1)?,
+                item: item_of(row.get(2)?),
+            },
+            outcome: None,
+            attempts: Vec::new(),
+            retry: RetryState {
+                counters: Vec::new(),
+                wake_at_ms: row.get::<_, Option<i64>>(7)?.map(unms),
+            },
+            updated_ms: unms(row.get(8)?),
+        },
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+    ))
+}
+
+type StepRow = (StepRecord, String, Option<Vec<u8>>, Option<String>, String);
+
+fn finish_step(
+    conn: &Connection,
+    (mut step, state, output, failure, counters): StepRow,
+) -> Result<StepRecord> {
+    step.outcome = match state.as_str() {
+        "running" => None,
+        "completed" => Some(StepOutcome::Completed(output.unwrap_or_default())),
+        "failed" => Some(StepOutcome::Failed(failure.unwrap_or_default())),
+        other => {
+            return Err(corrupt(format!(
+                "step {} has an unknown state {other:?}",
+                step.key
+            )));
+        }
+    };
+    step.retry.counters = counters_of(&counters)?;
+    let k = &step.key;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT number, started_ms, ended_ms, failure FROM flow_step_attempts
+             WHERE run_id = ?1 AND node = ?2 AND occurrence = ?3 AND item = ?4 ORDER BY number",
+        )
+        .map_err(sql_error)?;
+    step.attempts = stmt
+        .query_map(
+            params![k.run, k.node, k.occurrence, item_col(k.item)],
+            |r| {
+                Ok(AttemptRecord {
+                    number: r.get(0)?,
+                    started_ms: unms(r.get(1)?),
+                    ended_ms: r.get::<_, Option<i64>>(2)?.map(unms),
+                    failure: r.get(3)?,
+                })
+            },
+        )
+        .map_err(sql_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql_error)?;
+    Ok(step)
+}
+
+pub(crate) fn get_step(conn: &Connection, key: &StepKey) -> Result<Option<StepRecord>> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {STEP_COLUMNS} FROM flow_steps
+             WHERE run_id = ?1 AND node = ?2 AND occurrence = ?3 AND item = ?4"
+        ))
+        .map_err(sql_error)?
+        .query_row(
+            params![key.run, key.node, key.occurrence, item_col(key.item)],
+            |r| step_from_row(&key.run, r),
+        )
+        .optional()
+        .map_err(sql_error)?;
+    row.map(|r| finish_step(conn, r)).transpose()
+}
+
+pub(crate) fn steps_of(conn: &Connection, run: &str) -> Result<Vec<StepRecord>> {
+    let rows = conn
+        .prepare_cached(&format!(
+            "SELECT {STEP_COLUMNS} FROM flow_steps WHERE run_id = ?1
+             ORDER BY node, occurrence, item"
+        ))
+        .map_err(sql_error)?
+        .query_map([run], |r| step_from_row(run, r))
+        .map_err(sql_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql_error)?;
+    rows.into_iter().map(|r| finish_step(conn, r)).collect()
+}
+
+/// The run's next `seq` (shared by its compensation entries and its signals: never reused).
+fn next_seq(conn: &Connection, run: &str) -> Result<u64> {
+    let seq: Option<i64> = conn
+        .prepare_cached(
+            "UPDATE flow_runs SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
+        )
+        .map_err(sql_error)?
+        .query_row([run], |r| r.get(0))
+        .optional()
+        .map_err(sql_error)?;
+    seq.map(unms).ok_or_else(|| not_found(format!("run {run}")))
+}
+
+fn apply_compensations(conn: &Connection, run: &str, ops: &[CompensationOp]) -> Result<Vec<u64>> {
+    let mut pushed = Vec::new();
+    for op in ops {
+        match op {
+            CompensationOp::Push {
+                node,
+                occurrence,
+                item,
+                undo,
+            } => {
+                let seq = next_seq(conn, run)?;
+                conn.prepare_cached(
+                    "INSERT INTO flow_compensations
+                         (run_id, seq, node, occurrence, item, undo, status, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
+                )
+                .map_err(sql_error)?
+                .execute(params![
+                    run,
+                    ms(seq),
+                    node,
+                    occurrence,
+                    item_col(*item),
+                    undo,
+                    ms(now_ms())
+                ])
+                .map_err(sql_error)?;
+                pushed.push(seq);
+            }
+            CompensationOp::Drop { seq } => {
+                let status: Option<String> = conn
+                    .prepare_cached(
+                        "DELETE FROM flow_compensations WHERE run_id = ?1 AND seq = ?2
+                         RETURNING status",
+                    )
+                    .map_err(sql_error)?
+                    .query_row(params![run, ms(*seq)], |r| r.get(0))
+                    .optional()
+                    .map_err(sql_error)?;
+                match status.as_deref() {
+                    Some("pending") => {}
+                    Some(other) => {
+                        return Err(StoreError::Conflict {
+                            what: format!(
+                                "compensation {run}#{seq} is {other}: only a pending one can be dropped"
+                            ),
+                        });
+                    }
+                    None => return Err(not_found(format!("compensation {run}#{seq}"))),
+                }
+            }
+            CompensationOp::Mark { seq, status } => {
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE flow_compensations SET status = ?3, updated_ms = ?4
+                         WHERE run_id = ?1 AND seq = ?2",
+                    )
+                    .map_err(sql_error)?
+                    .execute(params![run, ms(*seq), status.as_str(), ms(now_ms())])
+                    .map_err(sql_error)?;
+                if changed == 0 {
+                    return Err(not_found(format!("compensation {run}#{seq}")));
+                }
+            }
+        }
+    }
+    Ok(pushed)
+}
+
+pub(crate) fn update_compensations(
+    conn: &Connection,
+    run: &str,
+    ops: &[CompensationOp],
+) -> Result<Vec<u64>> {
+    require_run(conn, run)?;
+    apply_compensations(conn, run, ops)
+}
+
+pub(crate) fn compensations_of(conn: &Connection, run: &str) -> Result<Vec<CompensationRecord>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT seq, node, occurrence, item, undo, status FROM flow_compensations
+             WHERE run_id = ?1 ORDER BY seq",
+        )
+        .map_err(sql_error)?
+        .query_map([run], |r| {
+            Ok((
+                unms(r.get(0)?),
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                item_of(r.get(3)?),
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })
+        .map_err(sql_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql_error)?;
+    rows.into_iter()
+        .map(|(seq, node, occurrence, item, undo, status)| {
+            Ok(CompensationRecord {
+                run: run.to_owned(),
+                seq,
+                node,
+                occurrence,
+                item,
+                undo,
+                status: CompensationStatus::parse(&status)
+                    .ok_or_else(|| corrupt(format!("compensation status {status:?}")))?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn send_signal(conn: &Connection, run: &str, name: &str, payload: &[u8]) -> Result<u64> {
+    let seq = next_seq(conn, run)?;
+    conn.prepare_cached(
+        "INSERT INTO flow_signals (run_id, seq, name, payload, sent_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .map_err(sql_error)?
+    .execute(params![run, ms(seq), name, payload, ms(now_ms())])
+    .map_err(sql_error)?;
+    Ok(seq)
+}
+
+pub(crate) fn take_signal(
+    conn: &Connection,
+    run: &str,
+    name: &str,
+) -> Result<Option<SignalRecord>> {
+    // Inside the writer's transaction: select and mark are one step for every other writer.
+    let found: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT seq, payload FROM flow_signals
+             WHERE run_id = ?1 AND name = ?2 AND consumed = 0 ORDER BY seq LIMIT 1",
+        )
+        .map_err(sql_error)?
+        .query_row([run, name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(sql_error)?;
+    let Some((seq, payload)) = found else {
+        return Ok(None);
+    };
+    conn.prepare_cached("UPDATE flow_signals SET consumed = 1 WHERE run_id = ?1 AND seq = ?2")
+        .map_err(sql_error)?
+        .execute(params![run, seq])
+        .map_err(sql_error)?;
+    Ok(Some(SignalRecord {
+        run: run.to_owned(),
+        name: name.to_owned(),
+        seq: unms(seq),
+        payload,
+    }))
+}

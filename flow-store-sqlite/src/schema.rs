@@ -1,0 +1,181 @@
+//! The versioned schema: the `flow_schema` table holds the version; migration `n` takes a
+//! store from version `n` to `n + 1`, in one transaction with the version's update. A store
+//! whose version is newer than [`SCHEMA_VERSION`] is refused, never guessed at.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+use flow_runtime::store::StoreError;
+
+use crate::sql_error;
+
+/// The schema version this build writes, and the newest it can read.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The migrations, in order: `MIGRATIONS[n]` takes version `n` to `n + 1`.
+///
+/// Keys: a run by its id; a step by (run, node, occurrence, item), the item stored as -1
+/// outside a map (SQLite lets NULLs repeat in a primary key); a compensation entry and a
+/// signal by (run, seq), `seq` taken from the run's own counter so it is never reused.
+/// u64 values (fingerprints) are stored as the i64 with the same bits.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [r#"
+CREATE TABLE flow_runs (
+    id          TEXT    NOT NULL PRIMARY KEY,
+    workflow    TEXT    NOT NULL,
+    fingerprint INTEGER NOT NULL,
+    input       BLOB    NOT NULL,
+    status      TEXT    NOT NULL CHECK (status IN
+                ('pending', 'running', 'compensating', 'completed', 'failed', 'cancelled')),
+    output      BLOB,
+    error       BLOB,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL,
+    next_seq    INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX flow_runs_by_created ON flow_runs (created_ms, id);
+CREATE INDEX flow_runs_by_status ON flow_runs (status, created_ms, id);
+CREATE INDEX flow_runs_by_workflow ON flow_runs (workflow, created_ms, id);
+
+CREATE TABLE flow_run_nodes (
+    run_id      TEXT    NOT NULL REFERENCES flow_runs (id) ON DELETE CASCADE,
+    node        TEXT    NOT NULL,
+    fingerprint INTEGER NOT NULL,
+    PRIMARY KEY (run_id, node)
+) WITHOUT ROWID;
+
+CREATE TABLE flow_steps (
+    run_id         TEXT    NOT NULL REFERENCES flow_runs (id) ON DELETE CASCADE,
+    node           TEXT    NOT NULL,
+    occurrence     INTEGER NOT NULL,
+    item           INTEGER NOT NULL,
+    state          TEXT    NOT NULL CHECK (state IN ('running', 'completed', 'failed')),
+    output         BLOB,
+    failure        TEXT,
+    retry_counters TEXT    NOT NULL DEFAULT '',
+    wake_at_ms     INTEGER,
+    updated_ms     INTEGER NOT NULL,
+    PRIMARY KEY (run_id, node, occurrence, item)
+) WITHOUT ROWID;
+
+CREATE TABLE flow_step_attempts (
+    run_id      TEXT    NOT NULL,
+    node        TEXT    NOT NULL,
+    occurrence  INTEGER NOT NULL,
+    item        INTEGER NOT NULL,
+    number      INTEGER NOT NULL,
+    started_ms  INTEGER NOT NULL,
+    ended_ms    INTEGER,
+    failure     TEXT,
+    PRIMARY KEY (run_id, node, occurrence, item, number),
+    FOREIGN KEY (run_id, node, occurrence, item)
+        REFERENCES flow_steps (run_id, node, occurrence, item) ON DELETE CASCADE
+) WITHOUT ROWID;
+
+CREATE TABLE flow_compensations (
+    run_id      TEXT    NOT NULL REFERENCES flow_runs (id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
+    node        TEXT    NOT NULL,
+    occurrence  INTEGER NOT NULL,
+    item        INTEGER NOT NULL,
+    undo        BLOB    NOT NULL,
+    status      TEXT    NOT NULL CHECK (status IN ('pending', 'done', 'failed', 'timed_out')),
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE flow_signals (
+    run_id      TEXT    NOT NULL REFERENCES flow_runs (id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
+    name        TEXT    NOT NULL,
+    payload     BLOB    NOT NULL,
+    consumed    INTEGER NOT NULL DEFAULT 0,
+    sent_ms     INTEGER NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX flow_signals_waiting ON flow_signals (run_id, name, consumed, seq);
+"#];
+
+/// The store's schema version without writing anything: 0 for a new, empty database. Refuses
+/// a newer schema, and a database that holds other tables but no `flow_schema` (another
+/// program's).
+pub(crate) fn check_version(conn: &Connection) -> Result<u32, StoreError> {
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_error)?;
+    let has_schema: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'flow_schema'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(sql_error)?
+        > 0;
+    if !has_schema {
+        if tables > 0 {
+            return Err(StoreError::Corrupt {
+                what: "the database has tables but no `flow_schema`: it is not a flow store".into(),
+            });
+        }
+        return Ok(0);
+    }
+    let version = read_version(conn)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(version)
+}
+
+fn read_version(conn: &Connection) -> Result<u32, StoreError> {
+    let version: Option<i64> = conn
+        .query_row("SELECT version FROM flow_schema WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sql_error)?;
+    let version = version.unwrap_or(0);
+    u32::try_from(version).map_err(|_| StoreError::Corrupt {
+        what: format!("schema version {version} is out of range"),
+    })
+}
+
+/// Applies the missing migrations in order, one transaction each (`BEGIN IMMEDIATE`, so two
+/// processes opening one new file do not both migrate it).
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_error)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS flow_schema (
+                 id      INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+                 version INTEGER NOT NULL
+             )",
+        )
+        .map_err(sql_error)?;
+        let version = read_version(&tx)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version == SCHEMA_VERSION {
+            return tx.commit().map_err(sql_error);
+        }
+        tx.execute_batch(MIGRATIONS[version as usize])
+            .map_err(sql_error)?;
+        tx.execute(
+            "INSERT INTO flow_schema (id, version) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+            [version + 1],
+        )
+        .map_err(sql_error)?;
+        tx.commit().map_err(sql_error)?;
+    }
+}
