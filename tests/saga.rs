@@ -336,3 +336,95 @@ async fn a_failure_says_whether_it_was_a_timeout_an_error_or_a_panic() {
     let err = panics_between_steps(Log::default(), 9).await.unwrap_err();
     assert!(err.step_error().is_none_or(|s| !s.failure().is_timeout()));
 }
+
+// ---------------------------------------------------------------- what a step error says
+
+async fn slow_then_broken(log: Log) -> Result<(), String> {
+    let n = log.0.lock().unwrap().len();
+    log.push("try");
+    if n == 0 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    Err("broken".into())
+}
+
+#[workflow]
+async fn only_timeouts_retried(log: Log) -> Result<(), String> {
+    #[retry(on = timeouts, max_attempts = 3)]
+    #[timeout("1s")]
+    slow_then_broken(log).await?;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_error_message_says_how_the_step_gave_up() {
+    // One attempt, its own error: "failed: ..".
+    let err = parent(Log::default()).await.unwrap_err();
+    let step = err.step_error().unwrap();
+    assert_eq!(step.to_string(), "step `fail` failed: boom");
+    assert!(!step.is_timeout() && !step.is_panic());
+    // A timeout (retried), then an error no rule covers: says which attempt, and why.
+    let err = only_timeouts_retried(Log::default()).await.unwrap_err();
+    let step = err.step_error().unwrap();
+    assert_eq!(
+        step.to_string(),
+        "step `slow_then_broken` failed on attempt 2 with an error no retry rule covers: broken"
+    );
+    assert!(step.attempts()[0].failure.is_timeout());
+    // A timeout that ends the step.
+    let err = times_out(Log::default()).await.unwrap_err();
+    assert!(err.step_error().unwrap().is_timeout());
+}
+
+/// An error type that is a `std::error::Error`, so step errors chain to it.
+#[derive(Debug, PartialEq)]
+struct Refused;
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("refused")
+    }
+}
+impl std::error::Error for Refused {}
+
+async fn refuse() -> Result<(), Refused> {
+    Err(Refused)
+}
+
+#[workflow]
+async fn refusing() -> Result<(), Refused> {
+    refuse().await
+}
+
+#[tokio::test]
+async fn errors_chain_to_the_steps_own_error() {
+    let err = refusing().await.unwrap_err();
+    let step = err.step_error().unwrap();
+    let source = std::error::Error::source(step).expect("the step's own error is its source");
+    assert_eq!(source.to_string(), "refused");
+    assert!(std::error::Error::source(&err).is_some());
+}
+
+async fn delete_fails((log, what): (Log, &'static str)) -> Result<(), String> {
+    log.push(format!("cannot delete {what}"));
+    Err(format!("cannot delete {what}"))
+}
+
+#[workflow]
+async fn undo_fails(log: Log) -> Result<(), String> {
+    #[compensate(delete)]
+    create(log.clone(), "kept").await?;
+    #[compensate(delete_fails)]
+    create(log.clone(), "stuck").await?;
+    fail(log).await
+}
+
+#[tokio::test]
+async fn a_report_lists_the_undos_that_did_not_succeed() {
+    let report = Runtime::new()
+        .run_report(&UndoFails, (Log::default(),))
+        .await;
+    assert!(report.result.is_err());
+    assert_eq!(report.compensations.len(), 2);
+    let problems: Vec<&str> = report.compensation_problems().map(|r| r.key).collect();
+    assert_eq!(problems, ["create#2"]);
+}
