@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use common::Recorder;
@@ -17,25 +16,7 @@ use flow::prelude::*;
 use flow::{Graph, NodeId};
 
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var("FLOW_GOLDEN").is_ok_and(|v| v == "overwrite") {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run `FLOW_GOLDEN=overwrite cargo test --test control_flow` to create it",
-            path.display()
-        )
-    });
-    assert_eq!(
-        expected,
-        actual,
-        "{} differs from the rendering (FLOW_GOLDEN=overwrite cargo test --test control_flow to accept it):\n{actual}",
-        path.display()
-    );
+    common::golden("control_flow", name, actual);
 }
 
 // ---------------------------------------------------------------- a remediation workflow

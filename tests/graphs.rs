@@ -4,6 +4,8 @@
 //!
 //! `FLOW_GOLDEN=overwrite cargo test --test graphs` rewrites the golden files.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -129,24 +131,7 @@ fn onboard_graph() -> &'static Graph {
 // ---------------------------------------------------------------- golden files
 
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var("FLOW_GOLDEN").is_ok_and(|v| v == "overwrite") {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run `FLOW_GOLDEN=overwrite cargo test --test graphs` to create it",
-            path.display()
-        )
-    });
-    assert!(
-        expected == actual,
-        "{} differs from the rendering (FLOW_GOLDEN=overwrite cargo test --test graphs to accept it):\n{actual}",
-        path.display()
-    );
+    common::golden("graphs", name, actual);
 }
 
 #[test]

@@ -1686,6 +1686,46 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         }
     };
 
+    // The `Workflow` impl of the generated type, generic or not.
+    let workflow_impl_for = |impl_g: TokenStream,
+                             ty_g: TokenStream,
+                             where_send: TokenStream,
+                             turbofish: TokenStream| {
+        quote! {
+            #[automatically_derived]
+            impl #impl_g #krate::Workflow for #type_name #ty_g #where_send {
+                type Input = #tuple_tys;
+                type Output = #ok;
+                type Error = #err;
+                type State = #state_name;
+
+                fn graph(&self) -> &'static #krate::Graph {
+                    Self::GRAPH
+                }
+
+                fn timeout(&self) -> ::core::option::Option<::core::time::Duration> {
+                    #timeout
+                }
+
+                #undo_methods
+
+                fn execute(
+                    &self,
+                    #ctx: #ctx_ty,
+                    __flow_input: Self::Input,
+                ) -> impl ::core::future::Future<Output = ::core::result::Result<#ok, #krate::Error<#err>>> + ::core::marker::Send {
+                    #[allow(clippy::needless_question_mark, clippy::unused_async, clippy::multiple_bound_locations)]
+                    async fn __flow_body #impl_g (#ctx: #ctx_ty, #(#param_pats: #param_tys),*) -> #ret #where_send #body
+                    let (#(#arg_names,)*) = __flow_input;
+                    async move {
+                        let __flow_r = __flow_body #turbofish (::core::clone::Clone::clone(&#ctx), #(#arg_names),*).await;
+                        #ctx.finish(__flow_r)
+                    }
+                }
+            }
+        }
+    };
+
     if sig.associated {
         // An associated function of an `impl`: only associated items may be emitted, so the
         // workflow value comes from a method (`remediate_workflow`) whose opaque return type
@@ -1781,6 +1821,12 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
             None => quote!(where #(#send_bounds,)*),
         };
         let doc_new = format!(" The workflow of [`{fn_name}`], for these type parameters.");
+        let workflow_impl = workflow_impl_for(
+            impl_g.to_token_stream(),
+            ty_g.to_token_stream(),
+            where_send.clone(),
+            turbofish.to_token_stream(),
+        );
         return Some(quote! {
             #(#attrs)*
             #[doc = ""]
@@ -1827,40 +1873,16 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
 
             #state_items
 
-            #[automatically_derived]
-            impl #impl_g #krate::Workflow for #type_name #ty_g #where_send {
-                type Input = #tuple_tys;
-                type Output = #ok;
-                type Error = #err;
-                type State = #state_name;
-
-                fn graph(&self) -> &'static #krate::Graph {
-                    Self::GRAPH
-                }
-
-                fn timeout(&self) -> ::core::option::Option<::core::time::Duration> {
-                    #timeout
-                }
-
-                #undo_methods
-
-                fn execute(
-                    &self,
-                    #ctx: #ctx_ty,
-                    __flow_input: Self::Input,
-                ) -> impl ::core::future::Future<Output = ::core::result::Result<#ok, #krate::Error<#err>>> + ::core::marker::Send {
-                    #[allow(clippy::needless_question_mark, clippy::unused_async, clippy::multiple_bound_locations)]
-                    async fn __flow_body #impl_g (#ctx: #ctx_ty, #(#param_pats: #param_tys),*) -> #ret #where_send #body
-                    let (#(#arg_names,)*) = __flow_input;
-                    async move {
-                        let __flow_r = __flow_body #turbofish (::core::clone::Clone::clone(&#ctx), #(#arg_names),*).await;
-                        #ctx.finish(__flow_r)
-                    }
-                }
-            }
+            #workflow_impl
         });
     }
 
+    let workflow_impl = workflow_impl_for(
+        TokenStream::new(),
+        TokenStream::new(),
+        TokenStream::new(),
+        TokenStream::new(),
+    );
     Some(quote! {
         #(#attrs)*
         #[doc = ""]
@@ -1886,37 +1908,7 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
             pub const FINGERPRINT: u64 = #fingerprint;
         }
 
-        #[automatically_derived]
-        impl #krate::Workflow for #type_name {
-            type Input = #tuple_tys;
-            type Output = #ok;
-            type Error = #err;
-            type State = #state_name;
-
-            fn graph(&self) -> &'static #krate::Graph {
-                Self::GRAPH
-            }
-
-            fn timeout(&self) -> ::core::option::Option<::core::time::Duration> {
-                #timeout
-            }
-
-            #undo_methods
-
-            fn execute(
-                &self,
-                #ctx: #ctx_ty,
-                __flow_input: Self::Input,
-            ) -> impl ::core::future::Future<Output = ::core::result::Result<#ok, #krate::Error<#err>>> + ::core::marker::Send {
-                #[allow(clippy::needless_question_mark, clippy::unused_async)]
-                async fn __flow_body(#ctx: #ctx_ty, #(#param_pats: #param_tys),*) -> #ret #body
-                let (#(#arg_names,)*) = __flow_input;
-                async move {
-                    let __flow_r = __flow_body(::core::clone::Clone::clone(&#ctx), #(#arg_names),*).await;
-                    #ctx.finish(__flow_r)
-                }
-            }
-        }
+        #workflow_impl
     })
 }
 

@@ -79,3 +79,26 @@ impl Drop for DropFlag {
         self.0.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Compares `actual` with the golden file `tests/golden/{name}`; `FLOW_GOLDEN=overwrite`
+/// rewrites it instead. `test` names the test target, for the message.
+pub fn golden(test: &str, name: &str, actual: &str) {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var("FLOW_GOLDEN").is_ok_and(|v| v == "overwrite") {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `FLOW_GOLDEN=overwrite cargo test --test {test}` to create it",
+            path.display()
+        )
+    });
+    assert!(
+        expected == actual,
+        "{} differs from the rendering (FLOW_GOLDEN=overwrite cargo test --test {test} to accept it):\n{actual}",
+        path.display()
+    );
+}

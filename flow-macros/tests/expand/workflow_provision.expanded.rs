@@ -321,7 +321,11 @@ impl ::flow::Workflow for Provision {
     ) -> impl ::core::future::Future<
         Output = ::core::result::Result<Cluster, ::flow::Error<ProvisionError>>,
     > + ::core::marker::Send {
-        #[allow(clippy::needless_question_mark, clippy::unused_async)]
+        #[allow(
+            clippy::needless_question_mark,
+            clippy::unused_async,
+            clippy::multiple_bound_locations
+        )]
         async fn __flow_body(
             __flow_ctx: ::flow::__private::Ctx<ProvisionError>,
             spec: Spec,
