@@ -1794,7 +1794,14 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         });
     }
 
-    if !func.sig.generics.params.is_empty() || func.sig.generics.where_clause.is_some() {
+    if !func.sig.generics.params.is_empty()
+        || func
+            .sig
+            .generics
+            .where_clause
+            .as_ref()
+            .is_some_and(|w| !w.predicates.is_empty())
+    {
         // A generic function: the workflow type is generic over the same parameters.
         let generics = &func.sig.generics;
         let (impl_g, ty_g, where_clause) = generics.split_for_impl();
@@ -1813,13 +1820,12 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         let send_bounds = phantom
             .iter()
             .map(|t| quote!(#t: ::core::marker::Send + ::core::marker::Sync));
-        let where_send = match where_clause {
-            Some(w) => {
-                let preds = &w.predicates;
-                quote!(where #preds, #(#send_bounds,)*)
-            }
-            None => quote!(where #(#send_bounds,)*),
-        };
+        let preds = where_clause
+            .iter()
+            .flat_map(|w| w.predicates.iter())
+            .map(ToTokens::to_token_stream)
+            .chain(send_bounds);
+        let where_send = quote!(where #(#preds,)*);
         let doc_new = format!(" The workflow of [`{fn_name}`], for these type parameters.");
         let workflow_impl = workflow_impl_for(
             impl_g.to_token_stream(),
