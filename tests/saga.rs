@@ -428,3 +428,35 @@ async fn a_report_lists_the_undos_that_did_not_succeed() {
     let problems: Vec<&str> = report.compensation_problems().map(|r| r.key).collect();
     assert_eq!(problems, ["create#2"]);
 }
+
+#[workflow]
+async fn refuses_itself(n: u32) -> Result<u32, Refused> {
+    if n > 1 {
+        return Err(Refused);
+    }
+    Ok(n)
+}
+
+#[tokio::test]
+async fn a_runs_error_value_is_reachable_whichever_code_returned_it() {
+    // The workflow's own code returned it.
+    let err = refuses_itself(2).await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Workflow(Refused)));
+    assert_eq!(err.error(), Some(&Refused));
+    assert_eq!(
+        std::error::Error::source(&err).map(ToString::to_string),
+        Some("refused".to_owned())
+    );
+    assert_eq!(err.into_error(), Some(Refused));
+    // A step returned it.
+    let err = refusing().await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Step(_)));
+    assert_eq!(err.error(), Some(&Refused));
+    assert!(std::error::Error::source(&err).is_some());
+    assert_eq!(err.into_error(), Some(Refused));
+    // A timeout has no error value.
+    assert_eq!(
+        times_out(Log::default()).await.unwrap_err().into_error(),
+        None
+    );
+}
