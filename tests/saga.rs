@@ -460,3 +460,71 @@ async fn a_runs_error_value_is_reachable_whichever_code_returned_it() {
         None
     );
 }
+
+// ---------------------------------------------------------------- observers that panic
+
+#[tokio::test]
+async fn observers_that_panic_are_removed_once_and_the_others_hear_of_it_once() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let notes_b = Arc::new(AtomicU32::new(0));
+    let notes_d = Arc::new(AtomicU32::new(0));
+    let events_d = Arc::new(AtomicU32::new(0));
+    let (nb, nd, ed) = (notes_b.clone(), notes_d.clone(), events_d.clone());
+    let seen_e = Arc::new(AtomicU32::new(0));
+    let runtime = Runtime::new()
+        // A: panics on the first event it sees.
+        .with_observer(|_: &Event| panic!("observer A is broken"))
+        // B: counts the notes about panicking observers.
+        .with_observer(move |e: &Event| {
+            if matches!(e.kind, EventKind::ObserverPanicked { .. }) {
+                nb.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        // C: panics on a note.
+        .with_observer(|e: &Event| {
+            if matches!(e.kind, EventKind::ObserverPanicked { .. }) {
+                panic!("observer C cannot take notes");
+            }
+        })
+        // D: counts notes and everything else.
+        .with_observer(move |e: &Event| {
+            if matches!(e.kind, EventKind::ObserverPanicked { .. }) {
+                nd.fetch_add(1, Ordering::SeqCst);
+            } else {
+                ed.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        // E: panics on the third event it sees (not a note).
+        .with_observer(move |e: &Event| {
+            if !matches!(e.kind, EventKind::ObserverPanicked { .. })
+                && seen_e.fetch_add(1, Ordering::SeqCst) == 2
+            {
+                panic!("observer E gave up");
+            }
+        });
+    // A run without child runs: an observer is removed from one run at a time.
+    let report = runtime.run_report(&UndoFails, (Log::default(),)).await;
+    assert!(
+        report.result.is_err(),
+        "the run itself goes on, and fails as it would"
+    );
+    // A and E panicked once each and were removed (a second panic would be another entry); C's
+    // panic on the first note removed it silently.
+    assert_eq!(
+        report.observer_panics.len(),
+        2,
+        "{:?}",
+        report.observer_panics
+    );
+    assert_eq!(
+        notes_b.load(Ordering::SeqCst),
+        2,
+        "B heard of each panic once"
+    );
+    assert_eq!(
+        notes_d.load(Ordering::SeqCst),
+        2,
+        "D too, though C panicked before it"
+    );
+    assert!(events_d.load(Ordering::SeqCst) > 10, "D saw the whole run");
+}
