@@ -528,3 +528,38 @@ async fn observers_that_panic_are_removed_once_and_the_others_hear_of_it_once() 
     );
     assert!(events_d.load(Ordering::SeqCst) > 10, "D saw the whole run");
 }
+
+// ---------------------------------------------------------------- catch by kind
+
+async fn fails_with_an_error(log: Log) -> Result<u32, String> {
+    log.push("fails");
+    Err("boom".into())
+}
+async fn recover_any(_: flow::StepError<String>) -> Result<u32, String> {
+    Ok(99)
+}
+
+#[workflow]
+async fn catches_timeouts_only(log: Log) -> Result<u32, String> {
+    #[catch(recover_any, on = timeouts)]
+    let n = fails_with_an_error(log).await?;
+    Ok(n)
+}
+
+#[workflow]
+async fn catches_errors(log: Log) -> Result<u32, String> {
+    #[catch(recover_any, on = errors)]
+    let n = fails_with_an_error(log).await?;
+    Ok(n)
+}
+
+#[tokio::test]
+async fn catch_on_a_kind_catches_only_that_kind() {
+    let err = catches_timeouts_only(Log::default()).await.unwrap_err();
+    assert_eq!(
+        err.error(),
+        Some(&"boom".to_owned()),
+        "an error is not a timeout"
+    );
+    assert_eq!(catches_errors(Log::default()).await.unwrap(), 99);
+}
