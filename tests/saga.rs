@@ -563,3 +563,35 @@ async fn catch_on_a_kind_catches_only_that_kind() {
     );
     assert_eq!(catches_errors(Log::default()).await.unwrap(), 99);
 }
+
+// ---------------------------------------------------------------- unseeded jitter is random
+
+async fn always_busy(log: Log) -> Result<(), String> {
+    log.push("busy");
+    Err("busy".into())
+}
+
+#[workflow]
+async fn jittery(log: Log) -> Result<(), String> {
+    #[retry(max_attempts = 4, backoff = constant("1000s"), jitter = full)]
+    always_busy(log).await?;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_of_an_unseeded_runtime_draw_their_own_jitter() {
+    let mut waited = Vec::new();
+    for _ in 0..2 {
+        let started = tokio::time::Instant::now();
+        let _ = Runtime::new().run(&Jittery, (Log::default(),)).await;
+        waited.push(started.elapsed());
+    }
+    // Three delays drawn uniformly in [0, 1000 s] at nanosecond resolution: two runs with
+    // the same total would mean the same seed.
+    assert_ne!(waited[0], waited[1]);
+    assert!(
+        waited
+            .iter()
+            .all(|w| *w <= std::time::Duration::from_secs(3000))
+    );
+}
