@@ -595,3 +595,45 @@ async fn runs_of_an_unseeded_runtime_draw_their_own_jitter() {
             .all(|w| *w <= std::time::Duration::from_secs(3000))
     );
 }
+
+// ---------------------------------------------------------------- the event stream
+
+#[tokio::test]
+async fn the_event_stream_is_a_stream_that_ends_with_its_run_also_read_without_waiting() {
+    use futures_util::StreamExt as _;
+    // Read as a `Stream`: ends after the run's own final event, though a child run's final
+    // events come first.
+    let mut handle = Runtime::new().spawn_with_events(Parent, (Log::default(),));
+    let kinds: Vec<EventKind> = handle.events().map(|e| e.kind).collect().await;
+    assert!(matches!(kinds.first(), Some(EventKind::RunStarted)));
+    assert!(matches!(kinds.last(), Some(EventKind::RunFailed { .. })));
+    assert!(
+        kinds
+            .iter()
+            .filter(|k| matches!(k, EventKind::RunCompleted))
+            .count()
+            == 1,
+        "the child's completion is in the stream and did not end it"
+    );
+    assert!(handle.events().next().await.is_none());
+    assert!(handle.await.is_err());
+
+    // Read without waiting, once the run is over: every event is there, then nothing.
+    let mut handle = Runtime::new().spawn_with_events(Parent, (Log::default(),));
+    let mut handle_done = None;
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+        if handle.state().status.is_terminal() {
+            handle_done = Some(());
+            break;
+        }
+    }
+    assert!(handle_done.is_some());
+    let mut read = Vec::new();
+    while let Some(e) = handle.events().try_next() {
+        read.push(e.kind);
+    }
+    assert_eq!(read.len(), kinds.len());
+    assert!(matches!(read.last(), Some(EventKind::RunFailed { .. })));
+    assert!(handle.events().try_next().is_none());
+}
