@@ -1287,6 +1287,7 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
             marker: false,
             error_ty: error_tokens.as_ref(),
             markers: &markers,
+            durable: false,
         },
         krate,
         ctx: &ctx,

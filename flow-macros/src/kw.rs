@@ -7,6 +7,8 @@ pub(crate) const CATCH: &str = "catch";
 pub(crate) const SETTLE: &str = "settle";
 /// `#[label(name)]` on a step statement in `#[workflow]`: the step's name and identity.
 pub(crate) const LABEL: &str = "label";
+/// `#[workflow(durable)]`: runs recorded in a store and resumed after a restart.
+pub(crate) const DURABLE: &str = "durable";
 
 /// Step policies (attributes in `#[workflow]`, `[...]` lists in `flow!`).
 pub(crate) const STEP_POLICIES: &[&str] = &[RETRY, TIMEOUT, COMPENSATE, CATCH];
@@ -54,6 +56,7 @@ pub(crate) const COMPENSATION_TIMEOUT: &str = "compensation_timeout";
 pub(crate) const COMPENSATE_ON_DROP: &str = "compensate_on_drop";
 /// Options of `#[workflow(...)]`.
 pub(crate) const WORKFLOW_OPTIONS: &[&str] = &[
+    DURABLE,
     TIMEOUT,
     NAME,
     CRATE,

@@ -63,6 +63,9 @@ pub(crate) struct Gen<'a> {
     pub(crate) error_ty: Option<&'a TokenStream>,
     /// Marker types named after the steps.
     pub(crate) markers: &'a Markers,
+    /// A durable workflow: each step is answered from the run's store when recorded there,
+    /// and committed to it when run (`Ctx::durable_step`, ..).
+    pub(crate) durable: bool,
 }
 
 /// Types named after the steps, so that our diagnostics can name them (`step `wait_healthy`
@@ -117,6 +120,15 @@ impl Markers {
 }
 
 impl Gen<'_> {
+    /// The context method that runs a step: `plain`, or its durable twin.
+    fn method(&self, plain: &str) -> Ident {
+        if self.durable {
+            format_ident!("durable_{}", plain)
+        } else {
+            Ident::new(plain, Span::call_site())
+        }
+    }
+
     fn node(&self, id: u32) -> TokenStream {
         let krate = self.krate;
         quote!(#krate::NodeId(#id))
@@ -242,6 +254,10 @@ impl Gen<'_> {
         let f = Ident::new("__flow_f", Span::mixed_site());
         let m = Ident::new("__flow_m", Span::mixed_site());
         let mk = Ident::new("__flow_mk", Span::mixed_site());
+        let step_with = self.method("step_with");
+        let step_timeout = self.method("step_timeout");
+        let step = self.method("step");
+        let catch = self.method("catch");
         let mut out = TokenStream::new();
 
         if !policy.retry.is_empty() {
@@ -299,7 +315,7 @@ impl Gen<'_> {
             ));
             out.extend(quote_spanned! {span=>
                 let #m = #krate::__private::output_of_make(&#mk);
-                let #r = #ctx.step_with(#id, #pol, #mk).await;
+                let #r = #ctx.#step_with(#id, #pol, #mk).await;
             });
         } else if let Some(t) = policy.timeout {
             let fut = self.child(self.call_with(call, |_, a| quote!(#a)));
@@ -310,7 +326,7 @@ impl Gen<'_> {
             out.extend(self.converts(name, span, &f, quote!(#krate::__private::future_type(&#f))));
             out.extend(quote_spanned! {span=>
                 let #m = #krate::__private::output_of(&#f);
-                let #r = #ctx.step_timeout(#id, #t, #f).await;
+                let #r = #ctx.#step_timeout(#id, #t, #f).await;
             });
         } else {
             let fut = self.child(self.call_with(call, |_, a| quote!(#a)));
@@ -320,7 +336,7 @@ impl Gen<'_> {
             out.extend(self.converts(name, span, &f, quote!(#krate::__private::future_type(&#f))));
             out.extend(quote_spanned! {span=>
                 let #m = #krate::__private::output_of(&#f);
-                let #r = #ctx.step(#id, #f).await;
+                let #r = #ctx.#step(#id, #f).await;
             });
         }
 
@@ -345,7 +361,7 @@ impl Gen<'_> {
             };
             let recover_call = self.exact(quote!((#recover)(#e)));
             out.extend(quote! {
-                let #r = #ctx.catch(#r, #when, #rec_id, |#e| #recover_call).await;
+                let #r = #ctx.#catch(#r, #when, #rec_id, |#e| #recover_call).await;
             });
         }
 

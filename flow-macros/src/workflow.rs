@@ -55,6 +55,8 @@ use crate::step::{Call, Gen, Markers};
 use crate::{duration, kw};
 
 struct Options {
+    /// `durable`: where it was written.
+    durable: Option<Span>,
     timeout: Option<core::time::Duration>,
     name: Option<Ident>,
     krate: TokenStream,
@@ -128,16 +130,42 @@ impl UndoOptions {
 
 fn parse_options(args: TokenStream, errors: &mut Errors) -> Options {
     let mut o = Options {
+        durable: None,
         timeout: None,
         name: None,
         krate: quote!(::flow),
         undo: UndoOptions::default(),
     };
-    let Some(pairs) = errors.ok(Punctuated::<KeyValue, Token![,]>::parse_terminated.parse2(args))
-    else {
+    let Some(pairs) = errors.ok(Punctuated::<Opt, Token![,]>::parse_terminated.parse2(args)) else {
         return o;
     };
-    for kv in pairs {
+    for opt in pairs {
+        let kv = match opt {
+            Opt::Flag(flag) if flag == kw::DURABLE => {
+                if cfg!(feature = "durable") {
+                    o.durable = Some(flag.span());
+                } else {
+                    errors.spanned(
+                        &flag,
+                        "durable workflows need the `durable` feature of `flow`: `flow = { version = \"..\", features = [\"durable\"] }`",
+                    );
+                }
+                continue;
+            }
+            Opt::Flag(flag) => {
+                let mut msg = unknown_key(
+                    "`#[workflow]` option",
+                    &flag.to_string(),
+                    kw::WORKFLOW_OPTIONS,
+                );
+                if kw::WORKFLOW_OPTIONS.contains(&flag.to_string().as_str()) {
+                    msg = format!("`{flag}` needs a value: `{flag} = ..`");
+                }
+                errors.spanned(&flag, msg);
+                continue;
+            }
+            Opt::Pair(kv) => kv,
+        };
         if o.undo.parse(&kv.key, &kv.value, errors) {
             continue;
         }
@@ -185,6 +213,29 @@ fn parse_options(args: TokenStream, errors: &mut Errors) -> Options {
         }
     }
     o
+}
+
+/// One `#[workflow(..)]` option: `key = value`, or a flag (`durable`).
+enum Opt {
+    Pair(KeyValue),
+    Flag(Ident),
+}
+
+impl syn::parse::Parse for Opt {
+    fn parse(input: syn::parse::ParseStream) -> syn::Result<Self> {
+        if input.peek(Ident) && !input.peek2(Token![=]) {
+            let flag: Ident = input.parse()?;
+            return Ok(Opt::Flag(flag));
+        }
+        input.parse().map(Opt::Pair)
+    }
+}
+
+fn rw_errors_durable_method(at: Span, errors: &mut Errors) {
+    errors.push(syn::Error::new(
+        at,
+        "`durable` is not supported on a method yet: make the workflow a free `async fn` (its dependencies as arguments or generics)",
+    ));
 }
 
 fn lit_str(e: &Expr) -> Option<&syn::LitStr> {
@@ -497,6 +548,8 @@ struct Rewriter<'a> {
     /// The workflow's error type.
     error_ty: TokenStream,
     markers: Markers,
+    /// `#[workflow(durable)]`.
+    durable: bool,
 }
 
 enum StepExpr<'a> {
@@ -1085,6 +1138,7 @@ impl Rewriter<'_> {
             marker: false,
             error_ty: Some(&self.error_ty),
             markers: &self.markers,
+            durable: self.durable,
         };
         // The arguments are evaluated in the closure (borrowing what they use, as a call
         // would); the step's future owns them.
@@ -1249,6 +1303,7 @@ impl Rewriter<'_> {
             marker: true,
             error_ty: Some(&self.error_ty),
             markers: &self.markers,
+            durable: self.durable,
         };
         g.step(id, &name, recovery, policy, call, span)
     }
@@ -1305,6 +1360,7 @@ impl Rewriter<'_> {
                 marker: false,
                 error_ty: Some(&self.error_ty),
                 markers: &self.markers,
+                durable: self.durable,
             };
             let code = g.step(id, &name, None, &policy, &owned_call, e.span());
             futs.push(quote!({ #(#hoisted)* async move { #code } }));
@@ -1560,6 +1616,7 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         labels: Vec::new(),
         error_ty: err.clone(),
         markers: Markers::new(format_ident!("__flow_steps_{}", fn_name)),
+        durable: options.durable.is_some(),
     };
     rw.visit_block_mut(&mut func.block);
     rw.check_labels();
@@ -1726,6 +1783,19 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         }
     };
 
+    if let (true, Some(at)) = (sig.associated, options.durable) {
+        rw_errors_durable_method(at, errors);
+        return None;
+    }
+    // `durable`: the workflow's values must be storable, checked where `durable` is written.
+    let durable_impl = |impl_g: &TokenStream, ty_g: &TokenStream, where_send: &TokenStream| {
+        options.durable.map(|at| {
+            quote_spanned! {at=>
+                #[automatically_derived]
+                impl #impl_g #krate::durable::DurableWorkflow for #type_name #ty_g #where_send {}
+            }
+        })
+    };
     if sig.associated {
         // An associated function of an `impl`: only associated items may be emitted, so the
         // workflow value comes from a method (`remediate_workflow`) whose opaque return type
@@ -1827,12 +1897,17 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
             .chain(send_bounds);
         let where_send = quote!(where #(#preds,)*);
         let doc_new = format!(" The workflow of [`{fn_name}`], for these type parameters.");
-        let workflow_impl = workflow_impl_for(
+        let mut workflow_impl = workflow_impl_for(
             impl_g.to_token_stream(),
             ty_g.to_token_stream(),
             where_send.clone(),
             turbofish.to_token_stream(),
         );
+        workflow_impl.extend(durable_impl(
+            &impl_g.to_token_stream(),
+            &ty_g.to_token_stream(),
+            &where_send,
+        ));
         return Some(quote! {
             #(#attrs)*
             #[doc = ""]
@@ -1883,12 +1958,17 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         });
     }
 
-    let workflow_impl = workflow_impl_for(
+    let mut workflow_impl = workflow_impl_for(
         TokenStream::new(),
         TokenStream::new(),
         TokenStream::new(),
         TokenStream::new(),
     );
+    workflow_impl.extend(durable_impl(
+        &TokenStream::new(),
+        &TokenStream::new(),
+        &TokenStream::new(),
+    ));
     Some(quote! {
         #(#attrs)*
         #[doc = ""]

@@ -403,13 +403,17 @@ impl StepContext {
     /// It is the same for every attempt of one execution (a retry of a call that may have
     /// reached the other side before failing sends the same key), and differs between
     /// executions: another step, another loop iteration, another `map` item, another run.
-    /// `<process>` is random per process, so two processes never share keys. Runs are not
-    /// durable yet, so a restarted process starts new runs with new keys; once runs are
-    /// recorded in a store, the run's id and the step's identity come from the record, and the
-    /// key becomes stable across restarts (the step in flight when a process died gets the
-    /// same key when the run resumes). Within a `map`, a durable key will name the item by its
-    /// index only (the entry number depends on the order items start).
+    /// `<process>` is random per process, so two processes never share keys.
+    ///
+    /// In a durable run (`flow::durable`) the key is `flow:<run id>:<key>@<occurrence>`
+    /// plus `[<item>]` inside a `map`: the stored run's id and the step's stable identity
+    /// (its node key, the how-many-th execution of that node in the run, the map item's
+    /// index), so it is the same after a restart: the step in flight when a process died
+    /// gets the same key when the run resumes.
     pub fn idempotency_key(&self) -> String {
+        if let Some(key) = self.run.durable_key(self.node(), self.item) {
+            return key;
+        }
         let mut key = format!(
             "flow:{:016x}:{}:{}#{}",
             process_nonce(),

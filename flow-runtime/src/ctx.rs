@@ -23,6 +23,35 @@ use crate::graph::{Graph, NodeId};
 use crate::policy::{SplitMix64, StepPolicy};
 use crate::saga::{Entry, Package};
 
+#[cfg(feature = "durable")]
+pub(crate) use crate::durable::Resume;
+
+/// Without durable runs, a step never resumes (an uninhabited stand-in for `durable::Resume`).
+#[cfg(not(feature = "durable"))]
+pub(crate) enum Resume<'a> {
+    #[allow(dead_code)]
+    Never(core::convert::Infallible, core::marker::PhantomData<&'a ()>),
+}
+
+#[cfg(not(feature = "durable"))]
+impl Resume<'_> {
+    fn from(&self) -> Option<&(u32, crate::store::RetryState)> {
+        match *self {
+            Resume::Never(n, _) => match n {},
+        }
+    }
+    fn remaining(&self, _: u64) -> Duration {
+        match *self {
+            Resume::Never(n, _) => match n {},
+        }
+    }
+    async fn failed_attempt(&self, _: u32, _: String, _: &[u32], _: Duration) {
+        match *self {
+            Resume::Never(n, _) => match n {},
+        }
+    }
+}
+
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Nodes whose entry counters live inline in a run's context (no allocation).
@@ -232,6 +261,9 @@ pub(crate) struct Inner<E> {
     aborted: AtomicBool,
     /// The run's signal mailbox, made on first use (`signal.rs`).
     pub(crate) signals: crate::signal::Slot,
+    /// The run's record in a store, for durable runs (set before the run starts).
+    #[cfg(feature = "durable")]
+    pub(crate) journal: std::sync::OnceLock<Arc<crate::durable::Journal>>,
 }
 
 impl<E> Inner<E> {
@@ -344,6 +376,8 @@ impl<E: core::fmt::Display> Ctx<E> {
                 abort: Mutex::new(None),
                 aborted: AtomicBool::new(false),
                 signals: crate::signal::Slot::new(),
+                #[cfg(feature = "durable")]
+                journal: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -709,7 +743,25 @@ impl<E> Ctx<E> {
         &self,
         node: NodeId,
         policy: StepPolicy<'_, E>,
+        make: M,
+    ) -> Result<<Fut::Output as StepOutput<E>>::Ok, StepError<E>>
+    where
+        M: FnMut() -> Fut,
+        Fut: Future,
+        Fut::Output: StepOutput<E>,
+    {
+        self.step_with_resume(node, policy, make, None).await
+    }
+
+    /// [`step_with`](Self::step_with), for a durable step: `resume` records each failed
+    /// attempt that will be retried, and gives the attempts and retry state an earlier
+    /// process left.
+    pub(crate) async fn step_with_resume<Fut, M>(
+        &self,
+        node: NodeId,
+        policy: StepPolicy<'_, E>,
         mut make: M,
+        resume: Option<Resume<'_>>,
     ) -> Result<<Fut::Output as StepOutput<E>>::Ok, StepError<E>>
     where
         M: FnMut() -> Fut,
@@ -722,6 +774,22 @@ impl<E> Ctx<E> {
         let mut number: u32 = 0;
         let mut first_start = None;
         let mut iteration = 0;
+        if let Some((done, retry)) = resume.as_ref().and_then(|r| r.from()) {
+            // Resumed: the attempts counted so far, and what is left of the pending backoff.
+            number = *done;
+            if !retry.counters.is_empty() {
+                counters = vec![0; policy.retry.len()];
+                for (c, s) in counters.iter_mut().zip(&retry.counters) {
+                    *c = *s;
+                }
+            }
+            if let (Some(r), Some(wake)) = (&resume, retry.wake_at_ms) {
+                let left = r.remaining(wake);
+                if !left.is_zero() {
+                    tokio::time::sleep(left).await;
+                }
+            }
+        }
         loop {
             number = number.saturating_add(1);
             // Policies need the clock (budgets, timings), so a policied step is always timed.
@@ -826,6 +894,10 @@ impl<E> Ctx<E> {
                     Instant::now(),
                     iteration,
                 );
+            }
+            if let Some(r) = &resume {
+                r.failed_attempt(number, (self.inner.describe)(&failure), &counters, delay)
+                    .await;
             }
             keep_attempt(
                 &mut attempts,
@@ -1137,6 +1209,13 @@ impl<E> Ctx<E> {
 
     pub(crate) fn take_abort(&self) -> Option<StepError<E>> {
         lock(&self.inner.abort).take()
+    }
+
+    /// Ends the run at its next poll, with no step error (a durable run whose journal says
+    /// why).
+    #[cfg(feature = "durable")]
+    pub(crate) fn abort_run(&self) {
+        self.inner.aborted.store(true, Ordering::Release);
     }
 
     /// `#[workflow]`: turns the body's result into the run's result, attributing an error the

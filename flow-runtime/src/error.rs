@@ -764,7 +764,8 @@ impl<T, E> RunReport<T, E> {
 /// match err.kind() {
 ///     ErrorKind::Step(step) => assert_eq!(step.step(), "charge"),
 ///     ErrorKind::Workflow(e) => panic!("the workflow's own error: {e}"),
-///     ErrorKind::TimedOut { .. } | ErrorKind::Cancelled { .. } | ErrorKind::Panicked { .. } => {}
+///     ErrorKind::TimedOut { .. } | ErrorKind::Cancelled { .. } | ErrorKind::Panicked { .. }
+///     | ErrorKind::Durable(_) => {}
 /// }
 /// # }
 /// ```
@@ -796,6 +797,9 @@ pub enum ErrorKind<E> {
         /// The panic message.
         message: String,
     },
+    /// A durable run stopped because its store failed, or could not follow its record (see
+    /// [`DurableError`](crate::store::DurableError)).
+    Durable(crate::store::DurableError),
 }
 
 /// The error of a workflow run: what ended it, and every compensation that failed afterwards.
@@ -963,6 +967,7 @@ impl<E> Error<E> {
             ErrorKind::Cancelled { step }
             | ErrorKind::TimedOut { step, .. }
             | ErrorKind::Panicked { step, .. } => *step,
+            ErrorKind::Durable(_) => None,
         }
     }
 
@@ -1009,6 +1014,7 @@ impl<E> Error<E> {
             ErrorKind::Cancelled { step } => ErrorKind::Cancelled { step },
             ErrorKind::TimedOut { limit, step } => ErrorKind::TimedOut { limit, step },
             ErrorKind::Panicked { step, message } => ErrorKind::Panicked { step, message },
+            ErrorKind::Durable(d) => ErrorKind::Durable(d),
         };
         let undo = self.undo.map(|u| {
             let Undone {
@@ -1084,6 +1090,7 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 step: None,
                 message,
             } => write!(f, "panicked: {message}")?,
+            ErrorKind::Durable(d) => write!(f, "stopped: {d}")?,
         }
         for c in self.compensation_failures() {
             write!(

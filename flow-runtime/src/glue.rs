@@ -202,6 +202,7 @@ where
                 ErrorKind::Workflow(x) => Failure::Error(E::from(x)),
                 ErrorKind::TimedOut { limit, .. } => Failure::TimedOut(limit),
                 ErrorKind::Panicked { message, .. } => Failure::Panicked(message),
+                ErrorKind::Durable(d) => Failure::Panicked(d.to_string()),
                 ErrorKind::Cancelled { .. } => {
                     Failure::Panicked(format!("workflow `{workflow}` was cancelled"))
                 }

@@ -20,6 +20,8 @@
 
 mod context;
 mod ctx;
+#[cfg(feature = "durable")]
+pub mod durable;
 pub mod dynamic;
 pub mod error;
 mod event;

@@ -443,6 +443,9 @@ impl Debug for Registered {
 #[derive(Default)]
 pub struct Registry {
     workflows: BTreeMap<String, Registered>,
+    /// Durable workflows by graph name: how a stored run of each is resumed.
+    #[cfg(feature = "durable")]
+    pub(crate) durable: BTreeMap<String, Arc<dyn crate::durable::Resumer>>,
 }
 
 impl Debug for Registry {

@@ -76,6 +76,9 @@ pub struct Runtime {
     /// Whether [`run`](Self::run) and [`run_report`](Self::run_report) list their runs too
     /// (spawned runs always are).
     pub(crate) register_runs: bool,
+    /// Where durable runs are recorded, and the durable runs this runtime has in flight.
+    #[cfg(feature = "durable")]
+    pub(crate) durable: Option<crate::durable::Durability>,
 }
 
 impl Default for Runtime {
@@ -87,6 +90,8 @@ impl Default for Runtime {
             compensate_on_drop: None,
             id: crate::signal::next_runtime_id(),
             register_runs: false,
+            #[cfg(feature = "durable")]
+            durable: None,
         }
     }
 }
@@ -161,7 +166,7 @@ impl Runtime {
         self
     }
 
-    fn on_drop<W: Workflow>(&self, workflow: &W) -> bool {
+    pub(crate) fn on_drop<W: Workflow>(&self, workflow: &W) -> bool {
         self.compensate_on_drop.unwrap_or(true) && workflow.compensate_on_drop()
     }
 
@@ -180,7 +185,7 @@ impl Runtime {
         self
     }
 
-    fn ctx<E: core::fmt::Display>(
+    pub(crate) fn ctx<E: core::fmt::Display>(
         &self,
         workflow: &impl Workflow<Error = E>,
         lazy: Option<Arc<LazyChannel>>,
@@ -278,22 +283,51 @@ impl Runtime {
         W::Input: 'static,
         W::Output: 'static,
     {
+        let on_drop = self.on_drop(&workflow);
+        self.spawn_with(
+            workflow,
+            input,
+            subscribe,
+            |_| {},
+            move |workflow, ctx, input| async move {
+                drive(&workflow, ctx, input, None, on_drop).await
+            },
+        )
+    }
+
+    /// Spawns a run: `prepare` sees its context before it starts, `run` drives it.
+    pub(crate) fn spawn_with<W, F, Fut>(
+        &self,
+        workflow: W,
+        input: W::Input,
+        subscribe: bool,
+        prepare: impl FnOnce(&Ctx<W::Error>),
+        run: F,
+    ) -> Handle<W>
+    where
+        W: Workflow + 'static,
+        W::Input: 'static,
+        W::Output: 'static,
+        F: FnOnce(W, Ctx<W::Error>, W::Input) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<W::Output, Error<W::Error>>> + Send + 'static,
+    {
         let lazy = Arc::new(LazyChannel::default());
         let rx = subscribe.then(|| lazy.subscribe());
         let token = CancellationToken::new();
         let ctx = self.ctx(&workflow, Some(Arc::clone(&lazy)), Some(token.clone()));
+        prepare(&ctx);
         let view = ctx.clone();
-        let run = ctx.run_id();
-        let on_drop = self.on_drop(&workflow);
+        let run_id = ctx.run_id();
         let closing = Arc::clone(&lazy);
         // Listed for `Runtime::signal` until the run ends (or its task is dropped).
         let listed = crate::signal::list(self.id, &ctx);
         let task = tokio::spawn(async move {
             let _listed = listed;
-            let result = drive(&workflow, ctx, input, None, on_drop).await;
+            let result = run(workflow, ctx, input).await;
             closing.close();
             result
         });
+        let run = run_id;
         Handle {
             ctx: view,
             token,
@@ -384,7 +418,7 @@ enum Outcome<T, E> {
 /// `parent`: the parent run's context
 /// and where in it this run runs. `on_drop`: a top-level run dropped mid-run compensates on a
 /// task of its own.
-async fn drive<W: Workflow>(
+pub(crate) async fn drive<W: Workflow>(
     workflow: &W,
     ctx: Ctx<W::Error>,
     input: W::Input,
@@ -500,10 +534,32 @@ async fn drive<W: Workflow>(
             return Ok(v);
         }
         Outcome::Done(Err(e)) => e,
-        Outcome::Aborted => match ctx.take_abort() {
-            Some(step_error) => Error::new(name, ErrorKind::Step(step_error)),
-            None => Error::new(name, ErrorKind::Cancelled { step: in_flight }),
-        },
+        // A durable run whose store failed, or whose code cannot follow its record, stops
+        // here: nothing is undone and nothing more is recorded, so that a later process (or
+        // a build that matches the record) resumes it.
+        Outcome::Aborted => {
+            // A durable run whose store failed, or whose code cannot follow its record, stops
+            // here: nothing is undone and nothing more is recorded, so that a later process
+            // (or a build that matches the record) resumes it.
+            #[cfg(feature = "durable")]
+            if let Some(fault) = ctx.journal().and_then(|j| j.take_fault()) {
+                ctx.set_status(Status::Failed);
+                let error = Error::new(name, ErrorKind::Durable(fault));
+                if ctx.observed() {
+                    ctx.emit(
+                        NodeId::END,
+                        EventKind::RunFailed {
+                            error: error.to_string(),
+                        },
+                    );
+                }
+                return Err(error);
+            }
+            match ctx.take_abort() {
+                Some(step_error) => Error::new(name, ErrorKind::Step(step_error)),
+                None => Error::new(name, ErrorKind::Cancelled { step: in_flight }),
+            }
+        }
         Outcome::Cancelled => Error::new(name, ErrorKind::Cancelled { step: in_flight }),
         Outcome::TimedOut(limit) => Error::new(
             name,
@@ -529,6 +585,10 @@ async fn drive<W: Workflow>(
     let tail_ctx = ctx.clone();
     let tail: BoxFuture<Error<W::Error>> = Box::pin(async move {
         let ctx = tail_ctx;
+        #[cfg(feature = "durable")]
+        if let Some(j) = ctx.journal() {
+            j.compensating().await;
+        }
         // Child runs dropped mid-run (a failed sibling, a cancellation) are undone first:
         // their steps ran after every step of this run that completed.
         ctx.run_orphans(deadline).await;

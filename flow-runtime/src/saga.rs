@@ -61,6 +61,8 @@ pub(crate) type Package = Box<dyn FnOnce(Instant) -> BoxFuture<Vec<CompensationR
 pub(crate) struct Tag {
     pub(crate) node: NodeId,
     pub(crate) item: Option<u32>,
+    /// Which execution of the node (durable runs: names the undo's record; 0 otherwise).
+    pub(crate) occurrence: u32,
 }
 
 /// One entry of a run's compensation stack.
@@ -190,6 +192,8 @@ pub(crate) trait OrphanSink: crate::signal::SignalHost {
     fn run_id(&self) -> crate::event::RunId;
     /// The run's graph.
     fn graph(&self) -> &'static crate::graph::Graph;
+    /// The idempotency key of the latest execution of `node` in `item`, for a durable run.
+    fn durable_key(&self, node: NodeId, item: Option<u32>) -> Option<String>;
     /// When the run's time limit ends, if it has one.
     fn run_deadline(&self) -> Option<Instant>;
     /// A step of this run reports progress: a heartbeat, and an event when observed.
@@ -218,10 +222,23 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
         }
     }
 
+    fn durable_key(&self, node: NodeId, item: Option<u32>) -> Option<String> {
+        #[cfg(feature = "durable")]
+        {
+            self.journal.get().map(|j| j.idempotency_key(node, item))
+        }
+        #[cfg(not(feature = "durable"))]
+        {
+            let _ = (node, item);
+            None
+        }
+    }
+
     fn tag(&self) -> Tag {
         Tag {
             node: NodeId(self.current.load(Ordering::Relaxed)),
             item: current_item(),
+            occurrence: 0,
         }
     }
 
@@ -425,6 +442,7 @@ impl<E> Ctx<E> {
                 Tag {
                     node,
                     item: current_item(),
+                    occurrence: 0,
                 },
             )
         };
@@ -556,9 +574,15 @@ impl<E: Send + 'static> Ctx<E> {
         timeout: Option<Duration>,
         job: impl FnOnce(&T) -> Job<E>,
     ) -> Result<T, StepError<E>> {
+        let item = current_item();
+        #[cfg(feature = "durable")]
+        let occurrence = self.journal().map_or(0, |j| j.last_occurrence(node, item));
+        #[cfg(not(feature = "durable"))]
+        let occurrence = 0;
         let tag = Tag {
             node,
-            item: current_item(),
+            item,
+            occurrence,
         };
         let mut stack = lock(&self.inner.stack);
         let claimed = claim_children(&mut stack, tag);
@@ -631,12 +655,39 @@ impl<E: Send + 'static> Ctx<E> {
                     retry,
                 } => {
                     let node = tag.node;
+                    // A durable run resumed while compensating: an undo that ran before the
+                    // restart is not run again.
+                    #[cfg(feature = "durable")]
+                    let undo_key = self
+                        .journal()
+                        .map(|j| j.undo_key(node, tag.occurrence, tag.item));
+                    #[cfg(feature = "durable")]
+                    if let (Some(j), Some(key)) = (self.journal(), &undo_key)
+                        && j.undo_done(key)
+                    {
+                        let graph = self.inner.graph;
+                        lock(&self.inner.records).push(CompensationRecord {
+                            workflow: graph.name,
+                            run: self.inner.run,
+                            node,
+                            step: graph.name_of(node),
+                            key: graph.key_of(node),
+                            attempts: 0,
+                            outcome: CompensationOutcome::Succeeded,
+                        });
+                        continue;
+                    }
                     {
                         let _item = crate::ctx::ItemScope::enter(tag.item);
                         self.emit(node, EventKind::CompensationStarted);
                     }
                     let (attempts, outcome) =
                         self.run_undo(&mut job, timeout, &retry, deadline).await;
+                    #[cfg(feature = "durable")]
+                    if let (Some(j), Some(key)) = (self.journal(), undo_key) {
+                        let message = outcome.as_ref().err().map(|f| (self.inner.describe)(f));
+                        j.commit_undo(key, attempts, message).await;
+                    }
                     let _item = crate::ctx::ItemScope::enter(tag.item);
                     let recorded = match &outcome {
                         Ok(()) => {

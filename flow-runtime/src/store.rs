@@ -570,6 +570,138 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// Why a durable run stopped, or could not be started or resumed: the store failed, the
+/// record cannot be read back, or the code no longer matches the record.
+///
+/// A run stopped by a [`Store`](DurableError::Store) failure is left as it is in the store
+/// (not compensated, not marked finished): a later process resumes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DurableError {
+    /// The store failed while recording the run.
+    Store {
+        /// The run.
+        run: String,
+        /// The step being recorded (`key@occurrence`), if the failure was a step's.
+        step: Option<String>,
+        /// What failed.
+        error: StoreError,
+    },
+    /// A stored value cannot be read back as the type the code expects now (the type
+    /// changed, or the record is damaged).
+    Corrupt {
+        /// Which value.
+        what: String,
+        /// The decoder's message.
+        error: String,
+    },
+    /// A value could not be encoded for the store (its `Serialize` impl failed).
+    Encode {
+        /// Which value.
+        what: String,
+        /// The encoder's message.
+        error: String,
+    },
+    /// The resumed workflow reached a step the record does not have while a recorded step
+    /// was not reached: its code now takes another path than the run did.
+    Diverged {
+        /// The run.
+        run: String,
+        /// The recorded step the run should have reached (`key@occurrence`).
+        expected: String,
+        /// The step it reached instead.
+        reached: String,
+    },
+    /// The part of the run already done was changed: a node with a committed step has
+    /// another fingerprint in this build (or no longer exists).
+    Incompatible {
+        /// The run.
+        run: String,
+        /// Its workflow.
+        workflow: String,
+        /// The node's key.
+        node: String,
+        /// The node's fingerprint when the run was created (`None`: not recorded).
+        stored: Option<u64>,
+        /// Its fingerprint in this build (`None`: the node is gone).
+        current: Option<u64>,
+    },
+    /// The stored run belongs to another workflow than the one it was started or resumed as.
+    WrongWorkflow {
+        /// The run.
+        run: String,
+        /// The workflow the store has for it.
+        stored: String,
+        /// The workflow asked for.
+        asked: String,
+    },
+    /// A durable failure recorded by an earlier process, read back as its message.
+    Recorded {
+        /// The message.
+        message: String,
+    },
+}
+
+fn fingerprint_text(f: Option<u64>) -> String {
+    f.map_or_else(|| "none".to_owned(), |f| format!("{f:016x}"))
+}
+
+impl fmt::Display for DurableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DurableError::Store { run, step, error } => {
+                write!(f, "run `{run}`: the store failed")?;
+                if let Some(step) = step {
+                    write!(f, " recording step `{step}`")?;
+                }
+                write!(f, ": {error}; the run is left as it is, to be resumed")
+            }
+            DurableError::Corrupt { what, error } => {
+                write!(f, "{what} cannot be read back from the store: {error}")
+            }
+            DurableError::Encode { what, error } => {
+                write!(f, "{what} cannot be stored: {error}")
+            }
+            DurableError::Diverged {
+                run,
+                expected,
+                reached,
+            } => write!(
+                f,
+                "run `{run}` cannot be resumed by this code: the record says it ran step \
+                 `{expected}` next, but the code now reaches `{reached}`"
+            ),
+            DurableError::Incompatible {
+                run,
+                workflow,
+                node,
+                stored,
+                current,
+            } => match current {
+                None => write!(
+                    f,
+                    "run `{run}` of workflow `{workflow}` cannot be resumed: its step `{node}` \
+                     (fingerprint {}) already ran but is no longer in the workflow",
+                    fingerprint_text(*stored)
+                ),
+                Some(_) => write!(
+                    f,
+                    "run `{run}` of workflow `{workflow}` cannot be resumed: its step `{node}` \
+                     already ran and has changed (fingerprint {} when the run started, {} now)",
+                    fingerprint_text(*stored),
+                    fingerprint_text(*current)
+                ),
+            },
+            DurableError::WrongWorkflow { run, stored, asked } => write!(
+                f,
+                "run `{run}` is a run of workflow `{stored}`, not of `{asked}`"
+            ),
+            DurableError::Recorded { message } => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for DurableError {}
+
 /// A new, globally unique run id, in the layout of a UUIDv7: 48 bits of milliseconds since
 /// the Unix epoch, then 74 random bits, as 36 characters of lowercase hex
 /// (`0190f3a1-7c2e-7d4b-9a8f-1b2c3d4e5f60`). Within a process ids are strictly increasing:

@@ -272,7 +272,10 @@ async fn map_runs_in_waves_of_the_limit() {
 
     // Nothing to map.
     let (gauge, log) = (Gauge::default(), Log::new());
-    assert_eq!(run_map(vec![], 4, &gauge, &log).await.unwrap(), []);
+    assert_eq!(
+        run_map(vec![], 4, &gauge, &log).await.unwrap(),
+        Vec::<u32>::new()
+    );
 }
 
 /// A map whose items fail when `fails[i]` is true; item `i` takes `took[i]` ms. Returns the

@@ -1,0 +1,1426 @@
+//! Durable runs: every step's outcome is committed to a [`Store`] before the next step starts,
+//! and a run whose process died resumes where it stopped.
+//!
+//! A workflow is made durable where it is defined (`#[workflow(durable)]`), which asks, at
+//! compile time, that its input, output, error and every step's output be storable (serde's
+//! `Serialize` and `Deserialize`; values are stored as JSON). Its runs are durable when it is
+//! started on a runtime that has a store ([`Runtime::with_store`] and [`Runtime::start`]);
+//! run without one, a durable workflow runs as any other.
+//!
+//! What a durable run does, step by step:
+//!
+//! - the run is created in the store (id, workflow name, fingerprints, input) before its first
+//!   step; starting a run whose id exists returns that run and never runs it twice;
+//! - each step is identified by its node's stable key, its occurrence (the n-th time that node
+//!   runs in the run, for loops) and its `map` item: a step whose outcome is recorded is not
+//!   executed again, its recorded output (or failure) is handed to the workflow instead; any
+//!   other step runs, and its outcome is committed before the workflow goes on;
+//! - a failed attempt that will be retried records the attempt and the retry state (counters
+//!   and the wake-up time of the backoff), so a resumed run waits only what is left;
+//! - each undo that ran is committed, so a run killed while compensating runs only the undos
+//!   that had not run yet;
+//! - the run's final status and its output or error are committed last.
+//!
+//! A resumed `#[workflow]` body is re-entered from the top: the steps it reaches are answered
+//! from the store in the same order as before, so its own code (which must therefore be
+//! deterministic between steps) rebuilds the same state. If it reaches a step that has no
+//! record while recorded steps remain unreached outside any parallel group, the code changed
+//! in a way the record cannot follow, and the run stops with [`DurableError::Diverged`].
+
+use core::future::Future;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::ctx::{Ctx, StepOutput, current_item, lock};
+use crate::error::{Attempt, Error, ErrorKind, Failure, GaveUp, StepError};
+use crate::graph::{Graph, NodeId};
+use crate::policy::StepPolicy;
+use crate::store::{
+    AttemptRecord, DurableError, RetryState, RunRecord, RunStatus, StepCommit, StepKey,
+    StepOutcome, StepProgress, StepRecord, Store, StoreError,
+};
+use crate::workflow::Workflow;
+
+/// A value a durable run can store: serde's `Serialize` and `Deserialize`, sent between
+/// threads. Implemented for every such type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored by a durable run",
+    label = "stored by a durable run",
+    note = "a durable workflow's input, output, error and every step's output are stored as JSON: derive `serde::Serialize` and `serde::Deserialize` for `{Self}`"
+)]
+pub trait Stored: Serialize + DeserializeOwned + Send + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> Stored for T {}
+
+/// A workflow whose runs can be durable: its input, output, error and steps' outputs are
+/// [`Stored`], and its steps commit their outcomes when the run has a store.
+///
+/// Implemented by `#[workflow(durable)]`; not meant to be implemented by hand (a hand-written
+/// workflow would have to route its steps through the store itself).
+pub trait DurableWorkflow:
+    Workflow<Input: Stored, Output: Stored, Error: Stored> + Send + Sync + 'static
+{
+}
+
+/// The record of one durable run, shared by its context: what the store holds of it, and what
+/// this process has replayed so far.
+pub(crate) struct Journal {
+    pub(crate) store: Arc<dyn Store>,
+    /// The run's id in the store.
+    pub(crate) run: Arc<str>,
+    graph: &'static Graph,
+    /// The store's records of the run's steps when it was (re)started, by key.
+    recorded: Mutex<HashMap<StepKey, StepRecord>>,
+    /// Committed records not reached yet by the resumed body.
+    unreached: Mutex<HashSet<StepKey>>,
+    /// How many times each (node, item) was reached in this run.
+    occurrences: Mutex<HashMap<(u32, Option<u32>), u32>>,
+    /// Steps executing now (not answered from the store).
+    in_flight: core::sync::atomic::AtomicU32,
+    /// Why the run must stop (the store failed, the code diverged from the record).
+    fault: Mutex<Option<DurableError>>,
+    /// The durable clock: the store's time (ms since the Unix epoch) at `anchor`, advanced by
+    /// tokio's clock (so that a paused test clock moves it too).
+    anchor: (u64, Instant),
+}
+
+impl Journal {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        run: &str,
+        graph: &'static Graph,
+        steps: Vec<StepRecord>,
+    ) -> Self {
+        let unreached = steps
+            .iter()
+            .filter(|s| s.outcome.is_some() && !is_undo(&s.key.node))
+            .map(|s| s.key.clone())
+            .collect();
+        Journal {
+            store,
+            run: Arc::from(run),
+            graph,
+            recorded: Mutex::new(steps.into_iter().map(|s| (s.key.clone(), s)).collect()),
+            unreached: Mutex::new(unreached),
+            occurrences: Mutex::new(HashMap::new()),
+            in_flight: core::sync::atomic::AtomicU32::new(0),
+            fault: Mutex::new(None),
+            anchor: (crate::store::now_ms(), Instant::now()),
+        }
+    }
+
+    /// Now, on the durable clock (ms since the Unix epoch).
+    pub(crate) fn now_ms(&self) -> u64 {
+        let since = Instant::now().saturating_duration_since(self.anchor.1);
+        self.anchor
+            .0
+            .saturating_add(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The key of the next execution of `node` (in the current `map` item).
+    pub(crate) fn next_key(&self, node: NodeId, item: Option<u32>) -> StepKey {
+        let occurrence = {
+            let mut occ = lock(&self.occurrences);
+            let n = occ.entry((node.0, item)).or_insert(0);
+            let this = *n;
+            *n = n.saturating_add(1);
+            this
+        };
+        StepKey {
+            run: self.run.to_string(),
+            node: self.graph.key_of(node).to_owned(),
+            occurrence,
+            item,
+        }
+    }
+
+    /// The occurrence of the latest execution of `node` in `item` (0 if it never ran).
+    pub(crate) fn last_occurrence(&self, node: NodeId, item: Option<u32>) -> u32 {
+        lock(&self.occurrences)
+            .get(&(node.0, item))
+            .map_or(0, |n| n.saturating_sub(1))
+    }
+
+    /// The idempotency key of the latest execution of `node` in `item`: stable across
+    /// attempts and restarts.
+    pub(crate) fn idempotency_key(&self, node: NodeId, item: Option<u32>) -> String {
+        let mut key = format!(
+            "flow:{}:{}@{}",
+            self.run,
+            self.graph.key_of(node),
+            self.last_occurrence(node, item)
+        );
+        if let Some(item) = item {
+            key.push_str(&format!("[{item}]"));
+        }
+        key
+    }
+
+    fn record(&self, key: &StepKey) -> Option<StepRecord> {
+        let record = lock(&self.recorded).get(key).cloned();
+        if record.as_ref().is_some_and(|r| r.outcome.is_some()) {
+            lock(&self.unreached).remove(key);
+        }
+        record
+    }
+
+    /// A step with no record is about to run: if the run is at a sequential point (the node
+    /// is in no parallel group or map, and no other step is executing) every committed step
+    /// must have been reached by now.
+    fn check_fresh(&self, node: NodeId, key: &StepKey) -> Result<(), DurableError> {
+        let top_level = self.graph.node(node).is_some_and(|n| n.parent.is_none());
+        if !top_level
+            || key.item.is_some()
+            || self.in_flight.load(core::sync::atomic::Ordering::Acquire) != 0
+        {
+            return Ok(());
+        }
+        let unreached = lock(&self.unreached);
+        let Some(expected) = unreached.iter().min_by(|a, b| {
+            let at = |k: &StepKey| lock(&self.recorded).get(k).map_or(0, |r| r.updated_ms);
+            at(a).cmp(&at(b)).then_with(|| a.cmp(b))
+        }) else {
+            return Ok(());
+        };
+        Err(DurableError::Diverged {
+            run: self.run.to_string(),
+            expected: step_name(expected),
+            reached: step_name(key),
+        })
+    }
+
+    pub(crate) fn set_fault(&self, fault: DurableError) {
+        let mut slot = lock(&self.fault);
+        if slot.is_none() {
+            *slot = Some(fault);
+        }
+    }
+
+    pub(crate) fn take_fault(&self) -> Option<DurableError> {
+        lock(&self.fault).take()
+    }
+
+    pub(crate) fn has_fault(&self) -> bool {
+        lock(&self.fault).is_some()
+    }
+
+    /// Whether the undo of step `key` ran to the end before (in an earlier process).
+    pub(crate) fn undo_done(&self, key: &StepKey) -> bool {
+        lock(&self.recorded)
+            .get(key)
+            .is_some_and(|r| r.outcome.is_some())
+    }
+
+    /// The key under which the undo of (`node`, `occurrence`, `item`) is recorded.
+    pub(crate) fn undo_key(&self, node: NodeId, occurrence: u32, item: Option<u32>) -> StepKey {
+        StepKey {
+            run: self.run.to_string(),
+            node: format!("{}{UNDO_SUFFIX}", self.graph.key_of(node)),
+            occurrence,
+            item,
+        }
+    }
+}
+
+impl Journal {
+    /// Commits that the undo `key` ran (`failure`: how it failed, if it did). A store failure
+    /// is kept as the run's fault; the other undos still run.
+    pub(crate) async fn commit_undo(&self, key: StepKey, attempts: u32, failure: Option<String>) {
+        let now = self.now_ms();
+        let outcome = match &failure {
+            None => StepOutcome::Completed(b"null".to_vec()),
+            Some(f) => StepOutcome::Failed(f.clone()),
+        };
+        let commit = StepCommit {
+            key: key.clone(),
+            outcome,
+            attempts: vec![AttemptRecord {
+                number: attempts.max(1),
+                started_ms: now,
+                ended_ms: Some(now),
+                failure,
+            }],
+            compensations: Vec::new(),
+        };
+        if let Err(error) = self.store.commit_step(commit).await {
+            self.set_fault(DurableError::Store {
+                run: self.run.to_string(),
+                step: Some(step_name(&key)),
+                error,
+            });
+        }
+    }
+}
+
+/// Undo records are stored as steps whose node key ends with this.
+pub(crate) const UNDO_SUFFIX: &str = "~undo";
+
+fn is_undo(node: &str) -> bool {
+    node.ends_with(UNDO_SUFFIX)
+}
+
+fn step_name(key: &StepKey) -> String {
+    let mut s = format!("{}@{}", key.node, key.occurrence);
+    if let Some(item) = key.item {
+        s.push_str(&format!("[{item}]"));
+    }
+    s
+}
+
+/// Marks a step as executing (not answered from the store) while it lives.
+struct InFlight<'a>(&'a Journal);
+
+impl<'a> InFlight<'a> {
+    fn new(j: &'a Journal) -> Self {
+        j.in_flight
+            .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+        InFlight(j)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, core::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A step's failure as stored (the step's JSON record).
+#[derive(Serialize, Deserialize)]
+struct StoredStepError<E> {
+    /// How many attempts ran.
+    attempts: u32,
+    /// `not_retried`, `retries_exhausted` or `budget_exhausted`.
+    gave_up: String,
+    /// The final failure.
+    failure: StoredFailure<E>,
+    /// The failure as a person reads it.
+    message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StoredFailure<E> {
+    Error(E),
+    TimedOut { ms: u64 },
+    Panicked(String),
+    Signal(String),
+}
+
+impl<'a, E> StoredFailure<&'a E> {
+    fn of(f: &'a Failure<E>) -> Self {
+        match f {
+            Failure::Error(e) => StoredFailure::Error(e),
+            Failure::TimedOut(d) => StoredFailure::TimedOut {
+                ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            },
+            Failure::Panicked(m) => StoredFailure::Panicked(m.clone()),
+            Failure::Signal(s) => StoredFailure::Signal(s.to_string()),
+        }
+    }
+}
+
+impl<E> StoredFailure<E> {
+    fn into_failure(self) -> Failure<E> {
+        match self {
+            StoredFailure::Error(e) => Failure::Error(e),
+            StoredFailure::TimedOut { ms } => {
+                Failure::TimedOut(core::time::Duration::from_millis(ms))
+            }
+            StoredFailure::Panicked(m) => Failure::Panicked(m),
+            // The signal's details are not kept: its message is.
+            StoredFailure::Signal(m) => Failure::Panicked(format!("signal: {m}")),
+        }
+    }
+}
+
+fn gave_up_name(g: GaveUp) -> &'static str {
+    match g {
+        GaveUp::NotRetried => "not_retried",
+        GaveUp::RetriesExhausted => "retries_exhausted",
+        GaveUp::BudgetExhausted => "budget_exhausted",
+    }
+}
+
+fn gave_up_parse(s: &str) -> GaveUp {
+    match s {
+        "retries_exhausted" => GaveUp::RetriesExhausted,
+        "budget_exhausted" => GaveUp::BudgetExhausted,
+        _ => GaveUp::NotRetried,
+    }
+}
+
+/// A run's error as stored (the run's `error` column).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StoredRunError<E> {
+    Step {
+        step: String,
+        #[serde(flatten)]
+        error: StoredStepError<E>,
+    },
+    Workflow {
+        error: E,
+        message: String,
+    },
+    Cancelled {
+        step: Option<String>,
+    },
+    TimedOut {
+        limit_ms: u64,
+        step: Option<String>,
+    },
+    Panicked {
+        step: Option<String>,
+        message: String,
+    },
+    Durable {
+        message: String,
+    },
+}
+
+fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, DurableError> {
+    serde_json::to_vec(value).map_err(|e| DurableError::Encode {
+        what: what.to_owned(),
+        error: e.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, DurableError> {
+    serde_json::from_slice(bytes).map_err(|e| DurableError::Corrupt {
+        what: what.to_owned(),
+        error: e.to_string(),
+    })
+}
+
+/// What [`Ctx::durable_begin`] found.
+pub(crate) enum Begin<T, E> {
+    /// Not a durable run: run the step as usual.
+    Plain,
+    /// Answered from the store.
+    Done(Result<T, StepError<E>>),
+    /// Run it, under this key, resuming from this progress (if an earlier process began it).
+    Run(StepKey, Option<StepRecord>),
+    /// The run must stop (the journal says why).
+    Stop,
+}
+
+impl<E> Ctx<E> {
+    /// This run's journal, if it is durable.
+    #[inline]
+    pub(crate) fn journal(&self) -> Option<&Arc<Journal>> {
+        self.inner.journal.get()
+    }
+}
+
+impl<E: Stored> Ctx<E> {
+    /// Looks the next execution of `node` up in the store.
+    fn durable_begin<T: Stored>(&self, node: NodeId) -> Begin<T, E> {
+        let Some(j) = self.journal() else {
+            return Begin::Plain;
+        };
+        let key = j.next_key(node, current_item());
+        let record = j.record(&key);
+        match record.as_ref().and_then(|r| r.outcome.as_ref()) {
+            Some(StepOutcome::Completed(bytes)) => {
+                match decode::<T>(bytes, &format!("the output of step {key}")) {
+                    Ok(v) => return Begin::Done(Ok(v)),
+                    Err(e) => j.set_fault(e),
+                }
+            }
+            Some(StepOutcome::Failed(text)) => {
+                match decode::<StoredStepError<E>>(text.as_bytes(), &format!("step {key}")) {
+                    Ok(s) => {
+                        let attempt = Attempt {
+                            number: s.attempts.max(1),
+                            elapsed: None,
+                            failure: s.failure.into_failure(),
+                        };
+                        return Begin::Done(Err(StepError::new(
+                            self.inner.graph.name_of(node),
+                            node,
+                            gave_up_parse(&s.gave_up),
+                            vec![attempt],
+                        )));
+                    }
+                    Err(e) => j.set_fault(e),
+                }
+            }
+            None => {
+                if let Err(e) = j.check_fresh(node, &key) {
+                    j.set_fault(e);
+                }
+            }
+        }
+        if j.has_fault() {
+            return Begin::Stop;
+        }
+        Begin::Run(key, record)
+    }
+
+    /// Commits the outcome of a step that ran; a store failure stops the run.
+    async fn durable_commit<T: Stored>(
+        &self,
+        key: StepKey,
+        result: Result<T, StepError<E>>,
+    ) -> Result<T, StepError<E>> {
+        let Some(j) = self.journal() else {
+            return result;
+        };
+        let now = j.now_ms();
+        let encoded = match &result {
+            Ok(v) => encode(v, &format!("the output of step {key}")).map(StepOutcome::Completed),
+            Err(e) => {
+                let stored = StoredStepError {
+                    attempts: e.attempt_count(),
+                    gave_up: gave_up_name(e.gave_up()).to_owned(),
+                    failure: StoredFailure::of(e.failure()),
+                    message: e.message(self.inner.describe),
+                };
+                encode(&stored, &format!("the failure of step {key}"))
+                    .map(|b| StepOutcome::Failed(String::from_utf8_lossy(&b).into_owned()))
+            }
+        };
+        let outcome = match encoded {
+            Ok(o) => o,
+            Err(e) => {
+                j.set_fault(e);
+                return self.stop_run().await;
+            }
+        };
+        let attempts = match &result {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![AttemptRecord {
+                number: e.attempt_count(),
+                started_ms: now,
+                ended_ms: Some(now),
+                failure: Some(e.message(self.inner.describe)),
+            }],
+        };
+        let commit = StepCommit {
+            key: key.clone(),
+            outcome,
+            attempts,
+            compensations: Vec::new(),
+        };
+        match j.store.commit_step(commit).await {
+            Ok(_) => result,
+            Err(error) => {
+                j.set_fault(DurableError::Store {
+                    run: j.run.to_string(),
+                    step: Some(step_name(&key)),
+                    error,
+                });
+                self.stop_run().await
+            }
+        }
+    }
+
+    /// Ends the run at its next poll (the journal holds why) and never returns.
+    fn stop_run<T>(&self) -> impl Future<Output = T> + use<T, E> {
+        self.abort_run();
+        core::future::pending()
+    }
+
+    /// [`step`](Ctx::step) in a durable workflow: answered from the store when recorded,
+    /// committed to it when run.
+    pub async fn durable_step<Fut>(
+        &self,
+        node: NodeId,
+        fut: Fut,
+    ) -> Result<<Fut::Output as StepOutput<E>>::Ok, StepError<E>>
+    where
+        Fut: Future,
+        Fut::Output: StepOutput<E>,
+        <Fut::Output as StepOutput<E>>::Ok: Stored,
+    {
+        match self.durable_begin(node) {
+            Begin::Plain => self.step(node, fut).await,
+            Begin::Done(r) => r,
+            Begin::Stop => self.stop_run().await,
+            Begin::Run(key, _) => {
+                let r = {
+                    let _busy = self.journal().map(|j| InFlight::new(j));
+                    self.step(node, fut).await
+                };
+                self.durable_commit(key, r).await
+            }
+        }
+    }
+
+    /// [`step_timeout`](Ctx::step_timeout) in a durable workflow.
+    pub async fn durable_step_timeout<Fut>(
+        &self,
+        node: NodeId,
+        timeout: core::time::Duration,
+        fut: Fut,
+    ) -> Result<<Fut::Output as StepOutput<E>>::Ok, StepError<E>>
+    where
+        Fut: Future,
+        Fut::Output: StepOutput<E>,
+        <Fut::Output as StepOutput<E>>::Ok: Stored,
+    {
+        match self.durable_begin(node) {
+            Begin::Plain => self.step_timeout(node, timeout, fut).await,
+            Begin::Done(r) => r,
+            Begin::Stop => self.stop_run().await,
+            Begin::Run(key, _) => {
+                let r = {
+                    let _busy = self.journal().map(|j| InFlight::new(j));
+                    self.step_timeout(node, timeout, fut).await
+                };
+                self.durable_commit(key, r).await
+            }
+        }
+    }
+
+    /// [`step_with`](Ctx::step_with) in a durable workflow: also records each failed attempt
+    /// and the retry state, so that a resumed run goes on with the same attempt count and
+    /// waits only what is left of a backoff.
+    pub async fn durable_step_with<Fut, M>(
+        &self,
+        node: NodeId,
+        policy: StepPolicy<'_, E>,
+        make: M,
+    ) -> Result<<Fut::Output as StepOutput<E>>::Ok, StepError<E>>
+    where
+        M: FnMut() -> Fut,
+        Fut: Future,
+        Fut::Output: StepOutput<E>,
+        <Fut::Output as StepOutput<E>>::Ok: Stored,
+    {
+        match self.durable_begin(node) {
+            Begin::Plain => self.step_with(node, policy, make).await,
+            Begin::Done(r) => r,
+            Begin::Stop => self.stop_run().await,
+            Begin::Run(key, record) => {
+                let r = {
+                    let _busy = self.journal().map(|j| InFlight::new(j));
+                    let resume = self.journal().map(|j| Resume {
+                        journal: j,
+                        key: &key,
+                        from: record.as_ref().map(|r| {
+                            let done = r.attempts.iter().map(|a| a.number).max().unwrap_or(0);
+                            (done, r.retry.clone())
+                        }),
+                    });
+                    self.step_with_resume(node, policy, make, resume).await
+                };
+                self.durable_commit(key, r).await
+            }
+        }
+    }
+
+    /// [`catch`](Ctx::catch) in a durable workflow: the recovery step is recorded as a step
+    /// of its own node.
+    pub async fn durable_catch<T, Fut>(
+        &self,
+        result: Result<T, StepError<E>>,
+        catches: impl FnOnce(&StepError<E>) -> bool,
+        recovery: NodeId,
+        recover: impl FnOnce(StepError<E>) -> Fut,
+    ) -> Result<T, StepError<E>>
+    where
+        Fut: Future,
+        Fut::Output: StepOutput<E, Ok = T>,
+        T: Stored,
+    {
+        match result {
+            Err(e) if catches(&e) => {
+                self.durable_step(recovery, async move { recover(e).await })
+                    .await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Where a durable step with retries records its progress, and what it resumes from.
+pub(crate) struct Resume<'a> {
+    pub(crate) journal: &'a Journal,
+    pub(crate) key: &'a StepKey,
+    /// The attempts an earlier process ran, and the retry state it left.
+    pub(crate) from: Option<(u32, RetryState)>,
+}
+
+impl Resume<'_> {
+    /// The attempts an earlier process ran, and the retry state it left.
+    pub(crate) fn from(&self) -> Option<&(u32, RetryState)> {
+        self.from.as_ref()
+    }
+
+    /// Records a failed attempt that will be retried after `delay`. A store failure stops the
+    /// run (at its next poll).
+    pub(crate) async fn failed_attempt(
+        &self,
+        number: u32,
+        failure: String,
+        counters: &[u32],
+        delay: core::time::Duration,
+    ) {
+        let now = self.journal.now_ms();
+        let wake = now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+        let progress = StepProgress {
+            key: self.key.clone(),
+            attempt: Some(AttemptRecord {
+                number,
+                started_ms: now,
+                ended_ms: Some(now),
+                failure: Some(failure),
+            }),
+            retry: RetryState {
+                counters: counters.to_vec(),
+                wake_at_ms: Some(wake),
+            },
+        };
+        if let Err(error) = self.journal.store.save_progress(progress).await {
+            self.journal.set_fault(DurableError::Store {
+                run: self.journal.run.to_string(),
+                step: Some(step_name(self.key)),
+                error,
+            });
+        }
+    }
+
+    /// How long the resumed backoff still has to wait.
+    pub(crate) fn remaining(&self, wake_at_ms: u64) -> core::time::Duration {
+        core::time::Duration::from_millis(wake_at_ms.saturating_sub(self.journal.now_ms()))
+    }
+}
+
+/// Encodes a run's error for the store.
+pub(crate) fn encode_run_error<E: Stored>(
+    error: &Error<E>,
+    describe: fn(&Failure<E>) -> String,
+) -> Vec<u8>
+where
+    E: core::fmt::Display,
+{
+    let stored = match error.kind() {
+        ErrorKind::Step(s) => StoredRunError::Step {
+            step: s.step().to_owned(),
+            error: StoredStepError {
+                attempts: s.attempt_count(),
+                gave_up: gave_up_name(s.gave_up()).to_owned(),
+                failure: StoredFailure::of(s.failure()),
+                message: s.message(describe),
+            },
+        },
+        ErrorKind::Workflow(e) => StoredRunError::Workflow {
+            error: e,
+            message: error.to_string(),
+        },
+        ErrorKind::Cancelled { step } => StoredRunError::Cancelled {
+            step: step.map(str::to_owned),
+        },
+        ErrorKind::TimedOut { limit, step } => StoredRunError::TimedOut {
+            limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            step: step.map(str::to_owned),
+        },
+        ErrorKind::Panicked { step, message } => StoredRunError::Panicked {
+            step: step.map(str::to_owned),
+            message: message.clone(),
+        },
+        ErrorKind::Durable(d) => StoredRunError::Durable {
+            message: d.to_string(),
+        },
+    };
+    // A value that cannot be encoded is stored as its message.
+    serde_json::to_vec(&stored).unwrap_or_else(|e| {
+        serde_json::to_vec(&StoredRunError::<()>::Durable {
+            message: format!("{error} (not encodable: {e})"),
+        })
+        .unwrap_or_default()
+    })
+}
+
+/// Decodes a finished run's stored error.
+pub(crate) fn decode_run_error<E: Stored>(
+    graph: &'static Graph,
+    bytes: &[u8],
+) -> Result<Error<E>, DurableError> {
+    let name = graph.name;
+    let stored: StoredRunError<E> = decode(bytes, "the run's error")?;
+    let step_of = |s: Option<String>| s.and_then(|s| static_name(graph, &s));
+    let kind = match stored {
+        StoredRunError::Step { step, error } => {
+            let node = graph
+                .steps()
+                .find(|(_, n)| n.name == step)
+                .map_or(NodeId::END, |(id, _)| id);
+            ErrorKind::Step(StepError::new(
+                graph.name_of(node),
+                node,
+                gave_up_parse(&error.gave_up),
+                vec![Attempt {
+                    number: error.attempts.max(1),
+                    elapsed: None,
+                    failure: error.failure.into_failure(),
+                }],
+            ))
+        }
+        StoredRunError::Workflow { error, .. } => ErrorKind::Workflow(error),
+        StoredRunError::Cancelled { step } => ErrorKind::Cancelled {
+            step: step_of(step),
+        },
+        StoredRunError::TimedOut { limit_ms, step } => ErrorKind::TimedOut {
+            limit: core::time::Duration::from_millis(limit_ms),
+            step: step_of(step),
+        },
+        StoredRunError::Panicked { step, message } => ErrorKind::Panicked {
+            step: step_of(step),
+            message,
+        },
+        StoredRunError::Durable { message } => {
+            ErrorKind::Durable(DurableError::Recorded { message })
+        }
+    };
+    Ok(Error::new(name, kind))
+}
+
+fn static_name(graph: &'static Graph, name: &str) -> Option<&'static str> {
+    graph.nodes.iter().find(|n| n.name == name).map(|n| n.name)
+}
+
+/// Encodes a value for the store.
+pub(crate) fn encode_value<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, DurableError> {
+    encode(value, what)
+}
+
+/// Decodes a stored value.
+pub(crate) fn decode_value<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, DurableError> {
+    decode(bytes, what)
+}
+
+/// Whether run `record` can be resumed by a build whose workflow has graph `graph`: the
+/// part of the run already done (every node with a committed step) must be unchanged.
+pub fn compatibility(
+    graph: &Graph,
+    record: &RunRecord,
+    steps: &[StepRecord],
+) -> Result<(), DurableError> {
+    if record.fingerprint == graph.fingerprint {
+        return Ok(());
+    }
+    let mut done: Vec<&str> = steps
+        .iter()
+        .filter(|s| s.outcome.is_some())
+        .map(|s| s.key.node.strip_suffix(UNDO_SUFFIX).unwrap_or(&s.key.node))
+        .collect();
+    done.sort_unstable();
+    done.dedup();
+    for key in done {
+        let stored = record.node_fingerprints.get(key).copied();
+        let current = graph
+            .find(key)
+            .and_then(|id| graph.node(id))
+            .map(|n| n.fingerprint);
+        if stored != current {
+            return Err(DurableError::Incompatible {
+                run: record.id.clone(),
+                workflow: record.workflow.clone(),
+                node: key.to_owned(),
+                stored,
+                current,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A store error while starting or resuming a run, as a [`DurableError`].
+pub(crate) fn store_error(run: &str, error: StoreError) -> DurableError {
+    DurableError::Store {
+        run: run.to_owned(),
+        step: None,
+        error,
+    }
+}
+
+/// The status a finished run is stored with.
+pub(crate) fn final_status<E>(error: &Error<E>) -> RunStatus {
+    if error.is_cancelled() {
+        RunStatus::Cancelled
+    } else {
+        RunStatus::Failed
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Starting, resuming and reading durable runs.
+
+use std::collections::BTreeMap;
+
+use crate::registry::{Registry, RegistryError};
+use crate::runtime::{Handle, Runtime, drive};
+use crate::store::{NewRun, RunFilter};
+
+/// A runtime's store, and the durable runs it has in flight (by run id), each with a signal
+/// that turns `true` when the run has recorded its end.
+#[derive(Clone)]
+pub(crate) struct Durability {
+    pub(crate) store: Arc<dyn Store>,
+    active: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
+}
+
+impl Journal {
+    /// The run starts compensating: recorded, so that a later process knows.
+    pub(crate) async fn compensating(&self) {
+        if let Err(error) = self
+            .store
+            .set_status(&self.run, RunStatus::Compensating, None)
+            .await
+        {
+            self.set_fault(store_error(&self.run, error));
+        }
+    }
+}
+
+/// A durable run started by [`Runtime::start`]: running here, finished before, or running
+/// elsewhere (another task or process that started the same id). Await it (or call
+/// [`wait`](Self::wait)) for the run's result, read back from the store when it did not run
+/// here.
+pub struct DurableRun<W: Workflow> {
+    id: String,
+    created: bool,
+    state: RunState<W>,
+}
+
+enum RunState<W: Workflow> {
+    Here(Handle<W>),
+    Finished(Result<W::Output, Error<W::Error>>),
+    Elsewhere {
+        store: Arc<dyn Store>,
+        graph: &'static Graph,
+        done: Option<tokio::sync::watch::Receiver<bool>>,
+    },
+}
+
+impl<W: Workflow> core::fmt::Debug for DurableRun<W> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let state = match &self.state {
+            RunState::Here(_) => "running here",
+            RunState::Finished(_) => "finished",
+            RunState::Elsewhere { .. } => "running elsewhere",
+        };
+        f.debug_struct("DurableRun")
+            .field("id", &self.id)
+            .field("created", &self.created)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<W: DurableWorkflow> DurableRun<W> {
+    /// The run's id in the store.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this call created the run (`false`: a run with this id existed, and this is
+    /// that run: it was not started again).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// The run's [`Handle`] (its state, events, signals, cancellation) when it runs in this
+    /// call's task.
+    pub fn handle(&self) -> Option<&Handle<W>> {
+        match &self.state {
+            RunState::Here(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// The run's result: its own when it runs here, read back from the store otherwise
+    /// (waiting for the run to end).
+    pub async fn wait(self) -> Result<W::Output, Error<W::Error>> {
+        match self.state {
+            RunState::Here(handle) => handle.await,
+            RunState::Finished(result) => result,
+            RunState::Elsewhere { store, graph, done } => {
+                if let Some(mut done) = done {
+                    let _ = done.wait_for(|d| *d).await;
+                }
+                loop {
+                    match store.get_run(&self.id).await {
+                        Ok(Some(record)) if record.status.is_finished() => {
+                            return stored_result::<W>(graph, &record);
+                        }
+                        Ok(_) => tokio::time::sleep(core::time::Duration::from_millis(50)).await,
+                        Err(error) => {
+                            return Err(Error::new(
+                                graph.name,
+                                ErrorKind::Durable(store_error(&self.id, error)),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<W: DurableWorkflow> core::future::IntoFuture for DurableRun<W> {
+    type Output = Result<W::Output, Error<W::Error>>;
+    type IntoFuture = futures_util::future::BoxFuture<'static, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.wait())
+    }
+}
+
+/// The result of a finished stored run, decoded.
+fn stored_result<W: DurableWorkflow>(
+    graph: &'static Graph,
+    record: &RunRecord,
+) -> Result<W::Output, Error<W::Error>> {
+    let fail = |e: DurableError| Error::new(graph.name, ErrorKind::Durable(e));
+    match record.status {
+        RunStatus::Completed => {
+            let bytes = record.output.as_deref().unwrap_or(b"null");
+            decode_value(bytes, &format!("the output of run `{}`", record.id)).map_err(fail)
+        }
+        _ => match record.error.as_deref() {
+            Some(bytes) => Err(decode_run_error(graph, bytes).unwrap_or_else(fail)),
+            None => Err(Error::new(graph.name, ErrorKind::Cancelled { step: None })),
+        },
+    }
+}
+
+/// Each node's fingerprint, by key.
+fn node_fingerprints(graph: &Graph) -> BTreeMap<String, u64> {
+    graph
+        .nodes
+        .iter()
+        .map(|n| (n.key.to_owned(), n.fingerprint))
+        .collect()
+}
+
+impl Runtime {
+    /// Records the durable runs of this runtime in `store` ([`start`](Self::start),
+    /// [`resume`](Self::resume)). Runs started with [`run`](Self::run) or
+    /// [`spawn`](Self::spawn) stay in memory, as before.
+    pub fn with_store(self, store: impl Store + 'static) -> Self {
+        self.with_shared_store(Arc::new(store))
+    }
+
+    /// As [`with_store`](Self::with_store), with a store shared with other runtimes or with
+    /// management code.
+    pub fn with_shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.durable = Some(Durability {
+            store,
+            active: Arc::default(),
+        });
+        self
+    }
+
+    /// The runtime's store, if it has one.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.durable.as_ref().map(|d| &d.store)
+    }
+
+    fn durability(&self, run: &str) -> Result<&Durability, DurableError> {
+        self.durable.as_ref().ok_or_else(|| {
+            store_error(
+                run,
+                StoreError::Invalid {
+                    what: "this runtime has no store: build it with `Runtime::with_store`"
+                        .to_owned(),
+                },
+            )
+        })
+    }
+
+    /// Starts a durable run of `workflow` with id `id` (a workflow id: the same id never runs
+    /// twice) on a task of its own.
+    ///
+    /// The run is created in the store with its input before its first step. If the store
+    /// has a run with this id already, that run is returned instead, and nothing is started:
+    /// finished, with its stored result; unfinished, as a run going on elsewhere (in another
+    /// task or process, or waiting for [`resume`](Self::resume) after its process died),
+    /// whose result [`DurableRun::wait`] reads back when it ends. Two starts of one id that
+    /// race (two tasks, two processes on one store) run it once.
+    pub async fn start<W>(
+        &self,
+        workflow: W,
+        id: impl Into<String>,
+        input: W::Input,
+    ) -> Result<DurableRun<W>, DurableError>
+    where
+        W: DurableWorkflow,
+    {
+        let id = id.into();
+        let durability = self.durability(&id)?.clone();
+        let graph = workflow.graph();
+        let new = NewRun {
+            id: id.clone(),
+            workflow: graph.name.to_owned(),
+            fingerprint: graph.fingerprint,
+            node_fingerprints: node_fingerprints(graph),
+            input: encode_value(&input, &format!("the input of run `{id}`"))?,
+        };
+        let created = durability
+            .store
+            .create_run(new)
+            .await
+            .map_err(|e| store_error(&id, e))?;
+        let record = created.run;
+        if record.workflow != graph.name {
+            return Err(DurableError::WrongWorkflow {
+                run: id,
+                stored: record.workflow,
+                asked: graph.name.to_owned(),
+            });
+        }
+        if created.created {
+            let handle = self.launch(&durability, workflow, &record, Vec::new(), input);
+            return Ok(DurableRun {
+                id,
+                created: true,
+                state: RunState::Here(handle),
+            });
+        }
+        let state = if record.status.is_finished() {
+            RunState::Finished(stored_result::<W>(graph, &record))
+        } else {
+            RunState::Elsewhere {
+                store: Arc::clone(&durability.store),
+                graph,
+                done: lock(&durability.active).get(&id).cloned(),
+            }
+        };
+        Ok(DurableRun {
+            id,
+            created: false,
+            state,
+        })
+    }
+
+    /// [`start`](Self::start) with a new, globally unique id ([`store::new_run_id`]).
+    ///
+    /// [`store::new_run_id`]: crate::store::new_run_id
+    pub async fn start_new<W: DurableWorkflow>(
+        &self,
+        workflow: W,
+        input: W::Input,
+    ) -> Result<DurableRun<W>, DurableError> {
+        self.start(workflow, crate::store::new_run_id(), input)
+            .await
+    }
+
+    /// The result of the finished run `id` of `workflow`, read back from the store: `None`
+    /// while it has not finished.
+    pub async fn result<W: DurableWorkflow>(
+        &self,
+        workflow: &W,
+        id: &str,
+    ) -> Result<Option<Result<W::Output, Error<W::Error>>>, DurableError> {
+        let durability = self.durability(id)?;
+        let graph = workflow.graph();
+        let record = durability
+            .store
+            .get_run(id)
+            .await
+            .map_err(|e| store_error(id, e))?
+            .ok_or_else(|| {
+                store_error(
+                    id,
+                    StoreError::NotFound {
+                        what: format!("run `{id}`"),
+                    },
+                )
+            })?;
+        if record.workflow != graph.name {
+            return Err(DurableError::WrongWorkflow {
+                run: id.to_owned(),
+                stored: record.workflow,
+                asked: graph.name.to_owned(),
+            });
+        }
+        Ok(record
+            .status
+            .is_finished()
+            .then(|| stored_result::<W>(graph, &record)))
+    }
+
+    /// Spawns the run `record` (new, or resumed with its stored `steps`).
+    fn launch<W: DurableWorkflow>(
+        &self,
+        durability: &Durability,
+        workflow: W,
+        record: &RunRecord,
+        steps: Vec<StepRecord>,
+        input: W::Input,
+    ) -> Handle<W> {
+        let journal = Arc::new(Journal::new(
+            Arc::clone(&durability.store),
+            &record.id,
+            workflow.graph(),
+            steps,
+        ));
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        lock(&durability.active).insert(record.id.clone(), done_rx);
+        let active = Arc::clone(&durability.active);
+        let pending = record.status == RunStatus::Pending;
+        let set = Arc::clone(&journal);
+        self.spawn_with(
+            workflow,
+            input,
+            false,
+            move |ctx| {
+                let _ = ctx.inner.journal.set(set);
+            },
+            move |workflow, ctx, input| async move {
+                let result = run_durable(&workflow, ctx, input, &journal, pending).await;
+                lock(&active).remove(&*journal.run);
+                let _ = done_tx.send(true);
+                result
+            },
+        )
+    }
+
+    /// Resumes every unfinished run in the store whose workflow is in `registry` (registered
+    /// with [`Registry::register_durable`]) and not already running in this runtime, each on
+    /// a task of its own. Runs of workflows the registry does not know, and runs this build
+    /// cannot resume (the part already done changed), are listed in the report, not skipped
+    /// silently; they stay in the store as they are.
+    ///
+    /// Call it once at start-up, before starting new runs: a run is resumed by one process
+    /// only if one process calls it (several workers sharing a store need leases, which
+    /// this store does not have).
+    pub async fn resume(&self, registry: &Registry) -> Result<ResumeReport, DurableError> {
+        let durability = self.durability("*")?.clone();
+        let checked = check(&*durability.store, registry).await?;
+        let mut report = ResumeReport::default();
+        for c in checked {
+            let id = c.run.id.clone();
+            if lock(&durability.active).contains_key(&id) {
+                continue;
+            }
+            match c.verdict {
+                Verdict::Resumable => {
+                    let Some(resumer) = registry.durable.get(&c.run.workflow) else {
+                        continue;
+                    };
+                    match resumer.resume(self, &durability, c.run, c.steps) {
+                        Ok(run) => report.resumed.push(run),
+                        Err(e) => report.failed.push(e),
+                    }
+                }
+                Verdict::UnknownWorkflow => report.unknown.push(c.run),
+                Verdict::Incompatible(e) => report.incompatible.push(e),
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Drives a durable run and records its end.
+async fn run_durable<W: DurableWorkflow>(
+    workflow: &W,
+    ctx: Ctx<W::Error>,
+    input: W::Input,
+    journal: &Journal,
+    pending: bool,
+) -> Result<W::Output, Error<W::Error>> {
+    let name = workflow.graph().name;
+    if pending
+        && let Err(e) = journal
+            .store
+            .set_status(&journal.run, RunStatus::Running, None)
+            .await
+    {
+        return Err(Error::new(
+            name,
+            ErrorKind::Durable(store_error(&journal.run, e)),
+        ));
+    }
+    let describe = ctx.inner.describe;
+    let result = drive(workflow, ctx, input, None, false).await;
+    let (status, bytes) = match &result {
+        // Stopped by the store or by a record the code cannot follow: left for a later
+        // process.
+        Err(e) if matches!(e.kind(), ErrorKind::Durable(_)) => return result,
+        Ok(v) => match encode_value(v, &format!("the output of run `{}`", journal.run)) {
+            Ok(b) => (RunStatus::Completed, b),
+            Err(e) => return Err(Error::new(name, ErrorKind::Durable(e))),
+        },
+        Err(e) => (final_status(e), encode_run_error(e, describe)),
+    };
+    // The result stands even if recording it fails: every step is committed, so a resumed
+    // run would come to the same result without running a step again.
+    let _ = journal
+        .store
+        .set_status(&journal.run, status, Some(bytes))
+        .await;
+    result
+}
+
+/// How a build's workflows see a stored run that has not finished.
+#[derive(Debug)]
+pub enum Verdict {
+    /// A workflow of the registry can resume it.
+    Resumable,
+    /// The registry has no durable workflow of this name.
+    UnknownWorkflow,
+    /// The workflow changed in the part the run has already done
+    /// ([`DurableError::Incompatible`]).
+    Incompatible(DurableError),
+}
+
+/// One unfinished run, as [`check`] classifies it.
+#[derive(Debug)]
+pub struct Checked {
+    /// The run.
+    pub run: RunRecord,
+    /// Its steps as stored.
+    pub steps: Vec<StepRecord>,
+    /// Whether this build can resume it.
+    pub verdict: Verdict,
+}
+
+/// Classifies every unfinished run in `store` against the durable workflows of `registry`:
+/// resumable, of a workflow the registry does not know, or incompatible (and why). Run it
+/// before deploying a build (in CI, against a copy of the production store) so that a
+/// change that would strand runs fails there.
+pub async fn check(store: &dyn Store, registry: &Registry) -> Result<Vec<Checked>, DurableError> {
+    let runs = store
+        .unfinished_runs()
+        .await
+        .map_err(|e| store_error("*", e))?;
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        let steps = store
+            .steps_of(&run.id)
+            .await
+            .map_err(|e| store_error(&run.id, e))?;
+        let verdict = match registry.durable.get(&run.workflow) {
+            None => Verdict::UnknownWorkflow,
+            Some(r) => match compatibility(r.graph(), &run, &steps) {
+                Ok(()) => Verdict::Resumable,
+                Err(e) => Verdict::Incompatible(e),
+            },
+        };
+        out.push(Checked {
+            run,
+            steps,
+            verdict,
+        });
+    }
+    Ok(out)
+}
+
+/// What [`Runtime::resume`] did.
+#[derive(Debug, Default)]
+pub struct ResumeReport {
+    /// The runs resumed, each on a task of its own.
+    pub resumed: Vec<ResumedRun>,
+    /// Unfinished runs of workflows the registry does not know: left in the store.
+    pub unknown: Vec<RunRecord>,
+    /// Unfinished runs this build cannot resume: left in the store.
+    pub incompatible: Vec<DurableError>,
+    /// Runs that could not be resumed (their input cannot be read back, say).
+    pub failed: Vec<DurableError>,
+}
+
+/// A run resumed by [`Runtime::resume`].
+pub struct ResumedRun {
+    /// The run's id.
+    pub id: String,
+    /// Its workflow.
+    pub workflow: String,
+    done: futures_util::future::BoxFuture<'static, Result<(), String>>,
+}
+
+impl core::fmt::Debug for ResumedRun {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ResumedRun")
+            .field("id", &self.id)
+            .field("workflow", &self.workflow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResumedRun {
+    /// Waits for the run to end: `Err` with the run's error as text if it failed.
+    pub async fn wait(self) -> Result<(), String> {
+        self.done.await
+    }
+}
+
+/// Resumes stored runs of one workflow (kept by a [`Registry`]).
+pub(crate) trait Resumer: Send + Sync {
+    fn graph(&self) -> &'static Graph;
+    fn resume(
+        &self,
+        runtime: &Runtime,
+        durability: &Durability,
+        run: RunRecord,
+        steps: Vec<StepRecord>,
+    ) -> Result<ResumedRun, DurableError>;
+}
+
+struct Typed<W>(W);
+
+impl<W: DurableWorkflow + Clone> Resumer for Typed<W> {
+    fn graph(&self) -> &'static Graph {
+        self.0.graph()
+    }
+
+    fn resume(
+        &self,
+        runtime: &Runtime,
+        durability: &Durability,
+        run: RunRecord,
+        steps: Vec<StepRecord>,
+    ) -> Result<ResumedRun, DurableError> {
+        let input: W::Input = decode_value(&run.input, &format!("the input of run `{}`", run.id))?;
+        let handle = runtime.launch(durability, self.0.clone(), &run, steps, input);
+        Ok(ResumedRun {
+            id: run.id,
+            workflow: run.workflow,
+            done: Box::pin(async move { handle.await.map(drop).map_err(|e| e.to_string()) }),
+        })
+    }
+}
+
+impl Registry {
+    /// Registers a durable workflow under its graph's name (the name its stored runs carry):
+    /// [`Runtime::resume`] resumes its unfinished runs, [`check`] classifies them. Also
+    /// registers it as [`register`](Registry::register) does.
+    pub fn register_durable<W>(&mut self, workflow: W) -> Result<(), RegistryError>
+    where
+        W: DurableWorkflow + Clone,
+    {
+        let name = workflow.graph().name.to_owned();
+        self.register(name.clone(), workflow.clone())?;
+        self.durable.insert(name, Arc::new(Typed(workflow)));
+        Ok(())
+    }
+}
+
+/// Runs of a store, newest last, matching `filter`: a convenience over
+/// [`Store::list_runs`] that reads every page.
+pub async fn all_runs(
+    store: &dyn Store,
+    mut filter: RunFilter,
+) -> Result<Vec<RunRecord>, StoreError> {
+    let mut out = Vec::new();
+    loop {
+        let page = store.list_runs(filter.clone()).await?;
+        out.extend(page.runs);
+        match page.next {
+            Some(next) => filter.after = Some(next),
+            None => return Ok(out),
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! [`MemoryStore`]: a [`Store`] that keeps its records in the process's memory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use super::{
+    AttemptRecord, Committed, CompensationOp, CompensationRecord, CompensationStatus, Created,
+    NewRun, RetryState, RunFilter, RunPage, RunRecord, RunStatus, SignalRecord, StepCommit,
+    StepKey, StepOutcome, StepProgress, StepRecord, Store, StoreError, StoreFuture, now_ms,
+};
+
+/// A [`Store`] that keeps every record in memory: for tests and examples.
+///
+/// It is **not durable: everything is lost with the process**. Use it where a durable store
+/// is needed only for the length of a process: tests (a killed run is simulated by dropping
+/// the runtime and resuming from the same store), examples, prototypes.
+///
+/// It behaves as the SQLite store of `flow-store-sqlite` does (it passes the same
+/// [conformance](super) checks): every method is atomic (a failing one changes nothing), a
+/// run's compensation entries and signals share one `seq` counter that starts at 1 and is
+/// never reused, runs are ordered by creation time, then id.
+///
+/// Its futures complete on their first poll: they never wait on a thread, a lock held across
+/// an `await` or a timer, so it works on tokio's paused clock (`start_paused`). Timestamps
+/// are taken with [`now_ms`] (the system clock, not tokio's).
+///
+/// Clones share the same records: clone it to give one store to several runtimes (a
+/// restarted "process" in a test).
+///
+/// ```
+/// use std::sync::Arc;
+/// use flow_runtime::store::{MemoryStore, Store};
+///
+/// let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+/// # let _ = store;
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    data: Arc<Mutex<Data>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    /// The records, also after a panic in another thread that held them (every change is
+    /// made in one go after its checks, so a panic cannot leave one half done).
+    fn lock(&self) -> MutexGuard<'_, Data> {
+        self.data.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let data = self.lock();
+        f.debug_struct("MemoryStore")
+            .field("runs", &data.runs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every record of the store.
+#[derive(Default)]
+struct Data {
+    /// The runs, by id.
+    runs: HashMap<String, RunEntry>,
+    /// The runs' order: (created_ms, id), what `unfinished_runs` and `list_runs` go by.
+    order: BTreeSet<(u64, String)>,
+}
+
+/// A run and the records that belong to it.
+struct RunEntry {
+    record: RunRecord,
+    /// The next `seq` of its compensation entries and signals (shared, never reused).
+    next_seq: u64,
+    /// Its steps, ordered by node, occurrence and item (the key's `run` is this run's).
+    steps: BTreeMap<StepKey, StepEntry>,
+    /// Its compensation stack, by `seq`.
+    compensations: BTreeMap<u64, CompensationRecord>,
+    /// Its signals not taken yet, by name, oldest first.
+    signals: HashMap<String, VecDeque<(u64, Vec<u8>)>>,
+}
+
+/// A step, committed (`outcome` set) or in progress.
+#[derive(Default)]
+struct StepEntry {
+    outcome: Option<StepOutcome>,
+    attempts: BTreeMap<u32, AttemptRecord>,
+    retry: RetryState,
+    updated_ms: u64,
+}
+
+impl StepEntry {
+    fn record(&self, key: &StepKey) -> StepRecord {
+        StepRecord {
+            key: key.clone(),
+            outcome: self.outcome.clone(),
+            attempts: self.attempts.values().cloned().collect(),
+            retry: self.retry.clone(),
+            updated_ms: self.updated_ms,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn not_found(what: impl Into<String>) -> StoreError {
+    StoreError::NotFound { what: what.into() }
+}
+
+impl Data {
+    fn run_mut(&mut self, id: &str) -> Result<&mut RunEntry> {
+        self.runs
+            .get_mut(id)
+            .ok_or_else(|| not_found(format!("run {id}")))
+    }
+
+    fn create_run(&mut self, new: NewRun) -> Created {
+        if let Some(run) = self.runs.get(&new.id) {
+            return Created {
+                run: run.record.clone(),
+                created: false,
+            };
+        }
+        let now = now_ms();
+        let record = RunRecord {
+            id: new.id,
+            workflow: new.workflow,
+            fingerprint: new.fingerprint,
+            node_fingerprints: new.node_fingerprints,
+            input: new.input,
+            status: RunStatus::Pending,
+            output: None,
+            error: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        self.order.insert((now, record.id.clone()));
+        self.runs.insert(
+            record.id.clone(),
+            RunEntry {
+                record: record.clone(),
+                next_seq: 1,
+                steps: BTreeMap::new(),
+                compensations: BTreeMap::new(),
+                signals: HashMap::new(),
+            },
+        );
+        Created {
+            run: record,
+            created: true,
+        }
+    }
+
+    fn set_status(
+        &mut self,
+        id: &str,
+        status: RunStatus,
+        result: Option<Vec<u8>>,
+    ) -> Result<RunRecord> {
+        if result.is_some() && !status.is_finished() {
+            return Err(StoreError::Invalid {
+                what: format!("a result given with status {status}, which has none"),
+            });
+        }
+        let run = &mut self.run_mut(id)?.record;
+        if run.status.is_finished() {
+            return Err(StoreError::Conflict {
+                what: format!(
+                    "run {id} is {}: its status cannot become {status}",
+                    run.status
+                ),
+            });
+        }
+        let (output, error) = match status {
+            RunStatus::Completed => (result, None),
+            _ => (None, result),
+        };
+        run.status = status;
+        run.output = output;
+        run.error = error;
+        run.updated_ms = now_ms().max(run.created_ms);
+        Ok(run.clone())
+    }
+
+    /// The runs in order (creation time, then id) from just after `after`.
+    fn ordered_after<'a>(
+        &'a self,
+        after: Option<&'a (u64, String)>,
+    ) -> impl Iterator<Item = &'a RunRecord> + 'a {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.order
+            .range((start, Bound::Unbounded))
+            .filter_map(|(_, id)| self.runs.get(id).map(|r| &r.record))
+    }
+
+    fn unfinished_runs(&self) -> Vec<RunRecord> {
+        self.ordered_after(None)
+            .filter(|r| !r.status.is_finished())
+            .cloned()
+            .collect()
+    }
+
+    /// A page cursor is `created_ms:id` of the last run of the page (as the SQLite store's):
+    /// it stays valid whatever happens to that run.
+    fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
+        let after = filter
+            .after
+            .as_deref()
+            .map(|cursor| {
+                cursor
+                    .split_once(':')
+                    .and_then(|(c, id)| Some((c.parse::<u64>().ok()?, id.to_owned())))
+                    .ok_or_else(|| StoreError::Invalid {
+                        what: format!("{cursor:?} is not a page cursor of this store"),
+                    })
+            })
+            .transpose()?;
+        let limit = filter.limit.max(1);
+        let mut runs: Vec<RunRecord> = self
+            .ordered_after(after.as_ref())
+            .filter(|r| {
+                filter.workflow.as_ref().is_none_or(|w| *w == r.workflow)
+                    && filter.status.is_none_or(|s| s == r.status)
+                    && filter.created_after.is_none_or(|t| r.created_ms >= t)
+                    && filter.created_before.is_none_or(|t| r.created_ms < t)
+            })
+            .take(limit.saturating_add(1))
+            .cloned()
+            .collect();
+        let next = if runs.len() > limit {
+            runs.truncate(limit);
+            runs.last().map(|r| format!("{}:{}", r.created_ms, r.id))
+        } else {
+            None
+        };
+        Ok(RunPage { runs, next })
+    }
+
+    fn save_progress(&mut self, p: StepProgress) -> Result<()> {
+        let run = self.run_mut(&p.key.run)?;
+        if let Some(step) = run.steps.get(&p.key)
+            && step.outcome.is_some()
+        {
+            return Err(StoreError::Conflict {
+                what: format!("step {} is already committed", p.key),
+            });
+        }
+        let step = run.steps.entry(p.key).or_default();
+        step.retry = p.retry;
+        step.updated_ms = now_ms();
+        if let Some(a) = p.attempt {
+            step.attempts.insert(a.number, a);
+        }
+        Ok(())
+    }
+
+    fn commit_step(&mut self, c: StepCommit) -> Result<Committed> {
+        let run = self.run_mut(&c.key.run)?;
+        if let Some(step) = run.steps.get(&c.key)
+            && step.outcome.is_some()
+        {
+            // Committed before: keep the first commit, apply nothing.
+            return Ok(Committed {
+                step: step.record(&c.key),
+                first: false,
+                pushed: Vec::new(),
+            });
+        }
+        // The compensation changes are the only part that can fail: apply them first, so
+        // that a failure leaves the step as it was.
+        let pushed = run.apply_compensations(c.compensations)?;
+        let step = run.steps.entry(c.key.clone()).or_default();
+        step.outcome = Some(c.outcome);
+        step.retry.wake_at_ms = None;
+        step.updated_ms = now_ms();
+        for a in c.attempts {
+            step.attempts.insert(a.number, a);
+        }
+        Ok(Committed {
+            step: step.record(&c.key),
+            first: true,
+            pushed,
+        })
+    }
+
+    fn get_step(&self, key: &StepKey) -> Option<StepRecord> {
+        let run = self.runs.get(&key.run)?;
+        run.steps.get(key).map(|s| s.record(key))
+    }
+
+    fn steps_of(&self, run: &str) -> Vec<StepRecord> {
+        self.runs.get(run).map_or_else(Vec::new, |r| {
+            r.steps.iter().map(|(k, s)| s.record(k)).collect()
+        })
+    }
+
+    fn update_compensations(&mut self, run: &str, ops: Vec<CompensationOp>) -> Result<Vec<u64>> {
+        self.run_mut(run)?.apply_compensations(ops)
+    }
+
+    fn compensations_of(&self, run: &str) -> Vec<CompensationRecord> {
+        self.runs.get(run).map_or_else(Vec::new, |r| {
+            r.compensations.values().cloned().collect()
+        })
+    }
+
+    fn send_signal(&mut self, run: &str, name: &str, payload: Vec<u8>) -> Result<u64> {
+        let run = self.run_mut(run)?;
+        let seq = run.next_seq;
+        run.next_seq += 1;
+        run.signals
+            .entry(name.to_owned())
+            .or_default()
+            .push_back((seq, payload));
+        Ok(seq)
+    }
+
+    fn take_signal(&mut self, run: &str, name: &str) -> Option<SignalRecord> {
+        let (seq, payload) = self.runs.get_mut(run)?.signals.get_mut(name)?.pop_front()?;
+        Some(SignalRecord {
+            run: run.to_owned(),
+            name: name.to_owned(),
+            seq,
+            payload,
+        })
+    }
+}
+
+impl RunEntry {
+    /// Applies `ops` in order, all or none: on an error the stack and the `seq` counter are
+    /// left as they were. Returns the `seq` of each pushed entry.
+    fn apply_compensations(&mut self, ops: Vec<CompensationOp>) -> Result<Vec<u64>> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let run = &self.record.id;
+        let mut stack = self.compensations.clone();
+        let mut next_seq = self.next_seq;
+        let mut pushed = Vec::new();
+        for op in ops {
+            match op {
+                CompensationOp::Push {
+                    node,
+                    occurrence,
+                    item,
+                    undo,
+                } => {
+                    let seq = next_seq;
+                    next_seq += 1;
+                    stack.insert(
+                        seq,
+                        CompensationRecord {
+                            run: run.clone(),
+                            seq,
+                            node,
+                            occurrence,
+                            item,
+                            undo,
+                            status: CompensationStatus::Pending,
+                        },
+                    );
+                    pushed.push(seq);
+                }
+                CompensationOp::Drop { seq } => match stack.get(&seq).map(|c| c.status) {
+                    Some(CompensationStatus::Pending) => {
+                        stack.remove(&seq);
+                    }
+                    Some(other) => {
+                        return Err(StoreError::Conflict {
+                            what: format!(
+                                "compensation {run}#{seq} is {}: only a pending one can be dropped",
+                                other.as_str()
+                            ),
+                        });
+                    }
+                    None => return Err(not_found(format!("compensation {run}#{seq}"))),
+                },
+                CompensationOp::Mark { seq, status } => match stack.get_mut(&seq) {
+                    Some(entry) => entry.status = status,
+                    None => return Err(not_found(format!("compensation {run}#{seq}"))),
+                },
+            }
+        }
+        self.compensations = stack;
+        self.next_seq = next_seq;
+        Ok(pushed)
+    }
+}
+
+// Each method does its work when its future is first polled (not when it is called, as
+// futures go), under the lock, and completes at once.
+impl Store for MemoryStore {
+    fn create_run(&self, new: NewRun) -> StoreFuture<'_, Created> {
+        Box::pin(async move { Ok(self.lock().create_run(new)) })
+    }
+
+    fn get_run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<RunRecord>> {
+        Box::pin(async move { Ok(self.lock().runs.get(id).map(|r| r.record.clone())) })
+    }
+
+    fn set_status<'a>(
+        &'a self,
+        id: &'a str,
+        status: RunStatus,
+        result: Option<Vec<u8>>,
+    ) -> StoreFuture<'a, RunRecord> {
+        Box::pin(async move { self.lock().set_status(id, status, result) })
+    }
+
+    fn unfinished_runs(&self) -> StoreFuture<'_, Vec<RunRecord>> {
+        Box::pin(async move { Ok(self.lock().unfinished_runs()) })
+    }
+
+    fn list_runs(&self, filter: RunFilter) -> StoreFuture<'_, RunPage> {
+        Box::pin(async move { self.lock().list_runs(&filter) })
+    }
+
+    fn save_progress(&self, progress: StepProgress) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.lock().save_progress(progress) })
+    }
+
+    fn commit_step(&self, commit: StepCommit) -> StoreFuture<'_, Committed> {
+        Box::pin(async move { self.lock().commit_step(commit) })
+    }
+
+    fn get_step<'a>(&'a self, key: &'a StepKey) -> StoreFuture<'a, Option<StepRecord>> {
+        Box::pin(async move { Ok(self.lock().get_step(key)) })
+    }
+
+    fn steps_of<'a>(&'a self, run: &'a str) -> StoreFuture<'a, Vec<StepRecord>> {
+        Box::pin(async move { Ok(self.lock().steps_of(run)) })
+    }
+
+    fn update_compensations<'a>(
+        &'a self,
+        run: &'a str,
+        ops: Vec<CompensationOp>,
+    ) -> StoreFuture<'a, Vec<u64>> {
+        Box::pin(async move { self.lock().update_compensations(run, ops) })
+    }
+
+    fn compensations_of<'a>(&'a self, run: &'a str) -> StoreFuture<'a, Vec<CompensationRecord>> {
+        Box::pin(async move { Ok(self.lock().compensations_of(run)) })
+    }
+
+    fn send_signal<'a>(
+        &'a self,
+        run: &'a str,
+        name: &'a str,
+        payload: Vec<u8>,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(async move { self.lock().send_signal(run, name, payload) })
+    }
+
+    fn take_signal<'a>(
+        &'a self,
+        run: &'a str,
+        name: &'a str,
+    ) -> StoreFuture<'a, Option<SignalRecord>> {
+        Box::pin(async move { Ok(self.lock().take_signal(run, name)) })
+    }
+}

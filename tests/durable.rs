@@ -1,0 +1,343 @@
+//! Durable runs on the embedded SQLite store, through the public API as a user writes them:
+//! a run is recorded step by step, a run whose process stopped mid-step resumes without
+//! running a completed step again, an id never runs twice, and a changed workflow is refused.
+//!
+//! A "crash" here is the tokio runtime that drives the run shut down mid-step: the run's
+//! future is dropped with nothing more written to the store (as when the process is killed).
+//! The crash test with real processes killed by SIGKILL is `tests/crash`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flow::durable::DurableRun;
+use flow::prelude::*;
+use flow::store::{RunStatus, Store};
+use flow_store_sqlite::SqliteStore;
+use serde::{Deserialize, Serialize};
+
+/// A step's error, stored with the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fail(String);
+
+impl core::fmt::Display for Fail {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Appends `line` to the side-effect log of `dir`.
+fn log(dir: &str, line: &str) {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(Path::new(dir).join("log"))
+        .expect("the test's log opens");
+    writeln!(f, "{line}").expect("the test's log is written");
+}
+
+fn read_log(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A step's side effect: logs its name, value and idempotency key, then waits while the
+/// file `hang-<name>` exists in `dir` (the test "kills" the process meanwhile).
+async fn effect(dir: &str, name: &str, value: u32) -> u32 {
+    let key = flow::step_context()
+        .map(|c| c.idempotency_key())
+        .unwrap_or_default();
+    log(dir, &format!("{name} {value} {key}"));
+    while Path::new(dir).join(format!("hang-{name}")).exists() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    value
+}
+
+async fn prepare(dir: String, n: u32) -> Result<u32, Fail> {
+    Ok(effect(&dir, "prepare", n).await + 1)
+}
+
+async fn add(dir: String, total: u32, i: u32) -> Result<u32, Fail> {
+    Ok(effect(&dir, &format!("add{i}"), total).await + i)
+}
+
+async fn left(dir: String, v: u32) -> Result<u32, Fail> {
+    Ok(effect(&dir, "left", v).await * 2)
+}
+
+async fn right(dir: String, v: u32) -> Result<u32, Fail> {
+    Ok(effect(&dir, "right", v).await * 3)
+}
+
+async fn probe(dir: String, item: u32) -> Result<u32, Fail> {
+    Ok(effect(&dir, &format!("probe{item}"), item).await * 10)
+}
+
+/// Sequence, loop, parallel group and map: 1 + 3 + 2 + 3 steps.
+#[workflow(durable)]
+async fn pipeline(dir: String, n: u32) -> Result<u32, Fail> {
+    let mut total = prepare(dir.clone(), n).await?;
+    for i in 0..3 {
+        total = add(dir.clone(), total, i).await?;
+    }
+    let (l, r) = flow::join!(left(dir.clone(), total), right(dir.clone(), total)).await?;
+    let items: Vec<u32> = vec![1, 2, 3];
+    let probes = flow::map!(items, |item| probe(dir.clone(), item), concurrency = 2).await?;
+    Ok(l + r + probes.iter().sum::<u32>())
+}
+
+/// What an uninterrupted run of `pipeline(_, n)` returns.
+fn expected(n: u32) -> u32 {
+    let total = n + 1 + 1 + 2;
+    total * 2 + total * 3 + 60
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "flow-durable-{name}-{}-{}",
+        std::process::id(),
+        fastrand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(1);
+    h.finish()
+}
+
+fn store(dir: &Path) -> SqliteStore {
+    SqliteStore::open(dir.join("runs.db")).expect("the store opens")
+}
+
+fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Runs `pipeline` until step `hang` is in flight, then drops the tokio runtime (the run's
+/// future is dropped mid-step; nothing more reaches the store).
+fn crash_at(dir: &Path, id: &str, hang: &str) {
+    let gate = dir.join(format!("hang-{hang}"));
+    std::fs::write(&gate, "").expect("gate");
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(dir));
+        let run: DurableRun<Pipeline> = runtime
+            .start(Pipeline, id, (dir.display().to_string(), 5))
+            .await
+            .expect("started");
+        assert!(run.created());
+        let prefix = format!("{hang} ");
+        while !read_log(dir).iter().any(|l| l.starts_with(&prefix)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(run);
+    });
+    rt.shutdown_background();
+    std::fs::remove_file(&gate).expect("gate removed");
+}
+
+fn count(log: &[String], name: &str) -> usize {
+    let prefix = format!("{name} ");
+    log.iter().filter(|l| l.starts_with(&prefix)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_recorded_and_an_id_never_runs_twice() {
+    let dir = temp_dir("once");
+    let d = dir.display().to_string();
+    let runtime = Runtime::new().with_store(store(&dir));
+    let run = runtime
+        .start(Pipeline, "order-1", (d.clone(), 5))
+        .await
+        .unwrap();
+    assert!(run.created());
+    assert_eq!(run.await.unwrap(), expected(5));
+    let steps_run = read_log(&dir).len();
+    assert_eq!(steps_run, 9, "{:?}", read_log(&dir));
+
+    // Started again: the stored run, with its stored result; no step runs.
+    let again = runtime.start(Pipeline, "order-1", (d, 99)).await.unwrap();
+    assert!(!again.created());
+    assert_eq!(again.await.unwrap(), expected(5));
+    assert_eq!(read_log(&dir).len(), steps_run);
+
+    let record = runtime
+        .store()
+        .unwrap()
+        .get_run("order-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, RunStatus::Completed);
+    assert_eq!(record.workflow, "Pipeline");
+    assert_eq!(
+        String::from_utf8(record.output.unwrap()).unwrap(),
+        expected(5).to_string()
+    );
+    let steps = runtime.store().unwrap().steps_of("order-1").await.unwrap();
+    let keys: Vec<String> = steps.iter().map(|s| s.key.to_string()).collect();
+    assert_eq!(steps.len(), 9, "{keys:?}");
+    assert!(keys.contains(&"order-1/add@2".to_owned()), "{keys:?}");
+    assert!(keys.contains(&"order-1/probe@0[2]".to_owned()), "{keys:?}");
+    assert_eq!(
+        runtime
+            .result(&Pipeline, "order-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        expected(5)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Killed in the loop's second iteration, resumed: the steps before are answered from the
+/// store, the one in flight runs again with the same idempotency key, the result is an
+/// uninterrupted run's.
+#[test]
+fn a_run_killed_mid_step_resumes_where_it_stopped() {
+    let dir = temp_dir("resume");
+    crash_at(&dir, "r1", "add1");
+    let before = read_log(&dir);
+    assert_eq!(count(&before, "prepare"), 1);
+    assert_eq!(count(&before, "add1"), 1);
+
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(Pipeline).unwrap();
+        let report = runtime.resume(&registry).await.unwrap();
+        assert!(report.unknown.is_empty() && report.incompatible.is_empty());
+        assert_eq!(report.resumed.len(), 1);
+        let resumed = report.resumed.into_iter().next().unwrap();
+        assert_eq!(
+            (resumed.id.as_str(), resumed.workflow.as_str()),
+            ("r1", "Pipeline")
+        );
+        resumed.wait().await.unwrap();
+        assert_eq!(
+            runtime
+                .result(&Pipeline, "r1")
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+            expected(5)
+        );
+    });
+    let after = read_log(&dir);
+    // Completed steps never ran again; the step in flight ran again, once.
+    assert_eq!(count(&after, "prepare"), 1, "{after:?}");
+    assert_eq!(count(&after, "add0"), 1, "{after:?}");
+    assert_eq!(count(&after, "add1"), 2, "{after:?}");
+    for name in ["add2", "left", "right", "probe1", "probe2", "probe3"] {
+        assert_eq!(count(&after, name), 1, "{name}: {after:?}");
+    }
+    // The same idempotency key both times: the run's id and the step's identity.
+    let keys: Vec<&str> = after
+        .iter()
+        .filter(|l| l.starts_with("add1 "))
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(keys, ["flow:r1:add@1", "flow:r1:add@1"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Killed while the map's items run, resumed: finished items are not run again.
+#[test]
+fn a_map_and_a_parallel_group_resume_item_by_item() {
+    let dir = temp_dir("map");
+    crash_at(&dir, "m1", "probe2");
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(Pipeline).unwrap();
+        let report = runtime.resume(&registry).await.unwrap();
+        for r in report.resumed {
+            r.wait().await.unwrap();
+        }
+        assert_eq!(
+            runtime
+                .result(&Pipeline, "m1")
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+            expected(5)
+        );
+    });
+    let after = read_log(&dir);
+    for name in ["prepare", "add0", "add1", "add2", "left", "right", "probe1"] {
+        assert_eq!(count(&after, name), 1, "{name}: {after:?}");
+    }
+    assert_eq!(count(&after, "probe2"), 2, "{after:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+mod changed {
+    //! `pipeline` as a later build writes it: the loop's step is another function.
+    use super::*;
+
+    async fn add(dir: String, total: u32, i: u32) -> Result<u32, Fail> {
+        Ok(effect(&dir, &format!("add{i}"), total).await + 100 * i)
+    }
+
+    #[workflow(durable, name = "Pipeline")]
+    pub async fn pipeline(dir: String, n: u32) -> Result<u32, Fail> {
+        let mut total = prepare(dir.clone(), n).await?;
+        #[retry(max_attempts = 2)]
+        let first = add(dir.clone(), total, 0).await?;
+        total = first;
+        let (l, r) = flow::join!(left(dir.clone(), total), right(dir.clone(), total)).await?;
+        Ok(l + r)
+    }
+}
+
+/// A build whose workflow changed in the part a stored run has done refuses to resume it,
+/// naming the node and both fingerprints; the run stays in the store.
+#[test]
+fn a_changed_workflow_is_refused_and_the_run_kept() {
+    let dir = temp_dir("changed");
+    crash_at(&dir, "c1", "add1");
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let store = std::sync::Arc::new(store(&dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(changed::Pipeline).unwrap();
+        let checked = flow::durable::check(&*store, &registry).await.unwrap();
+        assert_eq!(checked.len(), 1);
+        let flow::durable::Verdict::Incompatible(e) = &checked[0].verdict else {
+            panic!("{:?}", checked[0].verdict)
+        };
+        let text = e.to_string();
+        assert!(text.contains("run `c1` of workflow `Pipeline`"), "{text}");
+        assert!(text.contains("`add`"), "{text}");
+
+        let runtime = Runtime::new().with_shared_store(store.clone());
+        let report = runtime.resume(&registry).await.unwrap();
+        assert!(report.resumed.is_empty());
+        assert_eq!(report.incompatible.len(), 1);
+        let run = store.get_run("c1").await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Running);
+
+        // A registry without the workflow reports the run, never skips it silently.
+        let report = runtime.resume(&flow::Registry::new()).await.unwrap();
+        assert_eq!(report.unknown.len(), 1);
+        assert_eq!(report.unknown[0].id, "c1");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
