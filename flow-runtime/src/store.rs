@@ -34,6 +34,9 @@ use futures_util::future::BoxFuture;
 
 #[cfg(feature = "store-conformance")]
 pub mod conformance;
+mod memory;
+
+pub use memory::MemoryStore;
 
 /// What every store method returns: a boxed future of a result.
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;

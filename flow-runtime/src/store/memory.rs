@@ -16,8 +16,8 @@ use super::{
 /// is needed only for the length of a process: tests (a killed run is simulated by dropping
 /// the runtime and resuming from the same store), examples, prototypes.
 ///
-/// It behaves as the SQLite store of `flow-store-sqlite` does (it passes the same
-/// [conformance](super) checks): every method is atomic (a failing one changes nothing), a
+/// It behaves as the `SQLite` store of `flow-store-sqlite` does (it passes the same checks,
+/// `store::conformance`): every method is atomic (a failing one changes nothing), a
 /// run's compensation entries and signals share one `seq` counter that starts at 1 and is
 /// never reused, runs are ordered by creation time, then id.
 ///
@@ -42,6 +42,7 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     /// An empty store.
+    #[must_use]
     pub fn new() -> Self {
         MemoryStore::default()
     }
@@ -67,7 +68,7 @@ impl fmt::Debug for MemoryStore {
 struct Data {
     /// The runs, by id.
     runs: HashMap<String, RunEntry>,
-    /// The runs' order: (created_ms, id), what `unfinished_runs` and `list_runs` go by.
+    /// The runs' order: `(created_ms, id)`, what `unfinished_runs` and `list_runs` go by.
     order: BTreeSet<(u64, String)>,
 }
 
@@ -205,7 +206,7 @@ impl Data {
             .collect()
     }
 
-    /// A page cursor is `created_ms:id` of the last run of the page (as the SQLite store's):
+    /// A page cursor is `created_ms:id` of the last run of the page (as the `SQLite` store's):
     /// it stays valid whatever happens to that run.
     fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
         let after = filter
@@ -304,9 +305,9 @@ impl Data {
     }
 
     fn compensations_of(&self, run: &str) -> Vec<CompensationRecord> {
-        self.runs.get(run).map_or_else(Vec::new, |r| {
-            r.compensations.values().cloned().collect()
-        })
+        self.runs
+            .get(run)
+            .map_or_else(Vec::new, |r| r.compensations.values().cloned().collect())
     }
 
     fn send_signal(&mut self, run: &str, name: &str, payload: Vec<u8>) -> Result<u64> {
@@ -463,5 +464,181 @@ impl Store for MemoryStore {
         name: &'a str,
     ) -> StoreFuture<'a, Option<SignalRecord>> {
         Box::pin(async move { Ok(self.lock().take_signal(run, name)) })
+    }
+}
+
+#[cfg(all(test, feature = "store-conformance"))]
+mod conformance_tests {
+    use super::MemoryStore;
+
+    #[tokio::test]
+    async fn conformance() {
+        crate::store::conformance::run_all(std::sync::Arc::new(MemoryStore::new())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_multi_thread() {
+        crate::store::conformance::run_all(std::sync::Arc::new(MemoryStore::new())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    fn new_run(id: &str) -> NewRun {
+        NewRun {
+            id: id.to_owned(),
+            workflow: "w".to_owned(),
+            fingerprint: 1,
+            node_fingerprints: BTreeMap::new(),
+            input: Vec::new(),
+        }
+    }
+
+    fn push(undo: &[u8]) -> CompensationOp {
+        CompensationOp::Push {
+            node: "n".to_owned(),
+            occurrence: 0,
+            item: None,
+            undo: undo.to_vec(),
+        }
+    }
+
+    #[test]
+    fn futures_complete_on_first_poll() {
+        let store = MemoryStore::new();
+        let created = store.create_run(new_run("a")).now_or_never();
+        assert!(matches!(created, Some(Ok(Created { created: true, .. }))));
+        let run = store.get_run("a").now_or_never();
+        assert!(matches!(run, Some(Ok(Some(_)))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn works_on_a_paused_clock_and_clones_share_records() {
+        let store = MemoryStore::new();
+        let other: Arc<dyn Store> = Arc::new(store.clone());
+        store.create_run(new_run("a")).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        let run = other.get_run("a").await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Pending);
+        assert_eq!(format!("{store:?}"), "MemoryStore { runs: 1, .. }");
+    }
+
+    #[tokio::test]
+    async fn a_failing_commit_changes_nothing() {
+        let store = MemoryStore::new();
+        store.create_run(new_run("a")).await.unwrap();
+        let key = StepKey::new("a", "n");
+        let r = store
+            .commit_step(StepCommit {
+                key: key.clone(),
+                outcome: StepOutcome::Completed(Vec::new()),
+                attempts: Vec::new(),
+                compensations: vec![push(b"x"), CompensationOp::Drop { seq: 99 }],
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+        assert_eq!(store.get_step(&key).await.unwrap(), None);
+        assert!(store.compensations_of("a").await.unwrap().is_empty());
+        // The failed push did not use up a seq: seqs start at 1, shared with signals.
+        assert_eq!(store.send_signal("a", "s", Vec::new()).await.unwrap(), 1);
+        let pushed = store
+            .update_compensations("a", vec![push(b"y")])
+            .await
+            .unwrap();
+        assert_eq!(pushed, [2]);
+        // Only a pending entry can be dropped.
+        store
+            .update_compensations(
+                "a",
+                vec![CompensationOp::Mark {
+                    seq: 2,
+                    status: CompensationStatus::Done,
+                }],
+            )
+            .await
+            .unwrap();
+        let r = store
+            .update_compensations("a", vec![CompensationOp::Drop { seq: 2 }])
+            .await;
+        assert!(matches!(r, Err(StoreError::Conflict { .. })), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn commit_keeps_progress_counters_and_clears_the_wake_up() {
+        let store = MemoryStore::new();
+        store.create_run(new_run("a")).await.unwrap();
+        let key = StepKey::new("a", "n");
+        store
+            .save_progress(StepProgress {
+                key: key.clone(),
+                attempt: None,
+                retry: RetryState {
+                    counters: vec![2],
+                    wake_at_ms: Some(10),
+                },
+            })
+            .await
+            .unwrap();
+        let c = store
+            .commit_step(StepCommit {
+                key,
+                outcome: StepOutcome::Failed("no".to_owned()),
+                attempts: Vec::new(),
+                compensations: Vec::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            c.step.retry,
+            RetryState {
+                counters: vec![2],
+                wake_at_ms: None
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn edge_cases_match_the_sqlite_store() {
+        let store = MemoryStore::new();
+        // Taking a signal of a run that does not exist: nothing to take.
+        assert_eq!(store.take_signal("ghost", "s").await.unwrap(), None);
+        // A result with an unfinished status is invalid, checked first.
+        let r = store
+            .set_status("ghost", RunStatus::Running, Some(Vec::new()))
+            .await;
+        assert!(matches!(r, Err(StoreError::Invalid { .. })), "{r:?}");
+        let r = store
+            .list_runs(RunFilter {
+                after: Some("nonsense".to_owned()),
+                ..RunFilter::default()
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Invalid { .. })), "{r:?}");
+        // Limit 0 asks for one run; runs created in one millisecond go by id.
+        for id in ["b", "a", "c"] {
+            store.create_run(new_run(id)).await.unwrap();
+        }
+        let page = store
+            .list_runs(RunFilter {
+                limit: 0,
+                ..RunFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.runs.len(), 1);
+        assert!(page.next.is_some());
+        let all = store.list_runs(RunFilter::default()).await.unwrap();
+        let mut by_time: Vec<(u64, String)> = all
+            .runs
+            .iter()
+            .map(|r| (r.created_ms, r.id.clone()))
+            .collect();
+        let listed = by_time.clone();
+        by_time.sort();
+        assert_eq!(listed, by_time);
     }
 }
