@@ -405,7 +405,7 @@ pub(crate) enum Begin<T, E> {
     /// Answered from the store.
     Done(Result<T, StepError<E>>),
     /// Run it, under this key, resuming from this progress (if an earlier process began it).
-    Run(StepKey, Option<StepRecord>),
+    Run(StepKey, Option<Box<StepRecord>>),
     /// The run must stop (the journal says why).
     Stop,
 }
@@ -460,7 +460,7 @@ impl<E: Stored> Ctx<E> {
         if j.has_fault() {
             return Begin::Stop;
         }
-        Begin::Run(key, record)
+        Begin::Run(key, record.map(Box::new))
     }
 
     /// Commits the outcome of a step that ran; a store failure stops the run.
@@ -694,12 +694,9 @@ impl Resume<'_> {
 }
 
 /// Encodes a run's error for the store.
-pub(crate) fn encode_run_error<E: Stored>(
-    error: &Error<E>,
-    describe: fn(&Failure<E>) -> String,
-) -> Vec<u8>
+pub(crate) fn encode_run_error<E>(error: &Error<E>, describe: fn(&Failure<E>) -> String) -> Vec<u8>
 where
-    E: core::fmt::Display,
+    E: Stored + core::fmt::Display,
 {
     let stored = match error.kind() {
         ErrorKind::Step(s) => StoredRunError::Step {
@@ -777,7 +774,7 @@ pub(crate) fn decode_run_error<E: Stored>(
             message,
         },
         StoredRunError::Durable { message } => {
-            ErrorKind::Durable(DurableError::Recorded { message })
+            ErrorKind::Durable(Box::new(DurableError::Recorded { message }))
         }
     };
     Ok(Error::new(name, kind))
@@ -959,7 +956,7 @@ impl<W: DurableWorkflow> DurableRun<W> {
                         Err(error) => {
                             return Err(Error::new(
                                 graph.name,
-                                ErrorKind::Durable(store_error(&self.id, error)),
+                                ErrorKind::Durable(Box::new(store_error(&self.id, error))),
                             ));
                         }
                     }
@@ -983,7 +980,7 @@ fn stored_result<W: DurableWorkflow>(
     graph: &'static Graph,
     record: &RunRecord,
 ) -> Result<W::Output, Error<W::Error>> {
-    let fail = |e: DurableError| Error::new(graph.name, ErrorKind::Durable(e));
+    let fail = |e: DurableError| Error::new(graph.name, ErrorKind::Durable(Box::new(e)));
     match record.status {
         RunStatus::Completed => {
             let bytes = record.output.as_deref().unwrap_or(b"null");
@@ -1241,7 +1238,7 @@ async fn run_durable<W: DurableWorkflow>(
     {
         return Err(Error::new(
             name,
-            ErrorKind::Durable(store_error(&journal.run, e)),
+            ErrorKind::Durable(Box::new(store_error(&journal.run, e))),
         ));
     }
     let describe = ctx.inner.describe;
@@ -1252,7 +1249,7 @@ async fn run_durable<W: DurableWorkflow>(
         Err(e) if matches!(e.kind(), ErrorKind::Durable(_)) => return result,
         Ok(v) => match encode_value(v, &format!("the output of run `{}`", journal.run)) {
             Ok(b) => (RunStatus::Completed, b),
-            Err(e) => return Err(Error::new(name, ErrorKind::Durable(e))),
+            Err(e) => return Err(Error::new(name, ErrorKind::Durable(Box::new(e)))),
         },
         Err(e) => (final_status(e), encode_run_error(e, describe)),
     };

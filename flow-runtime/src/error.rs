@@ -799,7 +799,7 @@ pub enum ErrorKind<E> {
     },
     /// A durable run stopped because its store failed, or could not follow its record (see
     /// [`DurableError`](crate::store::DurableError)).
-    Durable(crate::store::DurableError),
+    Durable(Box<crate::store::DurableError>),
 }
 
 /// The error of a workflow run: what ended it, and every compensation that failed afterwards.

@@ -544,7 +544,7 @@ pub(crate) async fn drive<W: Workflow>(
             #[cfg(feature = "durable")]
             if let Some(fault) = ctx.journal().and_then(|j| j.take_fault()) {
                 ctx.set_status(Status::Failed);
-                let error = Error::new(name, ErrorKind::Durable(fault));
+                let error = Error::new(name, ErrorKind::Durable(Box::new(fault)));
                 if ctx.observed() {
                     ctx.emit(
                         NodeId::END,
