@@ -127,7 +127,7 @@ fn tokio_rt() -> tokio::runtime::Runtime {
 
 /// Runs `pipeline` until step `hang` is in flight, then drops the tokio runtime (the run's
 /// future is dropped mid-step; nothing more reaches the store).
-fn crash_at(dir: &Path, id: &str, hang: &str) {
+fn crash_at(dir: &Path, id: &str, hang: &str, committed: &[flow::store::StepKey]) {
     let gate = dir.join(format!("hang-{hang}"));
     std::fs::write(&gate, "").expect("gate");
     let rt = tokio_rt();
@@ -141,6 +141,19 @@ fn crash_at(dir: &Path, id: &str, hang: &str) {
         let prefix = format!("{hang} ");
         while !read_log(dir).iter().any(|l| l.starts_with(&prefix)) {
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Steps that finished before the kill: wait for their commits to land.
+        for key in committed {
+            while runtime
+                .store()
+                .unwrap()
+                .get_step(key)
+                .await
+                .unwrap()
+                .is_none_or(|s| s.outcome.is_none())
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         drop(run);
     });
@@ -209,7 +222,7 @@ async fn a_run_is_recorded_and_an_id_never_runs_twice() {
 #[test]
 fn a_run_killed_mid_step_resumes_where_it_stopped() {
     let dir = temp_dir("resume");
-    crash_at(&dir, "r1", "add1");
+    crash_at(&dir, "r1", "add1", &[]);
     let before = read_log(&dir);
     assert_eq!(count(&before, "prepare"), 1);
     assert_eq!(count(&before, "add1"), 1);
@@ -260,7 +273,13 @@ fn a_run_killed_mid_step_resumes_where_it_stopped() {
 #[test]
 fn a_map_and_a_parallel_group_resume_item_by_item() {
     let dir = temp_dir("map");
-    crash_at(&dir, "m1", "probe2");
+    // Item 0 finishes (and is committed) while item 1 hangs.
+    crash_at(
+        &dir,
+        "m1",
+        "probe2",
+        &[flow::store::StepKey::new("m1", "probe").item(0)],
+    );
     let rt = tokio_rt();
     rt.block_on(async {
         let runtime = Runtime::new().with_store(store(&dir));
@@ -312,7 +331,7 @@ mod changed {
 #[test]
 fn a_changed_workflow_is_refused_and_the_run_kept() {
     let dir = temp_dir("changed");
-    crash_at(&dir, "c1", "add1");
+    crash_at(&dir, "c1", "add1", &[]);
     let rt = tokio_rt();
     rt.block_on(async {
         let store = std::sync::Arc::new(store(&dir));
@@ -339,5 +358,207 @@ fn a_changed_workflow_is_refused_and_the_run_kept() {
         assert_eq!(report.unknown.len(), 1);
         assert_eq!(report.unknown[0].id, "c1");
     });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn reserve_a(dir: String) -> Result<u32, Fail> {
+    Ok(effect(&dir, "reserve_a", 1).await)
+}
+async fn reserve_b(dir: String) -> Result<u32, Fail> {
+    Ok(effect(&dir, "reserve_b", 2).await)
+}
+async fn fail_charge(dir: String) -> Result<u32, Fail> {
+    effect(&dir, "charge", 3).await;
+    Err(Fail("card declined".into()))
+}
+fn undo_dir() -> &'static std::sync::Mutex<String> {
+    static DIR: std::sync::OnceLock<std::sync::Mutex<String>> = std::sync::OnceLock::new();
+    DIR.get_or_init(Default::default)
+}
+async fn undo_a(_: u32) -> Result<(), Fail> {
+    let dir = undo_dir().lock().unwrap().clone();
+    effect(&dir, "undo_a", 0).await;
+    Ok(())
+}
+async fn undo_b(_: u32) -> Result<(), Fail> {
+    let dir = undo_dir().lock().unwrap().clone();
+    effect(&dir, "undo_b", 0).await;
+    Ok(())
+}
+
+/// Two undos; the run fails, then is killed while the second undo (`undo_a`) runs.
+#[workflow(durable)]
+async fn booking(dir: String) -> Result<u32, Fail> {
+    #[compensate(undo_a)]
+    let a = reserve_a(dir.clone()).await?;
+    #[compensate(undo_b)]
+    let b = reserve_b(dir.clone()).await?;
+    let c = fail_charge(dir).await?;
+    Ok(a + b + c)
+}
+
+/// Killed while compensating: the undo that ran before the kill does not run again, the one
+/// cut off runs, the failed steps are not run again, and the run ends failed.
+#[test]
+fn a_run_killed_while_compensating_runs_each_remaining_undo_once() {
+    let dir = temp_dir("undo");
+    let d = dir.display().to_string();
+    *undo_dir().lock().unwrap() = d.clone();
+    let gate = dir.join("hang-undo_a");
+    std::fs::write(&gate, "").unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let run = runtime.start(Booking, "b1", (d.clone(),)).await.unwrap();
+        drop(run);
+        while count(&read_log(&dir), "undo_a") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let record = runtime
+            .store()
+            .unwrap()
+            .get_run("b1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.status, RunStatus::Compensating);
+    });
+    rt.shutdown_background();
+    std::fs::remove_file(&gate).unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(Booking).unwrap();
+        let report = runtime.resume(&registry).await.unwrap();
+        assert_eq!(report.resumed.len(), 1);
+        for r in report.resumed {
+            let e = r.wait().await.unwrap_err();
+            assert!(e.contains("card declined"), "{e}");
+        }
+        let record = runtime
+            .store()
+            .unwrap()
+            .get_run("b1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.status, RunStatus::Failed);
+    });
+    let log = read_log(&dir);
+    for (name, n) in [
+        ("reserve_a", 1),
+        ("reserve_b", 1),
+        ("charge", 1),
+        ("undo_b", 1),
+        ("undo_a", 2),
+    ] {
+        assert_eq!(count(&log, name), n, "{name}: {log:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn flaky_once(dir: String) -> Result<u32, Fail> {
+    let attempt = flow::step_context().map_or(0, |c| c.attempt());
+    let now = flow::store::now_ms();
+    log(&dir, &format!("flaky {attempt} {now}"));
+    if attempt == 1 {
+        return Err(Fail("first attempt fails".into()));
+    }
+    Ok(attempt)
+}
+
+#[workflow(durable)]
+async fn backing_off(dir: String) -> Result<u32, Fail> {
+    #[retry(max_attempts = 3, backoff = constant("800ms"))]
+    let n = flaky_once(dir).await?;
+    Ok(n)
+}
+
+/// Killed during a backoff: the stored retry state says when the next attempt is due; the
+/// resumed run makes attempt 2 (not 1 again), not before that time and without waiting a
+/// whole new delay. (Real time: the wait spans two tokio runtimes, as two processes.)
+#[test]
+fn a_run_killed_during_a_backoff_resumes_with_its_attempt_count_and_the_rest_of_the_delay() {
+    let dir = temp_dir("backoff");
+    let d = dir.display().to_string();
+    let rt = tokio_rt();
+    let wake_at = rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let run = runtime.start(BackingOff, "k1", (d.clone(),)).await.unwrap();
+        drop(run);
+        let key = flow::store::StepKey::new("k1", "flaky_once");
+        loop {
+            let step = runtime.store().unwrap().get_step(&key).await.unwrap();
+            if let Some(wake) = step.and_then(|s| s.retry.wake_at_ms) {
+                break wake;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    // Killed 300 ms into the 800 ms backoff.
+    std::thread::sleep(Duration::from_millis(300));
+    rt.shutdown_background();
+    let failed_at: u64 = read_log(&dir)[0]
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (790..900).contains(&(wake_at - failed_at)),
+        "the backoff's wake-up time is recorded: {wake_at} - {failed_at}"
+    );
+    let resumed_at = flow::store::now_ms();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(BackingOff).unwrap();
+        for r in runtime.resume(&registry).await.unwrap().resumed {
+            r.wait().await.unwrap();
+        }
+        assert_eq!(
+            runtime
+                .result(&BackingOff, "k1")
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+            2
+        );
+    });
+    let log = read_log(&dir);
+    assert_eq!(log.len(), 2, "{log:?}");
+    let second: Vec<u64> = log[1]
+        .split(' ')
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(second[0], 2, "the attempt count goes on: {log:?}");
+    assert!(second[1] >= wake_at, "not before the wake-up time: {log:?}");
+    assert!(
+        second[1] < resumed_at + 700,
+        "only the rest of the delay was waited ({} ms after resuming)",
+        second[1] - resumed_at
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two tasks start the same id at once: one run, each step once, both see its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_starts_of_one_id_race_to_one_run() {
+    let dir = temp_dir("race");
+    let d = dir.display().to_string();
+    let runtime = Runtime::new().with_store(store(&dir));
+    let (a, b) = tokio::join!(
+        runtime.start(Pipeline, "same", (d.clone(), 1)),
+        runtime.start(Pipeline, "same", (d.clone(), 1)),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(u8::from(a.created()) + u8::from(b.created()), 1);
+    let (ra, rb) = tokio::join!(a.wait(), b.wait());
+    assert_eq!((ra.unwrap(), rb.unwrap()), (expected(1), expected(1)));
+    assert_eq!(read_log(&dir).len(), 9, "{:?}", read_log(&dir));
     let _ = std::fs::remove_dir_all(&dir);
 }
