@@ -562,3 +562,226 @@ async fn two_starts_of_one_id_race_to_one_run() {
     assert_eq!(read_log(&dir).len(), 9, "{:?}", read_log(&dir));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+static TAKE_LEFT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+async fn first(dir: String) -> Result<u32, Fail> {
+    Ok(effect(&dir, "first", 1).await)
+}
+async fn go_left(dir: String) -> Result<u32, Fail> {
+    Ok(effect(&dir, "go_left", 2).await)
+}
+async fn go_right(dir: String) -> Result<u32, Fail> {
+    Ok(effect(&dir, "go_right", 3).await)
+}
+async fn last(dir: String, v: u32) -> Result<u32, Fail> {
+    Ok(effect(&dir, "last", v).await)
+}
+
+/// Takes a branch on something outside its input and its steps (a global flag): not
+/// deterministic, which a resumed run must notice.
+#[workflow(durable)]
+async fn wandering(dir: String) -> Result<u32, Fail> {
+    let a = first(dir.clone()).await?;
+    let b = if TAKE_LEFT.load(std::sync::atomic::Ordering::SeqCst) {
+        go_left(dir.clone()).await?
+    } else {
+        go_right(dir.clone()).await?
+    };
+    last(dir, a + b).await
+}
+
+/// The body took another path after the restart: the run stops, naming the recorded step and
+/// the one reached, runs nothing on the new path, and stays in the store unfinished.
+#[test]
+fn a_resumed_body_that_takes_another_path_stops_and_names_both_steps() {
+    let dir = temp_dir("diverge");
+    let d = dir.display().to_string();
+    let gate = dir.join("hang-last");
+    std::fs::write(&gate, "").unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        drop(runtime.start(Wandering, "w1", (d.clone(),)).await.unwrap());
+        while count(&read_log(&dir), "last") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    rt.shutdown_background();
+    std::fs::remove_file(&gate).unwrap();
+    TAKE_LEFT.store(false, std::sync::atomic::Ordering::SeqCst);
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(Wandering).unwrap();
+        let report = runtime.resume(&registry).await.unwrap();
+        let e = report.resumed.into_iter().next().unwrap().wait().await.unwrap_err();
+        assert!(
+            e.contains("the record says it ran step `go_left@0` next, but the code now reaches `go_right@0`"),
+            "{e}"
+        );
+        let run = runtime.store().unwrap().get_run("w1").await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Running, "left for a build that can resume it");
+    });
+    assert_eq!(count(&read_log(&dir), "go_right"), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A store whose step commits fail after the first `ok` of them (a full disk, say).
+#[derive(Clone)]
+struct FailingStore {
+    inner: flow::store::MemoryStore,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Store for FailingStore {
+    fn create_run(
+        &self,
+        new: flow::store::NewRun,
+    ) -> flow::store::StoreFuture<'_, flow::store::Created> {
+        self.inner.create_run(new)
+    }
+    fn get_run<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> flow::store::StoreFuture<'a, Option<flow::store::RunRecord>> {
+        self.inner.get_run(id)
+    }
+    fn set_status<'a>(
+        &'a self,
+        id: &'a str,
+        status: RunStatus,
+        result: Option<Vec<u8>>,
+    ) -> flow::store::StoreFuture<'a, flow::store::RunRecord> {
+        self.inner.set_status(id, status, result)
+    }
+    fn unfinished_runs(&self) -> flow::store::StoreFuture<'_, Vec<flow::store::RunRecord>> {
+        self.inner.unfinished_runs()
+    }
+    fn list_runs(
+        &self,
+        filter: flow::store::RunFilter,
+    ) -> flow::store::StoreFuture<'_, flow::store::RunPage> {
+        self.inner.list_runs(filter)
+    }
+    fn save_progress(
+        &self,
+        progress: flow::store::StepProgress,
+    ) -> flow::store::StoreFuture<'_, ()> {
+        self.inner.save_progress(progress)
+    }
+    fn commit_step(
+        &self,
+        commit: flow::store::StepCommit,
+    ) -> flow::store::StoreFuture<'_, flow::store::Committed> {
+        let left = self.ok.load(std::sync::atomic::Ordering::SeqCst);
+        if left == 0 {
+            return Box::pin(async {
+                Err(flow::store::StoreError::Io {
+                    message: "disk full".into(),
+                })
+            });
+        }
+        self.ok.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.commit_step(commit)
+    }
+    fn get_step<'a>(
+        &'a self,
+        key: &'a flow::store::StepKey,
+    ) -> flow::store::StoreFuture<'a, Option<flow::store::StepRecord>> {
+        self.inner.get_step(key)
+    }
+    fn steps_of<'a>(
+        &'a self,
+        run: &'a str,
+    ) -> flow::store::StoreFuture<'a, Vec<flow::store::StepRecord>> {
+        self.inner.steps_of(run)
+    }
+    fn update_compensations<'a>(
+        &'a self,
+        run: &'a str,
+        ops: Vec<flow::store::CompensationOp>,
+    ) -> flow::store::StoreFuture<'a, Vec<u64>> {
+        self.inner.update_compensations(run, ops)
+    }
+    fn compensations_of<'a>(
+        &'a self,
+        run: &'a str,
+    ) -> flow::store::StoreFuture<'a, Vec<flow::store::CompensationRecord>> {
+        self.inner.compensations_of(run)
+    }
+    fn send_signal<'a>(
+        &'a self,
+        run: &'a str,
+        name: &'a str,
+        payload: Vec<u8>,
+    ) -> flow::store::StoreFuture<'a, u64> {
+        self.inner.send_signal(run, name, payload)
+    }
+    fn take_signal<'a>(
+        &'a self,
+        run: &'a str,
+        name: &'a str,
+    ) -> flow::store::StoreFuture<'a, Option<flow::store::SignalRecord>> {
+        self.inner.take_signal(run, name)
+    }
+}
+
+/// The store fails mid-run: the run stops with an error that says so, undoes nothing (its
+/// undo is not run: the run is not over), and is left running in the store; once the store
+/// works again, resuming finishes it without running a recorded step again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_fails_mid_run_stops_the_run_and_leaves_it_to_resume() {
+    let dir = temp_dir("full");
+    let d = dir.display().to_string();
+    *undo_dir().lock().unwrap() = d.clone();
+    let memory = flow::store::MemoryStore::new();
+    let failing = FailingStore {
+        inner: memory.clone(),
+        ok: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(1)),
+    };
+    let runtime = Runtime::new().with_store(failing);
+    let e = runtime
+        .start(Booking, "f1", (d.clone(),))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    let ErrorKind::Durable(fault) = e.kind() else {
+        panic!("{e}")
+    };
+    assert!(
+        matches!(**fault, flow::store::DurableError::Store { .. }),
+        "{fault}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("the store failed recording step `reserve_b@0`: store I/O error: disk full"),
+        "{text}"
+    );
+    assert!(text.contains("left as it is, to be resumed"), "{text}");
+    assert_eq!(count(&read_log(&dir), "undo_a"), 0, "nothing undone");
+    let run = memory.get_run("f1").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Running);
+
+    // The store works again: resumed, reserve_a is not run again; the run fails at `charge`
+    // and undoes both reservations.
+    let healthy = Runtime::new().with_store(memory.clone());
+    let mut registry = flow::Registry::new();
+    registry.register_durable(Booking).unwrap();
+    for r in healthy.resume(&registry).await.unwrap().resumed {
+        assert!(r.wait().await.unwrap_err().contains("card declined"));
+    }
+    let log = read_log(&dir);
+    for (name, n) in [
+        ("reserve_a", 1),
+        ("reserve_b", 2),
+        ("charge", 1),
+        ("undo_a", 1),
+        ("undo_b", 1),
+    ] {
+        assert_eq!(count(&log, name), n, "{name}: {log:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

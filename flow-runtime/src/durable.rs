@@ -170,10 +170,24 @@ impl Journal {
 
     /// A step with no record is about to run: if the run is at a sequential point (the node
     /// is in no parallel group or map, and no other step is executing) every committed step
-    /// must have been reached by now.
+    /// must have been reached by now. (Branches and loops are sequential: a body that takes
+    /// another arm than the record did is caught here.)
     fn check_fresh(&self, node: NodeId, key: &StepKey) -> Result<(), DurableError> {
-        let top_level = self.graph.node(node).is_some_and(|n| n.parent.is_none());
-        if !top_level
+        // Inside a parallel group or a map, other branches may reach their recorded steps
+        // later: no order to check against.
+        let mut concurrent = false;
+        let mut at = self.graph.node(node).and_then(|n| n.parent);
+        while let Some(p) = at.and_then(|p| self.graph.node(NodeId(p))) {
+            if matches!(
+                p.kind,
+                crate::graph::NodeKind::Parallel | crate::graph::NodeKind::Map
+            ) {
+                concurrent = true;
+                break;
+            }
+            at = p.parent;
+        }
+        if concurrent
             || key.item.is_some()
             || self.in_flight.load(core::sync::atomic::Ordering::Acquire) != 0
         {
