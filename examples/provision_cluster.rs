@@ -23,6 +23,16 @@
 //! cargo run --example provision_cluster -- --graph mermaid     # print the graph and exit
 //! cargo run --example provision_cluster -- --graph dot         # ... as Graphviz DOT (| dot -Tsvg)
 //! cargo run --example provision_cluster -- --trace run.json    # write the run's trace (Perfetto)
+//! cargo run --example provision_cluster -- --store runs.db      # a durable run: kill it, run it again
+//! ```
+//!
+//! With `--store PATH` the run is durable (`#[workflow(durable)]`, recorded in an embedded
+//! SQLite file): kill the process mid-run (Ctrl-C, `kill -9`) and run the same command again:
+//! it says it resumes, does not launch the nodes again (it finds them, by the ports and pids
+//! its first step recorded: with `--store` the nodes outlive the controller), and finishes the
+//! cluster. Run it once more and it prints the stored result without running a step.
+//!
+//! ```text
 //! ```
 //!
 //! On a terminal the run is drawn live (`flow::ProgressObserver`); otherwise every event is
@@ -294,6 +304,269 @@ async fn provision(spec: ClusterSpec) -> Result<ClusterReport, ProvisionError> {
     })
 }
 
+// ---------------------------------------------------------------------------------------
+// The durable variant (`--store PATH`): the same procedure, with values that can be stored.
+// ---------------------------------------------------------------------------------------
+
+/// What to provision, as stored with the run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct StoredSpec {
+    nodes: usize,
+    fault: String,
+    dir: PathBuf,
+    users: u64,
+    orders: u64,
+}
+
+/// A durable run's error: its message (stored with the run).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Failed(String);
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<io::Error> for Failed {
+    fn from(e: io::Error) -> Self {
+        Failed(e.to_string())
+    }
+}
+
+impl From<ProvisionError> for Failed {
+    fn from(e: ProvisionError) -> Self {
+        Failed(e.to_string())
+    }
+}
+
+/// What a durable run returns.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct StoredReport {
+    nodes: usize,
+    schema_created_on: usize,
+    users_per_node: u64,
+    orders_per_node: u64,
+    stopped: usize,
+    dir: PathBuf,
+}
+
+/// Launches the nodes detached (they outlive this process); its output (ports and pids) is
+/// recorded, so a resumed run finds them instead of launching new ones.
+async fn launch_nodes(spec: StoredSpec) -> Result<Vec<cluster::Detached>, Failed> {
+    let fault: Fault = spec.fault.parse().map_err(Failed)?;
+    let nodes = cluster::launch_detached(spec.nodes, &spec.dir, fault).await?;
+    say!(
+        "    launched {} node(s) (pids {:?}); data in {}",
+        nodes.len(),
+        nodes.iter().map(|n| n.pid).collect::<Vec<_>>(),
+        spec.dir.display()
+    );
+    Ok(nodes)
+}
+
+/// Compensation of `launch_nodes`: stops every node still running.
+async fn stop_nodes(nodes: Vec<cluster::Detached>) -> Result<(), Failed> {
+    let mut stopped = 0;
+    for n in nodes {
+        stopped += usize::from(cluster::stop_detached(n).await?);
+    }
+    say!("    compensation: stopped {stopped} node process(es)");
+    Ok(())
+}
+
+fn addrs(nodes: &[cluster::Detached]) -> Vec<(usize, SocketAddr)> {
+    nodes.iter().map(|n| (n.id, n.addr)).collect()
+}
+
+async fn ping_nodes(nodes: Vec<cluster::Detached>) -> Result<Vec<(usize, SocketAddr)>, Failed> {
+    let mut down = Vec::new();
+    for (id, addr) in addrs(&nodes) {
+        if let Err(e) = cluster::ping(addr).await {
+            down.push(format!("node {id}: {e}"));
+        }
+    }
+    if down.is_empty() {
+        say!("    all {} node(s) answered PING", nodes.len());
+        Ok(addrs(&nodes))
+    } else {
+        Err(ProvisionError::NodesDown(down).into())
+    }
+}
+
+/// `INIT_SCHEMA` on one node. At least once: run again after a restart, it finds the schema
+/// this run created (the cluster's directory is this run's own), which is success.
+async fn init_schema(node: (usize, SocketAddr)) -> Result<usize, Failed> {
+    let (id, addr) = node;
+    let created = cluster::init_schema(addr).await?;
+    say!(
+        "    node {id}: INIT_SCHEMA -> {}",
+        if created {
+            "CREATED"
+        } else {
+            "EXISTS (created before a restart)"
+        }
+    );
+    Ok(id)
+}
+
+/// Seeds `table` up to `rows` rows on every node: idempotent (a step run again after a
+/// restart adds only what is missing).
+async fn seed_up_to(
+    nodes: Vec<(usize, SocketAddr)>,
+    table: String,
+    rows: u64,
+) -> Result<u64, Failed> {
+    for &(_, addr) in &nodes {
+        let have = cluster::count(addr, &table).await?;
+        if have < rows {
+            cluster::seed(addr, &table, rows - have).await?;
+        }
+    }
+    say!("    {table}: {rows} row(s) on {} node(s)", nodes.len());
+    Ok(rows)
+}
+
+async fn check_counts(
+    nodes: Vec<(usize, SocketAddr)>,
+    users: u64,
+    orders: u64,
+) -> Result<(), Failed> {
+    let table = |t: &str| if t == "users" { "users" } else { "orders" };
+    for &(id, addr) in &nodes {
+        for (t, expected) in [("users", users), ("orders", orders)] {
+            let found = cluster::count(addr, t).await?;
+            if found != expected {
+                return Err(ProvisionError::Count {
+                    node: id,
+                    table: table(t),
+                    expected,
+                    found,
+                }
+                .into());
+            }
+        }
+    }
+    say!("    every node holds {users} users and {orders} orders");
+    Ok(())
+}
+
+async fn stop_cluster(nodes: Vec<cluster::Detached>) -> Result<usize, Failed> {
+    let mut stopped = 0;
+    for n in nodes {
+        stopped += usize::from(cluster::stop_detached(n).await?);
+    }
+    say!("    shut down {stopped} node process(es)");
+    Ok(stopped)
+}
+
+#[workflow(durable, timeout = "60s")]
+async fn provision_durable(spec: StoredSpec) -> Result<StoredReport, Failed> {
+    #[compensate(stop_nodes)]
+    let nodes = launch_nodes(spec.clone()).await?;
+
+    #[retry(max_attempts = 6, backoff = exponential("200ms", 2.0), max_delay = "2s")]
+    #[timeout("1s")]
+    let up = ping_nodes(nodes.clone()).await?;
+
+    let schema_created_on = init_schema(up[0]).await?;
+    let (users, orders) = flow::join!(
+        seed_up_to(up.clone(), "users".to_owned(), spec.users),
+        seed_up_to(up.clone(), "orders".to_owned(), spec.orders)
+    )
+    .await?;
+    check_counts(up.clone(), users, orders).await?;
+    let stopped = stop_cluster(nodes).await?;
+    Ok(StoredReport {
+        nodes: up.len(),
+        schema_created_on,
+        users_per_node: users,
+        orders_per_node: orders,
+        stopped,
+        dir: spec.dir,
+    })
+}
+
+/// `--store PATH`: resumes what a killed run left, or starts the run (id `cluster`), or
+/// prints the stored result of a finished one.
+async fn durable_main(store: PathBuf, cli: cluster::Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let sqlite = flow_store_sqlite::SqliteStore::open(&store)?;
+    let mut runtime = flow::Runtime::new().with_store(sqlite);
+    if io::stdout().is_terminal() {
+        let progress = flow::ProgressObserver::new().with_graph(ProvisionDurable::GRAPH);
+        runtime = runtime.with_observer(progress.clone());
+        let _ = PROGRESS.set(progress);
+    } else {
+        runtime = runtime.with_observer(|e: &flow::Event| println!("{e}"));
+    }
+    let mut registry = flow::Registry::new();
+    registry.register_durable(ProvisionDurable)?;
+    let report = runtime.resume(&registry).await?;
+    for run in &report.unknown {
+        say!(
+            "store {}: run `{}` of unknown workflow `{}` left as it is",
+            store.display(),
+            run.id,
+            run.workflow
+        );
+    }
+    for e in &report.incompatible {
+        say!("cannot resume: {e}");
+    }
+    for r in report.resumed {
+        say!(
+            "resuming run `{}` from {} (steps already done are not run again)",
+            r.id,
+            store.display()
+        );
+        if let Err(e) = r.wait().await {
+            say!("the resumed run failed: {e}");
+        }
+    }
+    let spec = StoredSpec {
+        nodes: cli.nodes,
+        fault: cli.fault.to_string(),
+        dir: cluster::scratch_dir("flow-provision")?,
+        users: 100,
+        orders: 250,
+    };
+    let fresh_dir = spec.dir.clone();
+    let run = runtime.start(ProvisionDurable, "cluster", (spec,)).await?;
+    if run.created() {
+        say!(
+            "provisioning a {}-node cluster (durable run `cluster` in {})",
+            cli.nodes,
+            store.display()
+        );
+    } else {
+        // This invocation's scratch directory is not used: the stored run has its own.
+        let _ = std::fs::remove_dir_all(&fresh_dir);
+        say!(
+            "run `cluster` is already in {}: its result",
+            store.display()
+        );
+    }
+    match run.await {
+        Ok(report) => {
+            let _ = std::fs::remove_dir_all(&report.dir);
+            println!(
+                "cluster provisioned: {} node(s), schema created once on node {}, \
+                 {} users + {} orders on every node, {} node process(es) stopped",
+                report.nodes,
+                report.schema_created_on,
+                report.users_per_node,
+                report.orders_per_node,
+                report.stopped
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let argv: Vec<String> = std::env::args().collect();
@@ -305,11 +578,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Our own flags; the rest is the cluster's (`--nodes`, `--fault`).
     let mut graph = None;
     let mut trace = None;
+    let mut store = None;
     let mut rest: Vec<String> = argv.first().cloned().into_iter().collect();
     let mut args = argv.into_iter().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--graph" => graph = Some(args.next().unwrap_or_else(|| "mermaid".into())),
+            "--store" => match args.next() {
+                Some(file) => store = Some(PathBuf::from(file)),
+                None => usage("--store needs a file name"),
+            },
             "--trace" => match args.next() {
                 Some(file) => trace = Some(PathBuf::from(file)),
                 None => usage("--trace needs a file name"),
@@ -337,6 +615,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(cli) => cli,
         Err(msg) => usage(&msg),
     };
+
+    if let Some(store) = store {
+        return durable_main(store, cli).await;
+    }
 
     let spec = ClusterSpec {
         nodes: cli.nodes,
@@ -406,7 +688,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Prints the usage (after `msg`) and exits with status 2.
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "{msg}\n       <example> --graph mermaid|dot   (print the workflow graph and exit)\n       <example> --trace FILE          (write the run as Chrome trace-event JSON)"
+        "{msg}\n       <example> --graph mermaid|dot   (print the workflow graph and exit)\n       <example> --trace FILE          (write the run as Chrome trace-event JSON)\n       <example> --store FILE          (a durable run, recorded in FILE: kill it and run it again)"
     );
     std::process::exit(2);
 }

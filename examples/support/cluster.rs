@@ -880,3 +880,125 @@ async fn stop_node(mut node: NodeProc) -> io::Result<()> {
         .map(|_| ())
         .map_err(|e| ctx("waiting for exit", e))
 }
+
+// ---------------------------------------------------------------------------------------
+// Detached nodes, for a controller whose runs are durable: the nodes outlive a controller
+// that is killed, so that the controller started again finds them (by the ports and pids its
+// store recorded) instead of launching new ones.
+// ---------------------------------------------------------------------------------------
+
+/// A node launched detached: what a durable run records of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Detached {
+    /// Node id.
+    pub id: usize,
+    /// Its loopback address.
+    pub addr: SocketAddr,
+    /// Its OS process id.
+    pub pid: u32,
+}
+
+/// The node processes this controller launched detached, kept to reap them (a node launched
+/// by an earlier controller is reaped by init).
+fn detached_children() -> &'static Mutex<Vec<std::process::Child>> {
+    static CHILDREN: std::sync::OnceLock<Mutex<Vec<std::process::Child>>> =
+        std::sync::OnceLock::new();
+    CHILDREN.get_or_init(Default::default)
+}
+
+/// Spawns an `n`-node cluster whose nodes do not watch their stdin (they outlive this
+/// process) and are not killed when dropped; waits up to [`LAUNCH_GRACE`] for them to listen,
+/// as [`launch`] does. `fault` as in [`launch`].
+pub async fn launch_detached(n: usize, base_dir: &Path, fault: Fault) -> io::Result<Vec<Detached>> {
+    let exe = std::env::current_exe()?;
+    std::fs::create_dir_all(base_dir)?;
+    let ports = free_ports(n)?;
+    let faulty = fault.faulty_node(n);
+    let mut out = Vec::new();
+    for (id, port) in ports.into_iter().enumerate() {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("--node")
+            .arg(id.to_string())
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--data")
+            .arg(base_dir.join(format!("node-{id}")))
+            .arg("--shared")
+            .arg(base_dir);
+        match (faulty == Some(id), fault) {
+            (true, Fault::SlowStart) => {
+                cmd.arg("--start-delay-ms")
+                    .arg(SLOW_START_DELAY.as_millis().to_string());
+            }
+            (true, Fault::DeadNode) => {
+                cmd.arg("--die");
+            }
+            _ => {}
+        }
+        cmd.stdin(Stdio::null());
+        let child = cmd.spawn().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("launch: spawning node {id} (port {port}): {e}"),
+            )
+        })?;
+        out.push(Detached {
+            id,
+            addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+            pid: child.id(),
+        });
+        detached_children()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(child);
+    }
+    let deadline = tokio::time::Instant::now() + LAUNCH_GRACE;
+    for node in &out {
+        while tokio::time::Instant::now() < deadline && TcpStream::connect(node.addr).await.is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether process `pid` still exists (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Stops a detached node: `SHUTDOWN`, then waits for its process to go; `SIGKILL` (through
+/// `kill -9`) if it does not within [`GRACEFUL_EXIT_TIMEOUT`]. Returns whether it was
+/// running.
+pub async fn stop_detached(node: Detached) -> io::Result<bool> {
+    let was_running = alive(node.pid);
+    if was_running {
+        let _ = request(node.addr, "SHUTDOWN").await;
+        let deadline = tokio::time::Instant::now() + GRACEFUL_EXIT_TIMEOUT;
+        while alive(node.pid) && tokio::time::Instant::now() < deadline {
+            reap_detached();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if alive(node.pid) {
+            let _ = std::process::Command::new("kill")
+                .arg("-9")
+                .arg(node.pid.to_string())
+                .status();
+        }
+    }
+    reap_detached();
+    Ok(was_running)
+}
+
+/// Reaps the detached children of this process that have exited.
+fn reap_detached() {
+    let mut children = detached_children()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+}

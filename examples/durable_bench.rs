@@ -1,0 +1,349 @@
+//! Durable runs on the SQLite store, measured: a 10-step sequential `#[workflow(durable)]`
+//! (each step adds one to a `u64`) run one at a time and 100 at a time, with the store's
+//! `synchronous` = FULL and = NORMAL, beside the same workflow with no store
+//! (`Runtime::run`, in memory) and the time of one fsync on the same disk.
+//!
+//! ```sh
+//! cargo run --release --example durable_bench -- --dir target/durable-bench --runs 300
+//! ```
+//!
+//! - **sequential**: `--runs` runs one after another, each `runtime.start(..).await?.await`
+//!   on a fresh id; per-step latency = a run's wall time / 10 (p50, p99), steps/s = 10 x runs
+//!   / total time. A durable run is 12 store writes: the run created (with its input), one
+//!   commit per step, the run finished (with its output).
+//! - **concurrent**: 100 tasks, each running `--rounds` runs one after another (100 runs
+//!   in flight at all times); steps/s = 10 x all runs / total time. The store's group commit
+//!   shares one transaction (one fsync in FULL) among the writes queued together.
+//! - **fsync**: 4 KiB written at offset 0 of a file in `--dir`, then `fsync` (`File::sync_all`),
+//!   200 times; p50 and p99. `scripts/bench-durable.py` measures it the same way in Python.
+//!
+//! Each mode opens a fresh database file in `--dir` (removed afterwards). The last line of
+//! output is one JSON object (`{"flow_durable_bench": ..}`) for `scripts/bench-durable.py`.
+
+use std::io::{Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flow::prelude::*;
+use flow_store_sqlite::{Options, SqliteStore, Synchronous};
+use serde::{Deserialize, Serialize};
+
+/// A step's error (never returned; durable runs store their errors, so it is serializable).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fail(String);
+
+impl core::fmt::Display for Fail {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! add_one_steps {
+    ($($name:ident),*) => {$(
+        async fn $name(x: u64) -> Result<u64, Fail> {
+            Ok(x + 1)
+        }
+    )*};
+}
+add_one_steps!(s1, s2, s3, s4, s5, s6, s7, s8, s9, s10);
+
+/// Ten steps in sequence, each adding one.
+#[workflow(durable)]
+async fn chain10(x: u64) -> Result<u64, Fail> {
+    let x = s1(x).await?;
+    let x = s2(x).await?;
+    let x = s3(x).await?;
+    let x = s4(x).await?;
+    let x = s5(x).await?;
+    let x = s6(x).await?;
+    let x = s7(x).await?;
+    let x = s8(x).await?;
+    let x = s9(x).await?;
+    s10(x).await
+}
+
+const STEPS: u64 = 10;
+const CONCURRENT: usize = 100;
+
+struct Args {
+    dir: PathBuf,
+    runs: usize,
+    rounds: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        dir: std::env::temp_dir().join("flow-durable-bench"),
+        runs: 300,
+        rounds: 10,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| usage(&flag));
+        match flag.as_str() {
+            "--dir" => a.dir = PathBuf::from(value),
+            "--runs" => a.runs = value.parse().unwrap_or_else(|_| usage(&flag)),
+            "--rounds" => a.rounds = value.parse().unwrap_or_else(|_| usage(&flag)),
+            _ => usage(&flag),
+        }
+    }
+    a.runs = a.runs.max(1);
+    a.rounds = a.rounds.max(1);
+    a
+}
+
+fn usage(flag: &str) -> ! {
+    eprintln!("bad argument `{flag}`; usage: durable_bench [--dir PATH] [--runs N] [--rounds R]");
+    std::process::exit(2)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// One mode's figures.
+#[derive(Serialize)]
+struct Figures {
+    mode: String,
+    runs: usize,
+    step_p50_us: f64,
+    step_p99_us: f64,
+    seq_steps_per_s: f64,
+    concurrent_runs: usize,
+    concurrent_total_runs: usize,
+    concurrent_steps_per_s: f64,
+    /// Write transactions of the store in the concurrent phase (group commit), if any.
+    concurrent_transactions: Option<u64>,
+}
+
+fn remove_db(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+/// Per-run wall times of `runs` sequential runs, and the total.
+async fn sequential<F, Fut>(runs: usize, run: F) -> (Vec<Duration>, Duration)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = u64>,
+{
+    let mut times = Vec::with_capacity(runs);
+    let start = Instant::now();
+    for i in 0..runs {
+        let t = Instant::now();
+        let out = run(i).await;
+        times.push(t.elapsed());
+        assert_eq!(out, i as u64 + STEPS);
+    }
+    let total = start.elapsed();
+    times.sort();
+    (times, total)
+}
+
+fn figures(mode: &str, times: &[Duration], total: Duration, conc: (usize, Duration)) -> Figures {
+    let (conc_runs, conc_elapsed) = conc;
+    Figures {
+        mode: mode.to_owned(),
+        runs: times.len(),
+        step_p50_us: us(percentile(times, 0.5)) / STEPS as f64,
+        step_p99_us: us(percentile(times, 0.99)) / STEPS as f64,
+        seq_steps_per_s: (times.len() as u64 * STEPS) as f64 / total.as_secs_f64(),
+        concurrent_runs: CONCURRENT,
+        concurrent_total_runs: conc_runs,
+        concurrent_steps_per_s: (conc_runs as u64 * STEPS) as f64 / conc_elapsed.as_secs_f64(),
+        concurrent_transactions: None,
+    }
+}
+
+async fn durable(mode: &str, synchronous: Synchronous, a: &Args) -> Figures {
+    let path = a
+        .dir
+        .join(format!("flow-durable-bench-{}.db", mode.to_lowercase()));
+    remove_db(&path);
+    let options = Options {
+        synchronous,
+        ..Options::default()
+    };
+    let store = std::sync::Arc::new(SqliteStore::open_with(&path, options).expect("store opens"));
+    let runtime = Runtime::new().with_shared_store(store.clone());
+
+    // Warm-up (schema pages in cache, the WAL file created).
+    for i in 0..20 {
+        let out = runtime
+            .start(Chain10, format!("warm-{i}"), (0,))
+            .await
+            .expect("started")
+            .await
+            .expect("run ok");
+        assert_eq!(out, STEPS);
+    }
+
+    let (times, total) = sequential(a.runs, |i| {
+        let runtime = runtime.clone();
+        async move {
+            runtime
+                .start(Chain10, format!("seq-{i}"), (i as u64,))
+                .await
+                .expect("started")
+                .await
+                .expect("run ok")
+        }
+    })
+    .await;
+
+    let before = store.write_transactions();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENT)
+        .map(|t| {
+            let runtime = runtime.clone();
+            let rounds = a.rounds;
+            tokio::spawn(async move {
+                for r in 0..rounds {
+                    let out = runtime
+                        .start(Chain10, format!("conc-{t}-{r}"), (r as u64,))
+                        .await
+                        .expect("started")
+                        .await
+                        .expect("run ok");
+                    assert_eq!(out, r as u64 + STEPS);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let elapsed = start.elapsed();
+    let transactions = store.write_transactions() - before;
+    let mut f = figures(mode, &times, total, (CONCURRENT * a.rounds, elapsed));
+    f.concurrent_transactions = Some(transactions);
+    drop(runtime);
+    drop(store);
+    remove_db(&path);
+    f
+}
+
+async fn in_memory(a: &Args) -> Figures {
+    let runtime = Runtime::new();
+    for _ in 0..1000 {
+        runtime.run(&Chain10, (0,)).await.expect("run ok");
+    }
+    // Many more runs than the durable modes: a run takes microseconds here.
+    let runs = a.runs.max(10_000);
+    let (times, total) = sequential(runs, |i| {
+        let runtime = runtime.clone();
+        async move { runtime.run(&Chain10, (i as u64,)).await.expect("run ok") }
+    })
+    .await;
+    let rounds = a.rounds.max(1000);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENT)
+        .map(|_| {
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                for r in 0..rounds {
+                    let out = runtime.run(&Chain10, (r as u64,)).await.expect("run ok");
+                    assert_eq!(out, r as u64 + STEPS);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    figures(
+        "memory",
+        &times,
+        total,
+        (CONCURRENT * rounds, start.elapsed()),
+    )
+}
+
+/// 4 KiB written at offset 0, then fsync, `n` times: the sorted times.
+fn fsyncs(dir: &Path, n: usize) -> Vec<Duration> {
+    let path = dir.join("flow-durable-bench-fsync.bin");
+    let mut file = std::fs::File::create(&path).expect("fsync file");
+    let block = [0x5a_u8; 4096];
+    file.write_all(&block).expect("write");
+    file.sync_all().expect("fsync");
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        file.seek(SeekFrom::Start(0)).expect("seek");
+        file.write_all(&block).expect("write");
+        file.sync_all().expect("fsync");
+        times.push(t.elapsed());
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    times.sort();
+    times
+}
+
+#[derive(Serialize)]
+struct Report {
+    dir: String,
+    fsync_p50_us: f64,
+    fsync_p99_us: f64,
+    fsync_after_us: f64,
+    modes: Vec<Figures>,
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    std::fs::create_dir_all(&a.dir).expect("--dir is created");
+    let fs_before = fsyncs(&a.dir, 200);
+    let memory = in_memory(&a).await;
+    let full = durable("FULL", Synchronous::Full, &a).await;
+    let normal = durable("NORMAL", Synchronous::Normal, &a).await;
+    // fsync again at the end: the disk's state may drift during the run.
+    let fs_after = fsyncs(&a.dir, 200);
+    let fsync_p50 = us(percentile(&fs_before, 0.5));
+    let report = Report {
+        dir: a.dir.display().to_string(),
+        fsync_p50_us: fsync_p50,
+        fsync_p99_us: us(percentile(&fs_before, 0.99)),
+        fsync_after_us: us(percentile(&fs_after, 0.5)),
+        modes: vec![memory, full, normal],
+    };
+
+    println!(
+        "fsync (4 KiB write + fsync, 200x, {}): p50 {:.1} us, p99 {:.1} us (p50 again at the end: {:.1} us)",
+        report.dir, report.fsync_p50_us, report.fsync_p99_us, report.fsync_after_us
+    );
+    println!(
+        "{:<8} {:>6} {:>14} {:>14} {:>12} {:>10} {:>18} {:>8}",
+        "mode",
+        "runs",
+        "step p50 us",
+        "step p99 us",
+        "p50 fsyncs",
+        "seq st/s",
+        "100 conc. st/s",
+        "txns"
+    );
+    for f in &report.modes {
+        println!(
+            "{:<8} {:>6} {:>14.2} {:>14.2} {:>12.2} {:>10.0} {:>18.0} {:>8}",
+            f.mode,
+            f.runs,
+            f.step_p50_us,
+            f.step_p99_us,
+            f.step_p50_us / fsync_p50,
+            f.seq_steps_per_s,
+            f.concurrent_steps_per_s,
+            f.concurrent_transactions
+                .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+        );
+    }
+    println!(
+        "{{\"flow_durable_bench\":{}}}",
+        serde_json::to_string(&report).expect("json")
+    );
+}
