@@ -726,6 +726,28 @@ impl Store for FailingStore {
     ) -> flow::store::StoreFuture<'a, Option<flow::store::SignalRecord>> {
         self.inner.take_signal(run, name)
     }
+    fn save_graph<'a>(
+        &'a self,
+        workflow: &'a str,
+        fingerprint: u64,
+        graph: Vec<u8>,
+    ) -> flow::store::StoreFuture<'a, ()> {
+        self.inner.save_graph(workflow, fingerprint, graph)
+    }
+    fn get_graph<'a>(
+        &'a self,
+        workflow: &'a str,
+        fingerprint: u64,
+    ) -> flow::store::StoreFuture<'a, Option<Vec<u8>>> {
+        self.inner.get_graph(workflow, fingerprint)
+    }
+    fn reset_steps<'a>(
+        &'a self,
+        run: &'a str,
+        nodes: Vec<String>,
+    ) -> flow::store::StoreFuture<'a, flow::store::RunRecord> {
+        self.inner.reset_steps(run, nodes)
+    }
 }
 
 /// The store fails mid-run: the run stops with an error that says so, undoes nothing (its

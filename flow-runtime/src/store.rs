@@ -120,6 +120,33 @@ pub trait Store: Send + Sync {
         run: &'a str,
         name: &'a str,
     ) -> StoreFuture<'a, Option<SignalRecord>>;
+
+    /// Records the graph of workflow `workflow` whose fingerprint is `fingerprint` (bytes the
+    /// runtime writes: JSON with the nodes, the edges and the Mermaid picture), so that tools
+    /// that do not have the workflow's code (`flowctl`) can draw its runs. Saving a graph
+    /// that is already saved (same workflow and fingerprint) changes nothing.
+    fn save_graph<'a>(
+        &'a self,
+        workflow: &'a str,
+        fingerprint: u64,
+        graph: Vec<u8>,
+    ) -> StoreFuture<'a, ()>;
+
+    /// The graph saved for (`workflow`, `fingerprint`), if any.
+    fn get_graph<'a>(
+        &'a self,
+        workflow: &'a str,
+        fingerprint: u64,
+    ) -> StoreFuture<'a, Option<Vec<u8>>>;
+
+    /// Makes run `run` run again from some of its steps (an operator's restart): in one
+    /// transaction, deletes every step record (with its attempts and retry state) whose node
+    /// key is in `nodes`, for all occurrences and items, and the records of their undos
+    /// (node key `<key>~undo`); deletes the run's compensation entries of those nodes; clears
+    /// the run's output and error; and sets its status to `pending`, whatever it was (this
+    /// is the one way a finished run changes again). Returns the run as it is then. A run
+    /// that does not exist is [`StoreError::NotFound`].
+    fn reset_steps<'a>(&'a self, run: &'a str, nodes: Vec<String>) -> StoreFuture<'a, RunRecord>;
 }
 
 /// The status of a run.

@@ -465,6 +465,39 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, Option<SignalRecord>> {
         Box::pin(async move { Ok(self.lock().take_signal(run, name)) })
     }
+
+    fn save_graph<'a>(
+        &'a self,
+        _workflow: &'a str,
+        _fingerprint: u64,
+        _graph: Vec<u8>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async {
+            Err(StoreError::Invalid {
+                what: "save_graph: not implemented yet".into(),
+            })
+        })
+    }
+
+    fn get_graph<'a>(
+        &'a self,
+        _workflow: &'a str,
+        _fingerprint: u64,
+    ) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async {
+            Err(StoreError::Invalid {
+                what: "get_graph: not implemented yet".into(),
+            })
+        })
+    }
+
+    fn reset_steps<'a>(&'a self, _run: &'a str, _nodes: Vec<String>) -> StoreFuture<'a, RunRecord> {
+        Box::pin(async {
+            Err(StoreError::Invalid {
+                what: "reset_steps: not implemented yet".into(),
+            })
+        })
+    }
 }
 
 #[cfg(all(test, feature = "store-conformance"))]
