@@ -80,7 +80,9 @@
 //! [`StoreError::NewerSchema`] before anything is written to it. The tables: `flow_runs`
 //! (key: `id`), `flow_run_nodes` (`run_id, node`: each node's fingerprint), `flow_steps`
 //! (`run_id, node, occurrence, item`), `flow_step_attempts` (the step's key and `number`),
-//! `flow_compensations` (`run_id, seq`), `flow_signals` (`run_id, seq`).
+//! `flow_compensations` (`run_id, seq`), `flow_signals` (`run_id, seq`), `flow_graphs`
+//! (`workflow, fingerprint`: the graphs that tools without the workflow's code draw runs
+//! with; since schema version 2).
 
 mod ops;
 mod schema;
@@ -526,34 +528,25 @@ impl Store for SqliteStore {
 
     fn save_graph<'a>(
         &'a self,
-        _workflow: &'a str,
-        _fingerprint: u64,
-        _graph: Vec<u8>,
+        workflow: &'a str,
+        fingerprint: u64,
+        graph: Vec<u8>,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(async {
-            Err(StoreError::Invalid {
-                what: "save_graph: not implemented yet".into(),
-            })
-        })
+        let workflow = workflow.to_owned();
+        self.write(move |c| ops::save_graph(c, &workflow, fingerprint, &graph))
     }
 
     fn get_graph<'a>(
         &'a self,
-        _workflow: &'a str,
-        _fingerprint: u64,
+        workflow: &'a str,
+        fingerprint: u64,
     ) -> StoreFuture<'a, Option<Vec<u8>>> {
-        Box::pin(async {
-            Err(StoreError::Invalid {
-                what: "get_graph: not implemented yet".into(),
-            })
-        })
+        let workflow = workflow.to_owned();
+        self.read(move |c| ops::get_graph(c, &workflow, fingerprint))
     }
 
-    fn reset_steps<'a>(&'a self, _run: &'a str, _nodes: Vec<String>) -> StoreFuture<'a, RunRecord> {
-        Box::pin(async {
-            Err(StoreError::Invalid {
-                what: "reset_steps: not implemented yet".into(),
-            })
-        })
+    fn reset_steps<'a>(&'a self, run: &'a str, nodes: Vec<String>) -> StoreFuture<'a, RunRecord> {
+        let run = run.to_owned();
+        self.write(move |c| ops::reset_steps(c, &run, &nodes))
     }
 }

@@ -670,3 +670,70 @@ pub(crate) fn take_signal(
         payload,
     }))
 }
+
+pub(crate) fn save_graph(
+    conn: &Connection,
+    workflow: &str,
+    fingerprint: u64,
+    graph: &[u8],
+) -> Result<()> {
+    // The first save of a (workflow, fingerprint) stays.
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO flow_graphs (workflow, fingerprint, graph, saved_ms)
+         VALUES (?1, ?2, ?3, ?4)",
+    )
+    .map_err(sql_error)?
+    .execute(params![workflow, bits(fingerprint), graph, ms(now_ms())])
+    .map_err(sql_error)?;
+    Ok(())
+}
+
+pub(crate) fn get_graph(
+    conn: &Connection,
+    workflow: &str,
+    fingerprint: u64,
+) -> Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT graph FROM flow_graphs WHERE workflow = ?1 AND fingerprint = ?2")
+        .map_err(sql_error)?
+        .query_row(params![workflow, bits(fingerprint)], |r| r.get(0))
+        .optional()
+        .map_err(sql_error)
+}
+
+/// The end of the node key of a step's undo record (`<key>~undo`, as durable runs store
+/// them): `reset_steps` deletes those with the steps.
+const UNDO_SUFFIX: &str = "~undo";
+
+pub(crate) fn reset_steps(conn: &Connection, run: &str, nodes: &[String]) -> Result<RunRecord> {
+    require_run(conn, run)?;
+    // The attempts go with their steps (`ON DELETE CASCADE`), but are deleted explicitly:
+    // the cascade needs `foreign_keys=ON`, a setting of the connection, not of the file.
+    let mut attempts = conn
+        .prepare_cached("DELETE FROM flow_step_attempts WHERE run_id = ?1 AND node IN (?2, ?3)")
+        .map_err(sql_error)?;
+    let mut steps = conn
+        .prepare_cached("DELETE FROM flow_steps WHERE run_id = ?1 AND node IN (?2, ?3)")
+        .map_err(sql_error)?;
+    let mut compensations = conn
+        .prepare_cached("DELETE FROM flow_compensations WHERE run_id = ?1 AND node = ?2")
+        .map_err(sql_error)?;
+    for node in nodes {
+        let undo = format!("{node}{UNDO_SUFFIX}");
+        attempts
+            .execute(params![run, node, undo])
+            .map_err(sql_error)?;
+        steps.execute(params![run, node, undo]).map_err(sql_error)?;
+        compensations
+            .execute(params![run, node])
+            .map_err(sql_error)?;
+    }
+    conn.prepare_cached(
+        "UPDATE flow_runs SET status = 'pending', output = NULL, error = NULL,
+             updated_ms = max(?2, created_ms)
+         WHERE id = ?1",
+    )
+    .map_err(sql_error)?
+    .execute(params![run, ms(now_ms())])
+    .map_err(sql_error)?;
+    existing_run(conn, run)
+}

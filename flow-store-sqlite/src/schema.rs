@@ -9,7 +9,7 @@ use flow_runtime::store::StoreError;
 use crate::sql_error;
 
 /// The schema version this build writes, and the newest it can read.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The migrations, in order: `MIGRATIONS[n]` takes version `n` to `n + 1`.
 ///
@@ -17,7 +17,11 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// outside a map (SQLite lets NULLs repeat in a primary key); a compensation entry and a
 /// signal by (run, seq), `seq` taken from the run's own counter so it is never reused.
 /// u64 values (fingerprints) are stored as the i64 with the same bits.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [r#"
+///
+/// 1: runs, their nodes' fingerprints, steps and their attempts, compensation entries,
+/// signals. 2: `flow_graphs`, the workflows' graphs by (workflow, fingerprint).
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    r#"
 CREATE TABLE flow_runs (
     id          TEXT    NOT NULL PRIMARY KEY,
     workflow    TEXT    NOT NULL,
@@ -92,7 +96,17 @@ CREATE TABLE flow_signals (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX flow_signals_waiting ON flow_signals (run_id, name, consumed, seq);
-"#];
+"#,
+    r#"
+CREATE TABLE flow_graphs (
+    workflow    TEXT    NOT NULL,
+    fingerprint INTEGER NOT NULL,
+    graph       BLOB    NOT NULL,
+    saved_ms    INTEGER NOT NULL,
+    PRIMARY KEY (workflow, fingerprint)
+) WITHOUT ROWID;
+"#,
+];
 
 /// The store's schema version without writing anything: 0 for a new, empty database. Refuses
 /// a newer schema, and a database that holds other tables but no `flow_schema` (another
@@ -147,6 +161,13 @@ fn read_version(conn: &Connection) -> Result<u32, StoreError> {
 /// Applies the missing migrations in order, one transaction each (`BEGIN IMMEDIATE`, so two
 /// processes opening one new file do not both migrate it).
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// [`migrate`] up to version `target` only (at most [`SCHEMA_VERSION`]): what an older build
+/// did, for the tests of upgrades.
+fn migrate_to(conn: &mut Connection, target: u32) -> Result<(), StoreError> {
+    let target = target.min(SCHEMA_VERSION);
     loop {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -165,7 +186,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
                 supported: SCHEMA_VERSION,
             });
         }
-        if version == SCHEMA_VERSION {
+        if version >= target {
             return tx.commit().map_err(sql_error);
         }
         tx.execute_batch(MIGRATIONS[version as usize])
@@ -177,5 +198,91 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )
         .map_err(sql_error)?;
         tx.commit().map_err(sql_error)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flow_runtime::store::{NewRun, StepCommit, StepKey, StepOutcome};
+
+    use super::*;
+    use crate::ops;
+
+    /// Every table's and index's SQL, by name.
+    fn schema_of(conn: &Connection) -> Vec<(String, Option<String>)> {
+        conn.prepare("SELECT name, sql FROM sqlite_master ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_version_1_store_upgrades_and_keeps_its_runs() {
+        // A store as the build before version 2 left it: migration 1 only, with a run.
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate_to(&mut conn, 1).unwrap();
+        assert_eq!(check_version(&conn).unwrap(), 1);
+        let has_graphs = |conn: &Connection| {
+            conn.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'flow_graphs'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+                == 1
+        };
+        assert!(!has_graphs(&conn));
+        let new = NewRun {
+            id: "old-run".into(),
+            workflow: "w".into(),
+            fingerprint: u64::MAX,
+            node_fingerprints: [("a".to_owned(), 3)].into(),
+            input: b"in".to_vec(),
+        };
+        ops::create_run(&conn, &new).unwrap();
+        let step = StepCommit {
+            key: StepKey::new("old-run", "a"),
+            outcome: StepOutcome::Completed(b"out".to_vec()),
+            attempts: Vec::new(),
+            compensations: Vec::new(),
+        };
+        ops::commit_step(&conn, &step).unwrap();
+        let run = ops::get_run(&conn, "old-run").unwrap().unwrap();
+
+        migrate(&mut conn).unwrap();
+        assert_eq!(check_version(&conn).unwrap(), SCHEMA_VERSION);
+        assert!(has_graphs(&conn));
+        assert_eq!(ops::get_run(&conn, "old-run").unwrap(), Some(run));
+        assert_eq!(ops::steps_of(&conn, "old-run").unwrap().len(), 1);
+        ops::save_graph(&conn, "w", u64::MAX, b"graph").unwrap();
+        assert_eq!(
+            ops::get_graph(&conn, "w", u64::MAX).unwrap().as_deref(),
+            Some(&b"graph"[..])
+        );
+        // Migrating again does nothing.
+        migrate(&mut conn).unwrap();
+        assert_eq!(check_version(&conn).unwrap(), SCHEMA_VERSION);
+
+        // The upgraded schema is the one a new store gets.
+        let mut fresh = Connection::open_in_memory().unwrap();
+        migrate(&mut fresh).unwrap();
+        assert_eq!(schema_of(&conn), schema_of(&fresh));
+    }
+
+    #[test]
+    fn a_newer_version_is_refused_by_the_migration() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute("UPDATE flow_schema SET version = ?1", [SCHEMA_VERSION + 1])
+            .unwrap();
+        assert_eq!(
+            migrate(&mut conn),
+            Err(StoreError::NewerSchema {
+                found: SCHEMA_VERSION + 1,
+                supported: SCHEMA_VERSION
+            })
+        );
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flow_runtime::store::{
-    NewRun, RunFilter, StepCommit, StepKey, StepOutcome, Store, StoreError, conformance, new_run_id,
+    AttemptRecord, NewRun, RunFilter, StepCommit, StepKey, StepOutcome, Store, StoreError,
+    conformance, new_run_id,
 };
 use flow_store_sqlite::{Options, SCHEMA_VERSION, Settings, SqliteStore, Synchronous};
 
@@ -151,6 +152,79 @@ async fn a_newer_schema_is_refused_and_left_untouched() {
         .query_row("SELECT version FROM flow_schema", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION + 1);
+}
+
+#[tokio::test]
+async fn a_version_1_file_upgrades_to_the_current_schema_and_keeps_its_runs() {
+    let db = TempDb::new("upgrade");
+    let id = new_run_id();
+    {
+        let store = SqliteStore::open(db.path()).unwrap();
+        store.create_run(new_run(&id)).await.unwrap();
+        store.commit_step(commit(&id, "a")).await.unwrap();
+    }
+    // Back to what the build before schema version 2 wrote: no `flow_graphs`, version 1.
+    {
+        let conn = rusqlite::Connection::open(db.path()).unwrap();
+        conn.execute_batch("DROP TABLE flow_graphs; UPDATE flow_schema SET version = 1")
+            .unwrap();
+    }
+    let run = {
+        let store = SqliteStore::open(db.path()).unwrap();
+        assert_eq!(
+            store.settings().await.unwrap().schema_version,
+            SCHEMA_VERSION
+        );
+        let run = store.get_run(&id).await.unwrap().expect("the run survives");
+        assert_eq!(run.node_fingerprints["a"], 1);
+        assert_eq!(store.steps_of(&id).await.unwrap().len(), 1);
+        assert_eq!(store.get_graph("sqlite-test", 7).await.unwrap(), None);
+        store
+            .save_graph("sqlite-test", 7, b"graph".to_vec())
+            .await
+            .unwrap();
+        run
+    };
+    let store = SqliteStore::open(db.path()).unwrap();
+    assert_eq!(store.get_run(&id).await.unwrap(), Some(run));
+    assert_eq!(
+        store.get_graph("sqlite-test", 7).await.unwrap().as_deref(),
+        Some(&b"graph"[..])
+    );
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    let version: u32 = conn
+        .query_row("SELECT version FROM flow_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn reset_steps_deletes_the_attempt_rows_too() {
+    let db = TempDb::new("reset");
+    let store = SqliteStore::open(db.path()).unwrap();
+    let id = new_run_id();
+    store.create_run(new_run(&id)).await.unwrap();
+    for node in ["a", "a~undo", "b"] {
+        let mut c = commit(&id, node);
+        c.attempts = vec![AttemptRecord {
+            number: 1,
+            started_ms: 1,
+            ended_ms: Some(2),
+            failure: None,
+        }];
+        store.commit_step(c).await.unwrap();
+    }
+    store.reset_steps(&id, vec!["a".into()]).await.unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    let nodes: Vec<String> = conn
+        .prepare("SELECT node FROM flow_step_attempts WHERE run_id = ?1 ORDER BY node")
+        .unwrap()
+        .query_map([&id], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(nodes, ["b"]);
 }
 
 #[test]
