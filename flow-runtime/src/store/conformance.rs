@@ -34,6 +34,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     signals_are_fifo_and_taken_once(store.clone()).await;
     unfinished_runs_are_the_ones_to_resume(store.clone()).await;
     list_runs_filters_and_pages(store.clone()).await;
+    graphs_are_saved_once(store.clone()).await;
+    reset_steps_restarts_a_run(store.clone()).await;
     missing_records_are_reported(store).await;
 }
 
@@ -708,4 +710,270 @@ pub async fn missing_records_are_reported(store: Arc<dyn Store>) {
         )
         .await;
     assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+}
+
+/// A graph is saved once per (workflow, fingerprint): saving it again keeps the first bytes;
+/// another fingerprint, or another workflow, is another graph; an unknown one is `None`.
+pub async fn graphs_are_saved_once(store: Arc<dyn Store>) {
+    let workflow = unique_workflow("graph");
+    let other = unique_workflow("graph-other");
+    assert_eq!(store.get_graph(&workflow, 1).await.unwrap(), None);
+    store
+        .save_graph(&workflow, 1, b"{\"nodes\":1}".to_vec())
+        .await
+        .unwrap();
+    store
+        .save_graph(&workflow, 1, b"changed".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_graph(&workflow, 1).await.unwrap().as_deref(),
+        Some(&b"{\"nodes\":1}"[..]),
+        "the first save stays"
+    );
+    // Fingerprints at the extremes round-trip, each its own graph.
+    for (fingerprint, graph) in [(u64::MAX, &b"max"[..]), (0, b"zero"), (2, b"")] {
+        assert_eq!(store.get_graph(&workflow, fingerprint).await.unwrap(), None);
+        store
+            .save_graph(&workflow, fingerprint, graph.to_vec())
+            .await
+            .unwrap();
+    }
+    for (fingerprint, graph) in [
+        (1, &b"{\"nodes\":1}"[..]),
+        (u64::MAX, b"max"),
+        (0, b"zero"),
+        (2, b""),
+    ] {
+        assert_eq!(
+            store
+                .get_graph(&workflow, fingerprint)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(graph),
+            "fingerprint {fingerprint:x}"
+        );
+    }
+    assert_eq!(store.get_graph(&workflow, 3).await.unwrap(), None);
+    assert_eq!(store.get_graph(&other, 1).await.unwrap(), None);
+    store
+        .save_graph(&other, 1, b"other".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_graph(&other, 1).await.unwrap().as_deref(),
+        Some(&b"other"[..])
+    );
+    assert_eq!(
+        store.get_graph(&workflow, 1).await.unwrap().as_deref(),
+        Some(&b"{\"nodes\":1}"[..])
+    );
+}
+
+/// `reset_steps` deletes the given nodes' steps (every occurrence and item, with their
+/// attempts and retry state) and their undo records (`<key>~undo`), and the run's
+/// compensation entries of those nodes; keeps everything else; clears the run's output and
+/// error; and makes the run pending again, also a finished one. A missing run is `NotFound`.
+pub async fn reset_steps_restarts_a_run(store: Arc<dyn Store>) {
+    let workflow = unique_workflow("reset");
+    let id = new_run_id();
+    store
+        .create_run(new_run(&id, &workflow, b"in"))
+        .await
+        .unwrap();
+    let push = |node: &str, occurrence: u32, item: Option<u32>| CompensationOp::Push {
+        node: node.into(),
+        occurrence,
+        item,
+        undo: node.as_bytes().to_vec(),
+    };
+    let key = |node: &str| StepKey::new(&id, node);
+    // `launch` (kept) with its undo entry; `deploy` (reset) twice in a loop, the second time
+    // over a map of two items, each with an undo entry; `deploy`'s undo record, committed
+    // while compensating; `deploy~undo~undo`, `deployer` and `deploy~undone`, which are other
+    // nodes; `probe` (reset) in progress with attempts and a pending retry.
+    let mut launch = completed(key("launch"), b"nodes");
+    launch.compensations = vec![push("launch", 0, None)];
+    store.commit_step(launch).await.unwrap();
+    let mut deploy = completed(key("deploy"), b"v1");
+    deploy.compensations = vec![push("deploy", 0, None)];
+    store.commit_step(deploy).await.unwrap();
+    for item in 0..2 {
+        let mut c = completed(key("deploy").occurrence(1).item(item), b"v2");
+        c.compensations = vec![push("deploy", 1, Some(item))];
+        store.commit_step(c).await.unwrap();
+    }
+    store
+        .commit_step(completed(key("deploy~undo"), b"undone"))
+        .await
+        .unwrap();
+    for other in [
+        "deploy~undo~undo",
+        "deployer",
+        "deploy~undone",
+        "launch~undo",
+    ] {
+        store.commit_step(completed(key(other), b"")).await.unwrap();
+    }
+    store
+        .save_progress(StepProgress {
+            key: key("probe").occurrence(3),
+            attempt: Some(AttemptRecord {
+                number: 2,
+                started_ms: 10,
+                ended_ms: Some(20),
+                failure: Some("refused".into()),
+            }),
+            retry: RetryState {
+                counters: vec![2],
+                wake_at_ms: Some(30),
+            },
+        })
+        .await
+        .unwrap();
+    let stack_before = store.compensations_of(&id).await.unwrap();
+    assert_eq!(stack_before.len(), 4);
+    // The run failed (after compensating), with an error.
+    store
+        .set_status(&id, RunStatus::Failed, Some(b"boom".to_vec()))
+        .await
+        .unwrap();
+    let before = store.get_run(&id).await.unwrap().unwrap();
+
+    let reset = store
+        .reset_steps(
+            &id,
+            vec!["deploy".into(), "probe".into(), "never-ran".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reset.status, RunStatus::Pending);
+    assert_eq!(
+        (reset.output.as_deref(), reset.error.as_deref()),
+        (None, None)
+    );
+    assert!(reset.updated_ms >= before.updated_ms);
+    assert_eq!(
+        (&reset.id, &reset.workflow, reset.fingerprint, &reset.input),
+        (
+            &before.id,
+            &before.workflow,
+            before.fingerprint,
+            &before.input
+        )
+    );
+    assert_eq!(reset.node_fingerprints, before.node_fingerprints);
+    assert_eq!(reset.created_ms, before.created_ms);
+    assert_eq!(store.get_run(&id).await.unwrap(), Some(reset.clone()));
+    assert!(
+        store
+            .unfinished_runs()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == id),
+        "a reset run is resumed"
+    );
+
+    let left: Vec<String> = store
+        .steps_of(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key.node)
+        .collect();
+    assert_eq!(
+        left,
+        // Ordered by node key, byte by byte (`e` < `n` < `~`).
+        [
+            "deployer",
+            "deploy~undone",
+            "deploy~undo~undo",
+            "launch",
+            "launch~undo"
+        ]
+    );
+    for gone in [
+        key("deploy"),
+        key("deploy").occurrence(1).item(0),
+        key("deploy").occurrence(1).item(1),
+        key("deploy~undo"),
+        key("probe").occurrence(3),
+    ] {
+        assert_eq!(store.get_step(&gone).await.unwrap(), None, "{gone}");
+    }
+    let launch = store.get_step(&key("launch")).await.unwrap().unwrap();
+    assert_eq!(
+        launch.outcome,
+        Some(StepOutcome::Completed(b"nodes".to_vec()))
+    );
+    assert_eq!(launch.attempts.len(), 1);
+    let stack = store.compensations_of(&id).await.unwrap();
+    assert_eq!(stack, stack_before[..1], "only `launch`'s entry is left");
+    assert_eq!(stack[0].node, "launch");
+
+    // The steps run again from scratch: a new commit is the first, with only its attempts;
+    // a new push takes a seq never used.
+    let mut again = completed(key("probe").occurrence(3), b"ok");
+    again.compensations = vec![push("probe", 3, None)];
+    let c = store.commit_step(again).await.unwrap();
+    assert!(c.first);
+    assert_eq!(c.step.attempts.len(), 1);
+    assert_eq!(c.step.retry, RetryState::default());
+    assert!(stack_before.iter().all(|e| e.seq < c.pushed[0]));
+    let d = store
+        .commit_step(completed(key("deploy"), b"v3"))
+        .await
+        .unwrap();
+    assert!(d.first);
+
+    // A completed run is reset too; an empty list of nodes only resets the run.
+    let done = store
+        .set_status(&id, RunStatus::Completed, Some(b"42".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(done.output.as_deref(), Some(&b"42"[..]));
+    let steps_before = store.steps_of(&id).await.unwrap();
+    let reset = store.reset_steps(&id, Vec::new()).await.unwrap();
+    assert_eq!(reset.status, RunStatus::Pending);
+    assert_eq!((reset.output, reset.error), (None, None));
+    assert_eq!(store.steps_of(&id).await.unwrap(), steps_before);
+    // And a running one.
+    store
+        .set_status(&id, RunStatus::Running, None)
+        .await
+        .unwrap();
+    let reset = store.reset_steps(&id, vec!["launch".into()]).await.unwrap();
+    assert_eq!(reset.status, RunStatus::Pending);
+    assert_eq!(store.get_step(&key("launch")).await.unwrap(), None);
+    assert_eq!(store.get_step(&key("launch~undo")).await.unwrap(), None);
+    assert_eq!(
+        store
+            .compensations_of(&id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.node.as_str())
+            .collect::<Vec<_>>(),
+        ["probe"]
+    );
+
+    // Another run's steps are not touched.
+    let neighbour = new_run_id();
+    store
+        .create_run(new_run(&neighbour, &workflow, b""))
+        .await
+        .unwrap();
+    store
+        .commit_step(completed(StepKey::new(&neighbour, "deploy"), b""))
+        .await
+        .unwrap();
+    store.reset_steps(&id, vec!["deploy".into()]).await.unwrap();
+    assert_eq!(store.steps_of(&neighbour).await.unwrap().len(), 1);
+
+    let ghost = format!("ghost-{}", new_run_id());
+    let r = store.reset_steps(&ghost, vec!["deploy".into()]).await;
+    assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+    assert_eq!(store.get_run(&ghost).await.unwrap(), None);
 }

@@ -70,6 +70,8 @@ struct Data {
     runs: HashMap<String, RunEntry>,
     /// The runs' order: `(created_ms, id)`, what `unfinished_runs` and `list_runs` go by.
     order: BTreeSet<(u64, String)>,
+    /// The workflows' graphs, by (workflow, fingerprint).
+    graphs: HashMap<(String, u64), Vec<u8>>,
 }
 
 /// A run and the records that belong to it.
@@ -107,6 +109,10 @@ impl StepEntry {
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+/// The end of the node key of a step's undo record (`<key>~undo`, as durable runs store
+/// them): [`Store::reset_steps`] deletes those with the steps.
+const UNDO_SUFFIX: &str = "~undo";
 
 fn not_found(what: impl Into<String>) -> StoreError {
     StoreError::NotFound { what: what.into() }
@@ -321,6 +327,38 @@ impl Data {
         Ok(seq)
     }
 
+    fn save_graph(&mut self, workflow: &str, fingerprint: u64, graph: Vec<u8>) {
+        // The first save of a (workflow, fingerprint) stays.
+        self.graphs
+            .entry((workflow.to_owned(), fingerprint))
+            .or_insert(graph);
+    }
+
+    fn get_graph(&self, workflow: &str, fingerprint: u64) -> Option<Vec<u8>> {
+        self.graphs
+            .get(&(workflow.to_owned(), fingerprint))
+            .cloned()
+    }
+
+    /// Nothing here can fail once the run is found: every change is made after that check.
+    fn reset_steps(&mut self, id: &str, nodes: &[String]) -> Result<RunRecord> {
+        let run = self.run_mut(id)?;
+        let nodes: BTreeSet<&str> = nodes.iter().map(String::as_str).collect();
+        // A node's steps, and its undo's (node key `<key>~undo`).
+        run.steps.retain(|key, _| {
+            let undo_of = key.node.strip_suffix(UNDO_SUFFIX);
+            !(nodes.contains(key.node.as_str()) || undo_of.is_some_and(|n| nodes.contains(n)))
+        });
+        run.compensations
+            .retain(|_, c| !nodes.contains(c.node.as_str()));
+        let record = &mut run.record;
+        record.status = RunStatus::Pending;
+        record.output = None;
+        record.error = None;
+        record.updated_ms = now_ms().max(record.created_ms);
+        Ok(record.clone())
+    }
+
     fn take_signal(&mut self, run: &str, name: &str) -> Option<SignalRecord> {
         let (seq, payload) = self.runs.get_mut(run)?.signals.get_mut(name)?.pop_front()?;
         Some(SignalRecord {
@@ -468,35 +506,26 @@ impl Store for MemoryStore {
 
     fn save_graph<'a>(
         &'a self,
-        _workflow: &'a str,
-        _fingerprint: u64,
-        _graph: Vec<u8>,
+        workflow: &'a str,
+        fingerprint: u64,
+        graph: Vec<u8>,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(async {
-            Err(StoreError::Invalid {
-                what: "save_graph: not implemented yet".into(),
-            })
+        Box::pin(async move {
+            self.lock().save_graph(workflow, fingerprint, graph);
+            Ok(())
         })
     }
 
     fn get_graph<'a>(
         &'a self,
-        _workflow: &'a str,
-        _fingerprint: u64,
+        workflow: &'a str,
+        fingerprint: u64,
     ) -> StoreFuture<'a, Option<Vec<u8>>> {
-        Box::pin(async {
-            Err(StoreError::Invalid {
-                what: "get_graph: not implemented yet".into(),
-            })
-        })
+        Box::pin(async move { Ok(self.lock().get_graph(workflow, fingerprint)) })
     }
 
-    fn reset_steps<'a>(&'a self, _run: &'a str, _nodes: Vec<String>) -> StoreFuture<'a, RunRecord> {
-        Box::pin(async {
-            Err(StoreError::Invalid {
-                what: "reset_steps: not implemented yet".into(),
-            })
-        })
+    fn reset_steps<'a>(&'a self, run: &'a str, nodes: Vec<String>) -> StoreFuture<'a, RunRecord> {
+        Box::pin(async move { self.lock().reset_steps(run, &nodes) })
     }
 }
 
