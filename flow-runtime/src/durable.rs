@@ -880,6 +880,75 @@ use crate::store::{NewRun, RunFilter};
 pub(crate) struct Durability {
     pub(crate) store: Arc<dyn Store>,
     active: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
+    /// The graphs this runtime has saved in the store, by (workflow, fingerprint).
+    graphs: Arc<Mutex<HashSet<(&'static str, u64)>>>,
+}
+
+/// The signal that asks a durable run to cancel itself (`flowctl cancel`): whichever process
+/// runs the run takes it within [`CANCEL_POLL`] and cancels the run (its completed steps are
+/// undone); a run that no process runs is cancelled when it is resumed. Signal names that
+/// start with `flow.` are reserved.
+pub const CANCEL_SIGNAL: &str = "flow.cancel";
+
+/// How often a durable run looks for [`CANCEL_SIGNAL`] in the store.
+pub const CANCEL_POLL: core::time::Duration = core::time::Duration::from_millis(500);
+
+/// The graph of a workflow as stored for tools that do not have its code (`flowctl`): JSON
+/// with the workflow's name and fingerprint, every node (index, key, name, kind, group), every
+/// edge, and the Mermaid picture (whose node `i` is `n<i>`).
+pub fn graph_json(graph: &Graph) -> Vec<u8> {
+    let kind = |k: crate::graph::NodeKind| format!("{k:?}").to_lowercase();
+    let nodes: Vec<serde_json::Value> = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            serde_json::json!({
+                "id": i,
+                "key": n.key,
+                "name": n.name,
+                "kind": kind(n.kind),
+                "parent": n.parent,
+                "fingerprint": format!("{:016x}", n.fingerprint),
+            })
+        })
+        .collect();
+    let edges: Vec<serde_json::Value> = graph
+        .edges
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "from": e.from,
+                "to": e.to,
+                "kind": format!("{:?}", e.kind).to_lowercase(),
+                "label": e.label,
+            })
+        })
+        .collect();
+    let value = serde_json::json!({
+        "workflow": graph.name,
+        "fingerprint": format!("{:016x}", graph.fingerprint),
+        "nodes": nodes,
+        "edges": edges,
+        "mermaid": graph.to_mermaid(),
+    });
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+impl Durability {
+    /// Saves `graph` in the store, once per runtime.
+    async fn save_graph(&self, graph: &'static Graph, run: &str) -> Result<(), DurableError> {
+        let key = (graph.name, graph.fingerprint);
+        if lock(&self.graphs).contains(&key) {
+            return Ok(());
+        }
+        self.store
+            .save_graph(graph.name, graph.fingerprint, graph_json(graph))
+            .await
+            .map_err(|e| store_error(run, e))?;
+        lock(&self.graphs).insert(key);
+        Ok(())
+    }
 }
 
 impl Journal {
@@ -1030,6 +1099,7 @@ impl Runtime {
         self.durable = Some(Durability {
             store,
             active: Arc::default(),
+            graphs: Arc::default(),
         });
         self
     }
@@ -1072,6 +1142,7 @@ impl Runtime {
         let id = id.into();
         let durability = self.durability(&id)?.clone();
         let graph = workflow.graph();
+        durability.save_graph(graph, &id).await?;
         let new = NewRun {
             id: id.clone(),
             workflow: graph.name.to_owned(),
@@ -1179,11 +1250,12 @@ impl Runtime {
             steps,
         ));
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let mut done = done_rx.clone();
         lock(&durability.active).insert(record.id.clone(), done_rx);
         let active = Arc::clone(&durability.active);
         let pending = record.status == RunStatus::Pending;
         let set = Arc::clone(&journal);
-        self.spawn_with(
+        let handle = self.spawn_with(
             workflow,
             input,
             false,
@@ -1196,7 +1268,27 @@ impl Runtime {
                 let _ = done_tx.send(true);
                 result
             },
-        )
+        );
+        // Cancellation asked through the store (`flowctl cancel`, another process).
+        let store = Arc::clone(&durability.store);
+        let token = handle.token.clone();
+        let id = record.id.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(Some(_)) = store.take_signal(&id, CANCEL_SIGNAL).await {
+                    token.cancel();
+                    return;
+                }
+                let ended = async {
+                    let _ = done.wait_for(|v| *v).await;
+                };
+                tokio::select! {
+                    () = ended => return,
+                    () = tokio::time::sleep(CANCEL_POLL) => {}
+                }
+            }
+        });
+        handle
     }
 
     /// Resumes every unfinished run in the store whose workflow is in `registry` (registered
