@@ -807,3 +807,65 @@ async fn a_store_that_fails_mid_run_stops_the_run_and_leaves_it_to_resume() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A damaged record (a step output that is not what the code reads back): the run stops
+/// with an error naming the value, runs nothing after it, and stays in the store as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_step_record_stops_the_run_with_an_error_naming_it() {
+    let dir = temp_dir("corrupt");
+    let d = dir.display().to_string();
+    let memory = flow::store::MemoryStore::new();
+    let graph = <Pipeline as flow::Workflow>::graph(&Pipeline);
+    memory
+        .create_run(flow::store::NewRun {
+            id: "x1".into(),
+            workflow: "Pipeline".into(),
+            fingerprint: graph.fingerprint,
+            node_fingerprints: graph
+                .nodes
+                .iter()
+                .map(|n| (n.key.to_owned(), n.fingerprint))
+                .collect(),
+            input: serde_json::to_vec(&(d.clone(), 5)).unwrap(),
+        })
+        .await
+        .unwrap();
+    memory
+        .commit_step(flow::store::StepCommit {
+            key: flow::store::StepKey::new("x1", "prepare"),
+            outcome: flow::store::StepOutcome::Completed(b"{not json".to_vec()),
+            attempts: Vec::new(),
+            compensations: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let runtime = Runtime::new().with_store(memory.clone());
+    let mut registry = flow::Registry::new();
+    registry.register_durable(Pipeline).unwrap();
+    let report = runtime.resume(&registry).await.unwrap();
+    let e = report
+        .resumed
+        .into_iter()
+        .next()
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("the output of step x1/prepare@0 cannot be read back from the store"),
+        "{e}"
+    );
+    assert!(
+        read_log(&dir).is_empty(),
+        "no step ran: {:?}",
+        read_log(&dir)
+    );
+    let run = memory.get_run("x1").await.unwrap().unwrap();
+    assert_eq!(
+        run.status,
+        RunStatus::Running,
+        "unfinished, not marked failed"
+    );
+    assert_eq!(memory.steps_of("x1").await.unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
