@@ -726,6 +726,14 @@ impl Store for FailingStore {
     ) -> flow::store::StoreFuture<'a, Option<flow::store::SignalRecord>> {
         self.inner.take_signal(run, name)
     }
+    fn take_signal_into_step<'a>(
+        &'a self,
+        run: &'a str,
+        name: &'a str,
+        key: flow::store::StepKey,
+    ) -> flow::store::StoreFuture<'a, Option<flow::store::SignalRecord>> {
+        self.inner.take_signal_into_step(run, name, key)
+    }
     fn save_graph<'a>(
         &'a self,
         workflow: &'a str,

@@ -121,6 +121,18 @@ pub trait Store: Send + Sync {
         name: &'a str,
     ) -> StoreFuture<'a, Option<SignalRecord>>;
 
+    /// A durable signal wait: in one transaction, takes the oldest signal `name` of run `run`
+    /// not taken yet and commits step `key` with its payload as the step's output, so that a
+    /// signal is never taken without being recorded (nor recorded twice). Returns the signal
+    /// taken; `None` (and changes nothing) when there is none, or when step `key` is committed
+    /// already. A run that does not exist is [`StoreError::NotFound`].
+    fn take_signal_into_step<'a>(
+        &'a self,
+        run: &'a str,
+        name: &'a str,
+        key: StepKey,
+    ) -> StoreFuture<'a, Option<SignalRecord>>;
+
     /// Records the graph of workflow `workflow` whose fingerprint is `fingerprint` (bytes the
     /// runtime writes: JSON with the nodes, the edges and the Mermaid picture), so that tools
     /// that do not have the workflow's code (`flowctl`) can draw its runs. Saving a graph

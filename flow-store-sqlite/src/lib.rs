@@ -526,6 +526,39 @@ impl Store for SqliteStore {
         self.write(move |c| ops::take_signal(c, &run, &name))
     }
 
+    fn take_signal_into_step<'a>(
+        &'a self,
+        run: &'a str,
+        name: &'a str,
+        key: StepKey,
+    ) -> StoreFuture<'a, Option<SignalRecord>> {
+        let (run, name) = (run.to_owned(), name.to_owned());
+        // One writer job: one savepoint, so the take and the commit land together or not.
+        self.write(move |c| {
+            if ops::get_run(c, &run)?.is_none() {
+                return Err(StoreError::NotFound {
+                    what: format!("run `{run}`"),
+                });
+            }
+            if ops::get_step(c, &key)?.is_some_and(|s| s.outcome.is_some()) {
+                return Ok(None);
+            }
+            let Some(signal) = ops::take_signal(c, &run, &name)? else {
+                return Ok(None);
+            };
+            ops::commit_step(
+                c,
+                &StepCommit {
+                    key,
+                    outcome: flow_runtime::store::StepOutcome::Completed(signal.payload.clone()),
+                    attempts: Vec::new(),
+                    compensations: Vec::new(),
+                },
+            )?;
+            Ok(Some(signal))
+        })
+    }
+
     fn save_graph<'a>(
         &'a self,
         workflow: &'a str,

@@ -32,6 +32,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     progress_keeps_attempts_and_retry_state(store.clone()).await;
     compensation_stack_push_drop_mark(store.clone()).await;
     signals_are_fifo_and_taken_once(store.clone()).await;
+    a_signal_taken_into_a_step_is_recorded_with_it(store.clone()).await;
     unfinished_runs_are_the_ones_to_resume(store.clone()).await;
     list_runs_filters_and_pages(store.clone()).await;
     graphs_are_saved_once(store.clone()).await;
@@ -480,6 +481,63 @@ pub async fn compensation_stack_push_drop_mark(store: Arc<dyn Store>) {
         store.compensations_of(&id).await.unwrap()[0].status,
         CompensationStatus::TimedOut
     );
+}
+
+/// `take_signal_into_step` takes the oldest signal and commits the step with its payload,
+/// together; nothing when there is no signal or the step is committed already.
+pub async fn a_signal_taken_into_a_step_is_recorded_with_it(store: Arc<dyn Store>) {
+    let id = new_run_id();
+    store
+        .create_run(new_run(&id, &unique_workflow("signal-step"), b""))
+        .await
+        .unwrap();
+    let key = StepKey::new(id.as_str(), "approve");
+    assert_eq!(
+        store
+            .take_signal_into_step(&id, "approve", key.clone())
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store.get_step(&key).await.unwrap().is_none(),
+        "no signal: no step"
+    );
+    let s1 = store
+        .send_signal(&id, "approve", b"\"yes\"".to_vec())
+        .await
+        .unwrap();
+    store
+        .send_signal(&id, "approve", b"\"again\"".to_vec())
+        .await
+        .unwrap();
+    let taken = store
+        .take_signal_into_step(&id, "approve", key.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((taken.seq, &taken.payload[..]), (s1, &b"\"yes\""[..]));
+    let step = store.get_step(&key).await.unwrap().unwrap();
+    assert_eq!(
+        step.outcome,
+        Some(StepOutcome::Completed(b"\"yes\"".to_vec()))
+    );
+    // The step is committed: nothing more is taken into it.
+    assert_eq!(
+        store
+            .take_signal_into_step(&id, "approve", key.clone())
+            .await
+            .unwrap(),
+        None
+    );
+    let left = store.take_signal(&id, "approve").await.unwrap().unwrap();
+    assert_eq!(&left.payload[..], b"\"again\"");
+    assert!(matches!(
+        store
+            .take_signal_into_step("no-such-run", "approve", StepKey::new("no-such-run", "a"))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 /// Signals: first in, first out per name, each taken exactly once, also by racing takers.

@@ -504,6 +504,31 @@ impl Store for MemoryStore {
         Box::pin(async move { Ok(self.lock().take_signal(run, name)) })
     }
 
+    fn take_signal_into_step<'a>(
+        &'a self,
+        run: &'a str,
+        name: &'a str,
+        key: StepKey,
+    ) -> StoreFuture<'a, Option<SignalRecord>> {
+        Box::pin(async move {
+            let mut data = self.lock();
+            data.run_mut(run)?;
+            if data.get_step(&key).is_some_and(|s| s.outcome.is_some()) {
+                return Ok(None);
+            }
+            let Some(signal) = data.take_signal(run, name) else {
+                return Ok(None);
+            };
+            data.commit_step(StepCommit {
+                key,
+                outcome: StepOutcome::Completed(signal.payload.clone()),
+                attempts: Vec::new(),
+                compensations: Vec::new(),
+            })?;
+            Ok(Some(signal))
+        })
+    }
+
     fn save_graph<'a>(
         &'a self,
         workflow: &'a str,
