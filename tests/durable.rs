@@ -877,3 +877,111 @@ async fn a_damaged_step_record_stops_the_run_with_an_error_naming_it() {
     assert_eq!(memory.steps_of("x1").await.unwrap().len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+async fn prepare_release(dir: String) -> Result<u32, Fail> {
+    Ok(effect(&dir, "prepare_release", 7).await)
+}
+async fn release(dir: String, v: u32, approved_by: String) -> Result<String, Fail> {
+    effect(&dir, "release", v).await;
+    Ok(format!("{v} approved by {approved_by}"))
+}
+
+/// A manual judgment: waits for the signal `approve` (an approver's name).
+#[workflow(durable)]
+async fn gated(dir: String) -> Result<String, Fail> {
+    let v = prepare_release(dir.clone()).await?;
+    let approver: String = flow::signal("approve").timeout("1h").await?;
+    release(dir, v, approver).await
+}
+
+/// A signal sent while no process runs the run is kept in the store; the resumed run takes
+/// it, records it, and goes on; its earlier steps are not run again.
+#[test]
+fn a_signal_sent_while_the_run_is_down_is_taken_when_it_resumes() {
+    let dir = temp_dir("signal");
+    let d = dir.display().to_string();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        drop(runtime.start(Gated, "g1", (d.clone(),)).await.unwrap());
+        // Waiting for the signal: its time limit is recorded.
+        let key = flow::store::StepKey::new("g1", "approve");
+        loop {
+            let step = runtime.store().unwrap().get_step(&key).await.unwrap();
+            if step.is_some_and(|s| s.retry.wake_at_ms.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    rt.shutdown_background();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        // Sent while no process runs it.
+        runtime
+            .signal_durable("g1", "approve", &"ada".to_owned())
+            .await
+            .unwrap();
+        let mut registry = flow::Registry::new();
+        registry.register_durable(Gated).unwrap();
+        for r in runtime.resume(&registry).await.unwrap().resumed {
+            r.wait().await.unwrap();
+        }
+        assert_eq!(
+            runtime
+                .result(&Gated, "g1")
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+            "7 approved by ada"
+        );
+        // Recorded as the wait's output; taken once.
+        let step = runtime
+            .store()
+            .unwrap()
+            .get_step(&flow::store::StepKey::new("g1", "approve"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            step.outcome,
+            Some(flow::store::StepOutcome::Completed(b"\"ada\"".to_vec()))
+        );
+        assert!(
+            runtime
+                .store()
+                .unwrap()
+                .take_signal("g1", "approve")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    });
+    let log = read_log(&dir);
+    assert_eq!(count(&log, "prepare_release"), 1, "{log:?}");
+    assert_eq!(count(&log, "release"), 1, "{log:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A live run takes a signal sent from elsewhere (another runtime on the same file, as
+/// another process would) within the poll interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_durable_run_takes_a_signal_sent_through_the_store() {
+    let dir = temp_dir("signal-live");
+    let d = dir.display().to_string();
+    let runtime = Runtime::new().with_store(store(&dir));
+    let run = runtime.start(Gated, "g2", (d.clone(),)).await.unwrap();
+    let elsewhere = Runtime::new().with_store(store(&dir));
+    elsewhere
+        .signal_durable("g2", "approve", &"grace".to_owned())
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), run.wait())
+        .await
+        .expect("taken within the poll interval")
+        .unwrap();
+    assert_eq!(out, "7 approved by grace");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1083,7 +1083,12 @@ impl Rewriter<'_> {
         };
         let ty = ty.unwrap_or_else(|| quote!(_));
         let node = quote!(#krate::NodeId(#id));
-        quote_spanned!(span=> #ctx.surface(#ctx.signal::<#ty>(#node, #name, #timeout).await).await)
+        let wait = if self.durable {
+            Ident::new("durable_signal", span)
+        } else {
+            Ident::new("signal", span)
+        };
+        quote_spanned!(span=> #ctx.surface(#ctx.#wait::<#ty>(#node, #name, #timeout).await).await)
     }
 
     /// `flow::map!(items, |item| step(item), concurrency = N, tolerate = K)`: a map node, and

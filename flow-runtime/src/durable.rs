@@ -654,6 +654,122 @@ impl<E: Stored> Ctx<E> {
     }
 }
 
+/// How often a durable signal wait looks for its signal in the store.
+pub const SIGNAL_POLL: core::time::Duration = core::time::Duration::from_millis(100);
+
+impl<E: Stored + Send> Ctx<E> {
+    /// [`signal`](Ctx::signal) in a durable workflow: the signal is taken from the store
+    /// (sent there by [`Runtime::signal_durable`] or `flowctl signal`, from any process, also
+    /// while no process runs the run) and recorded as this step's output in the same
+    /// transaction; a resumed run gets the recorded value. The wait's time limit is recorded
+    /// when the wait starts, so a restart does not extend it.
+    pub async fn durable_signal<T: Stored>(
+        &self,
+        node: NodeId,
+        name: &'static str,
+        timeout: Option<core::time::Duration>,
+    ) -> Result<T, StepError<E>> {
+        let (key, record) = match self.durable_begin::<T>(node) {
+            Begin::Plain => return self.signal(node, name, timeout).await,
+            Begin::Done(r) => return r,
+            Begin::Stop => return self.stop_run().await,
+            Begin::Run(key, record) => (key, record),
+        };
+        let Some(j) = self.journal().cloned() else {
+            return self.signal(node, name, timeout).await;
+        };
+        let busy = InFlight::new(&j);
+        let fail = |failure: Failure<E>| {
+            StepError::new(
+                self.inner.graph.name_of(node),
+                node,
+                GaveUp::NotRetried,
+                vec![Attempt {
+                    number: 1,
+                    elapsed: None,
+                    failure,
+                }],
+            )
+        };
+        let ms = |d: core::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let deadline = match (timeout, record.as_ref().and_then(|r| r.retry.wake_at_ms)) {
+            (None, _) => None,
+            (Some(_), Some(at)) => Some(at),
+            (Some(limit), None) => {
+                let at = j.now_ms().saturating_add(ms(limit));
+                let progress = StepProgress {
+                    key: key.clone(),
+                    attempt: None,
+                    retry: RetryState {
+                        counters: Vec::new(),
+                        wake_at_ms: Some(at),
+                    },
+                };
+                if let Err(error) = j.store.save_progress(progress).await {
+                    j.set_fault(DurableError::Store {
+                        run: j.run.to_string(),
+                        step: Some(step_name(&key)),
+                        error,
+                    });
+                    return self.stop_run().await;
+                }
+                Some(at)
+            }
+        };
+        if self.observed() {
+            self.emit(node, crate::event::EventKind::SignalWaiting { name });
+        }
+        loop {
+            match j
+                .store
+                .take_signal_into_step(&j.run, name, key.clone())
+                .await
+            {
+                Ok(Some(signal)) => {
+                    drop(busy);
+                    return match serde_json::from_slice::<T>(&signal.payload) {
+                        Ok(v) => {
+                            if self.observed() {
+                                self.emit(node, crate::event::EventKind::SignalReceived { name });
+                            }
+                            Ok(v)
+                        }
+                        Err(_) => Err(fail(Failure::Signal(
+                            crate::signal::SignalError::WrongType {
+                                name,
+                                sent: "stored JSON of another shape",
+                                expected: core::any::type_name::<T>(),
+                            },
+                        ))),
+                    };
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    j.set_fault(DurableError::Store {
+                        run: j.run.to_string(),
+                        step: Some(step_name(&key)),
+                        error,
+                    });
+                    return self.stop_run().await;
+                }
+            }
+            let now = j.now_ms();
+            let left = match deadline {
+                Some(at) if now >= at => {
+                    drop(busy);
+                    let limit = timeout.unwrap_or_default();
+                    return self
+                        .durable_commit(key, Err(fail(Failure::TimedOut(limit))))
+                        .await;
+                }
+                Some(at) => core::time::Duration::from_millis(at - now),
+                None => SIGNAL_POLL,
+            };
+            tokio::time::sleep(SIGNAL_POLL.min(left)).await;
+        }
+    }
+}
+
 /// Where a durable step with retries records its progress, and what it resumes from.
 pub(crate) struct Resume<'a> {
     pub(crate) journal: &'a Journal,
@@ -1185,6 +1301,25 @@ impl Runtime {
             created: false,
             state,
         })
+    }
+
+    /// Sends signal `name` carrying `value` to the durable run `run`, through the store: the
+    /// run takes it when it waits for it (`flow::signal(name)` in a `#[workflow(durable)]`),
+    /// whichever process runs it and even if none does now (it is kept until the run is
+    /// resumed). Returns the signal's position among the run's signals.
+    pub async fn signal_durable<T: Serialize>(
+        &self,
+        run: &str,
+        name: &str,
+        value: &T,
+    ) -> Result<u64, DurableError> {
+        let durability = self.durability(run)?;
+        let payload = encode_value(value, &format!("signal `{name}` of run `{run}`"))?;
+        durability
+            .store
+            .send_signal(run, name, payload)
+            .await
+            .map_err(|e| store_error(run, e))
     }
 
     /// [`start`](Self::start) with a new, globally unique id ([`store::new_run_id`]).

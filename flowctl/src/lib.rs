@@ -5,6 +5,7 @@
 //! flowctl --store PATH show RUN
 //! flowctl --store PATH graph RUN
 //! flowctl --store PATH cancel RUN
+//! flowctl --store PATH signal RUN NAME JSON
 //! flowctl --store PATH restart RUN --from STEP
 //! ```
 //!
@@ -19,6 +20,9 @@
 //! - `cancel`: asks the process running the run to cancel it (it does within half a second,
 //!   and undoes the completed steps); a run no process runs is cancelled when a worker
 //!   resumes it.
+//! - `signal RUN NAME JSON`: sends signal `NAME` with the value `JSON` to the run (a manual
+//!   judgment: `flowctl --store runs.db signal deploy-42 approve '"ada"'`); the run takes it
+//!   when it waits for it, whichever process runs it, or when it is resumed.
 //! - `restart --from STEP`: the run will run again from step `STEP` (its key, as `flowctl
 //!   show` prints it, or its name) when a worker resumes it (`Runtime::resume`): the records
 //!   of that step and of every step after it in the graph are deleted, the steps before keep
@@ -39,6 +43,7 @@ pub const USAGE: &str = "usage:
   flowctl --store PATH show RUN
   flowctl --store PATH graph RUN
   flowctl --store PATH cancel RUN
+  flowctl --store PATH signal RUN NAME JSON
   flowctl --store PATH restart RUN --from STEP";
 
 /// A command, parsed from the arguments after `--store PATH`.
@@ -61,6 +66,15 @@ pub enum Command {
     Graph(String),
     /// `cancel RUN`.
     Cancel(String),
+    /// `signal RUN NAME JSON`.
+    Signal {
+        /// The run.
+        run: String,
+        /// The signal's name.
+        name: String,
+        /// Its value, as JSON.
+        value: String,
+    },
     /// `restart RUN --from STEP`.
     Restart {
         /// The run.
@@ -128,6 +142,17 @@ pub fn parse(args: &[String]) -> Result<(String, Command), String> {
         "show" => Command::Show(one(&mut rest, "show")?),
         "graph" => Command::Graph(one(&mut rest, "graph")?),
         "cancel" => Command::Cancel(one(&mut rest, "cancel")?),
+        "signal" => {
+            let run = one(&mut rest, "signal")?;
+            match (rest.next(), rest.next()) {
+                (Some(name), Some(value)) => Command::Signal { run, name, value },
+                _ => {
+                    return Err(format!(
+                        "`signal` needs a run, a name and a JSON value\n{USAGE}"
+                    ));
+                }
+            }
+        }
         "restart" => {
             let run = one(&mut rest, "restart")?;
             match (rest.next().as_deref(), rest.next()) {
@@ -322,6 +347,25 @@ pub async fn execute(store: &dyn Store, command: Command) -> Result<String, Stri
                 out,
                 "cancellation of run `{id}` requested: the process running it cancels it within {:?} and undoes its completed steps; if no process runs it, it is cancelled when a worker resumes it",
                 flow_runtime::durable::CANCEL_POLL
+            );
+        }
+        Command::Signal { run, name, value } => {
+            let r = the_run(store, &run).await?;
+            if r.status.is_finished() {
+                return Err(format!("run `{run}` has already finished ({})", r.status));
+            }
+            if let Err(e) = serde_json::from_str::<serde_json::Value>(&value) {
+                return Err(format!(
+                    "the value must be JSON (a string is quoted: '\"ada\"'): {e}"
+                ));
+            }
+            let seq = store
+                .send_signal(&run, &name, value.into_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = writeln!(
+                out,
+                "signal `{name}` sent to run `{run}` (#{seq}): it takes it when it waits for it"
             );
         }
         Command::Restart { run, from } => {

@@ -200,6 +200,28 @@ async fn flowctl_lists_shows_draws_cancels_and_restarts_runs() {
         11
     );
 
+    // signal: a value that is not JSON is refused; a finished run is refused
+    let (ok, _, err) = flowctl(&path, &["signal", "ok-1", "approve", "\"x\""]);
+    assert!(!ok && err.contains("already finished"), "{err}");
+    let pending = runtime.start(Etl, "stuck-300", (300,)).await.unwrap();
+    let (ok, _, err) = flowctl(&path, &["signal", "stuck-300", "approve", "ada"]);
+    assert!(!ok && err.contains("the value must be JSON"), "{err}");
+    let (ok, out, err) = flowctl(&path, &["signal", "stuck-300", "approve", "\"ada\""]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("signal `approve` sent to run `stuck-300`"),
+        "{out}"
+    );
+    let taken = store
+        .take_signal("stuck-300", "approve")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.payload, b"\"ada\"");
+    let (ok, _, err) = flowctl(&path, &["cancel", "stuck-300"]);
+    assert!(ok, "{err}");
+    assert!(pending.wait().await.unwrap_err().is_cancelled());
+
     // errors a person understands
     let (ok, _, err) = flowctl(&path, &["show", "missing"]);
     assert!(!ok && err.contains("no run `missing`"), "{err}");
