@@ -8,6 +8,7 @@ use core::future::Future;
 use core::panic::AssertUnwindSafe;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use core::task::Poll;
 use core::time::Duration;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -58,14 +59,33 @@ impl Drop for ItemScope {
     }
 }
 
-/// Polls `fut` with `item` as the current map item.
-async fn in_item<F: Future>(item: u32, fut: F) -> F::Output {
-    let mut fut = core::pin::pin!(fut);
-    core::future::poll_fn(|cx| {
-        let _scope = ItemScope::enter(Some(item));
-        fut.as_mut().poll(cx)
-    })
-    .await
+pin_project_lite::pin_project! {
+    /// A `map` item's future: polls the item's body with the item's index as the current
+    /// item, and gives the index back with the output (so results keep the items' order).
+    ///
+    /// Written by hand rather than as `async move { (i, fut.await) }` inside an `async fn`:
+    /// each of those layers stores the body's future twice (the moved argument and the
+    /// awaited copy), and `FuturesUnordered` copies the whole item future into its task.
+    struct Item<F> {
+        #[pin]
+        fut: F,
+        index: usize,
+    }
+}
+
+impl<F: Future> Future for Item<F> {
+    type Output = (usize, F::Output);
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut core::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let index = *this.index;
+        let _scope = ItemScope::enter(Some(u32::try_from(index).unwrap_or(u32::MAX)));
+        match this.fut.poll(cx) {
+            Poll::Ready(out) => Poll::Ready((index, out)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Where a run is: running, or one of the terminal states.
@@ -1004,9 +1024,10 @@ impl<E> Ctx<E> {
             while in_flight.len() < limit {
                 let Some((i, item)) = items.next() else { break };
                 results.push(None);
-                let fut = body(item);
-                let ix = u32::try_from(i).unwrap_or(u32::MAX);
-                in_flight.push(in_item(ix, async move { (i, fut.await) }));
+                in_flight.push(Item {
+                    fut: body(item),
+                    index: i,
+                });
             }
             match in_flight.next().await {
                 Some((i, Ok(v))) => results[i] = Some(v),
@@ -1052,9 +1073,10 @@ impl<E> Ctx<E> {
             while in_flight.len() < limit {
                 let Some((i, item)) = items.next() else { break };
                 results.push(None);
-                let fut = body(item);
-                let ix = u32::try_from(i).unwrap_or(u32::MAX);
-                in_flight.push(in_item(ix, async move { (i, fut.await) }));
+                in_flight.push(Item {
+                    fut: body(item),
+                    index: i,
+                });
             }
             match in_flight.next().await {
                 Some((i, Ok(v))) => results[i] = Some(Ok(v)),
