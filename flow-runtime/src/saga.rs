@@ -174,7 +174,7 @@ impl<E> CompensationPolicy<'_, E> {
 }
 
 /// Where a child run leaves its compensations: the parent run's context, type-erased.
-/// (It is also the run as signals see it: the task-local run link reaches the mailbox.)
+/// (It is also the run as signals see it: the current run's link reaches the mailbox.)
 pub(crate) trait OrphanSink: crate::signal::SignalHost {
     /// A child dropped mid-run (or while compensating): its remaining undos, to run soon.
     fn adopt(&self, orphan: Package);
