@@ -242,6 +242,9 @@ pub(crate) struct Inner<E> {
     pub(crate) orphans: Mutex<Vec<Package>>,
     /// Whether `orphans` may be non-empty (so that a run without children takes no lock).
     pub(crate) has_orphans: AtomicBool,
+    /// Whether a completed child's stack was ever pushed on `stack` (so that a failed attempt
+    /// of a run without children takes no lock to look for its children).
+    pub(crate) has_children: AtomicBool,
     /// Every compensation this run ran, in order.
     pub(crate) records: Mutex<Vec<CompensationRecord>>,
     /// `#[workflow]`: the earlier attempts of the step whose error was last handed to the body.
@@ -358,6 +361,7 @@ impl<E: core::fmt::Display> Ctx<E> {
                 stack: Mutex::new(Vec::new()),
                 orphans: Mutex::new(Vec::new()),
                 has_orphans: AtomicBool::new(false),
+                has_children: AtomicBool::new(false),
                 records: Mutex::new(Vec::new()),
                 surfaced: Mutex::new(None),
                 has_surfaced: AtomicBool::new(false),
@@ -787,7 +791,9 @@ impl<E> Ctx<E> {
             // compensations here, and those it completed are abandoned too. Undo them before
             // anything else (the next attempt).
             self.abandon_children(node);
-            self.undo_abandoned().await;
+            if self.has_orphans() {
+                self.undo_abandoned().await;
+            }
             let Some(rule_ix) = policy.retry.iter().position(|r| r.matches(&failure)) else {
                 return Err(self.fail(
                     node,
@@ -980,7 +986,9 @@ impl<E> Ctx<E> {
     {
         match result {
             Err(e) if catches(&e) => {
-                self.undo_abandoned().await;
+                if self.has_orphans() {
+                    self.undo_abandoned().await;
+                }
                 if self.observed() {
                     self.emit(
                         e.node(),
@@ -1034,7 +1042,9 @@ impl<E> Ctx<E> {
                 Some((_, Err(e))) => {
                     // The bodies in flight are dropped: undo what their child runs did.
                     drop(in_flight);
-                    self.undo_abandoned().await;
+                    if self.has_orphans() {
+                        self.undo_abandoned().await;
+                    }
                     return Err(e);
                 }
                 None => break,
@@ -1084,7 +1094,9 @@ impl<E> Ctx<E> {
                     failures += 1;
                     if failures > tolerate {
                         drop(in_flight);
-                        self.undo_abandoned().await;
+                        if self.has_orphans() {
+                            self.undo_abandoned().await;
+                        }
                         return Err(e);
                     }
                     results[i] = Some(Err(e));
@@ -1108,7 +1120,9 @@ impl<E> Ctx<E> {
             Err(mut step_error) => {
                 // Work the failed step abandoned (child runs of its dropped attempts, or of a
                 // failed group's dropped branches) is undone before the body goes on.
-                self.undo_abandoned().await;
+                if self.has_orphans() {
+                    self.undo_abandoned().await;
+                }
                 match step_error.pop_attempt() {
                     Some(Attempt {
                         number,

@@ -210,6 +210,7 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
 
     fn adopt_completed(&self, tag: Tag, package: Package) {
         lock(&self.stack).push(Entry::Child { tag, package });
+        self.has_children.store(true, Ordering::Release);
     }
 
     fn absorb(&self, records: Vec<CompensationRecord>) {
@@ -413,8 +414,12 @@ impl<E> Ctx<E> {
 
     /// The step at `node` (in the current `map` item) failed: the child runs it completed are
     /// abandoned work, to be undone before the run goes on (their entries leave the stack for
-    /// the orphans). Only on a failure path; a plain check when the stack is empty.
+    /// the orphans). Only on a failure path; a plain load when no child ever completed.
     pub(crate) fn abandon_children(&self, node: NodeId) {
+        // A plain load first: a run that never adopted a completed child takes no lock.
+        if !self.inner.has_children.load(Ordering::Acquire) {
+            return;
+        }
         let claimed = {
             let mut stack = lock(&self.inner.stack);
             if stack.is_empty() {
