@@ -288,7 +288,7 @@ impl Runtime {
         script: Arc<crate::testing::Script<W::Error>>,
     ) -> Result<W::Output, Error<W::Error>> {
         let ctx = self.ctx(workflow, None, None);
-        let _ = ctx.inner.script.set(script);
+        let _ = ctx.inner.cold().script.set(script);
         let on_drop = self.on_drop(workflow);
         drive(workflow, ctx, input, None, on_drop).await
     }
@@ -363,7 +363,11 @@ fn report_of<T, E>(ctx: &Ctx<E>, result: Result<T, Error<E>>) -> RunReport<T, E>
     RunReport {
         result,
         compensations: ctx.take_records(),
-        observer_panics: lock(&ctx.inner.observer_panics).clone(),
+        observer_panics: ctx
+            .inner
+            .cold_if()
+            .map(|cold| lock(&cold.observer_panics).clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -473,7 +477,7 @@ async fn drive<W: Workflow>(
         // only for runs that have a limit.
         let ends = limit.map(crate::saga::deadline_after);
         if let Some(at) = ends {
-            let _ = ctx.inner.deadline.set(at);
+            let _ = ctx.inner.cold().deadline.set(at);
         }
         let mut deadline = pin!(async move {
             match (limit, ends) {
@@ -729,7 +733,10 @@ impl<W: Workflow> Handle<W> {
     /// ([`StepContext::report_progress`](crate::StepContext::report_progress)), if one did: a
     /// heartbeat, to tell a slow step from a stuck one. On tokio's clock.
     pub fn last_heartbeat(&self) -> Option<tokio::time::Instant> {
-        *lock(&self.ctx.inner.heartbeat)
+        self.ctx
+            .inner
+            .cold_if()
+            .and_then(|cold| *lock(&cold.heartbeat))
     }
 
     /// Cancels the run: the steps in flight are dropped, the compensations of completed steps

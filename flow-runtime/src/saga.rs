@@ -205,7 +205,7 @@ pub(crate) trait OrphanSink: crate::signal::SignalHost {
 
 impl<E: Send + 'static> OrphanSink for Inner<E> {
     fn adopt(&self, orphan: Package) {
-        adopt_into(&self.orphans, &self.has_orphans, orphan);
+        adopt_into(&self.cold().orphans, &self.has_orphans, orphan);
     }
 
     fn adopt_completed(&self, tag: Tag, package: Package) {
@@ -215,7 +215,7 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
 
     fn absorb(&self, records: Vec<CompensationRecord>) {
         if !records.is_empty() {
-            lock(&self.records).extend(records);
+            lock(&self.cold().records).extend(records);
         }
     }
 
@@ -245,7 +245,7 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
     }
 
     fn run_deadline(&self) -> Option<Instant> {
-        self.deadline.get().copied()
+        self.cold_if().and_then(|cold| cold.deadline.get().copied())
     }
 
     fn progress(
@@ -257,7 +257,7 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
         progress: crate::context::Progress,
     ) {
         let now = Instant::now();
-        *lock(&self.heartbeat) = Some(now);
+        *lock(&self.cold().heartbeat) = Some(now);
         if self.is_observed() {
             let _item = crate::ctx::ItemScope::enter(item);
             self.emit_at(
@@ -409,7 +409,7 @@ impl<E> Ctx<E> {
             return Vec::new();
         }
         self.inner.has_orphans.store(false, Ordering::Relaxed);
-        core::mem::take(&mut *lock(&self.inner.orphans))
+        core::mem::take(&mut *lock(&self.inner.cold().orphans))
     }
 
     /// The step at `node` (in the current `map` item) failed: the child runs it completed are
@@ -434,7 +434,7 @@ impl<E> Ctx<E> {
             )
         };
         for package in claimed {
-            adopt_into(&self.inner.orphans, &self.inner.has_orphans, package);
+            adopt_into(&self.inner.cold().orphans, &self.inner.has_orphans, package);
         }
     }
 
@@ -461,29 +461,35 @@ impl<E> Ctx<E> {
         });
         let records = Rescue {
             fut: Some(fut),
-            orphans: &self.inner.orphans,
+            orphans: &self.inner.cold().orphans,
             flag: &self.inner.has_orphans,
         }
         .await;
-        lock(&self.inner.records).extend(records);
+        lock(&self.inner.cold().records).extend(records);
     }
 
     /// Runs the orphans (newest first) with `deadline`, recording what ran.
     pub(crate) async fn run_orphans(&self, deadline: Instant) {
         for orphan in self.take_orphans().into_iter().rev() {
             let records = orphan(deadline).await;
-            lock(&self.inner.records).extend(records);
+            lock(&self.inner.cold().records).extend(records);
         }
     }
 
     /// Takes the records of the compensations run so far.
     pub(crate) fn take_records(&self) -> Vec<CompensationRecord> {
-        core::mem::take(&mut *lock(&self.inner.records))
+        match self.inner.cold_if() {
+            Some(cold) => core::mem::take(&mut *lock(&cold.records)),
+            None => Vec::new(),
+        }
     }
 
     /// A copy of the records of the compensations run so far.
     pub(crate) fn records(&self) -> Vec<CompensationRecord> {
-        lock(&self.inner.records).clone()
+        match self.inner.cold_if() {
+            Some(cold) => lock(&cold.records).clone(),
+            None => Vec::new(),
+        }
     }
 
     /// The deadline of a compensation starting now.
@@ -581,7 +587,7 @@ impl<E: Send + 'static> Ctx<E> {
             Err(_) => {
                 drop(stack);
                 for package in claimed {
-                    adopt_into(&self.inner.orphans, &self.inner.has_orphans, package);
+                    adopt_into(&self.inner.cold().orphans, &self.inner.has_orphans, package);
                 }
             }
         }
@@ -627,7 +633,7 @@ impl<E: Send + 'static> Ctx<E> {
             match entry {
                 Entry::Child { package, .. } => {
                     let records = package(deadline).await;
-                    lock(&self.inner.records).extend(records);
+                    lock(&self.inner.cold().records).extend(records);
                 }
                 Entry::Own {
                     tag,
@@ -676,7 +682,7 @@ impl<E: Send + 'static> Ctx<E> {
                         }
                     };
                     let graph = self.inner.graph;
-                    lock(&self.inner.records).push(CompensationRecord {
+                    lock(&self.inner.cold().records).push(CompensationRecord {
                         workflow: graph.name,
                         run: self.inner.run,
                         node,
