@@ -276,6 +276,43 @@ async fn an_abandoned_attempt_is_undone_before_the_next_and_reported_when_the_ru
     assert_eq!(report.compensations[0].workflow, "SlowChild");
 }
 
+async fn provision_vm_step(log: Log) -> Result<(), String> {
+    provision_vm(log).await.map_err(|e| e.to_string())
+}
+
+#[workflow]
+async fn provision_cluster(log: Log) -> Result<(), String> {
+    provision_vm_step(log.clone()).await?;
+    log.push("cluster ready");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn undos_a_completed_child_ran_for_its_abandoned_work_are_in_the_parents_report() {
+    let log = Log::default();
+    let report: RunReport<(), String> = Runtime::new()
+        .run_report(&ProvisionCluster, (log.clone(),))
+        .await;
+    assert!(report.result.is_ok());
+    assert_eq!(
+        log.take(),
+        [
+            "create vm 1",
+            "waiting",
+            "delete vm 1",
+            "create vm 2",
+            "ready",
+            "cluster ready"
+        ]
+    );
+    // `ProvisionVm` (a child of this run, which has run no undo of its own) undid its
+    // abandoned attempt's `SlowChild`: that record joins this run's report.
+    assert_eq!(report.compensations.len(), 1);
+    assert_eq!(report.compensations[0].workflow, "SlowChild");
+    assert_eq!(report.compensations[0].step, "create");
+    assert!(report.compensations[0].succeeded());
+}
+
 // ---------------------------------------------------------------- panics
 
 #[workflow]
