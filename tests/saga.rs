@@ -313,6 +313,94 @@ async fn undos_a_completed_child_ran_for_its_abandoned_work_are_in_the_parents_r
     assert!(report.compensations[0].succeeded());
 }
 
+#[workflow]
+async fn disk_child(log: Log) -> Result<(), String> {
+    #[compensate(delete)]
+    create(log.clone(), "child disk").await?;
+    Ok(())
+}
+
+/// Runs `DiskChild` (which completes), then takes a while: its sibling finishes first.
+async fn attach_disk(log: Log) -> Result<Log, String> {
+    disk_child(log.clone()).await.map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    log.push("disk attached");
+    Ok(log)
+}
+
+async fn open_port(log: Log) -> Result<Log, String> {
+    log.push("port opened");
+    Ok(log)
+}
+
+async fn detach_disk(log: Log) -> Result<(), String> {
+    log.push("disk detached");
+    Ok(())
+}
+
+async fn close_port(log: Log) -> Result<(), String> {
+    log.push("port closed");
+    Ok(())
+}
+
+async fn refuse_pair((log, _): (Log, Log)) -> Result<(), String> {
+    log.push("fail");
+    Err("boom".into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steps_undo_takes_over_its_childs_even_when_a_sibling_registered_an_undo_in_between() {
+    let log = Log::default();
+    let f = flow! {
+        (attach_disk [compensate = detach_disk] & open_port [compensate = close_port]) -> refuse_pair
+    };
+    let err = Runtime::new().run(&f, log.clone()).await.unwrap_err();
+    assert_eq!(err.error(), Some(&"boom".to_owned()));
+    // `open_port` registers its undo while `attach_disk` still runs; `attach_disk`'s own undo,
+    // registered after, is responsible for the child it ran: the child's undo is dropped.
+    assert_eq!(
+        log.take(),
+        [
+            "create child disk",
+            "port opened",
+            "disk attached",
+            "fail",
+            "disk detached",
+            "port closed",
+        ]
+    );
+    assert_eq!(err.compensations().len(), 2);
+}
+
+async fn reserve_slot(log: Log) -> Result<Log, String> {
+    log.push("reserved");
+    Ok(log)
+}
+
+/// An undo that takes 400 days (on the paused clock).
+async fn release_slowly(log: Log) -> Result<(), String> {
+    tokio::time::sleep(Duration::from_secs(400 * 24 * 3600)).await;
+    log.push("released");
+    Ok(())
+}
+
+async fn refuse_slot(log: Log) -> Result<(), String> {
+    log.push("fail");
+    Err("boom".into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unbounded_compensation_budget_does_not_cut_a_slow_undo_short() {
+    let log = Log::default();
+    // `Instant + Duration::MAX` overflows: the budget's end is then 30 years away.
+    let f = flow! { reserve_slot [compensate = release_slowly] -> refuse_slot }
+        .with_compensation_timeout(Duration::MAX);
+    let err = Runtime::new().run(&f, log.clone()).await.unwrap_err();
+    assert_eq!(log.take(), ["reserved", "fail", "released"]);
+    assert_eq!(err.compensations().len(), 1);
+    assert!(err.compensations()[0].succeeded());
+}
+
 // ---------------------------------------------------------------- panics
 
 #[workflow]
