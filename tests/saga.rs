@@ -401,6 +401,64 @@ async fn an_unbounded_compensation_budget_does_not_cut_a_slow_undo_short() {
     assert!(err.compensations()[0].succeeded());
 }
 
+/// An undo that takes 5 s.
+async fn delete_slowly((log, what): (Log, &'static str)) -> Result<(), String> {
+    log.push(format!("deleting {what}"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    log.push(format!("deleted {what}"));
+    Ok(())
+}
+
+#[workflow]
+async fn slow_undo_child(log: Log, attempt: u32) -> Result<(), String> {
+    #[compensate(delete_slowly)]
+    create(log.clone(), if attempt == 1 { "vm 1" } else { "vm 2" }).await?;
+    if attempt == 1 {
+        wait_forever(log).await?;
+    }
+    Ok(())
+}
+
+async fn slow_undo_child_step(log: Log, attempt: Arc<Mutex<u32>>) -> Result<(), String> {
+    let n = {
+        let mut a = attempt.lock().unwrap();
+        *a += 1;
+        *a
+    };
+    slow_undo_child(log, n).await.map_err(|e| e.to_string())
+}
+
+#[workflow(timeout = "2s")]
+async fn provision_vm_in_time(log: Log) -> Result<(), String> {
+    let attempt = Arc::new(Mutex::new(0));
+    #[retry(max_attempts = 2)]
+    #[timeout("1s")]
+    slow_undo_child_step(log.clone(), attempt.clone()).await?;
+    log.push("ready");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_undo_of_abandoned_work_cut_off_by_the_time_limit_is_finished_by_the_run() {
+    let log = Log::default();
+    let start = tokio::time::Instant::now();
+    let err = provision_vm_in_time(log.clone()).await.unwrap_err();
+    // Attempt 1 times out at 1 s: its child's vm is being deleted (5 s) when the run's time
+    // limit ends it at 2 s; the deletion is not dropped but finished as the run ends.
+    assert!(
+        matches!(err.kind(), flow::ErrorKind::TimedOut { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        log.take(),
+        ["create vm 1", "waiting", "deleting vm 1", "deleted vm 1"]
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(6));
+    assert_eq!(err.compensations().len(), 1);
+    assert_eq!(err.compensations()[0].workflow, "SlowUndoChild");
+    assert!(err.compensations()[0].succeeded());
+}
+
 // ---------------------------------------------------------------- panics
 
 #[workflow]
