@@ -276,6 +276,189 @@ async fn an_abandoned_attempt_is_undone_before_the_next_and_reported_when_the_ru
     assert_eq!(report.compensations[0].workflow, "SlowChild");
 }
 
+async fn provision_vm_step(log: Log) -> Result<(), String> {
+    provision_vm(log).await.map_err(|e| e.to_string())
+}
+
+#[workflow]
+async fn provision_cluster(log: Log) -> Result<(), String> {
+    provision_vm_step(log.clone()).await?;
+    log.push("cluster ready");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn undos_a_completed_child_ran_for_its_abandoned_work_are_in_the_parents_report() {
+    let log = Log::default();
+    let report: RunReport<(), String> = Runtime::new()
+        .run_report(&ProvisionCluster, (log.clone(),))
+        .await;
+    assert!(report.result.is_ok());
+    assert_eq!(
+        log.take(),
+        [
+            "create vm 1",
+            "waiting",
+            "delete vm 1",
+            "create vm 2",
+            "ready",
+            "cluster ready"
+        ]
+    );
+    // `ProvisionVm` (a child of this run, which has run no undo of its own) undid its
+    // abandoned attempt's `SlowChild`: that record joins this run's report.
+    assert_eq!(report.compensations.len(), 1);
+    assert_eq!(report.compensations[0].workflow, "SlowChild");
+    assert_eq!(report.compensations[0].step, "create");
+    assert!(report.compensations[0].succeeded());
+}
+
+#[workflow]
+async fn disk_child(log: Log) -> Result<(), String> {
+    #[compensate(delete)]
+    create(log.clone(), "child disk").await?;
+    Ok(())
+}
+
+/// Runs `DiskChild` (which completes), then takes a while: its sibling finishes first.
+async fn attach_disk(log: Log) -> Result<Log, String> {
+    disk_child(log.clone()).await.map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    log.push("disk attached");
+    Ok(log)
+}
+
+async fn open_port(log: Log) -> Result<Log, String> {
+    log.push("port opened");
+    Ok(log)
+}
+
+async fn detach_disk(log: Log) -> Result<(), String> {
+    log.push("disk detached");
+    Ok(())
+}
+
+async fn close_port(log: Log) -> Result<(), String> {
+    log.push("port closed");
+    Ok(())
+}
+
+async fn refuse_pair((log, _): (Log, Log)) -> Result<(), String> {
+    log.push("fail");
+    Err("boom".into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steps_undo_takes_over_its_childs_even_when_a_sibling_registered_an_undo_in_between() {
+    let log = Log::default();
+    let f = flow! {
+        (attach_disk [compensate = detach_disk] & open_port [compensate = close_port]) -> refuse_pair
+    };
+    let err = Runtime::new().run(&f, log.clone()).await.unwrap_err();
+    assert_eq!(err.error(), Some(&"boom".to_owned()));
+    // `open_port` registers its undo while `attach_disk` still runs; `attach_disk`'s own undo,
+    // registered after, is responsible for the child it ran: the child's undo is dropped.
+    assert_eq!(
+        log.take(),
+        [
+            "create child disk",
+            "port opened",
+            "disk attached",
+            "fail",
+            "disk detached",
+            "port closed",
+        ]
+    );
+    assert_eq!(err.compensations().len(), 2);
+}
+
+async fn reserve_slot(log: Log) -> Result<Log, String> {
+    log.push("reserved");
+    Ok(log)
+}
+
+/// An undo that takes 400 days (on the paused clock).
+async fn release_slowly(log: Log) -> Result<(), String> {
+    tokio::time::sleep(Duration::from_secs(400 * 24 * 3600)).await;
+    log.push("released");
+    Ok(())
+}
+
+async fn refuse_slot(log: Log) -> Result<(), String> {
+    log.push("fail");
+    Err("boom".into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unbounded_compensation_budget_does_not_cut_a_slow_undo_short() {
+    let log = Log::default();
+    // `Instant + Duration::MAX` overflows: the budget's end is then 30 years away.
+    let f = flow! { reserve_slot [compensate = release_slowly] -> refuse_slot }
+        .with_compensation_timeout(Duration::MAX);
+    let err = Runtime::new().run(&f, log.clone()).await.unwrap_err();
+    assert_eq!(log.take(), ["reserved", "fail", "released"]);
+    assert_eq!(err.compensations().len(), 1);
+    assert!(err.compensations()[0].succeeded());
+}
+
+/// An undo that takes 5 s.
+async fn delete_slowly((log, what): (Log, &'static str)) -> Result<(), String> {
+    log.push(format!("deleting {what}"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    log.push(format!("deleted {what}"));
+    Ok(())
+}
+
+#[workflow]
+async fn slow_undo_child(log: Log, attempt: u32) -> Result<(), String> {
+    #[compensate(delete_slowly)]
+    create(log.clone(), if attempt == 1 { "vm 1" } else { "vm 2" }).await?;
+    if attempt == 1 {
+        wait_forever(log).await?;
+    }
+    Ok(())
+}
+
+async fn slow_undo_child_step(log: Log, attempt: Arc<Mutex<u32>>) -> Result<(), String> {
+    let n = {
+        let mut a = attempt.lock().unwrap();
+        *a += 1;
+        *a
+    };
+    slow_undo_child(log, n).await.map_err(|e| e.to_string())
+}
+
+#[workflow(timeout = "2s")]
+async fn provision_vm_in_time(log: Log) -> Result<(), String> {
+    let attempt = Arc::new(Mutex::new(0));
+    #[retry(max_attempts = 2)]
+    #[timeout("1s")]
+    slow_undo_child_step(log.clone(), attempt.clone()).await?;
+    log.push("ready");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_undo_of_abandoned_work_cut_off_by_the_time_limit_is_finished_by_the_run() {
+    let log = Log::default();
+    let start = tokio::time::Instant::now();
+    let err = provision_vm_in_time(log.clone()).await.unwrap_err();
+    // Attempt 1 times out at 1 s: its child's vm is being deleted (5 s) when the run's time
+    // limit ends it at 2 s; the deletion is not dropped but finished as the run ends.
+    assert!(
+        matches!(err.kind(), flow::ErrorKind::TimedOut { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        log.take(),
+        ["create vm 1", "waiting", "deleting vm 1", "deleted vm 1"]
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(6));
+    assert_eq!(err.compensations().len(), 1);
+    assert_eq!(err.compensations()[0].workflow, "SlowUndoChild");
+    assert!(err.compensations()[0].succeeded());
+}
+
 // ---------------------------------------------------------------- panics
 
 #[workflow]

@@ -3,9 +3,9 @@
 //! While the runtime polls one attempt of a step, a small `Copy` [`Frame`] (node, attempt,
 //! entry number, attempt deadline) sits in a thread-local; [`StepContext::current`] builds the
 //! context from it, the thread's current `map` item and the run whose body is being polled
-//! (the task-local every run already sets, see `runtime.rs`). Nothing else is built, and no
-//! clock is read, unless a step asks: a plain step of an unobserved run pays two writes of
-//! the thread-local around each poll.
+//! (the thread-local every run sets around each poll of its body, see `runtime.rs`). Nothing
+//! else is built, and no clock is read, unless a step asks: a plain step of an unobserved run
+//! pays two writes of the thread-local around each poll.
 
 use core::cell::Cell;
 use core::future::Future;

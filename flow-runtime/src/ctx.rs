@@ -8,8 +8,9 @@ use core::future::Future;
 use core::panic::AssertUnwindSafe;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use core::task::Poll;
 use core::time::Duration;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use futures_util::FutureExt as _;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
@@ -87,14 +88,33 @@ impl Drop for ItemScope {
     }
 }
 
-/// Polls `fut` with `item` as the current map item.
-async fn in_item<F: Future>(item: u32, fut: F) -> F::Output {
-    let mut fut = core::pin::pin!(fut);
-    core::future::poll_fn(|cx| {
-        let _scope = ItemScope::enter(Some(item));
-        fut.as_mut().poll(cx)
-    })
-    .await
+pin_project_lite::pin_project! {
+    /// A `map` item's future: polls the item's body with the item's index as the current
+    /// item, and gives the index back with the output (so results keep the items' order).
+    ///
+    /// Written by hand rather than as `async move { (i, fut.await) }` inside an `async fn`:
+    /// each of those layers stores the body's future twice (the moved argument and the
+    /// awaited copy), and `FuturesUnordered` copies the whole item future into its task.
+    struct Item<F> {
+        #[pin]
+        fut: F,
+        index: usize,
+    }
+}
+
+impl<F: Future> Future for Item<F> {
+    type Output = (usize, F::Output);
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut core::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let index = *this.index;
+        let _scope = ItemScope::enter(Some(u32::try_from(index).unwrap_or(u32::MAX)));
+        match this.fut.poll(cx) {
+            Poll::Ready(out) => Poll::Ready((index, out)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Where a run is: running, or one of the terminal states.
@@ -221,20 +241,10 @@ pub(crate) struct Inner<E> {
     pub(crate) observers: Observers,
     /// Observers removed from this run after panicking.
     disabled: Disabled,
-    /// Their panic messages.
-    pub(crate) observer_panics: Mutex<Vec<String>>,
     /// How many times each step was entered (every run: a step's context names its entry),
     /// and each group (observed runs): inline for the first [`SMALL_GRAPH`] nodes, the rest
-    /// allocated on first use.
+    /// allocated on first use ([`Cold::iterations`]).
     iter_small: [AtomicU32; SMALL_GRAPH],
-    iterations: std::sync::OnceLock<Box<[AtomicU32]>>,
-    /// When the workflow's time limit ends, for runs that have one (set when the run starts).
-    pub(crate) deadline: std::sync::OnceLock<Instant>,
-    /// When a step of this run last reported progress ([`StepContext::report_progress`]).
-    pub(crate) heartbeat: Mutex<Option<Instant>>,
-    /// Scripted step outcomes (`flow::testing`).
-    #[cfg(feature = "testing")]
-    pub(crate) script: std::sync::OnceLock<Arc<crate::testing::Script<E>>>,
     pub(crate) cancel: Option<CancellationToken>,
     pub(crate) rng: SplitMix64,
     /// The root run's runtime had a fixed seed: every descendant's jitter is reproducible.
@@ -246,19 +256,43 @@ pub(crate) struct Inner<E> {
     pub(crate) compensation_timeout: Duration,
     /// The compensation stack: this run's registered undos and its completed children's.
     pub(crate) stack: Mutex<Vec<Entry<E>>>,
+    /// Whether [`Cold::orphans`] may be non-empty (so that a run without children takes no
+    /// lock).
+    pub(crate) has_orphans: AtomicBool,
+    /// Whether a completed child's stack was ever pushed on `stack` (so that a failed attempt
+    /// of a run without children takes no lock to look for its children).
+    pub(crate) has_children: AtomicBool,
+    /// Whether [`Cold::surfaced`] may hold a step error.
+    has_surfaced: AtomicBool,
+    /// Whether [`Cold::abort`] was set: the run ends.
+    aborted: AtomicBool,
+    /// What most runs never use, allocated on first use: a run's context is allocated, filled
+    /// and dropped once per run, so every field here would cost every run.
+    cold: OnceLock<Box<Cold<E>>>,
+}
+
+/// The parts of a run's context that most runs never touch (see [`Inner::cold`]).
+pub(crate) struct Cold<E> {
+    /// Messages of observers that panicked.
+    pub(crate) observer_panics: Mutex<Vec<String>>,
+    /// Entry counters of the nodes past the first [`SMALL_GRAPH`].
+    iterations: OnceLock<Box<[AtomicU32]>>,
+    /// When the workflow's time limit ends, for runs that have one (set when the run starts).
+    pub(crate) deadline: OnceLock<Instant>,
+    /// When a step of this run last reported progress ([`StepContext::report_progress`]).
+    pub(crate) heartbeat: Mutex<Option<Instant>>,
+    /// Scripted step outcomes (`flow::testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) script: OnceLock<Arc<crate::testing::Script<E>>>,
     /// Compensations of child runs dropped mid-run (abandoned work), adopted to run before
     /// the next attempt, after a failed group, or at the end of this run.
     pub(crate) orphans: Mutex<Vec<Package>>,
-    /// Whether `orphans` may be non-empty (so that a run without children takes no lock).
-    pub(crate) has_orphans: AtomicBool,
     /// Every compensation this run ran, in order.
     pub(crate) records: Mutex<Vec<CompensationRecord>>,
     /// `#[workflow]`: the earlier attempts of the step whose error was last handed to the body.
     surfaced: Mutex<Option<Surfaced<E>>>,
-    has_surfaced: AtomicBool,
     /// `#[workflow]`: a step failure with no value of the error type, which ends the run.
     abort: Mutex<Option<StepError<E>>>,
-    aborted: AtomicBool,
     /// The run's signal mailbox, made on first use (`signal.rs`).
     pub(crate) signals: crate::signal::Slot,
     /// The run's record in a store, for durable runs (set before the run starts).
@@ -266,10 +300,51 @@ pub(crate) struct Inner<E> {
     pub(crate) journal: std::sync::OnceLock<Arc<crate::durable::Journal>>,
 }
 
+impl<E> Cold<E> {
+    fn new() -> Self {
+        Cold {
+            observer_panics: Mutex::new(Vec::new()),
+            iterations: OnceLock::new(),
+            deadline: OnceLock::new(),
+            heartbeat: Mutex::new(None),
+            #[cfg(feature = "testing")]
+            script: OnceLock::new(),
+            orphans: Mutex::new(Vec::new()),
+            records: Mutex::new(Vec::new()),
+            surfaced: Mutex::new(None),
+            abort: Mutex::new(None),
+            signals: crate::signal::Slot::new(),
+            #[cfg(feature = "durable")]
+            journal: OnceLock::new(),
+        }
+    }
+}
+
 impl<E> Inner<E> {
     #[inline]
     pub(crate) fn is_observed(&self) -> bool {
         self.observed.load(Ordering::Relaxed)
+    }
+
+    /// The run's rarely used parts, made now if they were not yet.
+    #[inline]
+    pub(crate) fn cold(&self) -> &Cold<E> {
+        match self.cold.get() {
+            Some(cold) => cold,
+            None => self.make_cold(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn make_cold(&self) -> &Cold<E> {
+        self.cold.get_or_init(|| Box::new(Cold::new()))
+    }
+
+    /// The run's rarely used parts, if anything made them.
+    #[inline]
+    pub(crate) fn cold_if(&self) -> Option<&Cold<E>> {
+        self.cold.get().map(|cold| &**cold)
     }
 
     /// See [`Ctx::emit_at`].
@@ -293,7 +368,7 @@ impl<E> Inner<E> {
         };
         let panics = self.observers.emit(&event, &self.disabled);
         if !panics.is_empty() {
-            lock(&self.observer_panics).extend(panics);
+            lock(&self.cold().observer_panics).extend(panics);
         }
     }
 }
@@ -355,29 +430,18 @@ impl<E: core::fmt::Display> Ctx<E> {
                 observed: AtomicBool::new(observed),
                 observers,
                 disabled: Disabled::new(0),
-                observer_panics: Mutex::new(Vec::new()),
                 iter_small: [const { AtomicU32::new(0) }; SMALL_GRAPH],
-                iterations: std::sync::OnceLock::new(),
-                deadline: std::sync::OnceLock::new(),
-                heartbeat: Mutex::new(None),
-                #[cfg(feature = "testing")]
-                script: std::sync::OnceLock::new(),
                 cancel,
                 rng: SplitMix64::new(seed),
                 seeded,
                 describe: |f| f.to_string(),
                 compensation_timeout,
                 stack: Mutex::new(Vec::new()),
-                orphans: Mutex::new(Vec::new()),
                 has_orphans: AtomicBool::new(false),
-                records: Mutex::new(Vec::new()),
-                surfaced: Mutex::new(None),
+                has_children: AtomicBool::new(false),
                 has_surfaced: AtomicBool::new(false),
-                abort: Mutex::new(None),
                 aborted: AtomicBool::new(false),
-                signals: crate::signal::Slot::new(),
-                #[cfg(feature = "durable")]
-                journal: std::sync::OnceLock::new(),
+                cold: OnceLock::new(),
             }),
         }
     }
@@ -448,8 +512,8 @@ impl<E> Ctx<E> {
             Some(c) => c.load(Ordering::Relaxed),
             None => self
                 .inner
-                .iterations
-                .get()
+                .cold_if()
+                .and_then(|cold| cold.iterations.get())
                 .and_then(|c| c.get(i - SMALL_GRAPH))
                 .map_or(0, |c| c.load(Ordering::Relaxed)),
         }
@@ -475,7 +539,7 @@ impl<E> Ctx<E> {
     #[cold]
     #[inline(never)]
     fn next_iteration_big(&self, node: NodeId) -> u32 {
-        let counts = self.inner.iterations.get_or_init(|| {
+        let counts = self.inner.cold().iterations.get_or_init(|| {
             (SMALL_GRAPH..self.inner.graph.nodes.len())
                 .map(|_| AtomicU32::new(0))
                 .collect()
@@ -516,7 +580,9 @@ impl<E> Ctx<E> {
     #[cold]
     fn clear_surfaced(&self) {
         self.inner.has_surfaced.store(false, Ordering::Relaxed);
-        *lock(&self.inner.surfaced) = None;
+        if let Some(cold) = self.inner.cold_if() {
+            *lock(&cold.surfaced) = None;
+        }
     }
 
     /// `start_attempt` for a plain step (entered, attempt 1, timed only when observed): the
@@ -835,7 +901,9 @@ impl<E> Ctx<E> {
             // compensations here, and those it completed are abandoned too. Undo them before
             // anything else (the next attempt).
             self.abandon_children(node);
-            self.undo_abandoned().await;
+            if self.has_orphans() {
+                self.undo_abandoned().await;
+            }
             let Some(rule_ix) = policy.retry.iter().position(|r| r.matches(&failure)) else {
                 return Err(self.fail(
                     node,
@@ -923,7 +991,7 @@ impl<E> Ctx<E> {
     #[cold]
     #[inline(never)]
     fn scripted_now(&self, node: NodeId) -> Option<crate::testing::Scripted<E>> {
-        let script = self.inner.script.get()?;
+        let script = self.inner.cold_if()?.script.get()?;
         script.next(self.inner.graph.key_of(node))?.scripted()
     }
 
@@ -1032,7 +1100,9 @@ impl<E> Ctx<E> {
     {
         match result {
             Err(e) if catches(&e) => {
-                self.undo_abandoned().await;
+                if self.has_orphans() {
+                    self.undo_abandoned().await;
+                }
                 if self.observed() {
                     self.emit(
                         e.node(),
@@ -1076,16 +1146,19 @@ impl<E> Ctx<E> {
             while in_flight.len() < limit {
                 let Some((i, item)) = items.next() else { break };
                 results.push(None);
-                let fut = body(item);
-                let ix = u32::try_from(i).unwrap_or(u32::MAX);
-                in_flight.push(in_item(ix, async move { (i, fut.await) }));
+                in_flight.push(Item {
+                    fut: body(item),
+                    index: i,
+                });
             }
             match in_flight.next().await {
                 Some((i, Ok(v))) => results[i] = Some(v),
                 Some((_, Err(e))) => {
                     // The bodies in flight are dropped: undo what their child runs did.
                     drop(in_flight);
-                    self.undo_abandoned().await;
+                    if self.has_orphans() {
+                        self.undo_abandoned().await;
+                    }
                     return Err(e);
                 }
                 None => break,
@@ -1124,9 +1197,10 @@ impl<E> Ctx<E> {
             while in_flight.len() < limit {
                 let Some((i, item)) = items.next() else { break };
                 results.push(None);
-                let fut = body(item);
-                let ix = u32::try_from(i).unwrap_or(u32::MAX);
-                in_flight.push(in_item(ix, async move { (i, fut.await) }));
+                in_flight.push(Item {
+                    fut: body(item),
+                    index: i,
+                });
             }
             match in_flight.next().await {
                 Some((i, Ok(v))) => results[i] = Some(Ok(v)),
@@ -1134,7 +1208,9 @@ impl<E> Ctx<E> {
                     failures += 1;
                     if failures > tolerate {
                         drop(in_flight);
-                        self.undo_abandoned().await;
+                        if self.has_orphans() {
+                            self.undo_abandoned().await;
+                        }
                         return Err(e);
                     }
                     results[i] = Some(Err(e));
@@ -1158,21 +1234,23 @@ impl<E> Ctx<E> {
             Err(mut step_error) => {
                 // Work the failed step abandoned (child runs of its dropped attempts, or of a
                 // failed group's dropped branches) is undone before the body goes on.
-                self.undo_abandoned().await;
+                if self.has_orphans() {
+                    self.undo_abandoned().await;
+                }
                 match step_error.pop_attempt() {
                     Some(Attempt {
                         number,
                         elapsed,
                         failure: Failure::Error(e),
                     }) => {
-                        *lock(&self.inner.surfaced) = Some((step_error, number, elapsed));
+                        *lock(&self.inner.cold().surfaced) = Some((step_error, number, elapsed));
                         self.inner.has_surfaced.store(true, Ordering::Relaxed);
                         return Err(e);
                     }
                     Some(last) => step_error.push_attempt(last),
                     None => {}
                 }
-                *lock(&self.inner.abort) = Some(step_error);
+                *lock(&self.inner.cold().abort) = Some(step_error);
                 self.inner.aborted.store(true, Ordering::Release);
                 core::future::pending().await
             }
@@ -1208,7 +1286,9 @@ impl<E> Ctx<E> {
     }
 
     pub(crate) fn take_abort(&self) -> Option<StepError<E>> {
-        lock(&self.inner.abort).take()
+        self.inner
+            .cold_if()
+            .and_then(|cold| lock(&cold.abort).take())
     }
 
     /// Ends the run at its next poll, with no step error (a durable run whose journal says
@@ -1224,7 +1304,9 @@ impl<E> Ctx<E> {
     pub fn finish<T>(&self, result: Result<T, E>) -> Result<T, Error<E>> {
         result.map_err(|e| {
             let surfaced = if self.inner.has_surfaced.load(Ordering::Relaxed) {
-                lock(&self.inner.surfaced).take()
+                self.inner
+                    .cold_if()
+                    .and_then(|cold| lock(&cold.surfaced).take())
             } else {
                 None
             };

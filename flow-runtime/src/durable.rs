@@ -428,7 +428,7 @@ impl<E> Ctx<E> {
     /// This run's journal, if it is durable.
     #[inline]
     pub(crate) fn journal(&self) -> Option<&Arc<Journal>> {
-        self.inner.journal.get()
+        self.inner.cold_if().and_then(|c| c.journal.get())
     }
 }
 
@@ -1395,7 +1395,7 @@ impl Runtime {
             input,
             false,
             move |ctx| {
-                let _ = ctx.inner.journal.set(set);
+                let _ = ctx.inner.cold().journal.set(set);
             },
             move |workflow, ctx, input| async move {
                 let result = run_durable(&workflow, ctx, input, &journal, pending).await;

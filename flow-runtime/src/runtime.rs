@@ -1,6 +1,7 @@
 //! The executor: runs a workflow's state machine with cancellation, a time limit,
 //! compensation and events, on the current task or on a task of its own.
 
+use core::cell::Cell;
 use core::future::Future;
 use core::panic::AssertUnwindSafe;
 use core::pin::{Pin, pin};
@@ -43,16 +44,61 @@ pub(crate) struct ChildLink {
     pub(crate) seeded: bool,
 }
 
-tokio::task_local! {
-    /// The run whose body is being polled: where a child run started in one of its steps
-    /// finds what it inherits ([`OrphanSink::link`]) and leaves its compensations. One
-    /// reference-counted pointer, swapped in and out around each poll of a run.
-    static CURRENT: Arc<dyn OrphanSink>;
+thread_local! {
+    /// The run whose body is being polled on this thread: where a child run started in one of
+    /// its steps finds what it inherits ([`OrphanSink::link`]) and leaves its compensations.
+    /// One reference-counted pointer, moved in and out around each poll of a run's body (what
+    /// a tokio task-local's scope does, without its `RefCell` and without a future layer), so
+    /// it is set exactly while the body, and the steps it polls, run.
+    static CURRENT: Cell<Option<Arc<dyn OrphanSink>>> = const { Cell::new(None) };
 }
 
-/// The run whose body is being polled on this task, if any (see [`StepContext`](crate::StepContext)).
+/// The run whose body is being polled on this thread, if any (see [`StepContext`](crate::StepContext)).
 pub(crate) fn current_run() -> Option<Arc<dyn OrphanSink>> {
-    CURRENT.try_with(Arc::clone).ok()
+    CURRENT
+        .try_with(|c| {
+            let run = c.take();
+            let copy = run.clone();
+            c.set(run);
+            copy
+        })
+        .ok()
+        .flatten()
+}
+
+/// What is current while a run's body is polled: the run ([`CURRENT`]), no `map` item and no
+/// step. Entered around each poll of the body; the previous values come back after it (also
+/// on unwind), and the run's link goes back to `slot` for the next poll.
+struct BodyScope<'a> {
+    slot: &'a mut Option<Arc<dyn OrphanSink>>,
+    run: Option<Arc<dyn OrphanSink>>,
+    item: ItemScope,
+    frame: FrameScope,
+}
+
+impl<'a> BodyScope<'a> {
+    #[inline]
+    fn enter(slot: &'a mut Option<Arc<dyn OrphanSink>>) -> Self {
+        // `try_with`: after this thread's locals are destroyed, the body sees no run.
+        let run = CURRENT.try_with(|c| c.replace(slot.take())).ok().flatten();
+        BodyScope {
+            slot,
+            run,
+            item: ItemScope::enter(None),
+            frame: FrameScope::enter(Frame::NONE),
+        }
+    }
+}
+
+impl Drop for BodyScope<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let _ = (&self.item, &self.frame);
+        let run = self.run.take();
+        if let Ok(link) = CURRENT.try_with(|c| c.replace(run)) {
+            *self.slot = link;
+        }
+    }
 }
 
 /// Runs workflows: holds the observers and the jitter seed that its runs use.
@@ -247,7 +293,7 @@ impl Runtime {
         script: Arc<crate::testing::Script<W::Error>>,
     ) -> Result<W::Output, Error<W::Error>> {
         let ctx = self.ctx(workflow, None, None);
-        let _ = ctx.inner.script.set(script);
+        let _ = ctx.inner.cold().script.set(script);
         let on_drop = self.on_drop(workflow);
         drive(workflow, ctx, input, None, on_drop).await
     }
@@ -342,18 +388,20 @@ impl Runtime {
     }
 }
 
-/// The task-local link of the run being polled on this task, as signals see it.
+/// The link of the run whose body is being polled on this thread, as signals see it.
 pub(crate) fn current_host() -> Option<Arc<dyn crate::signal::SignalHost>> {
-    CURRENT
-        .try_with(|link| Arc::clone(link) as Arc<dyn crate::signal::SignalHost>)
-        .ok()
+    current_run().map(|link| link as Arc<dyn crate::signal::SignalHost>)
 }
 
 fn report_of<T, E>(ctx: &Ctx<E>, result: Result<T, Error<E>>) -> RunReport<T, E> {
     RunReport {
         result,
         compensations: ctx.take_records(),
-        observer_panics: lock(&ctx.inner.observer_panics).clone(),
+        observer_panics: ctx
+            .inner
+            .cold_if()
+            .map(|cold| lock(&cold.observer_panics).clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -382,8 +430,8 @@ pub async fn run_nested<W: Workflow>(
     workflow: &W,
     input: W::Input,
 ) -> Result<W::Output, Error<W::Error>> {
-    match CURRENT.try_with(Arc::clone) {
-        Ok(sink) => {
+    match current_run() {
+        Some(sink) => {
             // Where this child runs in its parent: read now, on the first poll, while the
             // parent's step that awaits it is the current one.
             let tag = sink.tag();
@@ -400,7 +448,7 @@ pub async fn run_nested<W: Workflow>(
             );
             drive(workflow, ctx, input, Some((sink, tag)), true).await
         }
-        Err(_) => Runtime::new().run(workflow, input).await,
+        None => Runtime::new().run(workflow, input).await,
     }
 }
 
@@ -438,16 +486,17 @@ pub(crate) async fn drive<W: Workflow>(
     };
     ctx.emit(NodeId::START, EventKind::RunStarted);
     // What workflows called inside this run's steps inherit, and where they leave their
-    // compensations: always set (one task-local scope per poll of the run, not per step; one
-    // pointer), so that a child run's undos reach this run however it was started.
-    let link = ctx.sink();
+    // compensations: always set (moved into a thread-local around each poll of the body, not
+    // per step; one pointer), so that a child run's undos reach this run however it was
+    // started.
+    let mut link = Some(ctx.sink());
     let outcome = {
         // Scoped so that the body, and every step in flight, is dropped before compensating.
         // Pinned where it is built: moving it (into a helper's argument, say) would give the
         // run's future a second slot of the body's size.
         let observed = ctx.observed();
         let mut body = pin!(crate::trace::traced(
-            CURRENT.scope(link, workflow.execute(ctx.clone(), input)),
+            workflow.execute(ctx.clone(), input),
             observed,
         ));
         let cancel = ctx.cancel_token().cloned();
@@ -462,7 +511,7 @@ pub(crate) async fn drive<W: Workflow>(
         // only for runs that have a limit.
         let ends = limit.map(crate::saga::deadline_after);
         if let Some(at) = ends {
-            let _ = ctx.inner.deadline.set(at);
+            let _ = ctx.inner.cold().deadline.set(at);
         }
         let mut deadline = pin!(async move {
             match (limit, ends) {
@@ -481,8 +530,7 @@ pub(crate) async fn drive<W: Workflow>(
             // predicate) ends the run; the body is not polled again. The body runs outside any
             // enclosing `map` item.
             let polled = {
-                let _item = ItemScope::enter(None);
-                let _frame = FrameScope::enter(Frame::NONE);
+                let _scope = BodyScope::enter(&mut link);
                 std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx)))
             };
             match polled {
@@ -745,7 +793,10 @@ impl<W: Workflow> Handle<W> {
     /// ([`StepContext::report_progress`](crate::StepContext::report_progress)), if one did: a
     /// heartbeat, to tell a slow step from a stuck one. On tokio's clock.
     pub fn last_heartbeat(&self) -> Option<tokio::time::Instant> {
-        *lock(&self.ctx.inner.heartbeat)
+        self.ctx
+            .inner
+            .cold_if()
+            .and_then(|cold| *lock(&cold.heartbeat))
     }
 
     /// Cancels the run: the steps in flight are dropped, the compensations of completed steps

@@ -176,7 +176,7 @@ impl<E> CompensationPolicy<'_, E> {
 }
 
 /// Where a child run leaves its compensations: the parent run's context, type-erased.
-/// (It is also the run as signals see it: the task-local run link reaches the mailbox.)
+/// (It is also the run as signals see it: the current run's link reaches the mailbox.)
 pub(crate) trait OrphanSink: crate::signal::SignalHost {
     /// A child dropped mid-run (or while compensating): its remaining undos, to run soon.
     fn adopt(&self, orphan: Package);
@@ -209,23 +209,26 @@ pub(crate) trait OrphanSink: crate::signal::SignalHost {
 
 impl<E: Send + 'static> OrphanSink for Inner<E> {
     fn adopt(&self, orphan: Package) {
-        adopt_into(&self.orphans, &self.has_orphans, orphan);
+        adopt_into(&self.cold().orphans, &self.has_orphans, orphan);
     }
 
     fn adopt_completed(&self, tag: Tag, package: Package) {
         lock(&self.stack).push(Entry::Child { tag, package });
+        self.has_children.store(true, Ordering::Release);
     }
 
     fn absorb(&self, records: Vec<CompensationRecord>) {
         if !records.is_empty() {
-            lock(&self.records).extend(records);
+            lock(&self.cold().records).extend(records);
         }
     }
 
     fn durable_key(&self, node: NodeId, item: Option<u32>) -> Option<String> {
         #[cfg(feature = "durable")]
         {
-            self.journal.get().map(|j| j.idempotency_key(node, item))
+            self.cold_if()
+                .and_then(|c| c.journal.get())
+                .map(|j| j.idempotency_key(node, item))
         }
         #[cfg(not(feature = "durable"))]
         {
@@ -261,7 +264,7 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
     }
 
     fn run_deadline(&self) -> Option<Instant> {
-        self.deadline.get().copied()
+        self.cold_if().and_then(|cold| cold.deadline.get().copied())
     }
 
     fn progress(
@@ -273,7 +276,7 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
         progress: crate::context::Progress,
     ) {
         let now = Instant::now();
-        *lock(&self.heartbeat) = Some(now);
+        *lock(&self.cold().heartbeat) = Some(now);
         if self.is_observed() {
             let _item = crate::ctx::ItemScope::enter(item);
             self.emit_at(
@@ -425,13 +428,17 @@ impl<E> Ctx<E> {
             return Vec::new();
         }
         self.inner.has_orphans.store(false, Ordering::Relaxed);
-        core::mem::take(&mut *lock(&self.inner.orphans))
+        core::mem::take(&mut *lock(&self.inner.cold().orphans))
     }
 
     /// The step at `node` (in the current `map` item) failed: the child runs it completed are
     /// abandoned work, to be undone before the run goes on (their entries leave the stack for
-    /// the orphans). Only on a failure path; a plain check when the stack is empty.
+    /// the orphans). Only on a failure path; a plain load when no child ever completed.
     pub(crate) fn abandon_children(&self, node: NodeId) {
+        // A plain load first: a run that never adopted a completed child takes no lock.
+        if !self.inner.has_children.load(Ordering::Acquire) {
+            return;
+        }
         let claimed = {
             let mut stack = lock(&self.inner.stack);
             if stack.is_empty() {
@@ -447,7 +454,7 @@ impl<E> Ctx<E> {
             )
         };
         for package in claimed {
-            adopt_into(&self.inner.orphans, &self.inner.has_orphans, package);
+            adopt_into(&self.inner.cold().orphans, &self.inner.has_orphans, package);
         }
     }
 
@@ -474,29 +481,35 @@ impl<E> Ctx<E> {
         });
         let records = Rescue {
             fut: Some(fut),
-            orphans: &self.inner.orphans,
+            orphans: &self.inner.cold().orphans,
             flag: &self.inner.has_orphans,
         }
         .await;
-        lock(&self.inner.records).extend(records);
+        lock(&self.inner.cold().records).extend(records);
     }
 
     /// Runs the orphans (newest first) with `deadline`, recording what ran.
     pub(crate) async fn run_orphans(&self, deadline: Instant) {
         for orphan in self.take_orphans().into_iter().rev() {
             let records = orphan(deadline).await;
-            lock(&self.inner.records).extend(records);
+            lock(&self.inner.cold().records).extend(records);
         }
     }
 
     /// Takes the records of the compensations run so far.
     pub(crate) fn take_records(&self) -> Vec<CompensationRecord> {
-        core::mem::take(&mut *lock(&self.inner.records))
+        match self.inner.cold_if() {
+            Some(cold) => core::mem::take(&mut *lock(&cold.records)),
+            None => Vec::new(),
+        }
     }
 
     /// A copy of the records of the compensations run so far.
     pub(crate) fn records(&self) -> Vec<CompensationRecord> {
-        lock(&self.inner.records).clone()
+        match self.inner.cold_if() {
+            Some(cold) => lock(&cold.records).clone(),
+            None => Vec::new(),
+        }
     }
 
     /// The deadline of a compensation starting now.
@@ -600,7 +613,7 @@ impl<E: Send + 'static> Ctx<E> {
             Err(_) => {
                 drop(stack);
                 for package in claimed {
-                    adopt_into(&self.inner.orphans, &self.inner.has_orphans, package);
+                    adopt_into(&self.inner.cold().orphans, &self.inner.has_orphans, package);
                 }
             }
         }
@@ -646,7 +659,7 @@ impl<E: Send + 'static> Ctx<E> {
             match entry {
                 Entry::Child { package, .. } => {
                     let records = package(deadline).await;
-                    lock(&self.inner.records).extend(records);
+                    lock(&self.inner.cold().records).extend(records);
                 }
                 Entry::Own {
                     tag,
@@ -666,7 +679,7 @@ impl<E: Send + 'static> Ctx<E> {
                         && j.undo_done(key)
                     {
                         let graph = self.inner.graph;
-                        lock(&self.inner.records).push(CompensationRecord {
+                        lock(&self.inner.cold().records).push(CompensationRecord {
                             workflow: graph.name,
                             run: self.inner.run,
                             node,
@@ -722,7 +735,7 @@ impl<E: Send + 'static> Ctx<E> {
                         }
                     };
                     let graph = self.inner.graph;
-                    lock(&self.inner.records).push(CompensationRecord {
+                    lock(&self.inner.cold().records).push(CompensationRecord {
                         workflow: graph.name,
                         run: self.inner.run,
                         node,

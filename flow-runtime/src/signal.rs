@@ -166,7 +166,7 @@ pub(crate) trait SignalHost: Send + Sync {
 
 impl<E: Send + 'static> SignalHost for Inner<E> {
     fn mailbox(&self) -> &Mailbox {
-        self.signals.get_or_init(Box::default)
+        self.cold().signals.get_or_init(Box::default)
     }
 
     fn receiving(self: Arc<Self>) -> bool {
@@ -578,16 +578,28 @@ mod tests {
             Start,
             None,
             |ctx: Ctx<String>, s: Start| async move {
-                assert!(ctx.inner.signals.get().is_none());
+                assert!(ctx.inner.cold_if().and_then(|c| c.signals.get()).is_none());
                 Ok::<u32, crate::error::Error<String>>(s.0)
             },
         );
         assert_eq!(Runtime::default().run(&plain, 3).await.unwrap(), 3);
         let mut h = Runtime::default().spawn(plain, 4);
         assert_eq!((&mut h).await.unwrap(), 4);
-        assert!(h.ctx.inner.signals.get().is_none());
+        assert!(
+            h.ctx
+                .inner
+                .cold_if()
+                .and_then(|c| c.signals.get())
+                .is_none()
+        );
         // A message refused (the run is over) does not make it either.
         assert_eq!(h.signal("x", 1u8), Err(SignalError::RunFinished));
-        assert!(h.ctx.inner.signals.get().is_none());
+        assert!(
+            h.ctx
+                .inner
+                .cold_if()
+                .and_then(|c| c.signals.get())
+                .is_none()
+        );
     }
 }
