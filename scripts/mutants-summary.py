@@ -41,7 +41,13 @@ def main():
     mutant_seconds = []
     for d in sys.argv[1:]:
         o = load(d)
-        seconds += (when(o["end_time"]) - when(o["start_time"])).total_seconds()
+        # An interrupted run has no end time: count its mutants' own times instead.
+        if o.get("end_time"):
+            seconds += (when(o["end_time"]) - when(o["start_time"])).total_seconds()
+        else:
+            seconds += sum(
+                p["duration"] for out in o["outcomes"] for p in out.get("phase_results", [])
+            )
         for out in o["outcomes"]:
             sc = out["scenario"]
             if not isinstance(sc, dict) or "Mutant" not in sc:
