@@ -361,28 +361,31 @@ fn a_changed_workflow_is_refused_and_the_run_kept() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-async fn reserve_a(dir: String) -> Result<u32, Fail> {
-    Ok(effect(&dir, "reserve_a", 1).await)
+/// A reservation: its number, and where its undo logs (each test has its own directory).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Booked {
+    n: u32,
+    dir: String,
 }
-async fn reserve_b(dir: String) -> Result<u32, Fail> {
-    Ok(effect(&dir, "reserve_b", 2).await)
+
+async fn reserve_a(dir: String) -> Result<Booked, Fail> {
+    let n = effect(&dir, "reserve_a", 1).await;
+    Ok(Booked { n, dir })
+}
+async fn reserve_b(dir: String) -> Result<Booked, Fail> {
+    let n = effect(&dir, "reserve_b", 2).await;
+    Ok(Booked { n, dir })
 }
 async fn fail_charge(dir: String) -> Result<u32, Fail> {
     effect(&dir, "charge", 3).await;
     Err(Fail("card declined".into()))
 }
-fn undo_dir() -> &'static std::sync::Mutex<String> {
-    static DIR: std::sync::OnceLock<std::sync::Mutex<String>> = std::sync::OnceLock::new();
-    DIR.get_or_init(Default::default)
-}
-async fn undo_a(_: u32) -> Result<(), Fail> {
-    let dir = undo_dir().lock().unwrap().clone();
-    effect(&dir, "undo_a", 0).await;
+async fn undo_a(b: Booked) -> Result<(), Fail> {
+    effect(&b.dir, "undo_a", 0).await;
     Ok(())
 }
-async fn undo_b(_: u32) -> Result<(), Fail> {
-    let dir = undo_dir().lock().unwrap().clone();
-    effect(&dir, "undo_b", 0).await;
+async fn undo_b(b: Booked) -> Result<(), Fail> {
+    effect(&b.dir, "undo_b", 0).await;
     Ok(())
 }
 
@@ -394,7 +397,78 @@ async fn booking(dir: String) -> Result<u32, Fail> {
     #[compensate(undo_b)]
     let b = reserve_b(dir.clone()).await?;
     let c = fail_charge(dir).await?;
-    Ok(a + b + c)
+    Ok(a.n + b.n + c)
+}
+
+async fn pay(dir: String) -> Result<u32, Fail> {
+    Ok(effect(&dir, "pay", 2).await)
+}
+
+/// A reservation, then a payment that the test keeps waiting.
+#[workflow(durable)]
+async fn stay(dir: String) -> Result<u32, Fail> {
+    #[compensate(undo_a)]
+    let a = reserve_a(dir.clone()).await?;
+    let p = pay(dir).await?;
+    Ok(a.n + p)
+}
+
+/// Cancelled while no process runs it (as `flowctl cancel` does): the resumed run replays
+/// its record first, so the undo of the step done before the kill runs; the step in flight
+/// at the kill does not start again; the run ends cancelled.
+#[test]
+fn a_run_cancelled_while_down_undoes_its_recorded_steps_when_resumed() {
+    let dir = temp_dir("cancel-down");
+    let d = dir.display().to_string();
+    let gate = dir.join("hang-pay");
+    std::fs::write(&gate, "").unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        drop(runtime.start(Stay, "s1", (d.clone(),)).await.unwrap());
+        while count(&read_log(&dir), "pay") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    rt.shutdown_background();
+    std::fs::remove_file(&gate).unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        runtime
+            .store()
+            .unwrap()
+            .send_signal("s1", flow::durable::CANCEL_SIGNAL, b"{}".to_vec())
+            .await
+            .unwrap();
+        let mut registry = flow::Registry::new();
+        registry.register_durable(Stay).unwrap();
+        for r in runtime.resume(&registry).await.unwrap().resumed {
+            let e = r.wait().await.unwrap_err();
+            assert!(e.contains("was cancelled"), "{e}");
+        }
+        let run = runtime
+            .store()
+            .unwrap()
+            .get_run("s1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(run.status, RunStatus::Cancelled);
+    });
+    let log = read_log(&dir);
+    assert_eq!(count(&log, "reserve_a"), 1, "{log:?}");
+    assert_eq!(
+        count(&log, "undo_a"),
+        1,
+        "the recorded step is undone: {log:?}"
+    );
+    assert_eq!(
+        count(&log, "pay"),
+        1,
+        "the step in flight does not start again: {log:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Killed while compensating: the undo that ran before the kill does not run again, the one
@@ -403,7 +477,6 @@ async fn booking(dir: String) -> Result<u32, Fail> {
 fn a_run_killed_while_compensating_runs_each_remaining_undo_once() {
     let dir = temp_dir("undo");
     let d = dir.display().to_string();
-    *undo_dir().lock().unwrap() = d.clone();
     let gate = dir.join("hang-undo_a");
     std::fs::write(&gate, "").unwrap();
     let rt = tokio_rt();
@@ -765,7 +838,6 @@ impl Store for FailingStore {
 async fn a_store_that_fails_mid_run_stops_the_run_and_leaves_it_to_resume() {
     let dir = temp_dir("full");
     let d = dir.display().to_string();
-    *undo_dir().lock().unwrap() = d.clone();
     let memory = flow::store::MemoryStore::new();
     let failing = FailingStore {
         inner: memory.clone(),

@@ -83,6 +83,8 @@ pub(crate) struct Journal {
     in_flight: core::sync::atomic::AtomicU32,
     /// Why the run must stop (the store failed, the code diverged from the record).
     fault: Mutex<Option<DurableError>>,
+    /// The run was cancelled while replaying: no new step starts, the replay goes on.
+    cancel: core::sync::atomic::AtomicBool,
     /// The durable clock: the store's time (ms since the Unix epoch) at `anchor`, advanced by
     /// tokio's clock (so that a paused test clock moves it too).
     anchor: (u64, Instant),
@@ -109,6 +111,7 @@ impl Journal {
             occurrences: Mutex::new(HashMap::new()),
             in_flight: core::sync::atomic::AtomicU32::new(0),
             fault: Mutex::new(None),
+            cancel: core::sync::atomic::AtomicBool::new(false),
             anchor: (crate::store::now_ms(), Instant::now()),
         }
     }
@@ -205,6 +208,19 @@ impl Journal {
             expected: step_name(expected),
             reached: step_name(key),
         })
+    }
+
+    /// The run is cancelled: whether the cancellation must wait for the replay of recorded
+    /// steps to finish (so the undos they register are all there). Until then no new step
+    /// starts.
+    pub(crate) fn defer_cancel(&self) -> bool {
+        self.cancel
+            .store(true, core::sync::atomic::Ordering::Release);
+        !lock(&self.unreached).is_empty()
+    }
+
+    fn cancelling(&self) -> bool {
+        self.cancel.load(core::sync::atomic::Ordering::Acquire)
     }
 
     pub(crate) fn set_fault(&self, fault: DurableError) {
@@ -422,6 +438,8 @@ pub(crate) enum Begin<T, E> {
     Run(StepKey, Option<Box<StepRecord>>),
     /// The run must stop (the journal says why).
     Stop,
+    /// The run is being cancelled: do not start the step.
+    Hold,
 }
 
 impl<E> Ctx<E> {
@@ -466,6 +484,11 @@ impl<E: Stored> Ctx<E> {
                 }
             }
             None => {
+                if j.cancelling() {
+                    // Cancelled while replaying: this step does not start; the run ends as
+                    // cancelled once the other branches have replayed their records.
+                    return Begin::Hold;
+                }
                 if let Err(e) = j.check_fresh(node, &key) {
                     j.set_fault(e);
                 }
@@ -557,6 +580,7 @@ impl<E: Stored> Ctx<E> {
             Begin::Plain => self.step(node, fut).await,
             Begin::Done(r) => r,
             Begin::Stop => self.stop_run().await,
+            Begin::Hold => core::future::pending().await,
             Begin::Run(key, _) => {
                 let r = {
                     let _busy = self.journal().map(|j| InFlight::new(j));
@@ -583,6 +607,7 @@ impl<E: Stored> Ctx<E> {
             Begin::Plain => self.step_timeout(node, timeout, fut).await,
             Begin::Done(r) => r,
             Begin::Stop => self.stop_run().await,
+            Begin::Hold => core::future::pending().await,
             Begin::Run(key, _) => {
                 let r = {
                     let _busy = self.journal().map(|j| InFlight::new(j));
@@ -612,6 +637,7 @@ impl<E: Stored> Ctx<E> {
             Begin::Plain => self.step_with(node, policy, make).await,
             Begin::Done(r) => r,
             Begin::Stop => self.stop_run().await,
+            Begin::Hold => core::future::pending().await,
             Begin::Run(key, record) => {
                 let r = {
                     let _busy = self.journal().map(|j| InFlight::new(j));
@@ -673,6 +699,7 @@ impl<E: Stored + Send> Ctx<E> {
             Begin::Plain => return self.signal(node, name, timeout).await,
             Begin::Done(r) => return r,
             Begin::Stop => return self.stop_run().await,
+            Begin::Hold => return core::future::pending().await,
             Begin::Run(key, record) => (key, record),
         };
         let Some(j) = self.journal().cloned() else {
@@ -1280,7 +1307,7 @@ impl Runtime {
             });
         }
         if created.created {
-            let handle = self.launch(&durability, workflow, &record, Vec::new(), input);
+            let handle = self.launch(&durability, workflow, &record, Vec::new(), input, false);
             return Ok(DurableRun {
                 id,
                 created: true,
@@ -1377,6 +1404,7 @@ impl Runtime {
         record: &RunRecord,
         steps: Vec<StepRecord>,
         input: W::Input,
+        cancelled: bool,
     ) -> Handle<W> {
         let journal = Arc::new(Journal::new(
             Arc::clone(&durability.store),
@@ -1396,6 +1424,10 @@ impl Runtime {
             false,
             move |ctx| {
                 let _ = ctx.inner.cold().journal.set(set);
+                // Cancelled while no process ran it: from its first poll (it replays first).
+                if cancelled && let Some(token) = ctx.cancel_token() {
+                    token.cancel();
+                }
             },
             move |workflow, ctx, input| async move {
                 let result = run_durable(&workflow, ctx, input, &journal, pending).await;
@@ -1449,7 +1481,14 @@ impl Runtime {
                     let Some(resumer) = registry.durable.get(&c.run.workflow) else {
                         continue;
                     };
-                    match resumer.resume(self, &durability, c.run, c.steps) {
+                    // A cancellation asked while no process ran it.
+                    let cancelled = durability
+                        .store
+                        .take_signal(&id, CANCEL_SIGNAL)
+                        .await
+                        .map_err(|e| store_error(&id, e))?
+                        .is_some();
+                    match resumer.resume(self, &durability, c.run, c.steps, cancelled) {
                         Ok(run) => report.resumed.push(run),
                         Err(e) => report.failed.push(e),
                     }
@@ -1604,6 +1643,7 @@ pub(crate) trait Resumer: Send + Sync {
         durability: &Durability,
         run: RunRecord,
         steps: Vec<StepRecord>,
+        cancelled: bool,
     ) -> Result<ResumedRun, DurableError>;
 }
 
@@ -1620,9 +1660,10 @@ impl<W: DurableWorkflow + Clone> Resumer for Typed<W> {
         durability: &Durability,
         run: RunRecord,
         steps: Vec<StepRecord>,
+        cancelled: bool,
     ) -> Result<ResumedRun, DurableError> {
         let input: W::Input = decode_value(&run.input, &format!("the input of run `{}`", run.id))?;
-        let handle = runtime.launch(durability, self.0.clone(), &run, steps, input);
+        let handle = runtime.launch(durability, self.0.clone(), &run, steps, input, cancelled);
         Ok(ResumedRun {
             id: run.id,
             workflow: run.workflow,

@@ -523,7 +523,11 @@ pub(crate) async fn drive<W: Workflow>(
             }
         });
         core::future::poll_fn(|cx| {
-            if cancelled.as_mut().poll(cx).is_ready() {
+            // A durable run resumed by a new process rebuilds its compensation stack by
+            // replaying its recorded steps: a cancellation waits until that replay is over
+            // (no step runs meanwhile), so that the undos are all there to run.
+            let cancel = cancelled.as_mut().poll(cx).is_ready();
+            if cancel && !defer_cancel(&ctx) {
                 return Poll::Ready(Outcome::Cancelled);
             }
             // A panic anywhere in the body's own code (between steps, in a selector or a
@@ -540,6 +544,9 @@ pub(crate) async fn drive<W: Workflow>(
             }
             if ctx.aborted() {
                 return Poll::Ready(Outcome::Aborted);
+            }
+            if cancel && !defer_cancel(&ctx) {
+                return Poll::Ready(Outcome::Cancelled);
             }
             if let Poll::Ready(d) = deadline.as_mut().poll(cx) {
                 return Poll::Ready(Outcome::TimedOut(d));
@@ -671,6 +678,20 @@ pub(crate) async fn drive<W: Workflow>(
         Some(error) => Err(error),
         // Not reached: a finisher yields its future's output the first time it is ready.
         None => Err(Error::new(name, ErrorKind::Cancelled { step: in_flight })),
+    }
+}
+
+/// Whether a cancellation of this run waits: a durable run still replaying its record.
+#[inline]
+fn defer_cancel<E>(ctx: &Ctx<E>) -> bool {
+    #[cfg(feature = "durable")]
+    {
+        ctx.journal().is_some_and(|j| j.defer_cancel())
+    }
+    #[cfg(not(feature = "durable"))]
+    {
+        let _ = ctx;
+        false
     }
 }
 
