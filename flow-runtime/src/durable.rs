@@ -1440,18 +1440,20 @@ impl Runtime {
         let store = Arc::clone(&durability.store);
         let token = handle.token.clone();
         let id = record.id.clone();
+        // The first look is one poll interval in: a run that ends sooner costs the store
+        // nothing (a resumed run's pending cancellation was taken before it started).
         tokio::spawn(async move {
             loop {
-                if let Ok(Some(_)) = store.take_signal(&id, CANCEL_SIGNAL).await {
-                    token.cancel();
-                    return;
-                }
                 let ended = async {
                     let _ = done.wait_for(|v| *v).await;
                 };
                 tokio::select! {
                     () = ended => return,
                     () = tokio::time::sleep(CANCEL_POLL) => {}
+                }
+                if let Ok(Some(_)) = store.take_signal(&id, CANCEL_SIGNAL).await {
+                    token.cancel();
+                    return;
                 }
             }
         });
