@@ -549,14 +549,12 @@ async fn durable_main(store: PathBuf, cli: cluster::Cli) -> Result<(), Box<dyn s
     match run.await {
         Ok(report) => {
             let _ = std::fs::remove_dir_all(&report.dir);
-            println!(
-                "cluster provisioned: {} node(s), schema created once on node {}, \
-                 {} users + {} orders on every node, {} node process(es) stopped",
+            print_report(
                 report.nodes,
                 report.schema_created_on,
                 report.users_per_node,
                 report.orders_per_node,
-                report.stopped
+                report.stopped,
             );
             Ok(())
         }
@@ -666,14 +664,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     match result {
         Ok(report) => {
-            println!(
-                "cluster provisioned: {} node(s), schema created once on node {}, \
-                 {} users + {} orders on every node, {} node process(es) stopped",
+            print_report(
                 report.nodes,
                 report.schema_created_on,
                 report.users_per_node,
                 report.orders_per_node,
-                report.stopped
+                report.stopped,
             );
             Ok(())
         }
@@ -683,6 +679,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(1);
         }
     }
+}
+
+/// The last line of a provisioned cluster (both modes; CI looks for it).
+fn print_report(nodes: usize, schema_on: usize, users: u64, orders: u64, stopped: usize) {
+    println!(
+        "cluster provisioned: {nodes} node(s), schema created once on node {schema_on}, \
+         {users} users + {orders} orders on every node, {stopped} node process(es) stopped"
+    );
 }
 
 /// Prints the usage (after `msg`) and exits with status 2.

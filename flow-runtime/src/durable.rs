@@ -564,6 +564,28 @@ impl<E: Stored> Ctx<E> {
         core::future::pending()
     }
 
+    /// Runs `step` (a plain step's future, not started yet) durably: answered from the store
+    /// when recorded (`step` is then dropped unpolled), committed to it when run.
+    async fn durably<T: Stored>(
+        &self,
+        node: NodeId,
+        step: impl Future<Output = Result<T, StepError<E>>>,
+    ) -> Result<T, StepError<E>> {
+        match self.durable_begin(node) {
+            Begin::Plain => step.await,
+            Begin::Done(r) => r,
+            Begin::Stop => self.stop_run().await,
+            Begin::Hold => core::future::pending().await,
+            Begin::Run(key, _) => {
+                let r = {
+                    let _busy = self.journal().map(|j| InFlight::new(j));
+                    step.await
+                };
+                self.durable_commit(key, r).await
+            }
+        }
+    }
+
     /// [`step`](Ctx::step) in a durable workflow: answered from the store when recorded,
     /// committed to it when run.
     pub async fn durable_step<Fut>(
@@ -576,19 +598,7 @@ impl<E: Stored> Ctx<E> {
         Fut::Output: StepOutput<E>,
         <Fut::Output as StepOutput<E>>::Ok: Stored,
     {
-        match self.durable_begin(node) {
-            Begin::Plain => self.step(node, fut).await,
-            Begin::Done(r) => r,
-            Begin::Stop => self.stop_run().await,
-            Begin::Hold => core::future::pending().await,
-            Begin::Run(key, _) => {
-                let r = {
-                    let _busy = self.journal().map(|j| InFlight::new(j));
-                    self.step(node, fut).await
-                };
-                self.durable_commit(key, r).await
-            }
-        }
+        self.durably(node, self.step(node, fut)).await
     }
 
     /// [`step_timeout`](Ctx::step_timeout) in a durable workflow.
@@ -603,19 +613,8 @@ impl<E: Stored> Ctx<E> {
         Fut::Output: StepOutput<E>,
         <Fut::Output as StepOutput<E>>::Ok: Stored,
     {
-        match self.durable_begin(node) {
-            Begin::Plain => self.step_timeout(node, timeout, fut).await,
-            Begin::Done(r) => r,
-            Begin::Stop => self.stop_run().await,
-            Begin::Hold => core::future::pending().await,
-            Begin::Run(key, _) => {
-                let r = {
-                    let _busy = self.journal().map(|j| InFlight::new(j));
-                    self.step_timeout(node, timeout, fut).await
-                };
-                self.durable_commit(key, r).await
-            }
-        }
+        self.durably(node, self.step_timeout(node, timeout, fut))
+            .await
     }
 
     /// [`step_with`](Ctx::step_with) in a durable workflow: also records each failed attempt

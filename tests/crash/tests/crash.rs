@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flow::store::{RunFilter, RunStatus, Store};
+use flow::store::{RunFilter, RunStatus};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_crash-child");
 
@@ -183,18 +183,9 @@ fn killed_at_random_moments_no_step_is_lost_or_repeated() {
         .build()
         .expect("a runtime");
     let store = flow_store_sqlite::SqliteStore::open(&store_path).expect("the store opens");
-    let records = rt.block_on(async {
-        let mut out = Vec::new();
-        let mut filter = RunFilter::default();
-        loop {
-            let page = store.list_runs(filter.clone()).await.expect("runs");
-            out.extend(page.runs);
-            match page.next {
-                Some(n) => filter.after = Some(n),
-                None => break out,
-            }
-        }
-    });
+    let records = rt
+        .block_on(flow::durable::all_runs(&store, RunFilter::default()))
+        .expect("runs");
     assert_eq!(records.len() as u32, runs * 5, "every run was created once");
     for r in &records {
         let (workflow, i) = r.id.rsplit_once('-').expect("id is <workflow>-<i>");
