@@ -1057,3 +1057,82 @@ async fn a_live_durable_run_takes_a_signal_sent_through_the_store() {
     assert_eq!(out, "7 approved by grace");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+async fn explode(dir: String) -> Result<u32, Fail> {
+    effect(&dir, "explode", 0).await;
+    panic!("the disk caught fire")
+}
+
+#[workflow(durable)]
+async fn panicky(dir: String) -> Result<u32, Fail> {
+    let a = prepare(dir.clone(), 1).await?;
+    let b = explode(dir).await?;
+    Ok(a + b)
+}
+
+async fn slow(dir: String) -> Result<u32, Fail> {
+    effect(&dir, "slow", 0).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    Ok(0)
+}
+
+#[workflow(durable, timeout = "50ms")]
+async fn too_slow(dir: String) -> Result<u32, Fail> {
+    slow(dir).await
+}
+
+/// A step that panics and a run past its time limit end the durable run as failed; the
+/// stored error reads back with its kind, and starting the id again runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_and_a_timeout_end_a_durable_run_as_failed_and_are_read_back() {
+    let dir = temp_dir("panic");
+    let d = dir.display().to_string();
+    let runtime = Runtime::new().with_store(store(&dir));
+    let e = runtime
+        .start(Panicky, "p1", (d.clone(),))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(e.step_error().is_some_and(|s| s.is_panic()), "{e}");
+    let e = runtime
+        .start(TooSlow, "t1", (d.clone(),))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::TimedOut { .. }), "{e}");
+    for id in ["p1", "t1"] {
+        let run = runtime.store().unwrap().get_run(id).await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Failed, "{id}");
+    }
+    let again = runtime
+        .start(Panicky, "p1", (d.clone(),))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    let step = again.step_error().expect("a step error, read back");
+    assert!(step.is_panic() && step.step() == "explode", "{again}");
+    assert!(
+        again.to_string().contains("the disk caught fire"),
+        "{again}"
+    );
+    let again = runtime
+        .result(&TooSlow, "t1")
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(again.kind(), ErrorKind::TimedOut { .. }),
+        "{again}"
+    );
+    let log = read_log(&dir);
+    assert_eq!(
+        (count(&log, "explode"), count(&log, "slow")),
+        (1, 1),
+        "{log:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
