@@ -829,6 +829,19 @@ impl Store for FailingStore {
     ) -> flow::store::StoreFuture<'a, flow::store::RunRecord> {
         self.inner.reset_steps(run, nodes)
     }
+    fn record_history<'a>(
+        &'a self,
+        run: &'a str,
+        entry: flow::store::NewHistory,
+    ) -> flow::store::StoreFuture<'a, u64> {
+        self.inner.record_history(run, entry)
+    }
+    fn history_of<'a>(
+        &'a self,
+        run: &'a str,
+    ) -> flow::store::StoreFuture<'a, Vec<flow::store::HistoryRecord>> {
+        self.inner.history_of(run)
+    }
 }
 
 /// The store fails mid-run: the run stops with an error that says so, undoes nothing (its

@@ -2,7 +2,9 @@
 //! SQLite store in the `flow-store-sqlite` crate; PostgreSQL later), and the records it keeps.
 //!
 //! This is the foundation of durable runs (a killed process resumes where it stopped): the
-//! runtime does not record runs in a store yet.
+//! runtime records every durable run through it. Stores that several worker processes share
+//! (PostgreSQL) also implement [`Queue`]: runs enqueued on named queues, claimed by workers
+//! under leases, every write of a worker fenced by its lease.
 //!
 //! What a store keeps, all keyed by stable identities so that a resumed run finds its records
 //! whatever order its steps happen to run in:
@@ -19,7 +21,9 @@
 //!   `seq` order, changed by [`CompensationOp`]s in the same transaction as the step commit
 //!   that causes them;
 //! - **signals** ([`SignalRecord`]): messages sent to a run, taken first in, first out per
-//!   name, each exactly once.
+//!   name, each exactly once;
+//! - the **history** ([`HistoryRecord`]): what was done to the run from outside its code
+//!   (cancelled, restarted, signalled by an operator, taken over by a worker), and by whom.
 //!
 //! Values (inputs, outputs, undo inputs, payloads) are opaque bytes: the runtime serializes
 //! them, the store never looks inside.
@@ -35,8 +39,10 @@ use futures_util::future::BoxFuture;
 #[cfg(feature = "store-conformance")]
 pub mod conformance;
 mod memory;
+mod queue;
 
 pub use memory::MemoryStore;
+pub use queue::{Claim, Enqueue, Lease, Queue, QueueOptions, Rate};
 
 /// What every store method returns: a boxed future of a result.
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
@@ -159,6 +165,16 @@ pub trait Store: Send + Sync {
     /// is the one way a finished run changes again). Returns the run as it is then. A run
     /// that does not exist is [`StoreError::NotFound`].
     fn reset_steps<'a>(&'a self, run: &'a str, nodes: Vec<String>) -> StoreFuture<'a, RunRecord>;
+
+    /// Appends `entry` to the history of run `run`: what was done to the run from outside
+    /// its code (an operator's cancel, restart or signal from `flowctl` or the web view, a
+    /// worker taking the run over), with who did it. Returns the entry's `seq` (from the
+    /// run's own counter, shared with its compensation entries and signals). A run that does
+    /// not exist is [`StoreError::NotFound`].
+    fn record_history<'a>(&'a self, run: &'a str, entry: NewHistory) -> StoreFuture<'a, u64>;
+
+    /// The history of run `run`, oldest first (by `seq`).
+    fn history_of<'a>(&'a self, run: &'a str) -> StoreFuture<'a, Vec<HistoryRecord>>;
 }
 
 /// The status of a run.
@@ -272,6 +288,12 @@ pub struct RunRecord {
     pub created_ms: u64,
     /// When the run last changed (ms since the Unix epoch).
     pub updated_ms: u64,
+    /// The queue the run was enqueued on ([`Queue::enqueue`]); `None` for a run started in
+    /// place, which the process that started it runs.
+    pub queue: Option<String>,
+    /// The lease of the worker that executes the run (queued runs only); `None` while no
+    /// worker holds it.
+    pub lease: Option<Lease>,
 }
 
 /// Which runs [`Store::list_runs`] returns. `RunFilter::default()` lists every run, 100 a page.
@@ -289,6 +311,8 @@ pub struct RunFilter {
     pub limit: usize,
     /// The page after this cursor ([`RunPage::next`] of the previous page).
     pub after: Option<String>,
+    /// Newest first (by creation time, then id, both descending) instead of oldest first.
+    pub newest_first: bool,
 }
 
 impl Default for RunFilter {
@@ -300,6 +324,7 @@ impl Default for RunFilter {
             created_before: None,
             limit: 100,
             after: None,
+            newest_first: false,
         }
     }
 }
@@ -307,7 +332,8 @@ impl Default for RunFilter {
 /// One page of [`Store::list_runs`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunPage {
-    /// The runs, oldest first (by creation time, then id).
+    /// The runs, oldest first (by creation time, then id), or newest first if the filter
+    /// asked for it.
     pub runs: Vec<RunRecord>,
     /// The cursor of the next page ([`RunFilter::after`]), `None` on the last page.
     pub next: Option<String>,
@@ -540,6 +566,34 @@ pub struct SignalRecord {
     pub payload: Vec<u8>,
 }
 
+/// An entry to append to a run's history ([`Store::record_history`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewHistory {
+    /// Who did it: `flowctl`, `web` (with the client's address), `worker w-1`, ...
+    pub actor: String,
+    /// What was done, one word: `cancel`, `restart`, `signal`, `resume`, `takeover`, ...
+    pub action: String,
+    /// The details, for a person (the step restarted from, the signal's name and value).
+    pub detail: String,
+}
+
+/// An entry of a run's history, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRecord {
+    /// The run.
+    pub run: String,
+    /// Its position in the run's history (increasing).
+    pub seq: u64,
+    /// When it was recorded (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// Who did it.
+    pub actor: String,
+    /// What was done.
+    pub action: String,
+    /// The details.
+    pub detail: String,
+}
+
 /// Why a store could not do what was asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -583,6 +637,22 @@ pub enum StoreError {
     },
     /// The store was closed (its worker is gone).
     Closed,
+    /// A write for run `run` made under a lease that is no longer held: another worker took
+    /// the run over (its lease epoch is higher now). Nothing was written. The worker must
+    /// stop executing the run.
+    LeaseLost {
+        /// The run.
+        run: String,
+        /// The epoch of the lease the write was made under.
+        epoch: u64,
+    },
+    /// [`Queue::enqueue`] with a deduplication key that a run still in flight holds.
+    Duplicate {
+        /// The deduplication key.
+        key: String,
+        /// The run in flight that holds it.
+        run: String,
+    },
     /// Any other failure of the backend.
     Backend {
         /// What failed, in the backend's words.
@@ -605,6 +675,15 @@ impl fmt::Display for StoreError {
             StoreError::Conflict { what } => write!(f, "store conflict: {what}"),
             StoreError::Invalid { what } => write!(f, "invalid store request: {what}"),
             StoreError::Closed => f.write_str("store is closed"),
+            StoreError::LeaseLost { run, epoch } => write!(
+                f,
+                "the lease of run {run} (epoch {epoch}) was taken over by another worker: \
+                 nothing was written"
+            ),
+            StoreError::Duplicate { key, run } => write!(
+                f,
+                "a run with deduplication key {key:?} is in flight already: {run}"
+            ),
             StoreError::Backend { message } => write!(f, "store error: {message}"),
         }
     }

@@ -82,7 +82,8 @@
 //! (`run_id, node, occurrence, item`), `flow_step_attempts` (the step's key and `number`),
 //! `flow_compensations` (`run_id, seq`), `flow_signals` (`run_id, seq`), `flow_graphs`
 //! (`workflow, fingerprint`: the graphs that tools without the workflow's code draw runs
-//! with; since schema version 2).
+//! with; since schema version 2), `flow_history` (`run_id, seq`: what was done to a run from
+//! outside its code; since schema version 3).
 
 mod ops;
 mod schema;
@@ -98,9 +99,9 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use flow_runtime::store::{
-    Committed, CompensationOp, CompensationRecord, Created, NewRun, RunFilter, RunPage, RunRecord,
-    RunStatus, SignalRecord, StepCommit, StepKey, StepProgress, StepRecord, Store, StoreError,
-    StoreFuture,
+    Committed, CompensationOp, CompensationRecord, Created, HistoryRecord, NewHistory, NewRun,
+    RunFilter, RunPage, RunRecord, RunStatus, SignalRecord, StepCommit, StepKey, StepProgress,
+    StepRecord, Store, StoreError, StoreFuture,
 };
 
 pub use crate::schema::SCHEMA_VERSION;
@@ -576,6 +577,16 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'a, Option<Vec<u8>>> {
         let workflow = workflow.to_owned();
         self.read(move |c| ops::get_graph(c, &workflow, fingerprint))
+    }
+
+    fn record_history<'a>(&'a self, run: &'a str, entry: NewHistory) -> StoreFuture<'a, u64> {
+        let run = run.to_owned();
+        self.write(move |conn| ops::record_history(conn, &run, &entry))
+    }
+
+    fn history_of<'a>(&'a self, run: &'a str) -> StoreFuture<'a, Vec<HistoryRecord>> {
+        let run = run.to_owned();
+        self.read(move |conn| ops::history_of(conn, &run))
     }
 
     fn reset_steps<'a>(&'a self, run: &'a str, nodes: Vec<String>) -> StoreFuture<'a, RunRecord> {

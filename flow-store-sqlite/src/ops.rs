@@ -7,8 +7,8 @@ use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};
 
 use flow_runtime::store::{
     AttemptRecord, Committed, CompensationOp, CompensationRecord, CompensationStatus, Created,
-    NewRun, RetryState, RunFilter, RunPage, RunRecord, RunStatus, SignalRecord, StepCommit,
-    StepKey, StepOutcome, StepProgress, StepRecord, StoreError, now_ms,
+    HistoryRecord, NewHistory, NewRun, RetryState, RunFilter, RunPage, RunRecord, RunStatus,
+    SignalRecord, StepCommit, StepKey, StepOutcome, StepProgress, StepRecord, StoreError, now_ms,
 };
 
 use crate::sql_error;
@@ -61,6 +61,9 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
             error: row.get(6)?,
             created_ms: unms(row.get(7)?),
             updated_ms: unms(row.get(8)?),
+            // This store has no queues: every run is run in place.
+            queue: None,
+            lease: None,
         },
         status,
     ))
@@ -234,7 +237,8 @@ pub(crate) fn list_runs(conn: &Connection, filter: &RunFilter) -> Result<RunPage
         args.push(Box::new(created));
         args.push(Box::new(id));
         clauses.push(format!(
-            "(created_ms, id) > (?{}, ?{})",
+            "(created_ms, id) {} (?{}, ?{})",
+            if filter.newest_first { "<" } else { ">" },
             args.len() - 1,
             args.len()
         ));
@@ -244,11 +248,16 @@ pub(crate) fn list_runs(conn: &Connection, filter: &RunFilter) -> Result<RunPage
         i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1),
     ));
     let clause = format!(
-        "{} ORDER BY created_ms, id LIMIT ?{}",
+        "{} ORDER BY {} LIMIT ?{}",
         if clauses.is_empty() {
             String::new()
         } else {
             format!("WHERE {}", clauses.join(" AND "))
+        },
+        if filter.newest_first {
+            "created_ms DESC, id DESC"
+        } else {
+            "created_ms, id"
         },
         args.len()
     );
@@ -639,6 +648,47 @@ pub(crate) fn send_signal(conn: &Connection, run: &str, name: &str, payload: &[u
     .execute(params![run, ms(seq), name, payload, ms(now_ms())])
     .map_err(sql_error)?;
     Ok(seq)
+}
+
+pub(crate) fn record_history(conn: &Connection, run: &str, entry: &NewHistory) -> Result<u64> {
+    let seq = next_seq(conn, run)?;
+    conn.prepare_cached(
+        "INSERT INTO flow_history (run_id, seq, at_ms, actor, action, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .map_err(sql_error)?
+    .execute(params![
+        run,
+        ms(seq),
+        ms(now_ms()),
+        entry.actor,
+        entry.action,
+        entry.detail
+    ])
+    .map_err(sql_error)?;
+    Ok(seq)
+}
+
+pub(crate) fn history_of(conn: &Connection, run: &str) -> Result<Vec<HistoryRecord>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, at_ms, actor, action, detail FROM flow_history
+             WHERE run_id = ?1 ORDER BY seq",
+        )
+        .map_err(sql_error)?;
+    let rows = stmt
+        .query_map([run], |r| {
+            Ok(HistoryRecord {
+                run: run.to_owned(),
+                seq: unms(r.get(0)?),
+                at_ms: unms(r.get(1)?),
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })
+        .map_err(sql_error)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql_error)
 }
 
 pub(crate) fn take_signal(

@@ -9,7 +9,7 @@ use flow_runtime::store::StoreError;
 use crate::sql_error;
 
 /// The schema version this build writes, and the newest it can read.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The migrations, in order: `MIGRATIONS[n]` takes version `n` to `n + 1`.
 ///
@@ -19,7 +19,9 @@ pub const SCHEMA_VERSION: u32 = 2;
 /// u64 values (fingerprints) are stored as the i64 with the same bits.
 ///
 /// 1: runs, their nodes' fingerprints, steps and their attempts, compensation entries,
-/// signals. 2: `flow_graphs`, the workflows' graphs by (workflow, fingerprint).
+/// signals. 2: `flow_graphs`, the workflows' graphs by (workflow, fingerprint). 3:
+/// `flow_history`, what was done to each run from outside (by (run, seq)); an index for
+/// listing runs newest first within a status.
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     r#"
 CREATE TABLE flow_runs (
@@ -104,6 +106,17 @@ CREATE TABLE flow_graphs (
     graph       BLOB    NOT NULL,
     saved_ms    INTEGER NOT NULL,
     PRIMARY KEY (workflow, fingerprint)
+) WITHOUT ROWID;
+"#,
+    r#"
+CREATE TABLE flow_history (
+    run_id      TEXT    NOT NULL REFERENCES flow_runs (id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    actor       TEXT    NOT NULL,
+    action      TEXT    NOT NULL,
+    detail      TEXT    NOT NULL,
+    PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 "#,
 ];

@@ -155,7 +155,7 @@ async fn a_newer_schema_is_refused_and_left_untouched() {
 }
 
 #[tokio::test]
-async fn a_version_1_file_upgrades_to_the_current_schema_and_keeps_its_runs() {
+async fn a_version_1_file_upgrades_to_the_current_schema_and_keeps_its_runs_and_history() {
     let db = TempDb::new("upgrade");
     let id = new_run_id();
     {
@@ -163,11 +163,14 @@ async fn a_version_1_file_upgrades_to_the_current_schema_and_keeps_its_runs() {
         store.create_run(new_run(&id)).await.unwrap();
         store.commit_step(commit(&id, "a")).await.unwrap();
     }
-    // Back to what the build before schema version 2 wrote: no `flow_graphs`, version 1.
+    // Back to what the build before schema version 2 wrote: no `flow_graphs` (nor the
+    // later `flow_history`), version 1.
     {
         let conn = rusqlite::Connection::open(db.path()).unwrap();
-        conn.execute_batch("DROP TABLE flow_graphs; UPDATE flow_schema SET version = 1")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE flow_graphs; DROP TABLE flow_history; UPDATE flow_schema SET version = 1",
+        )
+        .unwrap();
     }
     let run = {
         let store = SqliteStore::open(db.path()).unwrap();
@@ -183,6 +186,13 @@ async fn a_version_1_file_upgrades_to_the_current_schema_and_keeps_its_runs() {
             .save_graph("sqlite-test", 7, b"graph".to_vec())
             .await
             .unwrap();
+        assert!(store.history_of(&id).await.unwrap().is_empty());
+        let entry = flow_runtime::store::NewHistory {
+            actor: "test".into(),
+            action: "restart".into(),
+            detail: String::new(),
+        };
+        assert!(store.record_history(&id, entry).await.unwrap() > 0);
         run
     };
     let store = SqliteStore::open(db.path()).unwrap();

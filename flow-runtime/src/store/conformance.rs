@@ -17,9 +17,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use super::{
-    AttemptRecord, CompensationOp, CompensationStatus, NewRun, RetryState, RunFilter, RunStatus,
-    StepCommit, StepKey, StepOutcome, StepProgress, Store, StoreError, new_run_id,
+    AttemptRecord, Claim, CompensationOp, CompensationStatus, Enqueue, NewHistory, NewRun, Queue,
+    QueueOptions, Rate, RetryState, RunFilter, RunStatus, StepCommit, StepKey, StepOutcome,
+    StepProgress, Store, StoreError, new_run_id,
 };
 
 /// Runs every check of this module on `store`, one after the other.
@@ -37,7 +40,21 @@ pub async fn run_all(store: Arc<dyn Store>) {
     list_runs_filters_and_pages(store.clone()).await;
     graphs_are_saved_once(store.clone()).await;
     reset_steps_restarts_a_run(store.clone()).await;
+    history_is_kept_in_order(store.clone()).await;
+    list_runs_newest_first(store.clone()).await;
     missing_records_are_reported(store).await;
+}
+
+/// Runs every check of the [`Queue`] part on `store` (call [`run_all`] for the rest).
+pub async fn run_queue_all(store: Arc<dyn Queue>) {
+    enqueued_runs_are_claimed_once_by_priority(store.clone()).await;
+    claims_race_without_sharing_a_run(store.clone()).await;
+    expired_leases_are_taken_over_and_fenced(store.clone()).await;
+    renew_and_release(store.clone()).await;
+    queue_concurrency_and_rate_limits(store.clone()).await;
+    dedup_keys_hold_while_in_flight(store.clone()).await;
+    not_before_delays_a_claim(store.clone()).await;
+    waiting_for_work_wakes_on_enqueue(store).await;
 }
 
 /// A workflow name no other check (or earlier call) uses.
@@ -1034,4 +1051,515 @@ pub async fn reset_steps_restarts_a_run(store: Arc<dyn Store>) {
     let r = store.reset_steps(&ghost, vec!["deploy".into()]).await;
     assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
     assert_eq!(store.get_run(&ghost).await.unwrap(), None);
+}
+
+/// A run's history keeps every entry, in order, with its actor, action and detail; `seq`s
+/// are increasing and shared with the run's signals.
+pub async fn history_is_kept_in_order(store: Arc<dyn Store>) {
+    let workflow = unique_workflow("history");
+    let id = new_run_id();
+    store
+        .create_run(new_run(&id, &workflow, b""))
+        .await
+        .unwrap();
+    assert!(store.history_of(&id).await.unwrap().is_empty());
+    let entry = |action: &str| NewHistory {
+        actor: "web 127.0.0.1".into(),
+        action: action.into(),
+        detail: format!("{action} <b>detail</b>"),
+    };
+    let first = store.record_history(&id, entry("cancel")).await.unwrap();
+    let signal = store
+        .send_signal(&id, "approve", b"1".to_vec())
+        .await
+        .unwrap();
+    let second = store.record_history(&id, entry("restart")).await.unwrap();
+    assert!(
+        first < signal && signal < second,
+        "{first} {signal} {second}"
+    );
+    let history = store.history_of(&id).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].seq, first);
+    assert_eq!(history[0].run, id);
+    assert_eq!(history[0].actor, "web 127.0.0.1");
+    assert_eq!(history[0].action, "cancel");
+    assert_eq!(history[0].detail, "cancel <b>detail</b>");
+    assert!(history[0].at_ms > 0);
+    assert_eq!(history[1].action, "restart");
+    assert!(history[1].at_ms >= history[0].at_ms);
+    let missing = store.record_history("no-such-run", entry("cancel")).await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+    assert!(store.history_of("no-such-run").await.unwrap().is_empty());
+}
+
+/// `newest_first` lists the same runs in reverse, paged with the same cursors.
+pub async fn list_runs_newest_first(store: Arc<dyn Store>) {
+    let workflow = unique_workflow("newest");
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let id = new_run_id();
+        store
+            .create_run(new_run(&id, &workflow, b""))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    ids.sort();
+    ids.reverse();
+    let mut paged = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let page = store
+            .list_runs(RunFilter {
+                workflow: Some(workflow.clone()),
+                limit: 2,
+                after: after.clone(),
+                newest_first: true,
+                ..RunFilter::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.runs.len() <= 2);
+        paged.extend(page.runs.into_iter().map(|r| r.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, ids, "every run once, newest first");
+}
+
+fn claim(worker: &str, queue: &str, max: u32, lease: Duration) -> Claim {
+    Claim {
+        worker: worker.into(),
+        queue: queue.into(),
+        options: QueueOptions::default(),
+        max,
+        lease,
+    }
+}
+
+async fn enqueue(store: &Arc<dyn Queue>, queue: &str, priority: i32) -> String {
+    let id = new_run_id();
+    let mut e = Enqueue::new(new_run(&id, queue, b"q"), queue);
+    e.priority = priority;
+    let created = store.enqueue(e).await.unwrap();
+    assert!(created.created);
+    assert_eq!(created.run.status, RunStatus::Pending);
+    assert_eq!(created.run.queue.as_deref(), Some(queue));
+    assert_eq!(created.run.lease, None);
+    id
+}
+
+/// Enqueued runs are claimed by priority (lower first), then age; a claimed run is not
+/// claimed again while its lease holds; enqueueing an id twice is idempotent; runs started
+/// in place (not enqueued) are never claimed.
+pub async fn enqueued_runs_are_claimed_once_by_priority(store: Arc<dyn Queue>) {
+    let queue = unique_workflow("queue-order");
+    let low = enqueue(&store, &queue, 5).await;
+    let first = enqueue(&store, &queue, 0).await;
+    let second = enqueue(&store, &queue, 0).await;
+    let urgent = enqueue(&store, &queue, -1).await;
+    // Same id again: the first run, not a second one.
+    let again = store
+        .enqueue(Enqueue::new(new_run(&first, &queue, b"other"), &queue))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.run.input, b"q");
+    // A run created in place, under the queue's name as workflow: not on any queue.
+    store
+        .create_run(new_run(&new_run_id(), &queue, b""))
+        .await
+        .unwrap();
+
+    let lease = Duration::from_secs(60);
+    let got = store.claim(claim("w1", &queue, 3, lease)).await.unwrap();
+    let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, [urgent.as_str(), first.as_str(), second.as_str()]);
+    for r in &got {
+        let l = r.lease.as_ref().expect("a claimed run has its lease");
+        assert_eq!(l.worker, "w1");
+        assert_eq!(l.epoch, 1);
+        assert!(l.until_ms >= super::now_ms() + 50_000, "{l:?}");
+        assert_eq!(
+            store.get_run(&r.id).await.unwrap().unwrap().lease.as_ref(),
+            Some(l)
+        );
+    }
+    let rest = store.claim(claim("w2", &queue, 10, lease)).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].id, low);
+    assert!(
+        store
+            .claim(claim("w3", &queue, 10, lease))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another queue sees none of them.
+    let other = unique_workflow("queue-other");
+    assert!(
+        store
+            .claim(claim("w1", &other, 10, lease))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A finished run is not claimable, even with its lease expired.
+    let fenced = store.clone().fenced(&low, 1);
+    fenced
+        .set_status(&low, RunStatus::Completed, Some(b"1".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_run(&low).await.unwrap().unwrap().lease,
+        None,
+        "finishing ends the lease"
+    );
+}
+
+/// Eight workers claiming at once from one queue of 40 runs take each run exactly once.
+pub async fn claims_race_without_sharing_a_run(store: Arc<dyn Queue>) {
+    let queue = unique_workflow("queue-race");
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(enqueue(&store, &queue, 0).await);
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = store
+                        .claim(claim(&format!("w{w}"), &queue, 3, Duration::from_secs(60)))
+                        .await
+                        .unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|r| r.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    ids.sort();
+    assert_eq!(all, ids, "every run claimed exactly once");
+}
+
+/// A lease that expires is taken over by the next claim with a higher epoch; from then on
+/// every write of the old holder for that run fails with `LeaseLost` and writes nothing,
+/// while the new holder's writes go through. Writes for other runs are not fenced.
+pub async fn expired_leases_are_taken_over_and_fenced(store: Arc<dyn Queue>) {
+    let queue = unique_workflow("queue-fence");
+    let id = enqueue(&store, &queue, 0).await;
+    let got = store
+        .claim(claim("old", &queue, 1, Duration::from_millis(1)))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let old = store.clone().fenced(&id, 1);
+    old.set_status(&id, RunStatus::Running, None).await.unwrap();
+    old.commit_step(completed(StepKey::new(&id, "launch_nodes"), b"1"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let taken = store
+        .claim(claim("new", &queue, 1, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "an expired lease is claimable");
+    let lease = taken[0].lease.clone().unwrap();
+    assert_eq!((lease.worker.as_str(), lease.epoch), ("new", 2));
+    assert_eq!(
+        taken[0].status,
+        RunStatus::Running,
+        "a takeover keeps the run's status"
+    );
+
+    let lost = |r: Result<_, StoreError>| matches!(r, Err(StoreError::LeaseLost { ref run, epoch: 1 }) if *run == id);
+    let key = StepKey::new(&id, "wait_healthy");
+    assert!(lost(
+        old.commit_step(completed(key.clone(), b"stale"))
+            .await
+            .map(drop)
+    ));
+    assert!(lost(
+        old.save_progress(StepProgress {
+            key: key.clone(),
+            attempt: None,
+            retry: RetryState::default(),
+        })
+        .await
+    ));
+    assert!(lost(
+        old.set_status(&id, RunStatus::Completed, Some(b"x".to_vec()))
+            .await
+            .map(drop)
+    ));
+    assert!(lost(
+        old.update_compensations(
+            &id,
+            vec![CompensationOp::Push {
+                node: "launch_nodes".into(),
+                occurrence: 0,
+                item: None,
+                undo: b"u".to_vec(),
+            }]
+        )
+        .await
+        .map(drop)
+    ));
+    store.send_signal(&id, "go", b"1".to_vec()).await.unwrap();
+    assert!(lost(old.take_signal(&id, "go").await.map(drop)));
+    assert!(lost(
+        old.take_signal_into_step(&id, "go", key.clone())
+            .await
+            .map(drop)
+    ));
+    // Nothing of the stale writes is there.
+    assert_eq!(store.get_step(&key).await.unwrap(), None);
+    assert!(store.compensations_of(&id).await.unwrap().is_empty());
+    assert_eq!(
+        store.get_run(&id).await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    // Reads through the stale handle still work, and other runs are not fenced by it.
+    assert_eq!(old.steps_of(&id).await.unwrap().len(), 1);
+    let other = new_run_id();
+    old.create_run(new_run(&other, &queue, b"")).await.unwrap();
+    old.commit_step(completed(StepKey::new(&other, "launch_nodes"), b"1"))
+        .await
+        .unwrap();
+
+    // The new holder writes.
+    let new = store.clone().fenced(&id, 2);
+    assert!(
+        new.take_signal_into_step(&id, "go", key.clone())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    new.set_status(&id, RunStatus::Completed, Some(b"done".to_vec()))
+        .await
+        .unwrap();
+    let run = store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.status, run.output),
+        (RunStatus::Completed, Some(b"done".to_vec()))
+    );
+}
+
+/// Renewing extends a held lease and reports a lost one; releasing makes the run claimable
+/// at once, and a stale release changes nothing.
+pub async fn renew_and_release(store: Arc<dyn Queue>) {
+    let queue = unique_workflow("queue-renew");
+    let a = enqueue(&store, &queue, 0).await;
+    let b = enqueue(&store, &queue, 1).await;
+    let got = store
+        .claim(claim("w1", &queue, 2, Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    let held = store
+        .renew(
+            "w1",
+            vec![(a.clone(), 1), (b.clone(), 1), (b.clone(), 7)],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, [true, true, false]);
+    // Another worker cannot renew what it does not hold.
+    assert_eq!(
+        store
+            .renew("w2", vec![(a.clone(), 1)], Duration::from_secs(60))
+            .await
+            .unwrap(),
+        [false]
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Renewed past the first expiry: not claimable.
+    assert!(
+        store
+            .claim(claim("w2", &queue, 2, Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!store.release(&a, 9).await.unwrap(), "a stale release");
+    assert!(store.release(&a, 1).await.unwrap());
+    assert_eq!(store.get_run(&a).await.unwrap().unwrap().lease, None);
+    let again = store
+        .claim(claim("w2", &queue, 2, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, a);
+    assert_eq!(again[0].lease.as_ref().unwrap().epoch, 2);
+    // The first worker's lease on `a` is gone.
+    assert_eq!(
+        store
+            .renew("w1", vec![(a.clone(), 1)], Duration::from_secs(60))
+            .await
+            .unwrap(),
+        [false]
+    );
+}
+
+/// A queue's concurrency limit counts the runs under unexpired leases on every worker; its
+/// rate limit counts first starts in the window, not takeovers.
+pub async fn queue_concurrency_and_rate_limits(store: Arc<dyn Queue>) {
+    let queue = unique_workflow("queue-limits");
+    for _ in 0..6 {
+        enqueue(&store, &queue, 0).await;
+    }
+    let limited = |worker: &str, max: u32| Claim {
+        options: QueueOptions {
+            concurrency: Some(3),
+            rate: None,
+        },
+        ..claim(worker, &queue, max, Duration::from_secs(60))
+    };
+    assert_eq!(store.claim(limited("w1", 2)).await.unwrap().len(), 2);
+    let more = store.claim(limited("w2", 10)).await.unwrap();
+    assert_eq!(more.len(), 1, "three in flight on all workers");
+    assert!(store.claim(limited("w3", 10)).await.unwrap().is_empty());
+    // One finishes: one slot.
+    let done = &more[0];
+    store
+        .clone()
+        .fenced(&done.id, done.lease.as_ref().unwrap().epoch)
+        .set_status(&done.id, RunStatus::Completed, Some(Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(store.claim(limited("w3", 10)).await.unwrap().len(), 1);
+
+    let rated = unique_workflow("queue-rate");
+    for _ in 0..5 {
+        enqueue(&store, &rated, 0).await;
+    }
+    let rate = |worker: &str, lease: Duration| Claim {
+        options: QueueOptions {
+            concurrency: None,
+            rate: Some(Rate {
+                starts: 2,
+                per: Duration::from_secs(3600),
+            }),
+        },
+        ..claim(worker, &rated, 10, lease)
+    };
+    let started = store
+        .claim(rate("w1", Duration::from_millis(1)))
+        .await
+        .unwrap();
+    assert_eq!(started.len(), 2, "two starts an hour");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The two leases expired: taking them over is not a new start, the other three wait.
+    let again = store
+        .claim(rate("w2", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let mut a: Vec<_> = again.iter().map(|r| r.id.clone()).collect();
+    let mut b: Vec<_> = started.iter().map(|r| r.id.clone()).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
+
+/// A deduplication key is held by its run until the run finishes.
+pub async fn dedup_keys_hold_while_in_flight(store: Arc<dyn Queue>) {
+    let queue = unique_workflow("queue-dedup");
+    let key = unique_workflow("key");
+    let with_key = |id: &str| {
+        let mut e = Enqueue::new(new_run(id, &queue, b""), &queue);
+        e.dedup_key = Some(key.clone());
+        e
+    };
+    let first = new_run_id();
+    assert!(store.enqueue(with_key(&first)).await.unwrap().created);
+    // The same id again is the same run, not a duplicate.
+    assert!(!store.enqueue(with_key(&first)).await.unwrap().created);
+    let second = new_run_id();
+    match store.enqueue(with_key(&second)).await {
+        Err(StoreError::Duplicate { key: k, run }) => {
+            assert_eq!((k, run), (key.clone(), first.clone()));
+        }
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+    assert_eq!(
+        store.get_run(&second).await.unwrap(),
+        None,
+        "nothing created"
+    );
+    store
+        .set_status(&first, RunStatus::Cancelled, None)
+        .await
+        .unwrap();
+    assert!(store.enqueue(with_key(&second)).await.unwrap().created);
+}
+
+/// A run enqueued with `not_before_ms` in the future is not claimed before then.
+pub async fn not_before_delays_a_claim(store: Arc<dyn Queue>) {
+    let queue = unique_workflow("queue-later");
+    let id = new_run_id();
+    let mut e = Enqueue::new(new_run(&id, &queue, b""), &queue);
+    e.not_before_ms = Some(super::now_ms() + 300);
+    store.enqueue(e).await.unwrap();
+    assert!(
+        store
+            .claim(claim("w", &queue, 1, Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        store
+            .claim(claim("w", &queue, 1, Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// A worker waiting for work wakes when a run is enqueued, well before its timeout.
+pub async fn waiting_for_work_wakes_on_enqueue(store: Arc<dyn Queue>) {
+    let queue = unique_workflow("queue-wake");
+    let waiter = {
+        let store = store.clone();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            store.wait_for_work(&queue, Duration::from_secs(20)).await;
+            started.elapsed()
+        })
+    };
+    // Let the waiter start listening.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    enqueue(&store, &queue, 0).await;
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter woke")
+        .unwrap();
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    // With nothing enqueued, it waits for its timeout.
+    let started = std::time::Instant::now();
+    store
+        .wait_for_work(&queue, Duration::from_millis(200))
+        .await;
+    assert!(started.elapsed() >= Duration::from_millis(150));
 }

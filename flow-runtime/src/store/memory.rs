@@ -4,10 +4,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
+
 use super::{
-    AttemptRecord, Committed, CompensationOp, CompensationRecord, CompensationStatus, Created,
-    NewRun, RetryState, RunFilter, RunPage, RunRecord, RunStatus, SignalRecord, StepCommit,
-    StepKey, StepOutcome, StepProgress, StepRecord, Store, StoreError, StoreFuture, now_ms,
+    AttemptRecord, Claim, Committed, CompensationOp, CompensationRecord, CompensationStatus,
+    Created, Enqueue, HistoryRecord, Lease, NewHistory, NewRun, Queue, RetryState, RunFilter,
+    RunPage, RunRecord, RunStatus, SignalRecord, StepCommit, StepKey, StepOutcome, StepProgress,
+    StepRecord, Store, StoreError, StoreFuture, now_ms,
 };
 
 /// A [`Store`] that keeps every record in memory: for tests and examples.
@@ -38,6 +44,8 @@ use super::{
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     data: Arc<Mutex<Data>>,
+    /// Woken when a queue may have new work ([`Queue::wait_for_work`]).
+    work: Arc<Notify>,
 }
 
 impl MemoryStore {
@@ -85,6 +93,21 @@ struct RunEntry {
     compensations: BTreeMap<u64, CompensationRecord>,
     /// Its signals not taken yet, by name, oldest first.
     signals: HashMap<String, VecDeque<(u64, Vec<u8>)>>,
+    /// Its history, oldest first.
+    history: Vec<HistoryRecord>,
+    /// Its place in a queue, if it was enqueued.
+    queued: Option<Queued>,
+}
+
+/// What a queued run keeps besides its record.
+struct Queued {
+    priority: i32,
+    dedup_key: Option<String>,
+    not_before_ms: u64,
+    /// When a worker first claimed it (what a queue's rate limit counts).
+    started_ms: Option<u64>,
+    /// The epoch of the last lease (0: never claimed).
+    epoch: u64,
 }
 
 /// A step, committed (`outcome` set) or in progress.
@@ -144,6 +167,8 @@ impl Data {
             error: None,
             created_ms: now,
             updated_ms: now,
+            queue: None,
+            lease: None,
         };
         self.order.insert((now, record.id.clone()));
         self.runs.insert(
@@ -154,6 +179,8 @@ impl Data {
                 steps: BTreeMap::new(),
                 compensations: BTreeMap::new(),
                 signals: HashMap::new(),
+                history: Vec::new(),
+                queued: None,
             },
         );
         Created {
@@ -190,6 +217,9 @@ impl Data {
         run.output = output;
         run.error = error;
         run.updated_ms = now_ms().max(run.created_ms);
+        if status.is_finished() {
+            run.lease = None;
+        }
         Ok(run.clone())
     }
 
@@ -202,6 +232,19 @@ impl Data {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.order
             .range((start, Bound::Unbounded))
+            .filter_map(|(_, id)| self.runs.get(id).map(|r| &r.record))
+    }
+
+    /// The runs in reverse order (newest first) from just before `before`.
+    fn ordered_before<'a>(
+        &'a self,
+        before: Option<&'a (u64, String)>,
+    ) -> impl Iterator<Item = &'a RunRecord> + 'a {
+        use std::ops::Bound;
+        let end = before.map_or(Bound::Unbounded, Bound::Excluded);
+        self.order
+            .range((Bound::Unbounded, end))
+            .rev()
             .filter_map(|(_, id)| self.runs.get(id).map(|r| &r.record))
     }
 
@@ -228,17 +271,25 @@ impl Data {
             })
             .transpose()?;
         let limit = filter.limit.max(1);
-        let mut runs: Vec<RunRecord> = self
-            .ordered_after(after.as_ref())
-            .filter(|r| {
-                filter.workflow.as_ref().is_none_or(|w| *w == r.workflow)
-                    && filter.status.is_none_or(|s| s == r.status)
-                    && filter.created_after.is_none_or(|t| r.created_ms >= t)
-                    && filter.created_before.is_none_or(|t| r.created_ms < t)
-            })
-            .take(limit.saturating_add(1))
-            .cloned()
-            .collect();
+        let wanted = |r: &&RunRecord| {
+            filter.workflow.as_ref().is_none_or(|w| *w == r.workflow)
+                && filter.status.is_none_or(|s| s == r.status)
+                && filter.created_after.is_none_or(|t| r.created_ms >= t)
+                && filter.created_before.is_none_or(|t| r.created_ms < t)
+        };
+        let mut runs: Vec<RunRecord> = if filter.newest_first {
+            self.ordered_before(after.as_ref())
+                .filter(wanted)
+                .take(limit.saturating_add(1))
+                .cloned()
+                .collect()
+        } else {
+            self.ordered_after(after.as_ref())
+                .filter(wanted)
+                .take(limit.saturating_add(1))
+                .cloned()
+                .collect()
+        };
         let next = if runs.len() > limit {
             runs.truncate(limit);
             runs.last().map(|r| format!("{}:{}", r.created_ms, r.id))
@@ -351,12 +402,180 @@ impl Data {
         });
         run.compensations
             .retain(|_, c| !nodes.contains(c.node.as_str()));
+        // A worker still executing the run loses it: the restarted run is claimed afresh.
+        if let Some(q) = &mut run.queued {
+            q.epoch += 1;
+        }
         let record = &mut run.record;
         record.status = RunStatus::Pending;
         record.output = None;
         record.error = None;
+        record.lease = None;
         record.updated_ms = now_ms().max(record.created_ms);
         Ok(record.clone())
+    }
+
+    fn record_history(&mut self, run: &str, entry: NewHistory) -> Result<u64> {
+        let run = self.run_mut(run)?;
+        let seq = run.next_seq;
+        run.next_seq += 1;
+        run.history.push(HistoryRecord {
+            run: run.record.id.clone(),
+            seq,
+            at_ms: now_ms(),
+            actor: entry.actor,
+            action: entry.action,
+            detail: entry.detail,
+        });
+        Ok(seq)
+    }
+
+    fn take_signal_into_step(
+        &mut self,
+        run: &str,
+        name: &str,
+        key: StepKey,
+    ) -> Result<Option<SignalRecord>> {
+        self.run_mut(run)?;
+        if self.get_step(&key).is_some_and(|s| s.outcome.is_some()) {
+            return Ok(None);
+        }
+        let Some(signal) = self.take_signal(run, name) else {
+            return Ok(None);
+        };
+        self.commit_step(StepCommit {
+            key,
+            outcome: StepOutcome::Completed(signal.payload.clone()),
+            attempts: Vec::new(),
+            compensations: Vec::new(),
+        })?;
+        Ok(Some(signal))
+    }
+
+    fn enqueue(&mut self, e: Enqueue) -> Result<Created> {
+        if let Some(key) = &e.dedup_key
+            && let Some(holder) = self.runs.values().find(|r| {
+                r.record.id != e.run.id
+                    && !r.record.status.is_finished()
+                    && r.queued
+                        .as_ref()
+                        .is_some_and(|q| q.dedup_key.as_ref() == Some(key))
+            })
+        {
+            return Err(StoreError::Duplicate {
+                key: key.clone(),
+                run: holder.record.id.clone(),
+            });
+        }
+        let created = self.create_run(e.run);
+        if !created.created {
+            return Ok(created);
+        }
+        let entry = self.run_mut(&created.run.id)?;
+        entry.record.queue = Some(e.queue);
+        entry.queued = Some(Queued {
+            priority: e.priority,
+            dedup_key: e.dedup_key,
+            not_before_ms: e.not_before_ms.unwrap_or(0),
+            started_ms: None,
+            epoch: 0,
+        });
+        Ok(Created {
+            run: entry.record.clone(),
+            created: true,
+        })
+    }
+
+    fn claim(&mut self, c: &Claim) -> Vec<RunRecord> {
+        let now = now_ms();
+        let on_queue = |r: &&RunEntry| {
+            r.record.queue.as_deref() == Some(c.queue.as_str()) && !r.record.status.is_finished()
+        };
+        let leased = |r: &RunEntry| r.record.lease.as_ref().is_some_and(|l| l.until_ms >= now);
+        let mut room = c.max;
+        if let Some(limit) = c.options.concurrency {
+            let busy = self
+                .runs
+                .values()
+                .filter(on_queue)
+                .filter(|r| leased(r))
+                .count();
+            room = room.min(limit.saturating_sub(u32::try_from(busy).unwrap_or(u32::MAX)));
+        }
+        let mut starts_left = u32::MAX;
+        if let Some(rate) = c.options.rate {
+            let since = now.saturating_sub(u64::try_from(rate.per.as_millis()).unwrap_or(u64::MAX));
+            let started = self
+                .runs
+                .values()
+                .filter(|r| r.record.queue.as_deref() == Some(c.queue.as_str()))
+                .filter(|r| {
+                    r.queued
+                        .as_ref()
+                        .and_then(|q| q.started_ms)
+                        .is_some_and(|t| t >= since)
+                })
+                .count();
+            starts_left = rate
+                .starts
+                .saturating_sub(u32::try_from(started).unwrap_or(u32::MAX));
+        }
+        let mut due: Vec<(i32, u64, String)> = self
+            .runs
+            .values()
+            .filter(on_queue)
+            .filter(|r| !leased(r))
+            .filter_map(|r| {
+                let q = r.queued.as_ref()?;
+                (q.not_before_ms <= now)
+                    .then(|| (q.priority, r.record.created_ms, r.record.id.clone()))
+            })
+            .collect();
+        due.sort();
+        let until_ms = now.saturating_add(u64::try_from(c.lease.as_millis()).unwrap_or(u64::MAX));
+        let mut claimed = Vec::new();
+        for (_, _, id) in due {
+            if room == 0 {
+                break;
+            }
+            let Some(entry) = self.runs.get_mut(&id) else {
+                continue;
+            };
+            let Some(q) = entry.queued.as_mut() else {
+                continue;
+            };
+            if q.started_ms.is_none() {
+                if starts_left == 0 {
+                    continue;
+                }
+                starts_left -= 1;
+                q.started_ms = Some(now);
+            }
+            q.epoch += 1;
+            entry.record.lease = Some(Lease {
+                worker: c.worker.clone(),
+                epoch: q.epoch,
+                until_ms,
+            });
+            room -= 1;
+            claimed.push(entry.record.clone());
+        }
+        claimed
+    }
+
+    /// Whether run `run`'s lease epoch is still `epoch`.
+    fn check_fence(&self, run: &str, epoch: u64) -> Result<()> {
+        let entry = self
+            .runs
+            .get(run)
+            .ok_or_else(|| not_found(format!("run {run}")))?;
+        match &entry.queued {
+            Some(q) if q.epoch == epoch => Ok(()),
+            _ => Err(StoreError::LeaseLost {
+                run: run.to_owned(),
+                epoch,
+            }),
+        }
     }
 
     fn take_signal(&mut self, run: &str, name: &str) -> Option<SignalRecord> {
@@ -510,23 +729,7 @@ impl Store for MemoryStore {
         name: &'a str,
         key: StepKey,
     ) -> StoreFuture<'a, Option<SignalRecord>> {
-        Box::pin(async move {
-            let mut data = self.lock();
-            data.run_mut(run)?;
-            if data.get_step(&key).is_some_and(|s| s.outcome.is_some()) {
-                return Ok(None);
-            }
-            let Some(signal) = data.take_signal(run, name) else {
-                return Ok(None);
-            };
-            data.commit_step(StepCommit {
-                key,
-                outcome: StepOutcome::Completed(signal.payload.clone()),
-                attempts: Vec::new(),
-                compensations: Vec::new(),
-            })?;
-            Ok(Some(signal))
-        })
+        Box::pin(async move { self.lock().take_signal_into_step(run, name, key) })
     }
 
     fn save_graph<'a>(
@@ -550,7 +753,246 @@ impl Store for MemoryStore {
     }
 
     fn reset_steps<'a>(&'a self, run: &'a str, nodes: Vec<String>) -> StoreFuture<'a, RunRecord> {
-        Box::pin(async move { self.lock().reset_steps(run, &nodes) })
+        Box::pin(async move {
+            let record = self.lock().reset_steps(run, &nodes);
+            self.work.notify_waiters();
+            record
+        })
+    }
+
+    fn record_history<'a>(&'a self, run: &'a str, entry: NewHistory) -> StoreFuture<'a, u64> {
+        Box::pin(async move { self.lock().record_history(run, entry) })
+    }
+
+    fn history_of<'a>(&'a self, run: &'a str) -> StoreFuture<'a, Vec<HistoryRecord>> {
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .runs
+                .get(run)
+                .map_or_else(Vec::new, |r| r.history.clone()))
+        })
+    }
+}
+
+impl Queue for MemoryStore {
+    fn enqueue(&self, enqueue: Enqueue) -> StoreFuture<'_, Created> {
+        Box::pin(async move {
+            let created = self.lock().enqueue(enqueue);
+            self.work.notify_waiters();
+            created
+        })
+    }
+
+    fn claim(&self, claim: Claim) -> StoreFuture<'_, Vec<RunRecord>> {
+        Box::pin(async move { Ok(self.lock().claim(&claim)) })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        worker: &'a str,
+        leases: Vec<(String, u64)>,
+        lease: Duration,
+    ) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(async move {
+            let mut data = self.lock();
+            let until_ms =
+                now_ms().saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+            Ok(leases
+                .into_iter()
+                .map(|(run, epoch)| {
+                    let Some(entry) = data.runs.get_mut(&run) else {
+                        return false;
+                    };
+                    match &mut entry.record.lease {
+                        Some(l) if l.epoch == epoch && l.worker == worker => {
+                            l.until_ms = until_ms;
+                            true
+                        }
+                        _ => false,
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn release<'a>(&'a self, run: &'a str, epoch: u64) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let released = {
+                let mut data = self.lock();
+                match data.runs.get_mut(run) {
+                    Some(entry)
+                        if entry
+                            .record
+                            .lease
+                            .as_ref()
+                            .is_some_and(|l| l.epoch == epoch) =>
+                    {
+                        entry.record.lease = None;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            self.work.notify_waiters();
+            Ok(released)
+        })
+    }
+
+    fn fenced(self: Arc<Self>, run: &str, epoch: u64) -> Arc<dyn Store> {
+        Arc::new(Fenced {
+            store: self,
+            run: run.to_owned(),
+            epoch,
+        })
+    }
+
+    fn wait_for_work<'a>(&'a self, _queue: &'a str, timeout: Duration) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let _ = tokio::time::timeout(timeout, self.work.notified()).await;
+        })
+    }
+}
+
+/// A [`MemoryStore`] whose writes for one run are fenced by a lease epoch
+/// ([`Queue::fenced`]): the check and the write are made under the same lock.
+struct Fenced {
+    store: Arc<MemoryStore>,
+    run: String,
+    epoch: u64,
+}
+
+impl Fenced {
+    /// Runs `write` under the store's lock, after checking the fence when it is for the
+    /// fenced run.
+    fn write<T>(&self, run: &str, write: impl FnOnce(&mut Data) -> Result<T>) -> Result<T> {
+        let mut data = self.store.lock();
+        if run == self.run {
+            data.check_fence(run, self.epoch)?;
+        }
+        write(&mut data)
+    }
+}
+
+impl Store for Fenced {
+    fn create_run(&self, new: NewRun) -> StoreFuture<'_, Created> {
+        self.store.create_run(new)
+    }
+
+    fn get_run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<RunRecord>> {
+        self.store.get_run(id)
+    }
+
+    fn set_status<'a>(
+        &'a self,
+        id: &'a str,
+        status: RunStatus,
+        result: Option<Vec<u8>>,
+    ) -> StoreFuture<'a, RunRecord> {
+        Box::pin(async move {
+            let record = self.write(id, |d| d.set_status(id, status, result));
+            if status.is_finished() {
+                self.store.work.notify_waiters();
+            }
+            record
+        })
+    }
+
+    fn unfinished_runs(&self) -> StoreFuture<'_, Vec<RunRecord>> {
+        self.store.unfinished_runs()
+    }
+
+    fn list_runs(&self, filter: RunFilter) -> StoreFuture<'_, RunPage> {
+        self.store.list_runs(filter)
+    }
+
+    fn save_progress(&self, progress: StepProgress) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let run = progress.key.run.clone();
+            self.write(&run, |d| d.save_progress(progress))
+        })
+    }
+
+    fn commit_step(&self, commit: StepCommit) -> StoreFuture<'_, Committed> {
+        Box::pin(async move {
+            let run = commit.key.run.clone();
+            self.write(&run, |d| d.commit_step(commit))
+        })
+    }
+
+    fn get_step<'a>(&'a self, key: &'a StepKey) -> StoreFuture<'a, Option<StepRecord>> {
+        self.store.get_step(key)
+    }
+
+    fn steps_of<'a>(&'a self, run: &'a str) -> StoreFuture<'a, Vec<StepRecord>> {
+        self.store.steps_of(run)
+    }
+
+    fn update_compensations<'a>(
+        &'a self,
+        run: &'a str,
+        ops: Vec<CompensationOp>,
+    ) -> StoreFuture<'a, Vec<u64>> {
+        Box::pin(async move { self.write(run, |d| d.update_compensations(run, ops)) })
+    }
+
+    fn compensations_of<'a>(&'a self, run: &'a str) -> StoreFuture<'a, Vec<CompensationRecord>> {
+        self.store.compensations_of(run)
+    }
+
+    fn send_signal<'a>(
+        &'a self,
+        run: &'a str,
+        name: &'a str,
+        payload: Vec<u8>,
+    ) -> StoreFuture<'a, u64> {
+        self.store.send_signal(run, name, payload)
+    }
+
+    fn take_signal<'a>(
+        &'a self,
+        run: &'a str,
+        name: &'a str,
+    ) -> StoreFuture<'a, Option<SignalRecord>> {
+        Box::pin(async move { self.write(run, |d| Ok(d.take_signal(run, name))) })
+    }
+
+    fn take_signal_into_step<'a>(
+        &'a self,
+        run: &'a str,
+        name: &'a str,
+        key: StepKey,
+    ) -> StoreFuture<'a, Option<SignalRecord>> {
+        Box::pin(async move { self.write(run, |d| d.take_signal_into_step(run, name, key)) })
+    }
+
+    fn save_graph<'a>(
+        &'a self,
+        workflow: &'a str,
+        fingerprint: u64,
+        graph: Vec<u8>,
+    ) -> StoreFuture<'a, ()> {
+        self.store.save_graph(workflow, fingerprint, graph)
+    }
+
+    fn get_graph<'a>(
+        &'a self,
+        workflow: &'a str,
+        fingerprint: u64,
+    ) -> StoreFuture<'a, Option<Vec<u8>>> {
+        self.store.get_graph(workflow, fingerprint)
+    }
+
+    fn reset_steps<'a>(&'a self, run: &'a str, nodes: Vec<String>) -> StoreFuture<'a, RunRecord> {
+        self.store.reset_steps(run, nodes)
+    }
+
+    fn record_history<'a>(&'a self, run: &'a str, entry: NewHistory) -> StoreFuture<'a, u64> {
+        self.store.record_history(run, entry)
+    }
+
+    fn history_of<'a>(&'a self, run: &'a str) -> StoreFuture<'a, Vec<HistoryRecord>> {
+        self.store.history_of(run)
     }
 }
 
@@ -561,6 +1003,11 @@ mod conformance_tests {
     #[tokio::test]
     async fn conformance() {
         crate::store::conformance::run_all(std::sync::Arc::new(MemoryStore::new())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queue_conformance() {
+        crate::store::conformance::run_queue_all(std::sync::Arc::new(MemoryStore::new())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
