@@ -1014,13 +1014,24 @@ use std::collections::BTreeMap;
 
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::{Handle, Runtime, drive};
-use crate::store::{NewRun, RunFilter};
+use crate::store::{Enqueue, NewRun, Queue, RunFilter};
+
+mod worker;
+
+pub use worker::{EnqueueOptions, Worker, WorkerOptions, WorkerReport};
+
+/// A duration in whole milliseconds (saturating).
+fn duration_ms(d: core::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// A runtime's store, and the durable runs it has in flight (by run id), each with a signal
 /// that turns `true` when the run has recorded its end.
 #[derive(Clone)]
 pub(crate) struct Durability {
     pub(crate) store: Arc<dyn Store>,
+    /// The same store as a queue, when it is one ([`Runtime::with_queue`]).
+    pub(crate) queue: Option<Arc<dyn Queue>>,
     active: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
     /// The graphs this runtime has saved in the store, by (workflow, fingerprint).
     graphs: Arc<Mutex<HashSet<(&'static str, u64)>>>,
@@ -1240,10 +1251,97 @@ impl Runtime {
     pub fn with_shared_store(mut self, store: Arc<dyn Store>) -> Self {
         self.durable = Some(Durability {
             store,
+            queue: None,
             active: Arc::default(),
             graphs: Arc::default(),
         });
         self
+    }
+
+    /// As [`with_shared_store`](Self::with_shared_store), with a store that is also a
+    /// [`Queue`] (PostgreSQL): runs can then be [`enqueue`](Self::enqueue)d, and executed by
+    /// [`Worker`]s in any process sharing the store.
+    pub fn with_queue(mut self, store: Arc<dyn Queue>) -> Self {
+        self.durable = Some(Durability {
+            store: Arc::clone(&store) as Arc<dyn Store>,
+            queue: Some(store),
+            active: Arc::default(),
+            graphs: Arc::default(),
+        });
+        self
+    }
+
+    /// Enqueues a durable run of `workflow` with id `id` on a queue (see [`Enqueue`] for the
+    /// options) instead of running it here: a [`Worker`] serving that queue (in this process
+    /// or another) executes it. Idempotent as [`start`](Self::start) is: an id that exists
+    /// returns that run. The returned run's [`wait`](DurableRun::wait) reads its result back
+    /// from the store when it ends. Needs a runtime built with [`with_queue`](Self::with_queue).
+    pub async fn enqueue<W>(
+        &self,
+        workflow: W,
+        id: impl Into<String>,
+        input: W::Input,
+        options: EnqueueOptions,
+    ) -> Result<DurableRun<W>, DurableError>
+    where
+        W: DurableWorkflow,
+    {
+        let id = id.into();
+        let durability = self.durability(&id)?.clone();
+        let Some(queue) = durability.queue.clone() else {
+            return Err(store_error(
+                &id,
+                StoreError::Invalid {
+                    what: "this runtime's store is not a queue: build it with \
+                           `Runtime::with_queue` and a store that implements `Queue` \
+                           (PostgreSQL)"
+                        .to_owned(),
+                },
+            ));
+        };
+        let graph = workflow.graph();
+        durability.save_graph(graph, &id).await?;
+        let run = NewRun {
+            id: id.clone(),
+            workflow: graph.name.to_owned(),
+            fingerprint: graph.fingerprint,
+            node_fingerprints: node_fingerprints(graph),
+            input: encode_value(&input, &format!("the input of run `{id}`"))?,
+        };
+        let created = queue
+            .enqueue(Enqueue {
+                run,
+                queue: options.queue,
+                priority: options.priority,
+                dedup_key: options.dedup_key,
+                not_before_ms: options
+                    .delay
+                    .map(|d| crate::store::now_ms().saturating_add(duration_ms(d))),
+            })
+            .await
+            .map_err(|e| store_error(&id, e))?;
+        let record = created.run;
+        if record.workflow != graph.name {
+            return Err(DurableError::WrongWorkflow {
+                run: id,
+                stored: record.workflow,
+                asked: graph.name.to_owned(),
+            });
+        }
+        let state = if record.status.is_finished() {
+            RunState::Finished(stored_result::<W>(graph, &record))
+        } else {
+            RunState::Elsewhere {
+                store: Arc::clone(&durability.store),
+                graph,
+                done: lock(&durability.active).get(&id).cloned(),
+            }
+        };
+        Ok(DurableRun {
+            id,
+            created: created.created,
+            state,
+        })
     }
 
     /// The runtime's store, if it has one.
@@ -1466,15 +1564,16 @@ impl Runtime {
     /// silently; they stay in the store as they are.
     ///
     /// Call it once at start-up, before starting new runs: a run is resumed by one process
-    /// only if one process calls it (several workers sharing a store need leases, which
-    /// this store does not have).
+    /// only if one process calls it. Runs enqueued on a queue ([`enqueue`](Self::enqueue))
+    /// are not resumed here: the [`Worker`]s of their queue take them over under leases.
     pub async fn resume(&self, registry: &Registry) -> Result<ResumeReport, DurableError> {
         let durability = self.durability("*")?.clone();
         let checked = check(&*durability.store, registry).await?;
         let mut report = ResumeReport::default();
         for c in checked {
             let id = c.run.id.clone();
-            if lock(&durability.active).contains_key(&id) {
+            // Queued runs are the workers' (`Worker`), under leases.
+            if lock(&durability.active).contains_key(&id) || c.run.queue.is_some() {
                 continue;
             }
             match c.verdict {
@@ -1616,7 +1715,9 @@ pub struct ResumedRun {
     pub id: String,
     /// Its workflow.
     pub workflow: String,
-    done: futures_util::future::BoxFuture<'static, Result<(), String>>,
+    done: futures_util::future::BoxFuture<'static, RunEnd>,
+    /// Stops the run's task (undoing nothing): what a worker does when its lease is lost.
+    abort: tokio::task::AbortHandle,
 }
 
 impl core::fmt::Debug for ResumedRun {
@@ -1629,10 +1730,28 @@ impl core::fmt::Debug for ResumedRun {
 }
 
 impl ResumedRun {
-    /// Waits for the run to end: `Err` with the run's error as text if it failed.
+    /// Waits for the run to end: `Err` with the run's error as text if it failed (or was
+    /// stopped by its store, to be resumed later).
     pub async fn wait(self) -> Result<(), String> {
-        self.done.await
+        match self.done.await {
+            RunEnd::Finished(result) => result,
+            RunEnd::Stopped { error, .. } => Err(error),
+        }
     }
+}
+
+/// How a resumed run's task ended.
+pub(crate) enum RunEnd {
+    /// With its result (recorded in the store, unless recording it failed).
+    Finished(Result<(), String>),
+    /// Stopped by its store or its record (`ErrorKind::Durable`): nothing undone, left to
+    /// resume.
+    Stopped {
+        /// Because its lease was taken over ([`StoreError::LeaseLost`]).
+        lost: bool,
+        /// The error, as text.
+        error: String,
+    },
 }
 
 /// Resumes stored runs of one workflow (kept by a [`Registry`]).
@@ -1665,10 +1784,29 @@ impl<W: DurableWorkflow + Clone> Resumer for Typed<W> {
     ) -> Result<ResumedRun, DurableError> {
         let input: W::Input = decode_value(&run.input, &format!("the input of run `{}`", run.id))?;
         let handle = runtime.launch(durability, self.0.clone(), &run, steps, input, cancelled);
+        let abort = handle.task.abort_handle();
         Ok(ResumedRun {
             id: run.id,
             workflow: run.workflow,
-            done: Box::pin(async move { handle.await.map(drop).map_err(|e| e.to_string()) }),
+            done: Box::pin(async move {
+                match handle.await {
+                    Ok(_) => RunEnd::Finished(Ok(())),
+                    Err(e) => match e.kind() {
+                        ErrorKind::Durable(d) => RunEnd::Stopped {
+                            lost: matches!(
+                                **d,
+                                DurableError::Store {
+                                    error: StoreError::LeaseLost { .. },
+                                    ..
+                                }
+                            ),
+                            error: e.to_string(),
+                        },
+                        _ => RunEnd::Finished(Err(e.to_string())),
+                    },
+                }
+            }),
+            abort,
         })
     }
 }

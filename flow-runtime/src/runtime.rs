@@ -788,7 +788,7 @@ impl<E: Send + 'static> Drop for RunGuard<'_, E> {
 pub struct Handle<W: Workflow> {
     pub(crate) ctx: Ctx<W::Error>,
     pub(crate) token: CancellationToken,
-    task: JoinHandle<Result<W::Output, Error<W::Error>>>,
+    pub(crate) task: JoinHandle<Result<W::Output, Error<W::Error>>>,
     lazy: Arc<LazyChannel>,
     events: Option<EventStream>,
 }
