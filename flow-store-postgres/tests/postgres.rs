@@ -412,7 +412,8 @@ async fn a_fenced_writer_never_commits_after_a_takeover() {
             .collect();
         // Another worker takes the run over once the lease has expired.
         tokio::time::sleep(Duration::from_millis(350)).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let expired = Instant::now();
+        let deadline = expired + Duration::from_secs(20);
         let taken = loop {
             let got = store
                 .claim(claim("new", &queue, Duration::from_secs(60)))
@@ -428,6 +429,10 @@ async fn a_fenced_writer_never_commits_after_a_takeover() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert_eq!(taken.lease.as_ref().unwrap().epoch, epoch + 1);
+        eprintln!(
+            "round {round}: taken over {:?} after the lease expired",
+            expired.elapsed()
+        );
         // What was committed when the takeover committed.
         let at_takeover: BTreeSet<String> = store
             .steps_of(&id)
@@ -671,4 +676,45 @@ async fn listing_many_runs_newest_first_uses_the_indexes() {
             "{query}\n{plan}"
         );
     }
+}
+
+#[tokio::test]
+async fn without_a_schema_option_the_connections_current_schema_is_used() {
+    let schema = TestSchema::new().await;
+    // The connection's own search_path (as a DBA would set it for a role), and no
+    // `Options::schema`: the store uses that schema once it exists.
+    let via_url = format!(
+        "{}{}options=-c%20search_path%3D{}",
+        url(),
+        if url().contains('?') { '&' } else { '?' },
+        schema.name
+    );
+    let options = Options {
+        schema: None,
+        pool_size: 2,
+        retry_for: Duration::from_secs(2),
+        ..Options::default()
+    };
+    let err = PgStore::connect_with(&via_url, options.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid { what } if what.contains("Options::schema")),
+        "{err:?}"
+    );
+    admin()
+        .await
+        .batch_execute(&format!("CREATE SCHEMA {}", schema.name))
+        .await
+        .unwrap();
+    let store = PgStore::connect_with(&via_url, options).await.unwrap();
+    assert_eq!(store.schema(), schema.name);
+    let id = new_run_id();
+    store.create_run(new_run(&id, "w")).await.unwrap();
+    assert_eq!(
+        schema_version(&schema.name).await,
+        i64::from(SCHEMA_VERSION)
+    );
+    let listed = store.list_runs(RunFilter::default()).await.unwrap();
+    assert_eq!(listed.runs.len(), 1);
 }
