@@ -390,18 +390,20 @@ impl PgStore {
     ) -> Result<String, StoreError> {
         let schema = match schema {
             Some(s) => s.to_owned(),
-            None => client
-                .query_one("SELECT current_schema()", &[])
-                .await
-                .map_err(|e| error::store_error(&e, &self.server))?
-                .get::<_, Option<String>>(0)
-                .ok_or_else(|| StoreError::Invalid {
-                    what: format!(
-                        "the search_path of the connections to {} names no schema that exists: \
+            None => rows::get_at::<Option<String>>(
+                &client
+                    .query_one("SELECT current_schema()::text", &[])
+                    .await
+                    .map_err(|e| error::store_error(&e, &self.server))?,
+                0,
+            )?
+            .ok_or_else(|| StoreError::Invalid {
+                what: format!(
+                    "the search_path of the connections to {} names no schema that exists: \
                          set Options::schema",
-                        self.server
-                    ),
-                })?,
+                    self.server
+                ),
+            })?,
         };
         // Refuse a newer schema before writing anything, also the schema itself.
         schema::check_version(client, &schema, &self.server).await?;

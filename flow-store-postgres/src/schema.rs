@@ -752,7 +752,8 @@ pub(crate) async fn check_version(
         )
         .await
         .map_err(|e| crate::error::store_error(&e, server))?;
-    let (has_schema, has_runs): (bool, bool) = (row.get(0), row.get(1));
+    let (has_schema, has_runs): (bool, bool) =
+        (crate::rows::get_at(&row, 0)?, crate::rows::get_at(&row, 1)?);
     if !has_schema {
         if has_runs {
             return Err(StoreError::Corrupt {
@@ -783,7 +784,10 @@ async fn read_version(client: &Client, schema: &str, server: &str) -> Result<u32
         .query_opt(sql.as_str(), &[])
         .await
         .map_err(|e| crate::error::store_error(&e, server))?;
-    let version: i64 = row.map_or(0, |r| r.get(0));
+    let version: i64 = match &row {
+        Some(row) => crate::rows::get_at(row, 0)?,
+        None => 0,
+    };
     u32::try_from(version).map_err(|_| StoreError::Corrupt {
         what: format!("schema version {version} is out of range"),
     })

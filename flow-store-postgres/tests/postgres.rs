@@ -718,3 +718,49 @@ async fn without_a_schema_option_the_connections_current_schema_is_used() {
     let listed = store.list_runs(RunFilter::default()).await.unwrap();
     assert_eq!(listed.runs.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_survives_its_connections_being_killed() {
+    let schema = TestSchema::new().await;
+    let named = format!(
+        "{}{}application_name={}",
+        url(),
+        if url().contains('?') { '&' } else { '?' },
+        schema.name
+    );
+    let store = Arc::new(
+        PgStore::connect_with(&named, schema.options())
+            .await
+            .unwrap(),
+    );
+    let id = new_run_id();
+    store.create_run(new_run(&id, "w")).await.unwrap();
+    // Open several pooled connections at once.
+    let opened = (0..6).map(|i| store.commit_step(commit(&id, &format!("before-{i}"))));
+    for r in futures_util::future::join_all(opened).await {
+        r.unwrap();
+    }
+    for round in 0..3 {
+        let killed: i64 = admin()
+            .await
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = $1",
+                &[&schema.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(killed >= 2, "round {round}: {killed}");
+        // The writes that can be sent again go through, on new connections.
+        let writes = (0..6).map(|i| store.commit_step(commit(&id, &format!("after-{round}-{i}"))));
+        for r in futures_util::future::join_all(writes).await {
+            assert!(r.unwrap().first);
+        }
+        store
+            .set_status(&id, RunStatus::Running, None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.steps_of(&id).await.unwrap().len(), 6 + 3 * 6);
+}
