@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! cargo run --release -p flow-store-postgres --example commit_latency [URL] [--fenced]
+//!     [--current-thread]
 //! ```
 //!
 //! URL defaults to `FLOW_PG_URL`, then `postgres://postgres@127.0.0.1:5432/test`. The example
 //! works in a schema of its own, dropped at the end. `--fenced` commits through a fenced
-//! store (a worker's lease checked in each commit's transaction).
+//! store (a worker's lease checked in each commit's transaction). `--current-thread` runs on
+//! tokio's current-thread runtime instead of the multi-threaded one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,8 +74,22 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+fn main() {
+    // `--current-thread`: the store's connections and the committers on one thread (no
+    // wake-ups across threads: the lowest latency); by default a multi-threaded runtime.
+    let mut runtime = if std::env::args().any(|a| a == "--current-thread") {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    runtime
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(measure());
+}
+
+async fn measure() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let fenced = args.iter().any(|a| a == "--fenced");
     let url = args
