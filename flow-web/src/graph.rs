@@ -259,8 +259,9 @@ pub fn node_states(
     steps: &[StepRecord],
     compensations: &[CompensationRecord],
 ) -> Vec<NodeSummary> {
-    let mut by_key: BTreeMap<&str, (NodeState, BTreeSet<u32>, BTreeSet<u32>, u32)> =
-        BTreeMap::new();
+    // Per node key: its state, occurrences, map items and attempts.
+    type Tally = (NodeState, BTreeSet<u32>, BTreeSet<u32>, u32);
+    let mut by_key: BTreeMap<&str, Tally> = BTreeMap::new();
     let mut undone: BTreeSet<&str> = compensations
         .iter()
         .filter(|c| c.status == CompensationStatus::Done)
@@ -394,9 +395,9 @@ pub fn layout(graph: &StoredGraph) -> Layout {
     }
     // The end node goes below everything.
     let deepest = layer.iter().copied().max().unwrap_or(0);
-    for i in 0..n {
-        if graph.kinds[i] == "end" {
-            layer[i] = deepest.max(1);
+    for (l, kind) in layer.iter_mut().zip(&graph.kinds) {
+        if kind == "end" {
+            *l = deepest.max(1);
         }
     }
     let layers = layer.iter().copied().max().map_or(0, |m| m + 1);
@@ -476,7 +477,9 @@ pub fn svg(graph: &StoredGraph, states: &[NodeSummary]) -> Markup {
         }
         d
     };
-    let mut groups: Vec<(usize, usize, (f64, f64, f64, f64))> = Vec::new();
+    // (depth, head, (x, y, width, height)).
+    type GroupBox = (usize, usize, (f64, f64, f64, f64));
+    let mut groups: Vec<GroupBox> = Vec::new();
     for g in (0..n).filter(|&g| graph.is_group(g)) {
         let mut members = vec![g];
         let mut i = 0;
@@ -640,25 +643,29 @@ pub const TIMELINE_ROWS: usize = 300;
 /// and a hatched bar for each backoff wait (between a failed attempt and the next, or until
 /// `wake_at_ms` of a pending retry). A running attempt's bar ends at `now_ms`.
 pub fn timeline(steps: &[StepRecord], now_ms: u64) -> Markup {
-    let mut rows: Vec<&StepRecord> = steps.iter().filter(|s| !s.attempts.is_empty()).collect();
-    rows.sort_by_key(|s| {
-        (
-            s.attempts.iter().map(|a| a.started_ms).min().unwrap_or(0),
-            s.key.clone(),
-        )
-    });
+    // A step that succeeded at its first attempt may have no attempt recorded (the runtime
+    // records attempts that failed or are in flight): it is drawn as a mark at its commit.
+    let mut rows: Vec<&StepRecord> = steps
+        .iter()
+        .filter(|s| !s.attempts.is_empty() || s.outcome.is_some())
+        .collect();
+    let first = |s: &StepRecord| {
+        s.attempts
+            .iter()
+            .map(|a| a.started_ms)
+            .min()
+            .unwrap_or(s.updated_ms)
+    };
+    rows.sort_by_key(|s| (first(s), s.key.clone()));
     let cut = rows.len().saturating_sub(TIMELINE_ROWS);
     rows.truncate(TIMELINE_ROWS);
     if rows.is_empty() {
         return html! { p class="empty" { "No attempt recorded yet." } };
     }
-    let t0 = rows
-        .iter()
-        .flat_map(|s| s.attempts.iter().map(|a| a.started_ms))
-        .min()
-        .unwrap_or(now_ms);
+    let t0 = rows.iter().map(|s| first(s)).min().unwrap_or(now_ms);
     let mut t1 = t0 + 1;
     for s in &rows {
+        t1 = t1.max(s.updated_ms);
         for a in &s.attempts {
             t1 = t1.max(a.ended_ms.unwrap_or(now_ms.max(a.started_ms)));
         }
@@ -688,6 +695,11 @@ pub fn timeline(steps: &[StepRecord], now_ms: u64) -> Markup {
             @for (r, s) in rows.iter().enumerate() {
                 @let y = r as f64 * row_h + 4.0;
                 text class="row-label" x="4" y=(f(y + 13.0)) { (short(&step_label(s), 30)) }
+                @if s.attempts.is_empty() {
+                    rect class="bar bar-commit" x=(f(x(s.updated_ms) - 3.0)) y=(f(y + 2.0)) width="6" height="12" rx="1" {
+                        title { (step_label(s)) ": committed at " (crate::utc(s.updated_ms)) " UTC (first attempt succeeded; its start is not recorded)" }
+                    }
+                }
                 @for bar in bars(s, now_ms) {
                     @if bar.class == "backoff" {
                         rect class="bar bar-backoff" x=(f(x(bar.from))) y=(f(y + 3.0)) width=(f((x(bar.to) - x(bar.from)).max(1.0))) height="10" {

@@ -417,7 +417,7 @@ pub(crate) fn live_part(app: &App, s: &Snapshot) -> Markup {
             h2 { "Steps " span class="count" { "(" (s.steps.len()) ")" } }
             @if steps.is_empty() { p class="empty" { "No step recorded yet." } } @else {
                 table class="steps" {
-                    thead { tr { th { "Step" } th { "State" } th { "Attempts" } th { "Started (UTC)" } th { "Took" } th { "Output or error" } } }
+                    thead { tr { th { "Step" } th { "State" } th { "Attempts" } th { "Started or committed (UTC)" } th { "Took" } th { "Output or error" } } }
                     tbody {
                         @for st in &steps {
                             @let state = graph::NodeState::of_step(st);
@@ -433,7 +433,7 @@ pub(crate) fn live_part(app: &App, s: &Snapshot) -> Markup {
                                         br; span class="due" { "next due " (utc(w)) }
                                     }
                                 }
-                                td class="mono" { @if let Some(t) = first { (utc(t)) } @else { "-" } }
+                                td class="mono" { @if let Some(t) = first { (utc(t)) } @else { (utc(st.updated_ms)) } }
                                 td class="num" { @if let (Some(a), Some(b)) = (first, last) { (duration(b.saturating_sub(a))) } }
                                 td {
                                     @match &st.outcome {
@@ -460,7 +460,7 @@ pub(crate) fn live_part(app: &App, s: &Snapshot) -> Markup {
         }
         section {
             h2 { "Timeline" }
-            p class="hint" { "One bar per attempt (green done, red failed, yellow running) and the backoff waits (hatched) between them, on one time axis from the first attempt." }
+            p class="hint" { "One bar per attempt (green done, red failed, yellow running), the backoff waits (hatched) between them, and a mark at the commit of a step whose first attempt succeeded (its start is not recorded), on one time axis." }
             div class="timeline-wrap" { (graph::timeline(&s.steps, now)) }
         }
         section {

@@ -116,3 +116,20 @@ pub fn waiting(steps: &[flow::store::StepRecord], node: &str) -> bool {
         .iter()
         .any(|s| s.key.node == node && s.outcome.is_none())
 }
+
+async fn announce(text: String) -> Result<String, Fail> {
+    Ok(format!("announced: {text}"))
+}
+
+/// `review`'s steps, then a second wait (`release`) after publishing: a test that cancels the
+/// run after the first signal still finds it running.
+#[workflow(durable)]
+pub async fn staged(doc: String) -> Result<String, Fail> {
+    let draft = write_draft(doc.clone()).await?;
+    #[compensate(cancel_booking)]
+    let _slot = book(doc).await?;
+    let by: String = flow::signal("approve").timeout("1h").await?;
+    let text = publish(draft, by).await?;
+    let _go: String = flow::signal("release").timeout("1h").await?;
+    announce(text).await
+}
