@@ -7,6 +7,7 @@
 //! flowctl --store PATH cancel RUN
 //! flowctl --store PATH signal RUN NAME JSON
 //! flowctl --store PATH restart RUN --from STEP
+//! flowctl --store PATH serve [--port N] [--bind ADDR] [--token T]
 //! ```
 //!
 //! - `list`: runs, oldest first, filtered by workflow, status (`pending`, `running`,
@@ -27,15 +28,27 @@
 //!   show` prints it, or its name) when a worker resumes it (`Runtime::resume`): the records
 //!   of that step and of every step after it in the graph are deleted, the steps before keep
 //!   their recorded outputs. Refused for a step that is not in the workflow's graph.
+//! - `serve`: the web view of the store (the `flow-web` crate) on `http://127.0.0.1:8089`
+//!   (`--port`, `--bind`): runs, graphs lit by each run's state, live updates, and the actions
+//!   above, which need the token printed at start (or given with `--token`).
+//!
+//! `cancel`, `signal` and `restart` are recorded in the run's history (actor `flowctl`), as
+//! the web view's actions are (actor `web <client address>`). `PATH` is a SQLite file
+//! ([`open_store`] opens it).
 //!
 //! Resuming runs needs their code: it is what a service does at start-up with
 //! `Runtime::resume`, not `flowctl`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flow_runtime::store::{RunFilter, RunRecord, RunStatus, StepOutcome, StepRecord, Store};
+pub use flow_web::graph::StoredGraph;
+use flow_web::ops;
+pub use flow_web::utc;
 
 /// What `flowctl` prints for `--help`.
 pub const USAGE: &str = "usage:
@@ -44,7 +57,14 @@ pub const USAGE: &str = "usage:
   flowctl --store PATH graph RUN
   flowctl --store PATH cancel RUN
   flowctl --store PATH signal RUN NAME JSON
-  flowctl --store PATH restart RUN --from STEP";
+  flowctl --store PATH restart RUN --from STEP
+  flowctl --store PATH serve [--port N] [--bind ADDR] [--token T]";
+
+/// The port `serve` listens on when none is given.
+pub const DEFAULT_PORT: u16 = 8089;
+
+/// Who `flowctl`'s actions are recorded as in a run's history.
+pub const ACTOR: &str = "flowctl";
 
 /// A command, parsed from the arguments after `--store PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +101,15 @@ pub enum Command {
         run: String,
         /// The step to run again from.
         from: String,
+    },
+    /// `serve [--port N] [--bind ADDR] [--token T]`: the web view.
+    Serve {
+        /// The address to listen on (127.0.0.1 unless told otherwise).
+        bind: IpAddr,
+        /// The port (0: any free one).
+        port: u16,
+        /// The token actions need; a new random one when not given.
+        token: Option<String>,
     },
 }
 
@@ -160,6 +189,31 @@ pub fn parse(args: &[String]) -> Result<(String, Command), String> {
                 _ => return Err(format!("`restart` needs `--from STEP`\n{USAGE}")),
             }
         }
+        "serve" => {
+            let (mut bind, mut port, mut token) =
+                (IpAddr::from([127, 0, 0, 1]), DEFAULT_PORT, None);
+            while let Some(flag) = rest.next() {
+                let value = rest.next().ok_or_else(|| format!("{flag} needs a value"))?;
+                match flag.as_str() {
+                    "--port" => {
+                        port = value
+                            .parse()
+                            .map_err(|_| format!("--port must be a port number, not {value:?}"))?
+                    }
+                    "--bind" => bind = value.parse().map_err(|_| {
+                        format!(
+                            "--bind must be an IP address (127.0.0.1, 0.0.0.0, ::1), not {value:?}"
+                        )
+                    })?,
+                    "--token" if value.is_empty() => {
+                        return Err("--token must not be empty".to_owned());
+                    }
+                    "--token" => token = Some(value),
+                    other => return Err(format!("unknown option {other:?} of `serve`\n{USAGE}")),
+                }
+            }
+            Command::Serve { bind, port, token }
+        }
         other => return Err(format!("unknown command {other:?}\n{USAGE}")),
     };
     if let Some(extra) = rest.next() {
@@ -183,30 +237,6 @@ fn parse_age(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-/// A time as `2026-11-29 17:30:01.123` (UTC).
-pub fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
 fn text(bytes: Option<&[u8]>) -> String {
     match bytes {
         Some(b) => String::from_utf8_lossy(b).into_owned(),
@@ -215,19 +245,50 @@ fn text(bytes: Option<&[u8]>) -> String {
 }
 
 fn step_label(s: &StepRecord) -> String {
-    let mut l = format!("{}@{}", s.key.node, s.key.occurrence);
-    if let Some(i) = s.key.item {
-        let _ = write!(l, "[{i}]");
-    }
-    l
+    flow_web::graph::step_label(s)
 }
 
 async fn the_run(store: &dyn Store, id: &str) -> Result<RunRecord, String> {
-    store
-        .get_run(id)
+    ops::the_run(store, id).await.map_err(|e| e.to_string())
+}
+
+/// Opens the store `spec` names: a SQLite file's path (it must exist). The one place that
+/// knows the kinds of stores.
+pub fn open_store(spec: &str) -> Result<Arc<dyn Store>, String> {
+    if !std::path::Path::new(spec).exists() {
+        return Err(format!("no store at {spec}"));
+    }
+    flow_store_sqlite::SqliteStore::open(spec)
+        .map(|s| Arc::new(s) as Arc<dyn Store>)
+        .map_err(|e| format!("cannot open the store {spec}: {e}"))
+}
+
+/// `serve`: the web view of `store` on `bind:port` until the process ends. Prints the URL
+/// (with the token in its fragment, which the browser keeps and never sends) and the token.
+pub async fn serve(
+    store: Arc<dyn Store>,
+    bind: IpAddr,
+    port: u16,
+    token: Option<String>,
+) -> Result<(), String> {
+    let token = token.unwrap_or_else(flow_web::new_token);
+    let listener = tokio::net::TcpListener::bind((bind, port))
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no run `{id}` in this store"))
+        .map_err(|e| format!("cannot listen on {bind}:{port}: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot listen on {bind}:{port}: {e}"))?;
+    if !bind.is_loopback() {
+        eprintln!(
+            "flowctl: listening on {bind}, not only this machine: whoever reaches it sees every run (actions need the token)"
+        );
+    }
+    println!("flowctl: web view at http://{addr}/#token={token}");
+    println!("flowctl: actions (cancel, resume, restart, signal) need the token {token}");
+    let app = flow_web::router(store, flow_web::Options::with_token(token));
+    flow_web::serve(listener, app)
+        .await
+        .map_err(|e| format!("the web view stopped: {e}"))
 }
 
 /// Runs `command` on `store`; returns what to print.
@@ -335,203 +396,32 @@ pub async fn execute(store: &dyn Store, command: Command) -> Result<String, Stri
             out.push_str(&marked_mermaid(&graph, &r, &steps));
         }
         Command::Cancel(id) => {
-            let r = the_run(store, &id).await?;
-            if r.status.is_finished() {
-                return Err(format!("run `{id}` has already finished ({})", r.status));
-            }
-            store
-                .send_signal(&id, flow_runtime::durable::CANCEL_SIGNAL, b"{}".to_vec())
+            let msg = ops::cancel(store, &id, ACTOR)
                 .await
                 .map_err(|e| e.to_string())?;
-            let _ = writeln!(
-                out,
-                "cancellation of run `{id}` requested: the process running it cancels it within {:?} and undoes its completed steps; if no process runs it, it is cancelled when a worker resumes it",
-                flow_runtime::durable::CANCEL_POLL
-            );
+            let _ = writeln!(out, "{msg}");
         }
         Command::Signal { run, name, value } => {
-            let r = the_run(store, &run).await?;
-            if r.status.is_finished() {
-                return Err(format!("run `{run}` has already finished ({})", r.status));
-            }
-            if let Err(e) = serde_json::from_str::<serde_json::Value>(&value) {
-                return Err(format!(
-                    "the value must be JSON (a string is quoted: '\"ada\"'): {e}"
-                ));
-            }
-            let seq = store
-                .send_signal(&run, &name, value.into_bytes())
+            let msg = ops::signal(store, &run, &name, &value, ACTOR)
                 .await
                 .map_err(|e| e.to_string())?;
-            let _ = writeln!(
-                out,
-                "signal `{name}` sent to run `{run}` (#{seq}): it takes it when it waits for it"
-            );
+            let _ = writeln!(out, "{msg}");
         }
         Command::Restart { run, from } => {
-            let r = the_run(store, &run).await?;
-            let graph = stored_graph(store, &r).await?;
-            let nodes = graph.after(&from).map_err(|e| {
-                format!(
-                    "cannot restart run `{run}` of workflow `{}`: {e}",
-                    r.workflow
-                )
-            })?;
-            let steps = store.steps_of(&run).await.map_err(|e| e.to_string())?;
-            let dropped: BTreeSet<&str> = steps
-                .iter()
-                .map(|s| s.key.node.trim_end_matches("~undo"))
-                .filter(|k| nodes.contains(*k))
-                .collect();
-            let kept: BTreeSet<&str> = steps
-                .iter()
-                .map(|s| s.key.node.trim_end_matches("~undo"))
-                .filter(|k| !nodes.contains(*k))
-                .collect();
-            store
-                .reset_steps(&run, nodes.iter().cloned().collect())
+            let msg = ops::restart(store, &run, &from, ACTOR)
                 .await
                 .map_err(|e| e.to_string())?;
-            let list = |s: &BTreeSet<&str>| {
-                if s.is_empty() {
-                    "none".to_owned()
-                } else {
-                    s.iter().copied().collect::<Vec<_>>().join(", ")
-                }
-            };
-            let _ = writeln!(
-                out,
-                "run `{run}` will run again from step `{from}` when a worker resumes it (Runtime::resume); records deleted: {}; recorded outputs kept: {}",
-                list(&dropped),
-                list(&kept)
-            );
+            let _ = writeln!(out, "{msg}");
+        }
+        Command::Serve { .. } => {
+            return Err("`serve` runs until stopped: call `flowctl::serve`".to_owned());
         }
     }
     Ok(out)
 }
 
-/// A workflow's graph as the runtime stored it (`flow::durable::graph_json`).
-#[derive(Debug)]
-pub struct StoredGraph {
-    /// Node keys by index.
-    pub keys: Vec<String>,
-    /// Node names by index.
-    pub names: Vec<String>,
-    /// Node kinds by index (`step`, `parallel`, `map`, `branch`, `loop`, ...).
-    pub kinds: Vec<String>,
-    /// Each node's group, by index.
-    pub parents: Vec<Option<usize>>,
-    /// Edges (from, to).
-    pub edges: Vec<(usize, usize)>,
-    /// The Mermaid picture (node `i` is `n<i>`).
-    pub mermaid: String,
-}
-
 async fn stored_graph(store: &dyn Store, r: &RunRecord) -> Result<StoredGraph, String> {
-    let bytes = store
-        .get_graph(&r.workflow, r.fingerprint)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "the store has no graph of workflow `{}` (fingerprint {:016x}): it is saved when a run starts",
-                r.workflow, r.fingerprint
-            )
-        })?;
-    StoredGraph::parse(&bytes)
-}
-
-impl StoredGraph {
-    /// Reads the JSON the runtime stores.
-    pub fn parse(bytes: &[u8]) -> Result<StoredGraph, String> {
-        let v: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| format!("the stored graph is damaged: {e}"))?;
-        let nodes = v["nodes"]
-            .as_array()
-            .ok_or("the stored graph has no nodes")?;
-        let s = |n: &serde_json::Value, k: &str| n[k].as_str().unwrap_or_default().to_owned();
-        let edges = v["edges"]
-            .as_array()
-            .map(|es| {
-                es.iter()
-                    .filter_map(|e| {
-                        Some((
-                            usize::try_from(e["from"].as_u64()?).ok()?,
-                            usize::try_from(e["to"].as_u64()?).ok()?,
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(StoredGraph {
-            keys: nodes.iter().map(|n| s(n, "key")).collect(),
-            names: nodes.iter().map(|n| s(n, "name")).collect(),
-            kinds: nodes.iter().map(|n| s(n, "kind")).collect(),
-            parents: nodes
-                .iter()
-                .map(|n| n["parent"].as_u64().and_then(|p| usize::try_from(p).ok()))
-                .collect(),
-            edges,
-            mermaid: v["mermaid"].as_str().unwrap_or_default().to_owned(),
-        })
-    }
-
-    /// The node named `step` (by key, or by name when one node has it).
-    fn find(&self, step: &str) -> Result<usize, String> {
-        if let Some(i) = self.keys.iter().position(|k| k == step) {
-            return Ok(i);
-        }
-        let by_name: Vec<usize> = (0..self.names.len())
-            .filter(|&i| self.names[i] == step)
-            .collect();
-        match by_name[..] {
-            [i] => Ok(i),
-            [] => Err(format!(
-                "step `{step}` is not in its graph (its steps: {})",
-                self.step_keys().join(", ")
-            )),
-            _ => Err(format!(
-                "several steps are named `{step}`: give one's key ({})",
-                by_name
-                    .iter()
-                    .map(|&i| self.keys[i].as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-        }
-    }
-
-    fn step_keys(&self) -> Vec<&str> {
-        (0..self.keys.len())
-            .filter(|&i| !matches!(self.kinds[i].as_str(), "start" | "end"))
-            .map(|i| self.keys[i].as_str())
-            .collect()
-    }
-
-    /// The keys of step `step` and of every node after it (reachable by edges, and the
-    /// members of groups reached).
-    pub fn after(&self, step: &str) -> Result<BTreeSet<String>, String> {
-        let start = self.find(step)?;
-        if matches!(self.kinds[start].as_str(), "start" | "end") {
-            return Err(format!("`{step}` is not a step"));
-        }
-        let mut seen = BTreeSet::from([start]);
-        let mut todo = vec![start];
-        while let Some(n) = todo.pop() {
-            let next = self
-                .edges
-                .iter()
-                .filter(|(f, _)| *f == n)
-                .map(|(_, t)| *t)
-                .chain((0..self.parents.len()).filter(|&c| self.parents[c] == Some(n)));
-            for t in next.collect::<Vec<_>>() {
-                if seen.insert(t) {
-                    todo.push(t);
-                }
-            }
-        }
-        Ok(seen.into_iter().map(|i| self.keys[i].clone()).collect())
-    }
+    ops::stored_graph(store, r).await.map_err(|e| e.to_string())
 }
 
 /// The run's graph in Mermaid, each node marked by what the run did there.

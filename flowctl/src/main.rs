@@ -10,28 +10,37 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if !std::path::Path::new(&path).exists() {
-        eprintln!("flowctl: no store at {path}");
-        std::process::exit(1);
-    }
-    let store = match flow_store_sqlite::SqliteStore::open(&path) {
+    let store = match flowctl::open_store(&path) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("flowctl: cannot open the store {path}: {e}");
+            eprintln!("flowctl: {e}");
             std::process::exit(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let serving = matches!(command, flowctl::Command::Serve { .. });
+    let rt = if serving {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("flowctl: {e}");
             std::process::exit(1);
         }
     };
-    match rt.block_on(flowctl::execute(&store, command)) {
+    let result = match command {
+        flowctl::Command::Serve { bind, port, token } => rt
+            .block_on(flowctl::serve(store, bind, port, token))
+            .map(|()| String::new()),
+        command => rt.block_on(flowctl::execute(&*store, command)),
+    };
+    match result {
         Ok(out) => print!("{out}"),
         Err(message) => {
             eprintln!("flowctl: {message}");

@@ -175,6 +175,13 @@ async fn flowctl_lists_shows_draws_cancels_and_restarts_runs() {
     assert!(ok, "{err}");
     assert!(out.contains("records deleted: save, transform"), "{out}");
     assert!(out.contains("recorded outputs kept: fetch"), "{out}");
+    let history = store.history_of("ok-1").await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(
+        (history[0].actor.as_str(), history[0].action.as_str()),
+        ("flowctl", "restart")
+    );
+    assert!(history[0].detail.contains("transform"), "{history:?}");
     assert_eq!(
         store.get_run("ok-1").await.unwrap().unwrap().status,
         RunStatus::Pending
@@ -221,10 +228,24 @@ async fn flowctl_lists_shows_draws_cancels_and_restarts_runs() {
     let (ok, _, err) = flowctl(&path, &["cancel", "stuck-300"]);
     assert!(ok, "{err}");
     assert!(pending.wait().await.unwrap_err().is_cancelled());
+    // Each action is in the run's history, by `flowctl`.
+    let history = store.history_of("stuck-300").await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|h| (h.actor.as_str(), h.action.as_str()))
+            .collect::<Vec<_>>(),
+        [("flowctl", "signal"), ("flowctl", "cancel")]
+    );
+    assert!(history[0].detail.contains("approve"), "{history:?}");
 
     // errors a person understands
     let (ok, _, err) = flowctl(&path, &["show", "missing"]);
     assert!(!ok && err.contains("no run `missing`"), "{err}");
+    let (ok, _, err) = flowctl(&path, &["serve", "--port", "http"]);
+    assert!(!ok && err.contains("--port must be a port number"), "{err}");
+    let (ok, _, err) = flowctl(&path, &["serve", "--bind", "localhost:1"]);
+    assert!(!ok && err.contains("--bind must be an IP address"), "{err}");
     let (ok, _, err) = flowctl(&path, &["list", "--status", "done"]);
     assert!(!ok && err.contains("unknown status \"done\""), "{err}");
     let (ok, _, err) = flowctl(&path.with_file_name("absent.db"), &["list"]);
