@@ -34,6 +34,7 @@
 //!
 //! `cancel`, `signal` and `restart` are recorded in the run's history (actor `flowctl`), as
 //! the web view's actions are (actor `web <client address>`). `PATH` is a SQLite file
+//! or a PostgreSQL URL such as `postgres://postgres@127.0.0.1:5432/test?schema=flow`
 //! ([`open_store`] opens it).
 //!
 //! Resuming runs needs their code: it is what a service does at start-up with
@@ -252,15 +253,53 @@ async fn the_run(store: &dyn Store, id: &str) -> Result<RunRecord, String> {
     ops::the_run(store, id).await.map_err(|e| e.to_string())
 }
 
-/// Opens the store `spec` names: a SQLite file's path (it must exist). The one place that
-/// knows the kinds of stores.
-pub fn open_store(spec: &str) -> Result<Arc<dyn Store>, String> {
+/// Opens the store `spec` names: a SQLite file's path (it must exist), or a PostgreSQL URL
+/// (`postgres://user@host:5432/database`, with `?schema=NAME` for a store kept in schema
+/// `NAME`). The one place that knows the kinds of stores.
+pub async fn open_store(spec: &str) -> Result<Arc<dyn Store>, String> {
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        // `?schema=NAME` picks the store's schema (the runs of one deployment); the rest of
+        // the URL is the server's.
+        let (url, schema) = split_schema(spec);
+        let options = flow_store_postgres::Options {
+            schema,
+            retry_for: std::time::Duration::from_secs(5),
+            ..flow_store_postgres::Options::default()
+        };
+        return flow_store_postgres::PgStore::connect_with(&url, options)
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| format!("cannot open the store {url}: {e}"));
+    }
     if !std::path::Path::new(spec).exists() {
         return Err(format!("no store at {spec}"));
     }
     flow_store_sqlite::SqliteStore::open(spec)
         .map(|s| Arc::new(s) as Arc<dyn Store>)
         .map_err(|e| format!("cannot open the store {spec}: {e}"))
+}
+
+/// Takes `schema=NAME` out of a PostgreSQL URL's query: (the URL without it, NAME).
+fn split_schema(spec: &str) -> (String, Option<String>) {
+    let Some((base, query)) = spec.split_once('?') else {
+        return (spec.to_owned(), None);
+    };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("schema=") {
+            Some(name) => {
+                schema = Some(name.to_owned());
+                false
+            }
+            None => !kv.is_empty(),
+        })
+        .collect();
+    if rest.is_empty() {
+        (base.to_owned(), schema)
+    } else {
+        (format!("{base}?{}", rest.join("&")), schema)
+    }
 }
 
 /// `serve`: the web view of `store` on `bind:port` until the process ends. Prints the URL

@@ -10,13 +10,6 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let store = match flowctl::open_store(&path) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("flowctl: {e}");
-            std::process::exit(1);
-        }
-    };
     let serving = matches!(command, flowctl::Command::Serve { .. });
     let rt = if serving {
         tokio::runtime::Builder::new_multi_thread()
@@ -29,6 +22,13 @@ fn main() {
     };
     let rt = match rt {
         Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flowctl: {e}");
+            std::process::exit(1);
+        }
+    };
+    let store = match rt.block_on(flowctl::open_store(&path)) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("flowctl: {e}");
             std::process::exit(1);
