@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo run --release --example pg_bench -- --url postgres://postgres@127.0.0.1:5432/flow_bench \
-//!     --runs 300 --workflows 1000 --processes 1,2,4 --concurrency 64
+//!     --runs 300 --workflows 1000 --processes 1,2,4 --concurrency 64 --pool 8
 //! ```
 //!
 //! `scripts/bench-postgres.py` runs it beside DBOS for Python on the same server and prints
@@ -18,7 +18,7 @@
 //!   a step, the run finished (with its output); plus the workflow's graph saved once.
 //! - **workers**: for each N of `--processes`, N copies of this program are started as worker
 //!   processes (`--worker`: a `flow::durable::Worker` of queue `bench` with `--concurrency`
-//!   runs at once), then this process enqueues `--workflows` runs at once (one task each) and
+//!   runs at once, its store with `--pool` connections, as the producer's), then this process enqueues `--workflows` runs at once (one task each) and
 //!   waits until the last is finished (it counts the completed runs every 5 ms on a
 //!   connection of its own). steps/s = 10 x runs / (first enqueue .. last run finished).
 //!   Per-step latency within runs: (the run's last update - its claim) / 10, from the
@@ -111,7 +111,7 @@ fn args() -> Args {
         workflows: 1000,
         processes: vec![1, 2, 4],
         concurrency: 64,
-        pool: 16,
+        pool: 8,
         profile: false,
         worker_of: None,
         name: "worker".to_owned(),

@@ -17,8 +17,10 @@ DBOS for Python on the same server, in one run.
    by DBOS, dropped after), in a child process with the venv's python: `--dbos-runs` runs
    one after another (each under `SetWorkflowID`), then `--workflows` workflows started at
    once with `DBOS.start_workflow` (each on a thread of DBOS's executor), then as many
-   enqueued at once on a DBOS queue (`DBOS.register_queue`, polled every 0.1 s) and
-   executed by the same process.
+   enqueued at once on a DBOS queue (`DBOS.register_queue`, `worker_concurrency` =
+   `--concurrency`, polled every 0.1 s) and executed by 1, 2 and 4 DBOS processes (this one
+   and `--processes` - 1 more, each its own executor id); the end is seen by counting the
+   finished workflows every 10 ms.
 4. Prints the tables, the ratios, the goals, and a JSON line.
 
 Per-step latency is a run's wall time / 10; steps/s = 10 x workflows / (first start or
@@ -57,10 +59,9 @@ def with_database(url, database):
 # The DBOS side, run in a child process with the venv's python (DBOS is a process singleton).
 
 
-def dbos_child(args):
-    import psycopg
-
-    from dbos import DBOS, SetWorkflowID
+def dbos_define():
+    """The 10-step workflow, for DBOS: (chain10, the system database's URL, DBOS)."""
+    from dbos import DBOS
 
     def make_step(i):
         def add_one(x: int) -> int:
@@ -84,25 +85,59 @@ def dbos_child(args):
         x = s9(x)
         return s10(x)
 
-    admin_url = with_database(args.url, "postgres")
+    return chain10
 
-    def drop_database():
-        with psycopg.connect(admin_url.replace("postgres://", "postgresql://"), autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{DBOS_DATABASE}" WITH (FORCE)')
 
-    drop_database()
-    sys_url = with_database(args.url, DBOS_DATABASE).replace("postgres://", "postgresql://")
+def dbos_launch(args, executor):
+    """Launches DBOS in this process as executor `executor`; returns its queue."""
+    from dbos import DBOS
+
     DBOS(
         config={
             "name": "bench-postgres",
-            "system_database_url": sys_url,
+            "system_database_url": dbos_sys_url(args),
             "run_admin_server": False,
             "log_level": "ERROR",
             "application_version": "bench",
+            "executor_id": executor,
         }
     )
     DBOS.launch()
-    queue = DBOS.register_queue("bench", polling_interval_sec=0.1)
+    return DBOS.register_queue(
+        "bench", worker_concurrency=args.concurrency, polling_interval_sec=0.1
+    )
+
+
+def dbos_sys_url(args):
+    return with_database(args.url, DBOS_DATABASE).replace("postgres://", "postgresql://")
+
+
+def dbos_queue_worker(args):
+    """An extra DBOS process serving the queue until its standard input closes."""
+    dbos_define()
+    dbos_launch(args, f"bench-worker-{args.dbos_queue_worker}")
+    print("ready", flush=True)
+    sys.stdin.read()
+    from dbos import DBOS
+
+    DBOS.destroy()
+
+
+def dbos_child(args):
+    import psycopg
+
+    from dbos import DBOS, SetWorkflowID
+
+    chain10 = dbos_define()
+    admin_url = with_database(args.url, "postgres").replace("postgres://", "postgresql://")
+
+    def drop_database():
+        with psycopg.connect(admin_url, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{DBOS_DATABASE}" WITH (FORCE)')
+
+    drop_database()
+    sys_url = dbos_sys_url(args)
+    queue = dbos_launch(args, "bench-main")
     with psycopg.connect(sys_url) as c:
         sync = c.execute("SHOW synchronous_commit").fetchone()[0]
 
@@ -121,40 +156,71 @@ def dbos_child(args):
     total = time.perf_counter() - start
     times.sort()
 
-    def at_once(kind):
-        """`args.workflows` started at once: (seconds, errors, per-step p50 in seconds)."""
+    def at_once(kind, processes=1):
+        """`args.workflows` started at once, by `processes` processes (queue only)."""
+        kids = [
+            subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--dbos-queue-worker", str(k),
+                 "--url", args.url, "--concurrency", str(args.concurrency)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for k in range(processes - 1)
+        ]
+        for k in kids:
+            assert k.stdout.readline().strip() == "ready"
+        prefix = f"{kind}{processes}-"
+        count = (f"SELECT count(*) FROM dbos.workflow_status WHERE workflow_uuid LIKE "
+                 f"'{prefix}%' AND status IN ('SUCCESS', 'ERROR')")
+        n = args.workflows
+        with psycopg.connect(sys_url, autocommit=True) as poll:
+            start = time.perf_counter()
+            handles = []
+            for i in range(n):
+                with SetWorkflowID(f"{prefix}{i}"):
+                    if kind == "threads":
+                        handles.append((i, DBOS.start_workflow(chain10, i)))
+                    else:
+                        handles.append((i, queue.enqueue(chain10, i)))
+            while poll.execute(count).fetchone()[0] < n:
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - start
         errors = []
-        start = time.perf_counter()
-        handles = []
-        for i in range(args.workflows):
-            with SetWorkflowID(f"{kind}-{i}"):
-                if kind == "threads":
-                    handles.append((i, DBOS.start_workflow(chain10, i)))
-                else:
-                    handles.append((i, queue.enqueue(chain10, i)))
         for i, h in handles:
             try:
-                assert h.get_result() == i + STEPS
+                assert h.get_result(polling_interval_sec=0.01) == i + STEPS
             except Exception as e:  # reported, not hidden
                 errors.append(repr(e))
-        elapsed = time.perf_counter() - start
-        # Each workflow's own time, from DBOS's records (created .. updated, ms).
+        for k in kids:
+            k.stdin.close()
+            k.wait()
+        # Each workflow's own time, from DBOS's records (started .. updated, ms), and who ran it.
         with psycopg.connect(sys_url) as c:
             rows = c.execute(
-                "SELECT updated_at - coalesce(started_at_epoch_ms, created_at) "
+                "SELECT updated_at - coalesce(started_at_epoch_ms, created_at), executor_id "
                 "FROM dbos.workflow_status WHERE workflow_uuid LIKE %s",
-                (f"{kind}-%",),
+                (f"{prefix}%",),
             ).fetchall()
-        own = sorted(r[0] / STEPS / 1000 for r in rows if r[0] is not None)
-        return elapsed, errors, (pct(own, 0.5) if own else None)
+        own = sorted(r[0] / STEPS for r in rows if r[0] is not None)
+        by = {}
+        for r in rows:
+            by[r[1]] = by.get(r[1], 0) + 1
+        return {
+            "kind": kind,
+            "processes": processes,
+            "elapsed_s": elapsed,
+            "steps_per_s": (n - len(errors)) * STEPS / elapsed,
+            "step_p50_ms": pct(own, 0.5) if own else None,
+            "finished_by": sorted(by.values(), reverse=True),
+            "errors": errors[:3],
+            "error_count": len(errors),
+        }
 
-    threads_s, threads_errors, threads_step = at_once("threads")
-    queue_s, queue_errors, queue_step = at_once("queue")
+    many = [at_once("threads")]
+    for p in args.dbos_processes:
+        many.append(at_once("queue", p))
     with psycopg.connect(sys_url) as c:
         step_rows = c.execute("SELECT count(*) FROM dbos.operation_outputs").fetchone()[0]
     DBOS.destroy()
     drop_database()
-    n = args.workflows
     print(
         json.dumps(
             {
@@ -163,15 +229,9 @@ def dbos_child(args):
                 "step_p50_us": pct(times, 0.5) / STEPS * 1e6,
                 "step_p99_us": pct(times, 0.99) / STEPS * 1e6,
                 "seq_steps_per_s": len(times) * STEPS / total,
-                "workflows": n,
-                "threads_s": threads_s,
-                "threads_steps_per_s": (n - len(threads_errors)) * STEPS / threads_s,
-                "threads_step_p50_ms": threads_step and threads_step * 1000,
-                "threads_errors": threads_errors[:3],
-                "queue_s": queue_s,
-                "queue_steps_per_s": (n - len(queue_errors)) * STEPS / queue_s,
-                "queue_step_p50_ms": queue_step and queue_step * 1000,
-                "queue_errors": queue_errors[:3],
+                "workflows": args.workflows,
+                "worker_concurrency": args.concurrency,
+                "many": many,
                 "step_rows": step_rows,
             }
         )
@@ -203,6 +263,7 @@ def run_flow(args):
 def run_dbos(python, args):
     cmd = [python, os.path.abspath(__file__), "--dbos-child", "--url", args.url]
     cmd += ["--dbos-runs", str(args.dbos_runs), "--workflows", str(args.workflows)]
+    cmd += ["--concurrency", str(args.concurrency), "--processes", args.processes]
     print(f"$ dbos {DBOS_VERSION} on {with_database(args.url, DBOS_DATABASE)}", flush=True)
     p = subprocess.run(cmd, capture_output=True, text=True)
     lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
@@ -224,12 +285,16 @@ def main():
     ap.add_argument("--workflows", type=int, default=1000, help="workflows started at once")
     ap.add_argument("--processes", default="1,2,4", help="flow: worker processes, each phase")
     ap.add_argument("--concurrency", type=int, default=64, help="flow: runs at once a worker")
-    ap.add_argument("--pool", type=int, default=16, help="flow: connections a process")
+    ap.add_argument("--pool", type=int, default=8, help="flow: connections a process")
     ap.add_argument("--dbos-runs", type=int, default=100, help="DBOS: runs one at a time")
     ap.add_argument("--skip-dbos", action="store_true")
     ap.add_argument("--profile", action="store_true", help="flow: time the store's functions")
     ap.add_argument("--dbos-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--dbos-queue-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.dbos_processes = [int(p) for p in args.processes.split(",")]
+    if args.dbos_queue_worker is not None:
+        return dbos_queue_worker(args)
     if args.dbos_child:
         return dbos_child(args)
 
@@ -268,24 +333,30 @@ def main():
               f"{fmt_us(dbos['step_p99_us'])} | {fmt_n(dbos['seq_steps_per_s'])} | - | - |")
     print()
     n = flow["workers"][0]["workflows"] if flow["workers"] else args.workflows
-    print(f"| {n:,} workflows started at once | seconds | steps/s | step p50 within runs "
-          f"| wait in queue p50 | statements a run | WAL fsyncs a run | client CPU | server CPU |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| {n:,} workflows started at once | seconds | of which enqueueing | steps/s "
+          f"| step p50 within runs | wait in queue p50 | statements a run | WAL fsyncs a run "
+          f"| client CPU | server CPU |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for w in flow["workers"]:
         cpu = w["cpu"]
         cap = cpu["wall_s"] * cpu["cores"]
         print(f"| flow, {w['processes']} worker process{'es' if w['processes'] > 1 else ''} "
-              f"x {w['concurrency']} runs | {w['elapsed_s']:.2f} | {fmt_n(w['steps_per_s'])} | "
+              f"x {w['concurrency']} runs | {w['elapsed_s']:.2f} | {w['enqueue_s']:.2f} | "
+              f"{fmt_n(w['steps_per_s'])} | "
               f"{w['step_p50_ms']:.1f} ms | {w['queued_p50_ms']:.0f} ms | "
               f"{w['xacts_per_run']:.1f} | {w['wal_syncs_per_run']:.2f} | "
               f"{100 * cpu['client_s'] / cap:.0f}% | {100 * cpu['server_s'] / cap:.0f}% |")
     if dbos:
-        for kind, label in [("threads", "`DBOS.start_workflow` (threads)"),
-                            ("queue", "a DBOS queue, 1 process")]:
-            step = dbos[f"{kind}_step_p50_ms"]
-            print(f"| DBOS {DBOS_VERSION}, {label} | {dbos[f'{kind}_s']:.2f} | "
-                  f"{fmt_n(dbos[f'{kind}_steps_per_s'])} | "
-                  f"{f'{step:.1f} ms' if step is not None else '-'} | - | - | - | - | - |")
+        for m in dbos["many"]:
+            if m["kind"] == "threads":
+                label = "`DBOS.start_workflow` (a thread each), 1 process"
+            else:
+                label = (f"a DBOS queue, {m['processes']} process{'es' if m['processes'] > 1 else ''}"
+                         f" x {dbos['worker_concurrency']} workflows")
+            step = m["step_p50_ms"]
+            print(f"| DBOS {DBOS_VERSION}, {label} | {m['elapsed_s']:.2f} | - | "
+                  f"{fmt_n(m['steps_per_s'])} | {f'{step:.1f} ms' if step is not None else '-'} "
+                  f"| - | - | - | - | - |")
     for w in flow["workers"]:
         if w["functions"]:
             print()
@@ -299,11 +370,15 @@ def main():
         print(f"- DBOS not measured: {dbos_error}")
     goals = []
     if dbos:
-        for kind in ["threads", "queue"]:
-            if dbos.get(f"{kind}_errors"):
-                print(f"- DBOS {kind}: {len(dbos[f'{kind}_errors'])}+ workflows failed: "
-                      f"{dbos[f'{kind}_errors'][0]}")
-        best_dbos = max(dbos["threads_steps_per_s"], dbos["queue_steps_per_s"])
+        for m in dbos["many"]:
+            if m["errors"]:
+                print(f"- DBOS {m['kind']}, {m['processes']} process(es): {m['error_count']} "
+                      f"workflows failed: {m['errors'][0]}")
+        best = max(dbos["many"], key=lambda m: m["steps_per_s"])
+        best_dbos = best["steps_per_s"]
+        print(f"- DBOS's best: {fmt_n(best_dbos)} steps/s ({best['kind']}, "
+              f"{best['processes']} process(es)); runs by process: "
+              + "; ".join(f"{m['kind']} x{m['processes']}: {m['finished_by']}" for m in dbos["many"]))
         best_flow = max(flow["workers"], key=lambda w: w["steps_per_s"])
         ratio = best_flow["steps_per_s"] / best_dbos
         for w in flow["workers"]:
