@@ -37,6 +37,7 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ left in scripts/ by the import below
 _spec = importlib.util.spec_from_file_location("bench_durable", os.path.join(HERE, "bench-durable.py"))
 bench_durable = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_durable)
