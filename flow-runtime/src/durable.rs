@@ -88,6 +88,10 @@ pub(crate) struct Journal {
     /// The durable clock: the store's time (ms since the Unix epoch) at `anchor`, advanced by
     /// tokio's clock (so that a paused test clock moves it too).
     anchor: (u64, Instant),
+    /// Called with the wake-up time (ms since the Unix epoch) when the run's only step in
+    /// flight starts waiting for a backoff whose retry state is committed: a worker parks the
+    /// run (stops it and gives it back to the queue, due then).
+    pub(crate) park: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl Journal {
@@ -113,6 +117,7 @@ impl Journal {
             fault: Mutex::new(None),
             cancel: core::sync::atomic::AtomicBool::new(false),
             anchor: (crate::store::now_ms(), Instant::now()),
+            park: std::sync::OnceLock::new(),
         }
     }
 
@@ -208,6 +213,17 @@ impl Journal {
             expected: step_name(expected),
             reached: step_name(key),
         })
+    }
+
+    /// The run waits until `wake_at_ms` in a backoff whose state is committed: if nothing
+    /// else of it is in flight, its worker may park it.
+    pub(crate) fn waiting(&self, wake_at_ms: u64) {
+        if self.in_flight.load(core::sync::atomic::Ordering::Acquire) <= 1
+            && !self.has_fault()
+            && let Some(park) = self.park.get()
+        {
+            park(wake_at_ms);
+        }
     }
 
     /// The run is cancelled: whether the cancellation must wait for the replay of recorded
@@ -834,18 +850,23 @@ impl Resume<'_> {
                 wake_at_ms: Some(wake),
             },
         };
-        if let Err(error) = self.journal.store.save_progress(progress).await {
-            self.journal.set_fault(DurableError::Store {
+        match self.journal.store.save_progress(progress).await {
+            Ok(()) => self.journal.waiting(wake),
+            Err(error) => self.journal.set_fault(DurableError::Store {
                 run: self.journal.run.to_string(),
                 step: Some(step_name(self.key)),
                 error,
-            });
+            }),
         }
     }
 
-    /// How long the resumed backoff still has to wait.
+    /// How long the resumed backoff still has to wait (its worker may park the run for it).
     pub(crate) fn remaining(&self, wake_at_ms: u64) -> core::time::Duration {
-        core::time::Duration::from_millis(wake_at_ms.saturating_sub(self.journal.now_ms()))
+        let left = wake_at_ms.saturating_sub(self.journal.now_ms());
+        if left > 0 {
+            self.journal.waiting(wake_at_ms);
+        }
+        core::time::Duration::from_millis(left)
     }
 }
 
@@ -1032,6 +1053,8 @@ pub(crate) struct Durability {
     pub(crate) store: Arc<dyn Store>,
     /// The same store as a queue, when it is one ([`Runtime::with_queue`]).
     pub(crate) queue: Option<Arc<dyn Queue>>,
+    /// A worker's hook: told (run, wake-up ms) when a run can be parked for a backoff.
+    pub(crate) park: Option<Arc<dyn Fn(&str, u64) + Send + Sync>>,
     active: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
     /// The graphs this runtime has saved in the store, by (workflow, fingerprint).
     graphs: Arc<Mutex<HashSet<(&'static str, u64)>>>,
@@ -1252,6 +1275,7 @@ impl Runtime {
         self.durable = Some(Durability {
             store,
             queue: None,
+            park: None,
             active: Arc::default(),
             graphs: Arc::default(),
         });
@@ -1265,6 +1289,7 @@ impl Runtime {
         self.durable = Some(Durability {
             store: Arc::clone(&store) as Arc<dyn Store>,
             queue: Some(store),
+            park: None,
             active: Arc::default(),
             graphs: Arc::default(),
         });
@@ -1509,6 +1534,11 @@ impl Runtime {
             workflow.graph(),
             steps,
         ));
+        if let Some(park) = &durability.park {
+            let park = Arc::clone(park);
+            let run = record.id.clone();
+            let _ = journal.park.set(Box::new(move |wake| park(&run, wake)));
+        }
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let mut done = done_rx.clone();
         lock(&durability.active).insert(record.id.clone(), done_rx);

@@ -70,12 +70,13 @@ async fn main() {
         })
         .await;
     println!(
-        "report claimed={} taken_over={} finished={} lost={} released={} stopped={} skipped={} store_errors={}",
+        "report claimed={} taken_over={} finished={} lost={} released={} parked={} stopped={} skipped={} store_errors={}",
         report.claimed,
         report.taken_over,
         report.finished,
         report.lost,
         report.released,
+        report.parked,
         report.stopped,
         report.skipped,
         report.store_errors
