@@ -1054,11 +1054,14 @@ pub(crate) struct Durability {
     /// The same store as a queue, when it is one ([`Runtime::with_queue`]).
     pub(crate) queue: Option<Arc<dyn Queue>>,
     /// A worker's hook: told (run, wake-up ms) when a run can be parked for a backoff.
-    pub(crate) park: Option<Arc<dyn Fn(&str, u64) + Send + Sync>>,
+    pub(crate) park: Option<ParkHook>,
     active: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
     /// The graphs this runtime has saved in the store, by (workflow, fingerprint).
     graphs: Arc<Mutex<HashSet<(&'static str, u64)>>>,
 }
+
+/// Told (run, wake-up time in ms since the Unix epoch) when a run can be parked.
+pub(crate) type ParkHook = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
 /// The signal that asks a durable run to cancel itself (`flowctl cancel`): whichever process
 /// runs the run takes it within [`CANCEL_POLL`] and cancels the run (its completed steps are
