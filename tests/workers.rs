@@ -106,10 +106,19 @@ async fn patient(tag: String) -> Result<u32, Fail> {
     Ok(attempt)
 }
 
+/// A step, a long durable sleep, a step.
+#[workflow(durable)]
+async fn napper(tag: String, n: u32) -> Result<(u32, String), Fail> {
+    let a = first(tag.clone(), n).await?;
+    flow::sleep("1500ms").await;
+    second(tag, a).await
+}
+
 fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.register_durable(Job).unwrap();
     registry.register_durable(Patient).unwrap();
+    registry.register_durable(Napper).unwrap();
     registry
 }
 
@@ -504,4 +513,47 @@ async fn a_long_backoff_parks_the_run_and_a_live_worker_wakes_it_when_due() {
     assert_eq!(runs_of(tag, "once_failing"), ["park-a", "park-b"]);
     let rb = b.stop();
     assert_eq!((rb.claimed, rb.finished), (1, 1), "{rb:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_sleep_is_parked_and_woken_by_another_worker() {
+    let store = MemoryStore::new();
+    let tag = "nap#1";
+    let parking = |name: &str| options("q-nap", name).park_after(Duration::from_millis(300));
+    let a = spawn_worker(&store, parking("nap-a"));
+    let runtime = Runtime::new().with_queue(Arc::new(store.clone()));
+    let enqueued = std::time::Instant::now();
+    let run = runtime
+        .enqueue(
+            Napper,
+            tag,
+            (tag.to_owned(), 2),
+            EnqueueOptions::queue("q-nap"),
+        )
+        .await
+        .unwrap();
+    wait_for("the first step", || !runs_of(tag, "first").is_empty()).await;
+    for _ in 0..400 {
+        let r = store.get_run(tag).await.unwrap().unwrap();
+        if r.lease.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ra = a.stop();
+    assert_eq!((ra.parked, ra.finished), (1, 0), "{ra:?}");
+    let b = spawn_worker(&store, parking("nap-b"));
+    let (value, thread) = run.wait().await.unwrap();
+    assert_eq!((value, thread.as_str()), (30, "nap-b"));
+    assert!(
+        enqueued.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        enqueued.elapsed()
+    );
+    assert_eq!(
+        runs_of(tag, "first"),
+        ["nap-a"],
+        "the step before the sleep ran once"
+    );
+    assert_eq!(b.stop().finished, 1);
 }

@@ -695,6 +695,64 @@ impl<E: Stored> Ctx<E> {
     }
 }
 
+impl<E: Stored> Ctx<E> {
+    /// A `flow::sleep(duration)` of a `#[workflow(durable)]` body as node `node`: the
+    /// wake-up time is recorded when the wait starts (a resumed run waits only what is
+    /// left), the end is committed as the step's outcome (a replay does not wait again), and
+    /// while it waits a worker may park the run.
+    pub async fn durable_sleep(&self, node: NodeId, duration: core::time::Duration) {
+        let (key, record) = match self.durable_begin::<()>(node) {
+            Begin::Plain => return self.sleep_step(node, duration).await,
+            Begin::Done(_) => return,
+            Begin::Stop => {
+                let _: Result<(), StepError<E>> = self.stop_run().await;
+                return;
+            }
+            Begin::Hold => return core::future::pending().await,
+            Begin::Run(key, record) => (key, record),
+        };
+        let Some(j) = self.journal() else {
+            return self.sleep_step(node, duration).await;
+        };
+        let wake = match record.and_then(|r| r.retry.wake_at_ms) {
+            Some(wake) => wake,
+            None => {
+                let wake = j
+                    .now_ms()
+                    .saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+                let progress = StepProgress {
+                    key: key.clone(),
+                    attempt: None,
+                    retry: RetryState {
+                        counters: Vec::new(),
+                        wake_at_ms: Some(wake),
+                    },
+                };
+                if let Err(error) = j.store.save_progress(progress).await {
+                    j.set_fault(DurableError::Store {
+                        run: j.run.to_string(),
+                        step: Some(step_name(&key)),
+                        error,
+                    });
+                    let _: Result<(), StepError<E>> = self.stop_run().await;
+                    return;
+                }
+                wake
+            }
+        };
+        let waited = {
+            let _busy = InFlight::new(j);
+            let left = core::time::Duration::from_millis(wake.saturating_sub(j.now_ms()));
+            if !left.is_zero() {
+                j.waiting(wake);
+            }
+            self.step(node, async move { tokio::time::sleep(left).await })
+                .await
+        };
+        let _: Result<(), StepError<E>> = self.durable_commit(key, waited).await;
+    }
+}
+
 /// How often a durable signal wait looks for its signal in the store.
 pub const SIGNAL_POLL: core::time::Duration = core::time::Duration::from_millis(100);
 
