@@ -381,14 +381,26 @@ impl Demo {
         // A plain connection first: it fails at once (not after the store's retry budget)
         // when no server listens, and tells whether the schema exists already.
         let existed = schema_exists(&cli.url, &schema).await.map_err(|e| {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why = format!("{why}: {cause}");
+                source = cause.source();
+            }
             format!(
-                "cannot connect to PostgreSQL at {}: {e}\n  is the server up? (on the \
-                 development machine: pg_ctlcluster --skip-systemctl-redirect 15 main start), \
-                 or pass --postgres URL",
+                "cannot connect to PostgreSQL at {}: {why}\n  is the server up? \
+                 (`pg_isready -h HOST -p PORT` says), or pass --postgres URL",
                 cli.url
             )
         })?;
-        let store = PgStore::connect_with(&cli.url, store_options(&schema)).await?;
+        let dir = cluster::scratch_dir("flow-workers")?;
+        let store = match PgStore::connect_with(&cli.url, store_options(&schema)).await {
+            Ok(store) => store,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        };
         say!(
             "store: PostgreSQL at {}, schema `{schema}`{}",
             store.server(),
@@ -403,7 +415,7 @@ impl Demo {
             schema,
             created_schema: !existed,
             keep: cli.keep,
-            dir: cluster::scratch_dir("flow-workers")?,
+            dir,
             workers: Vec::new(),
             said: Arc::default(),
             nodes_seen: Arc::default(),
