@@ -327,6 +327,14 @@ struct Demo {
     store: Option<Arc<PgStore>>,
 }
 
+/// Another worker's claim of the run after the kill.
+struct Takeover {
+    worker: String,
+    epoch: u64,
+    /// When the parent saw it.
+    at: Instant,
+}
+
 /// What the parent saw when it killed the worker.
 struct Kill {
     worker: String,
@@ -466,12 +474,15 @@ impl Demo {
             LEASE.as_secs(),
             POLL.as_millis()
         );
-        let taker = self.watch_takeover(&store, &id, &kill).await?;
+        let takeover = self.watch_takeover(&store, &id, &kill).await?;
         say!(
             "{} took the run over (lease epoch {}) {:.1} s after the kill",
-            taker.0,
-            taker.1,
-            taker.2.saturating_duration_since(killed_at).as_secs_f64()
+            takeover.worker,
+            takeover.epoch,
+            takeover
+                .at
+                .saturating_duration_since(killed_at)
+                .as_secs_f64()
         );
         let report = match tokio::time::timeout(Duration::from_secs(60), run.wait()).await {
             Ok(Ok(report)) => report,
@@ -490,13 +501,12 @@ impl Demo {
         );
 
         self.stop_workers().await;
-        self.explain(&store, &id, &kill, &taker.0).await?;
+        let taker = self.explain(&store, &id, &kill).await?;
         say!(
             "run `{id}` finished on another worker: {} was killed (SIGKILL) in the middle of \
-             `{}`, {} resumed the run from its last committed step and completed it",
+             `{}`, {taker} resumed the run from its last committed step and completed it",
             kill.worker,
             kill.step,
-            taker.0
         );
         Ok(())
     }
@@ -671,7 +681,7 @@ impl Demo {
         store: &PgStore,
         id: &str,
         kill: &Kill,
-    ) -> Result<(String, u64, Instant), BoxError> {
+    ) -> Result<Takeover, BoxError> {
         let limit = LEASE * 4 + Duration::from_secs(10);
         let deadline = Instant::now() + limit;
         loop {
@@ -679,7 +689,11 @@ impl Demo {
             if let Some(lease) = &run.lease
                 && lease.epoch > kill.epoch
             {
-                return Ok((lease.worker.clone(), lease.epoch, Instant::now()));
+                return Ok(Takeover {
+                    worker: lease.worker.clone(),
+                    epoch: lease.epoch,
+                    at: Instant::now(),
+                });
             }
             if run.status.is_finished() {
                 // Taken over and finished between two looks: the history says by whom.
@@ -687,7 +701,11 @@ impl Demo {
                     .last()
                     .map(|(w, _)| w.clone())
                     .ok_or("the run finished, but no takeover is in its history")?;
-                return Ok((by, kill.epoch + 1, Instant::now()));
+                return Ok(Takeover {
+                    worker: by,
+                    epoch: kill.epoch + 1,
+                    at: Instant::now(),
+                });
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -727,20 +745,26 @@ impl Demo {
     }
 
     /// Prints what happened, from the store and from the operating system; checks that no
-    /// node was launched twice and that none is left running.
-    async fn explain(
-        &self,
-        store: &PgStore,
-        id: &str,
-        kill: &Kill,
-        taker: &str,
-    ) -> Result<(), BoxError> {
+    /// node was launched twice and that none is left running. Returns the worker(s) that
+    /// took the run over, as its history says.
+    async fn explain(&self, store: &PgStore, id: &str, kill: &Kill) -> Result<String, BoxError> {
         say!("what happened, from the store (schema `{}`):", self.schema);
         let history = store.history_of(id).await?;
         println!("   history of run `{id}`:");
         for h in &history {
             println!("     #{} {}: {} ({})", h.seq, h.actor, h.action, h.detail);
         }
+        // Usually one; more if a worker that took the run over lost it too (it stalled).
+        let taken: Vec<String> = takeovers(&history).into_iter().map(|(w, _)| w).collect();
+        if taken.is_empty() || taken.contains(&kill.worker) {
+            return Err(format!(
+                "the history of run `{id}` shows no takeover by another worker than {}",
+                kill.worker
+            )
+            .into());
+        }
+        let taker = taken.join(" then ");
+        let taker = taker.as_str();
         let mut steps = store.steps_of(id).await?;
         steps.sort_by_key(|s| s.updated_ms);
         let before: BTreeMap<&str, &StepRecord> = kill
@@ -824,7 +848,7 @@ impl Demo {
              ports and pids committed with launch_nodes, and stopped them; none is running now",
             kill.worker
         );
-        Ok(())
+        Ok(taker.to_owned())
     }
 
     /// Kills and reaps every worker, kills any node process of the cluster still running,
