@@ -753,8 +753,14 @@ impl<E: Stored> Ctx<E> {
     }
 }
 
-/// How often a durable signal wait looks for its signal in the store.
+/// How often a durable signal wait first looks for its signal in the store: the interval
+/// doubles after each look, up to [`SIGNAL_POLL_MAX`], so a run that waits long (an approval)
+/// costs one statement every few seconds, and a signal sent soon after the wait starts is
+/// taken soon.
 pub const SIGNAL_POLL: core::time::Duration = core::time::Duration::from_millis(100);
+
+/// The longest interval between two looks of a durable signal wait.
+pub const SIGNAL_POLL_MAX: core::time::Duration = core::time::Duration::from_secs(2);
 
 impl<E: Stored + Send> Ctx<E> {
     /// [`signal`](Ctx::signal) in a durable workflow: the signal is taken from the store
@@ -819,6 +825,7 @@ impl<E: Stored + Send> Ctx<E> {
         if self.observed() {
             self.emit(node, crate::event::EventKind::SignalWaiting { name });
         }
+        let mut poll = SIGNAL_POLL;
         loop {
             match j
                 .store
@@ -863,9 +870,10 @@ impl<E: Stored + Send> Ctx<E> {
                         .await;
                 }
                 Some(at) => core::time::Duration::from_millis(at - now),
-                None => SIGNAL_POLL,
+                None => poll,
             };
-            tokio::time::sleep(SIGNAL_POLL.min(left)).await;
+            tokio::time::sleep(poll.min(left)).await;
+            poll = (poll * 2).min(SIGNAL_POLL_MAX);
         }
     }
 }
