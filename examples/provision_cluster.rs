@@ -40,6 +40,8 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/provision.rs"]
+mod provision;
 
 use std::fmt;
 use std::io::{self, IsTerminal as _};
@@ -51,6 +53,7 @@ use flow::prelude::*;
 use futures_util::future::join_all;
 
 use cluster::{ClusterProcs, Fault};
+use provision::{ProvisionDurable, StoredSpec};
 
 /// What to provision.
 #[derive(Debug, Clone)]
@@ -305,187 +308,9 @@ async fn provision(spec: ClusterSpec) -> Result<ClusterReport, ProvisionError> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The durable variant (`--store PATH`): the same procedure, with values that can be stored.
+// The durable variant (`--store PATH`): the same procedure, with values that can be stored
+// (`ProvisionDurable`, in support/provision.rs, which the `workers` example runs too).
 // ---------------------------------------------------------------------------------------
-
-/// What to provision, as stored with the run.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct StoredSpec {
-    nodes: usize,
-    fault: String,
-    dir: PathBuf,
-    users: u64,
-    orders: u64,
-}
-
-/// A durable run's error: its message (stored with the run).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct Failed(String);
-
-impl fmt::Display for Failed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<io::Error> for Failed {
-    fn from(e: io::Error) -> Self {
-        Failed(e.to_string())
-    }
-}
-
-impl From<ProvisionError> for Failed {
-    fn from(e: ProvisionError) -> Self {
-        Failed(e.to_string())
-    }
-}
-
-/// What a durable run returns.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct StoredReport {
-    nodes: usize,
-    schema_created_on: usize,
-    users_per_node: u64,
-    orders_per_node: u64,
-    stopped: usize,
-    dir: PathBuf,
-}
-
-/// Launches the nodes detached (they outlive this process); its output (ports and pids) is
-/// recorded, so a resumed run finds them instead of launching new ones.
-async fn launch_nodes(spec: StoredSpec) -> Result<Vec<cluster::Detached>, Failed> {
-    let fault: Fault = spec.fault.parse().map_err(Failed)?;
-    let nodes = cluster::launch_detached(spec.nodes, &spec.dir, fault).await?;
-    say!(
-        "    launched {} node(s) (pids {:?}); data in {}",
-        nodes.len(),
-        nodes.iter().map(|n| n.pid).collect::<Vec<_>>(),
-        spec.dir.display()
-    );
-    Ok(nodes)
-}
-
-/// Compensation of `launch_nodes`: stops every node still running.
-async fn stop_nodes(nodes: Vec<cluster::Detached>) -> Result<(), Failed> {
-    let mut stopped = 0;
-    for n in nodes {
-        stopped += usize::from(cluster::stop_detached(n).await?);
-    }
-    say!("    compensation: stopped {stopped} node process(es)");
-    Ok(())
-}
-
-fn addrs(nodes: &[cluster::Detached]) -> Vec<(usize, SocketAddr)> {
-    nodes.iter().map(|n| (n.id, n.addr)).collect()
-}
-
-async fn ping_nodes(nodes: Vec<cluster::Detached>) -> Result<Vec<(usize, SocketAddr)>, Failed> {
-    let mut down = Vec::new();
-    for (id, addr) in addrs(&nodes) {
-        if let Err(e) = cluster::ping(addr).await {
-            down.push(format!("node {id}: {e}"));
-        }
-    }
-    if down.is_empty() {
-        say!("    all {} node(s) answered PING", nodes.len());
-        Ok(addrs(&nodes))
-    } else {
-        Err(ProvisionError::NodesDown(down).into())
-    }
-}
-
-/// `INIT_SCHEMA` on one node. At least once: run again after a restart, it finds the schema
-/// this run created (the cluster's directory is this run's own), which is success.
-async fn init_schema(node: (usize, SocketAddr)) -> Result<usize, Failed> {
-    let (id, addr) = node;
-    let created = cluster::init_schema(addr).await?;
-    say!(
-        "    node {id}: INIT_SCHEMA -> {}",
-        if created {
-            "CREATED"
-        } else {
-            "EXISTS (created before a restart)"
-        }
-    );
-    Ok(id)
-}
-
-/// Seeds `table` up to `rows` rows on every node: idempotent (a step run again after a
-/// restart adds only what is missing).
-async fn seed_up_to(
-    nodes: Vec<(usize, SocketAddr)>,
-    table: String,
-    rows: u64,
-) -> Result<u64, Failed> {
-    for &(_, addr) in &nodes {
-        let have = cluster::count(addr, &table).await?;
-        if have < rows {
-            cluster::seed(addr, &table, rows - have).await?;
-        }
-    }
-    say!("    {table}: {rows} row(s) on {} node(s)", nodes.len());
-    Ok(rows)
-}
-
-async fn check_counts(
-    nodes: Vec<(usize, SocketAddr)>,
-    users: u64,
-    orders: u64,
-) -> Result<(), Failed> {
-    let table = |t: &str| if t == "users" { "users" } else { "orders" };
-    for &(id, addr) in &nodes {
-        for (t, expected) in [("users", users), ("orders", orders)] {
-            let found = cluster::count(addr, t).await?;
-            if found != expected {
-                return Err(ProvisionError::Count {
-                    node: id,
-                    table: table(t),
-                    expected,
-                    found,
-                }
-                .into());
-            }
-        }
-    }
-    say!("    every node holds {users} users and {orders} orders");
-    Ok(())
-}
-
-async fn stop_cluster(nodes: Vec<cluster::Detached>) -> Result<usize, Failed> {
-    let mut stopped = 0;
-    for n in nodes {
-        stopped += usize::from(cluster::stop_detached(n).await?);
-    }
-    say!("    shut down {stopped} node process(es)");
-    Ok(stopped)
-}
-
-#[workflow(durable, timeout = "60s")]
-async fn provision_durable(spec: StoredSpec) -> Result<StoredReport, Failed> {
-    #[compensate(stop_nodes)]
-    let nodes = launch_nodes(spec.clone()).await?;
-
-    #[retry(max_attempts = 6, backoff = exponential("200ms", 2.0), max_delay = "2s")]
-    #[timeout("1s")]
-    let up = ping_nodes(nodes.clone()).await?;
-
-    let schema_created_on = init_schema(up[0]).await?;
-    let (users, orders) = flow::join!(
-        seed_up_to(up.clone(), "users".to_owned(), spec.users),
-        seed_up_to(up.clone(), "orders".to_owned(), spec.orders)
-    )
-    .await?;
-    check_counts(up.clone(), users, orders).await?;
-    let stopped = stop_cluster(nodes).await?;
-    Ok(StoredReport {
-        nodes: up.len(),
-        schema_created_on,
-        users_per_node: users,
-        orders_per_node: orders,
-        stopped,
-        dir: spec.dir,
-    })
-}
 
 /// `--store PATH`: resumes what a killed run left, or starts the run (id `cluster`), or
 /// prints the stored result of a finished one.
@@ -495,6 +320,9 @@ async fn durable_main(store: PathBuf, cli: cluster::Cli) -> Result<(), Box<dyn s
     if io::stdout().is_terminal() {
         let progress = flow::ProgressObserver::new().with_graph(ProvisionDurable::GRAPH);
         runtime = runtime.with_observer(progress.clone());
+        // The steps' lines, above the live progress.
+        let lines = progress.clone();
+        provision::print_with(move |line| lines.println(line));
         let _ = PROGRESS.set(progress);
     } else {
         runtime = runtime.with_observer(|e: &flow::Event| println!("{e}"));

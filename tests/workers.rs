@@ -88,9 +88,37 @@ async fn job(tag: String, n: u32) -> Result<(u32, String), Fail> {
     second(tag, a).await
 }
 
+/// Fails its first attempt.
+async fn once_failing(tag: String) -> Result<u32, Fail> {
+    effect(&tag, "once_failing").await;
+    let attempt = flow::step_context().map_or(1, |c| c.attempt());
+    if attempt == 1 {
+        return Err(Fail("not yet".into()));
+    }
+    Ok(attempt)
+}
+
+/// A step retried after a long backoff: what a worker parks.
+#[workflow(durable)]
+async fn patient(tag: String) -> Result<u32, Fail> {
+    #[retry(max_attempts = 2, backoff = constant("1500ms"))]
+    let attempt = once_failing(tag).await?;
+    Ok(attempt)
+}
+
+/// A step, a long durable sleep, a step.
+#[workflow(durable)]
+async fn napper(tag: String, n: u32) -> Result<(u32, String), Fail> {
+    let a = first(tag.clone(), n).await?;
+    flow::sleep("1500ms").await;
+    second(tag, a).await
+}
+
 fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.register_durable(Job).unwrap();
+    registry.register_durable(Patient).unwrap();
+    registry.register_durable(Napper).unwrap();
     registry
 }
 
@@ -441,4 +469,91 @@ async fn enqueue_and_workers_need_a_queue_store() {
         error.to_string().contains("shorter than its lease"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backoff_parks_the_run_and_a_live_worker_wakes_it_when_due() {
+    let store = MemoryStore::new();
+    let tag = "park#1";
+    let parking = |name: &str| options("q-park", name).park_after(Duration::from_millis(300));
+    let a = spawn_worker(&store, parking("park-a"));
+    let runtime = Runtime::new().with_queue(Arc::new(store.clone()));
+    let enqueued = std::time::Instant::now();
+    let run = runtime
+        .enqueue(
+            Patient,
+            tag,
+            (tag.to_owned(),),
+            EnqueueOptions::queue("q-park"),
+        )
+        .await
+        .unwrap();
+    // The first attempt fails; its worker parks the run for the 1.5 s backoff.
+    for _ in 0..400 {
+        let r = store.get_run(tag).await.unwrap().unwrap();
+        if r.status == RunStatus::Running && r.lease.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let parked = store.get_run(tag).await.unwrap().unwrap();
+    assert_eq!(parked.lease, None, "parked: no worker holds it");
+    assert_eq!(runs_of(tag, "once_failing"), ["park-a"]);
+    // Worker a goes away; worker b, alive when the backoff ends, wakes the run.
+    let ra = a.stop();
+    assert_eq!((ra.parked, ra.finished, ra.lost), (1, 0, 0), "{ra:?}");
+    let b = spawn_worker(&store, parking("park-b"));
+    let attempt = run.wait().await.unwrap();
+    assert_eq!(attempt, 2, "the attempt count goes on");
+    assert!(
+        enqueued.elapsed() >= Duration::from_millis(1500),
+        "woken when due, not before: {:?}",
+        enqueued.elapsed()
+    );
+    assert_eq!(runs_of(tag, "once_failing"), ["park-a", "park-b"]);
+    let rb = b.stop();
+    assert_eq!((rb.claimed, rb.finished), (1, 1), "{rb:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_sleep_is_parked_and_woken_by_another_worker() {
+    let store = MemoryStore::new();
+    let tag = "nap#1";
+    let parking = |name: &str| options("q-nap", name).park_after(Duration::from_millis(300));
+    let a = spawn_worker(&store, parking("nap-a"));
+    let runtime = Runtime::new().with_queue(Arc::new(store.clone()));
+    let enqueued = std::time::Instant::now();
+    let run = runtime
+        .enqueue(
+            Napper,
+            tag,
+            (tag.to_owned(), 2),
+            EnqueueOptions::queue("q-nap"),
+        )
+        .await
+        .unwrap();
+    wait_for("the first step", || !runs_of(tag, "first").is_empty()).await;
+    for _ in 0..400 {
+        let r = store.get_run(tag).await.unwrap().unwrap();
+        if r.lease.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ra = a.stop();
+    assert_eq!((ra.parked, ra.finished), (1, 0), "{ra:?}");
+    let b = spawn_worker(&store, parking("nap-b"));
+    let (value, thread) = run.wait().await.unwrap();
+    assert_eq!((value, thread.as_str()), (30, "nap-b"));
+    assert!(
+        enqueued.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        enqueued.elapsed()
+    );
+    assert_eq!(
+        runs_of(tag, "first"),
+        ["nap-a"],
+        "the step before the sleep ran once"
+    );
+    assert_eq!(b.stop().finished, 1);
 }

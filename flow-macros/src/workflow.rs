@@ -571,6 +571,11 @@ enum StepExpr<'a> {
         ty: Option<TokenStream>,
         span: Span,
     },
+    /// `flow::sleep("10m")`: a timer, a node of the graph (durable in a durable workflow).
+    Sleep {
+        duration: SignalTimeout,
+        span: Span,
+    },
 }
 
 /// A signal's timeout: a duration string parsed at compile time, or a `Duration` expression.
@@ -596,6 +601,37 @@ fn signal_call(e: &Expr) -> Option<(&syn::ExprCall, Option<TokenStream>)> {
         }
         _ => None,
     }
+}
+
+/// `flow::sleep("10m")` or `flow::sleep(duration)`, parsed; `Err` for a malformed one.
+fn classify_sleep(base: &Expr) -> Option<Result<StepExpr<'static>, syn::Error>> {
+    let Expr::Call(c) = base else { return None };
+    let Expr::Path(p) = &*c.func else { return None };
+    let segs: Vec<&syn::PathSegment> = p.path.segments.iter().collect();
+    match segs.as_slice() {
+        [krate, f] if krate.ident == "flow" && f.ident == "sleep" => {}
+        _ => return None,
+    }
+    let (Some(arg), 1) = (c.args.first(), c.args.len()) else {
+        return Some(Err(syn::Error::new(
+            c.paren_token.span.join(),
+            "`flow::sleep` takes one duration: `flow::sleep(\"10m\")` or a `Duration`",
+        )));
+    };
+    let duration = match arg {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(_),
+            ..
+        }) => match duration::parse(arg, "a sleep") {
+            Ok(d) => SignalTimeout::Fixed(d),
+            Err(e) => return Some(Err(e)),
+        },
+        other => SignalTimeout::Expr(other.to_token_stream()),
+    };
+    Some(Ok(StepExpr::Sleep {
+        duration,
+        span: base.span(),
+    }))
 }
 
 /// `flow::signal("name")[.timeout("1h")]`, parsed; `Err` for a malformed one.
@@ -716,6 +752,9 @@ impl syn::parse::Parse for MapExpr {
 fn classify(base: &Expr) -> Option<StepExpr<'_>> {
     if let Some(signal) = classify_signal(base) {
         return Some(signal.unwrap_or_else(StepExpr::Bad));
+    }
+    if let Some(sleep) = classify_sleep(base) {
+        return Some(sleep.unwrap_or_else(StepExpr::Bad));
     }
     match base {
         Expr::Call(c) => Some(StepExpr::Call(Call::Func {
@@ -1091,6 +1130,33 @@ impl Rewriter<'_> {
         quote_spanned!(span=> #ctx.surface(#ctx.#wait::<#ty>(#node, #name, #timeout).await).await)
     }
 
+    /// `flow::sleep("10m")`: a step node named `sleep` (or its label), and the wait through
+    /// the run context; durable in a durable workflow (the wake-up time is recorded, so a
+    /// restart does not extend it, and a worker may park the run meanwhile).
+    fn sleep_code(&mut self, duration: SignalTimeout, span: Span) -> TokenStream {
+        let krate = self.krate.clone();
+        let ctx = self.ctx.clone();
+        let label = self.next_label.take().unwrap_or_else(|| "sleep".to_owned());
+        let text = match &duration {
+            SignalTimeout::Fixed(d) => humantime::format_duration(*d).to_string(),
+            SignalTimeout::Expr(e) => crate::control::text(e),
+        };
+        let id = self.add_node(&label, Kind::Step, format!("sleep = {text}"), true);
+        self.model.set_call(id, &quote!(sleep #text));
+        self.attach(id);
+        let duration = match duration {
+            SignalTimeout::Fixed(d) => duration::to_tokens(d),
+            SignalTimeout::Expr(e) => e,
+        };
+        let node = quote!(#krate::NodeId(#id));
+        let wait = if self.durable {
+            Ident::new("durable_sleep", span)
+        } else {
+            Ident::new("sleep_step", span)
+        };
+        quote_spanned!(span=> #ctx.#wait(#node, #duration).await)
+    }
+
     /// `flow::map!(items, |item| step(item), concurrency = N, tolerate = K)`: a map node, and
     /// the step inside it, run once per item through the run context.
     fn map_code(&mut self, map: MapExpr) -> TokenStream {
@@ -1274,6 +1340,16 @@ impl Rewriter<'_> {
                     self.errors.at(s, "a signal takes no step policies; give it a timeout: `flow::signal(\"approve\").timeout(\"1h\")`");
                 }
                 self.signal_code(&name, timeout, ty, span)
+            }
+            StepExpr::Sleep { duration, span } => {
+                // A label names it; policies have nothing to act on.
+                if let (false, Some(s)) = (policy.is_empty(), policy.span.or(policy_span)) {
+                    self.errors.at(
+                        s,
+                        "a sleep takes no step policies (a label names it: `#[label(cool_down)]`)",
+                    );
+                }
+                self.sleep_code(duration, span)
             }
         };
         match syn::parse2::<Expr>(new) {

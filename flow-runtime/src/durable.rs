@@ -88,6 +88,10 @@ pub(crate) struct Journal {
     /// The durable clock: the store's time (ms since the Unix epoch) at `anchor`, advanced by
     /// tokio's clock (so that a paused test clock moves it too).
     anchor: (u64, Instant),
+    /// Called with the wake-up time (ms since the Unix epoch) when the run's only step in
+    /// flight starts waiting for a backoff whose retry state is committed: a worker parks the
+    /// run (stops it and gives it back to the queue, due then).
+    pub(crate) park: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl Journal {
@@ -113,6 +117,7 @@ impl Journal {
             fault: Mutex::new(None),
             cancel: core::sync::atomic::AtomicBool::new(false),
             anchor: (crate::store::now_ms(), Instant::now()),
+            park: std::sync::OnceLock::new(),
         }
     }
 
@@ -208,6 +213,17 @@ impl Journal {
             expected: step_name(expected),
             reached: step_name(key),
         })
+    }
+
+    /// The run waits until `wake_at_ms` in a backoff whose state is committed: if nothing
+    /// else of it is in flight, its worker may park it.
+    pub(crate) fn waiting(&self, wake_at_ms: u64) {
+        if self.in_flight.load(core::sync::atomic::Ordering::Acquire) <= 1
+            && !self.has_fault()
+            && let Some(park) = self.park.get()
+        {
+            park(wake_at_ms);
+        }
     }
 
     /// The run is cancelled: whether the cancellation must wait for the replay of recorded
@@ -679,8 +695,72 @@ impl<E: Stored> Ctx<E> {
     }
 }
 
-/// How often a durable signal wait looks for its signal in the store.
+impl<E: Stored> Ctx<E> {
+    /// A `flow::sleep(duration)` of a `#[workflow(durable)]` body as node `node`: the
+    /// wake-up time is recorded when the wait starts (a resumed run waits only what is
+    /// left), the end is committed as the step's outcome (a replay does not wait again), and
+    /// while it waits a worker may park the run.
+    pub async fn durable_sleep(&self, node: NodeId, duration: core::time::Duration) {
+        let (key, record) = match self.durable_begin::<()>(node) {
+            Begin::Plain => return self.sleep_step(node, duration).await,
+            Begin::Done(_) => return,
+            Begin::Stop => {
+                let _: Result<(), StepError<E>> = self.stop_run().await;
+                return;
+            }
+            Begin::Hold => return core::future::pending().await,
+            Begin::Run(key, record) => (key, record),
+        };
+        let Some(j) = self.journal() else {
+            return self.sleep_step(node, duration).await;
+        };
+        let wake = match record.and_then(|r| r.retry.wake_at_ms) {
+            Some(wake) => wake,
+            None => {
+                let wake = j
+                    .now_ms()
+                    .saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+                let progress = StepProgress {
+                    key: key.clone(),
+                    attempt: None,
+                    retry: RetryState {
+                        counters: Vec::new(),
+                        wake_at_ms: Some(wake),
+                    },
+                };
+                if let Err(error) = j.store.save_progress(progress).await {
+                    j.set_fault(DurableError::Store {
+                        run: j.run.to_string(),
+                        step: Some(step_name(&key)),
+                        error,
+                    });
+                    let _: Result<(), StepError<E>> = self.stop_run().await;
+                    return;
+                }
+                wake
+            }
+        };
+        let waited = {
+            let _busy = InFlight::new(j);
+            let left = core::time::Duration::from_millis(wake.saturating_sub(j.now_ms()));
+            if !left.is_zero() {
+                j.waiting(wake);
+            }
+            self.step(node, async move { tokio::time::sleep(left).await })
+                .await
+        };
+        let _: Result<(), StepError<E>> = self.durable_commit(key, waited).await;
+    }
+}
+
+/// How often a durable signal wait first looks for its signal in the store: the interval
+/// doubles after each look, up to [`SIGNAL_POLL_MAX`], so a run that waits long (an approval)
+/// costs one statement every few seconds, and a signal sent soon after the wait starts is
+/// taken soon.
 pub const SIGNAL_POLL: core::time::Duration = core::time::Duration::from_millis(100);
+
+/// The longest interval between two looks of a durable signal wait.
+pub const SIGNAL_POLL_MAX: core::time::Duration = core::time::Duration::from_secs(2);
 
 impl<E: Stored + Send> Ctx<E> {
     /// [`signal`](Ctx::signal) in a durable workflow: the signal is taken from the store
@@ -745,6 +825,7 @@ impl<E: Stored + Send> Ctx<E> {
         if self.observed() {
             self.emit(node, crate::event::EventKind::SignalWaiting { name });
         }
+        let mut poll = SIGNAL_POLL;
         loop {
             match j
                 .store
@@ -789,9 +870,10 @@ impl<E: Stored + Send> Ctx<E> {
                         .await;
                 }
                 Some(at) => core::time::Duration::from_millis(at - now),
-                None => SIGNAL_POLL,
+                None => poll,
             };
-            tokio::time::sleep(SIGNAL_POLL.min(left)).await;
+            tokio::time::sleep(poll.min(left)).await;
+            poll = (poll * 2).min(SIGNAL_POLL_MAX);
         }
     }
 }
@@ -834,18 +916,23 @@ impl Resume<'_> {
                 wake_at_ms: Some(wake),
             },
         };
-        if let Err(error) = self.journal.store.save_progress(progress).await {
-            self.journal.set_fault(DurableError::Store {
+        match self.journal.store.save_progress(progress).await {
+            Ok(()) => self.journal.waiting(wake),
+            Err(error) => self.journal.set_fault(DurableError::Store {
                 run: self.journal.run.to_string(),
                 step: Some(step_name(self.key)),
                 error,
-            });
+            }),
         }
     }
 
-    /// How long the resumed backoff still has to wait.
+    /// How long the resumed backoff still has to wait (its worker may park the run for it).
     pub(crate) fn remaining(&self, wake_at_ms: u64) -> core::time::Duration {
-        core::time::Duration::from_millis(wake_at_ms.saturating_sub(self.journal.now_ms()))
+        let left = wake_at_ms.saturating_sub(self.journal.now_ms());
+        if left > 0 {
+            self.journal.waiting(wake_at_ms);
+        }
+        core::time::Duration::from_millis(left)
     }
 }
 
@@ -1032,10 +1119,15 @@ pub(crate) struct Durability {
     pub(crate) store: Arc<dyn Store>,
     /// The same store as a queue, when it is one ([`Runtime::with_queue`]).
     pub(crate) queue: Option<Arc<dyn Queue>>,
+    /// A worker's hook: told (run, wake-up ms) when a run can be parked for a backoff.
+    pub(crate) park: Option<ParkHook>,
     active: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
     /// The graphs this runtime has saved in the store, by (workflow, fingerprint).
     graphs: Arc<Mutex<HashSet<(&'static str, u64)>>>,
 }
+
+/// Told (run, wake-up time in ms since the Unix epoch) when a run can be parked.
+pub(crate) type ParkHook = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
 /// The signal that asks a durable run to cancel itself (`flowctl cancel`): whichever process
 /// runs the run takes it within [`CANCEL_POLL`] and cancels the run (its completed steps are
@@ -1252,6 +1344,7 @@ impl Runtime {
         self.durable = Some(Durability {
             store,
             queue: None,
+            park: None,
             active: Arc::default(),
             graphs: Arc::default(),
         });
@@ -1265,6 +1358,7 @@ impl Runtime {
         self.durable = Some(Durability {
             store: Arc::clone(&store) as Arc<dyn Store>,
             queue: Some(store),
+            park: None,
             active: Arc::default(),
             graphs: Arc::default(),
         });
@@ -1509,6 +1603,11 @@ impl Runtime {
             workflow.graph(),
             steps,
         ));
+        if let Some(park) = &durability.park {
+            let park = Arc::clone(park);
+            let run = record.id.clone();
+            let _ = journal.park.set(Box::new(move |wake| park(&run, wake)));
+        }
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let mut done = done_rx.clone();
         lock(&durability.active).insert(record.id.clone(), done_rx);

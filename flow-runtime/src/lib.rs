@@ -62,7 +62,7 @@ pub use crate::graph::{Graph, NodeId};
 pub use crate::progress::ProgressObserver;
 pub use crate::registry::Registry;
 pub use crate::runtime::{EventStream, Handle, Runtime};
-pub use crate::signal::{Signal, SignalError, signal};
+pub use crate::signal::{Signal, SignalError, signal, sleep};
 pub use crate::timeline::Timeline;
 #[cfg(feature = "tracing")]
 pub use crate::trace::TracingObserver;

@@ -324,6 +324,36 @@ pub fn signal<T: Send + 'static>(name: &'static str) -> Signal<T> {
     }
 }
 
+/// Waits for `duration`: in a `#[workflow]` body, `flow::sleep("10m").await` (a string
+/// parsed at compile time, or a `Duration`) is a node of the graph named `sleep` (label it
+/// with `#[label(cool_down)]`), shown in the run's state and events while it waits; in a
+/// `#[workflow(durable)]` its wake-up time is recorded when the wait starts, so a resumed run
+/// waits only what is left, and a worker may give the run back to its queue meanwhile (see
+/// `flow::durable::WorkerOptions::park_after`). Anywhere else it is `tokio::time::sleep`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let before = tokio::time::Instant::now();
+/// flow_runtime::sleep(core::time::Duration::from_secs(600)).await;
+/// assert_eq!(before.elapsed().as_secs(), 600);
+/// # }
+/// ```
+pub async fn sleep(duration: Duration) {
+    tokio::time::sleep(duration).await;
+}
+
+impl<E> Ctx<E> {
+    /// A `flow::sleep(duration)` of a `#[workflow]` body as node `node`: a step that waits.
+    pub async fn sleep_step(&self, node: NodeId, duration: Duration) {
+        let waited: Result<(), StepError<E>> = self
+            .step(node, async move { tokio::time::sleep(duration).await })
+            .await;
+        // A plain wait cannot fail.
+        let _ = waited;
+    }
+}
+
 /// A wait for a signal, made by [`signal`]; await it.
 ///
 /// ```

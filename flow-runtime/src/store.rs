@@ -1,5 +1,6 @@
 //! Durable state of runs: the [`Store`] trait that every backend implements (the embedded
-//! SQLite store in the `flow-store-sqlite` crate; PostgreSQL later), and the records it keeps.
+//! SQLite store in the `flow-store-sqlite` crate, the PostgreSQL store in
+//! `flow-store-postgres`), and the records it keeps.
 //!
 //! This is the foundation of durable runs (a killed process resumes where it stopped): the
 //! runtime records every durable run through it. Stores that several worker processes share

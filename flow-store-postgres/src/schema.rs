@@ -707,12 +707,13 @@ BEGIN
     RETURNING r.id::TEXT, r.lease_epoch;
 END $$;
 
-CREATE FUNCTION flow_release(p_run TEXT, p_epoch BIGINT)
+CREATE FUNCTION flow_release(p_run TEXT, p_epoch BIGINT, p_due BIGINT)
 RETURNS BOOLEAN LANGUAGE plpgsql AS $$
 DECLARE
     v_queue TEXT;
 BEGIN
-    UPDATE flow_runs r SET lease_worker = NULL, lease_until_ms = NULL
+    UPDATE flow_runs r SET lease_worker = NULL, lease_until_ms = NULL,
+        not_before_ms = COALESCE(p_due, r.not_before_ms)
     WHERE r.id = p_run AND r.lease_worker IS NOT NULL AND r.lease_epoch = p_epoch
     RETURNING r.queue INTO v_queue;
     IF NOT FOUND THEN

@@ -50,7 +50,7 @@ const HISTORY_OF: &str = "SELECT seq, at_ms, actor, action, detail \
      FROM flow_history WHERE run_id = $1 ORDER BY seq";
 const CLAIM: &str = "SELECT * FROM flow_claim($1, $2, $3, $4, $5, $6, $7)";
 const RENEW: &str = "SELECT out_run, out_epoch FROM flow_renew($1, $2, $3, $4)";
-const RELEASE: &str = "SELECT flow_release($1, $2)";
+const RELEASE: &str = "SELECT flow_release($1, $2, $3)";
 
 /// A random token that tells one call's write from another's (see the crate documentation).
 fn token() -> i64 {
@@ -672,10 +672,16 @@ impl Queue for PgStore {
         })
     }
 
-    fn release<'a>(&'a self, run: &'a str, epoch: u64) -> StoreFuture<'a, bool> {
+    fn release<'a>(
+        &'a self,
+        run: &'a str,
+        epoch: u64,
+        due_ms: Option<u64>,
+    ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let epoch = ms(epoch);
-            let params: [&(dyn ToSql + Sync); 2] = [&run, &epoch];
+            let due = due_ms.map(ms);
+            let params: [&(dyn ToSql + Sync); 3] = [&run, &epoch, &due];
             let answer = self.exec(RELEASE, &params, Resend::Safe).await?;
             get_at(first_row(&answer.rows, "flow_release")?, 0)
         })

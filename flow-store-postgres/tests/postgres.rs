@@ -510,7 +510,7 @@ async fn notify_wakes_a_waiter_of_another_store_instance() {
     let epoch = got[0].lease.as_ref().unwrap().epoch;
     let waiter = wait(worker.clone(), queue.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(producer.release(&id, epoch).await.unwrap());
+    assert!(producer.release(&id, epoch, None).await.unwrap());
     let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .expect("woken by the release")

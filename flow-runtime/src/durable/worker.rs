@@ -81,6 +81,12 @@ pub struct WorkerOptions {
     /// The longest a worker with free slots waits between two claims when no notification
     /// comes (runs whose delay or lease expires are found by time alone). Default: 1 s.
     pub poll: Duration,
+    /// A run whose only step in flight waits for a backoff with at least this much left is
+    /// parked: stopped (nothing undone: the attempt and the backoff's wake-up time are
+    /// committed) and given back to its queue, due when the backoff ends, so that it holds
+    /// no slot and no lease meanwhile and whichever worker is alive then wakes it. Shorter
+    /// waits are slept in place. Default: the lease.
+    pub park_after: Duration,
 }
 
 impl WorkerOptions {
@@ -94,6 +100,7 @@ impl WorkerOptions {
             lease,
             heartbeat: lease / 3,
             poll: Duration::from_secs(1),
+            park_after: lease,
         }
     }
 
@@ -122,11 +129,13 @@ impl WorkerOptions {
         self
     }
 
-    /// Leases of `lease`, renewed every third of it.
+    /// Leases of `lease`, renewed every third of it (and backoffs of at least `lease`
+    /// parked).
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self.heartbeat = lease / 3;
+        self.park_after = lease;
         self
     }
 
@@ -141,6 +150,13 @@ impl WorkerOptions {
     #[must_use]
     pub fn poll(mut self, poll: Duration) -> Self {
         self.poll = poll;
+        self
+    }
+
+    /// Parks runs whose backoff has at least `park_after` left.
+    #[must_use]
+    pub fn park_after(mut self, park_after: Duration) -> Self {
+        self.park_after = park_after;
         self
     }
 }
@@ -176,6 +192,9 @@ pub struct WorkerReport {
     pub skipped: u64,
     /// Runs stopped and given back at shutdown, to be taken over by another worker at once.
     pub released: u64,
+    /// Runs parked for a long backoff: stopped and given back to the queue, due when the
+    /// backoff ends.
+    pub parked: u64,
     /// Store failures while claiming or renewing (the worker goes on).
     pub store_errors: u64,
 }
@@ -229,6 +248,15 @@ struct Held {
 
 /// A run's task ended: (run, epoch, how).
 type Ended = (String, u64, RunEnd);
+
+/// A run can be parked: (run, epoch, wake-up ms).
+type Park = (String, u64, u64);
+
+/// Where a worker's runs report to its loop.
+struct Channels {
+    ended: mpsc::UnboundedSender<Ended>,
+    park: mpsc::UnboundedSender<Park>,
+}
 
 impl Worker {
     /// A worker executing the runs of `options.queues` with the durable workflows of
@@ -289,6 +317,11 @@ impl Worker {
         let mut report = WorkerReport::default();
         let mut held: HashMap<String, Held> = HashMap::new();
         let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Ended>();
+        let (park_tx, mut park_rx) = mpsc::unbounded_channel::<Park>();
+        let channels = Channels {
+            ended: ended_tx,
+            park: park_tx,
+        };
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = shutdown.fuse();
@@ -299,7 +332,7 @@ impl Worker {
                 .concurrency
                 .saturating_sub(u32::try_from(held.len()).unwrap_or(u32::MAX));
             if room > 0 {
-                self.claim(room, &mut held, &ended_tx, &mut report).await;
+                self.claim(room, &mut held, &channels, &mut report).await;
             }
             let room = self
                 .options
@@ -322,6 +355,9 @@ impl Worker {
                 Some((run, epoch, end)) = ended_rx.recv() => {
                     self.ended(&run, epoch, end, &mut held, &mut report);
                 }
+                Some((run, epoch, wake)) = park_rx.recv() => {
+                    self.park(&run, epoch, wake, &mut held, &mut report).await;
+                }
                 _ = heartbeat.tick() => self.renew(&mut held, &mut report).await,
                 () = work => {}
             }
@@ -332,7 +368,7 @@ impl Worker {
         for (run, h) in held.drain() {
             h.abort.abort();
             lock(&self.durability.active).remove(&run);
-            match self.queue.release(&run, h.epoch).await {
+            match self.queue.release(&run, h.epoch, None).await {
                 Ok(true) => report.released += 1,
                 // Not held any more: it ended just now, or another worker has it.
                 Ok(false) => match self.queue.get_run(&run).await {
@@ -350,7 +386,7 @@ impl Worker {
         &self,
         mut room: u32,
         held: &mut HashMap<String, Held>,
-        ended: &mpsc::UnboundedSender<Ended>,
+        channels: &Channels,
         report: &mut WorkerReport,
     ) {
         for (queue, options) in &self.options.queues {
@@ -379,7 +415,7 @@ impl Worker {
                 report.claimed += 1;
                 room = room.saturating_sub(1);
                 let until = asked + self.options.lease;
-                if let Some(h) = self.start(run, until, ended, report).await {
+                if let Some(h) = self.start(run, until, channels, report).await {
                     held.insert(h.0, h.1);
                 }
             }
@@ -391,7 +427,7 @@ impl Worker {
         &self,
         run: RunRecord,
         until: Instant,
-        ended: &mpsc::UnboundedSender<Ended>,
+        channels: &Channels,
         report: &mut WorkerReport,
     ) -> Option<(String, Held)> {
         let epoch = run.lease.as_ref()?.epoch;
@@ -446,8 +482,12 @@ impl Worker {
                 return None;
             }
         };
+        let park = channels.park.clone();
         let durability = Durability {
             store: fenced,
+            park: Some(Arc::new(move |run: &str, wake: u64| {
+                let _ = park.send((run.to_owned(), epoch, wake));
+            })),
             ..self.durability.clone()
         };
         let resumed = match resumer.resume(&self.runtime, &durability, run, steps, cancelled) {
@@ -462,7 +502,7 @@ impl Worker {
             }
         };
         let abort = resumed.abort.clone();
-        let tx = ended.clone();
+        let tx = channels.ended.clone();
         let run_id = id.clone();
         tokio::spawn(async move {
             let end = resumed.done.await;
@@ -496,6 +536,34 @@ impl Worker {
             RunEnd::Finished(_) => report.finished += 1,
             RunEnd::Stopped { lost: true, .. } => report.lost += 1,
             RunEnd::Stopped { lost: false, .. } => report.stopped += 1,
+        }
+    }
+
+    /// Parks run `run` (lease `epoch`) until `wake` if its backoff is long enough: stops it
+    /// and gives it back to the queue, due then.
+    async fn park(
+        &self,
+        run: &str,
+        epoch: u64,
+        wake: u64,
+        held: &mut HashMap<String, Held>,
+        report: &mut WorkerReport,
+    ) {
+        let park_after = u64::try_from(self.options.park_after.as_millis()).unwrap_or(u64::MAX);
+        if held.get(run).is_none_or(|h| h.epoch != epoch)
+            || wake.saturating_sub(crate::store::now_ms()) < park_after
+        {
+            return;
+        }
+        if let Some(h) = held.remove(run) {
+            h.abort.abort();
+            lock(&self.durability.active).remove(run);
+            match self.queue.release(run, epoch, Some(wake)).await {
+                Ok(true) => report.parked += 1,
+                Ok(false) => report.lost += 1,
+                // The lease runs out by itself; the run is taken over then.
+                Err(_) => report.store_errors += 1,
+            }
         }
     }
 

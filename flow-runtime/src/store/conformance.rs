@@ -1399,8 +1399,11 @@ pub async fn renew_and_release(store: Arc<dyn Queue>) {
             .unwrap()
             .is_empty()
     );
-    assert!(!store.release(&a, 9).await.unwrap(), "a stale release");
-    assert!(store.release(&a, 1).await.unwrap());
+    assert!(
+        !store.release(&a, 9, None).await.unwrap(),
+        "a stale release"
+    );
+    assert!(store.release(&a, 1, None).await.unwrap());
     assert_eq!(store.get_run(&a).await.unwrap().unwrap().lease, None);
     let again = store
         .claim(claim("w2", &queue, 2, Duration::from_secs(60)))
@@ -1417,6 +1420,24 @@ pub async fn renew_and_release(store: Arc<dyn Queue>) {
             .unwrap(),
         [false]
     );
+    // Released with a due time (parked for a backoff): claimable from then on, not before.
+    let due = super::now_ms() + 400;
+    assert!(store.release(&b, 1, Some(due)).await.unwrap());
+    assert!(
+        store
+            .claim(claim("w3", &queue, 2, Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .is_empty(),
+        "parked until its due time"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let woken = store
+        .claim(claim("w3", &queue, 2, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(woken.len(), 1);
+    assert_eq!(woken[0].id, b);
 }
 
 /// A queue's concurrency limit counts the runs under unexpired leases on every worker; its

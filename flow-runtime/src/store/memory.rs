@@ -816,7 +816,12 @@ impl Queue for MemoryStore {
         })
     }
 
-    fn release<'a>(&'a self, run: &'a str, epoch: u64) -> StoreFuture<'a, bool> {
+    fn release<'a>(
+        &'a self,
+        run: &'a str,
+        epoch: u64,
+        due_ms: Option<u64>,
+    ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let released = {
                 let mut data = self.lock();
@@ -829,6 +834,9 @@ impl Queue for MemoryStore {
                             .is_some_and(|l| l.epoch == epoch) =>
                     {
                         entry.record.lease = None;
+                        if let (Some(due), Some(q)) = (due_ms, entry.queued.as_mut()) {
+                            q.not_before_ms = due;
+                        }
                         true
                     }
                     _ => false,

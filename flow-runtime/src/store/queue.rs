@@ -126,9 +126,16 @@ pub trait Queue: Store {
         lease: Duration,
     ) -> StoreFuture<'a, Vec<bool>>;
 
-    /// Gives the lease `epoch` of run `run` back (a worker shutting down): the run is
-    /// claimable again at once. Returns `false` if that lease was not held any more.
-    fn release<'a>(&'a self, run: &'a str, epoch: u64) -> StoreFuture<'a, bool>;
+    /// Gives the lease `epoch` of run `run` back: the run is claimable again at once (a
+    /// worker shutting down), or from `due_ms` on (ms since the Unix epoch: a run parked
+    /// while it waits for a long backoff, so that whichever worker is alive then wakes it).
+    /// Returns `false` (and changes nothing) if that lease was not held any more.
+    fn release<'a>(
+        &'a self,
+        run: &'a str,
+        epoch: u64,
+        due_ms: Option<u64>,
+    ) -> StoreFuture<'a, bool>;
 
     /// This store, with every write for run `run` fenced by lease `epoch`: in the same
     /// transaction as the write, the store checks that the run's lease epoch is still
