@@ -1122,8 +1122,9 @@ pub(crate) struct Durability {
     /// A worker's hook: told (run, wake-up ms) when a run can be parked for a backoff.
     pub(crate) park: Option<ParkHook>,
     active: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
-    /// The graphs this runtime has saved in the store, by (workflow, fingerprint).
-    graphs: Arc<Mutex<HashSet<(&'static str, u64)>>>,
+    /// The graphs this runtime has saved (or is saving) in the store, by (workflow,
+    /// fingerprint): one save each, also when many runs start at once.
+    graphs: Arc<Mutex<HashMap<(&'static str, u64), Arc<tokio::sync::OnceCell<()>>>>>,
 }
 
 /// Told (run, wake-up time in ms since the Unix epoch) when a run can be parked.
@@ -1184,14 +1185,14 @@ impl Durability {
     /// Saves `graph` in the store, once per runtime.
     async fn save_graph(&self, graph: &'static Graph, run: &str) -> Result<(), DurableError> {
         let key = (graph.name, graph.fingerprint);
-        if lock(&self.graphs).contains(&key) {
-            return Ok(());
-        }
-        self.store
-            .save_graph(graph.name, graph.fingerprint, graph_json(graph))
-            .await
-            .map_err(|e| store_error(run, e))?;
-        lock(&self.graphs).insert(key);
+        let once = Arc::clone(lock(&self.graphs).entry(key).or_default());
+        once.get_or_try_init(|| async {
+            self.store
+                .save_graph(graph.name, graph.fingerprint, graph_json(graph))
+                .await
+                .map_err(|e| store_error(run, e))
+        })
+        .await?;
         Ok(())
     }
 }

@@ -246,6 +246,10 @@ struct Held {
     until: Instant,
 }
 
+/// How long a worker woken by new work waits before it claims, so that runs enqueued
+/// together are claimed in one statement.
+const CLAIM_COALESCE: Duration = Duration::from_millis(5);
+
 /// A run's task ended: (run, epoch, how).
 type Ended = (String, u64, RunEnd);
 
@@ -326,12 +330,15 @@ impl Worker {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = shutdown.fuse();
         futures_util::pin_mut!(shutdown);
+        // Claims take runs in batches: a busy worker claims again once an eighth of its slots
+        // are free (or it holds nothing), not after every run that ends.
+        let batch = (self.options.concurrency / 8).max(1);
         loop {
             let room = self
                 .options
                 .concurrency
                 .saturating_sub(u32::try_from(held.len()).unwrap_or(u32::MAX));
-            if room > 0 {
+            if room >= batch || (room > 0 && held.is_empty()) {
                 self.claim(room, &mut held, &channels, &mut report).await;
             }
             let room = self
@@ -339,7 +346,7 @@ impl Worker {
                 .concurrency
                 .saturating_sub(u32::try_from(held.len()).unwrap_or(u32::MAX));
             let work = async {
-                if room == 0 {
+                if room < batch && !held.is_empty() {
                     return core::future::pending().await;
                 }
                 let waits = self
@@ -348,6 +355,8 @@ impl Worker {
                     .iter()
                     .map(|(q, _)| self.queue.wait_for_work(q, self.options.poll));
                 futures_util::future::select_all(waits).await;
+                // Runs enqueued together (a burst) are claimed together.
+                tokio::time::sleep(CLAIM_COALESCE).await;
             };
             tokio::select! {
                 biased;
@@ -447,11 +456,18 @@ impl Worker {
             let _ = self.queue.record_history(&id, skip("skip", detail)).await;
             return None;
         };
-        let steps = match self.queue.steps_of(&id).await {
-            Ok(steps) => steps,
-            Err(_) => {
-                report.store_errors += 1;
-                return None;
+        // A run claimed for the first time (epoch 1, never started) has no steps: every step
+        // is written under a lease, and `reset_steps` moves the epoch on.
+        let fresh = epoch == 1 && run.status == RunStatus::Pending;
+        let steps = if fresh {
+            Vec::new()
+        } else {
+            match self.queue.steps_of(&id).await {
+                Ok(steps) => steps,
+                Err(_) => {
+                    report.store_errors += 1;
+                    return None;
+                }
             }
         };
         if let Err(e) = compatibility(resumer.graph(), &run, &steps) {
