@@ -1124,8 +1124,11 @@ pub(crate) struct Durability {
     active: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
     /// The graphs this runtime has saved (or is saving) in the store, by (workflow,
     /// fingerprint): one save each, also when many runs start at once.
-    graphs: Arc<Mutex<HashMap<(&'static str, u64), Arc<tokio::sync::OnceCell<()>>>>>,
+    graphs: Arc<Mutex<SavedGraphs>>,
 }
+
+/// The graphs a runtime has saved, or is saving, by (workflow, fingerprint).
+type SavedGraphs = HashMap<(&'static str, u64), Arc<tokio::sync::OnceCell<()>>>;
 
 /// Told (run, wake-up time in ms since the Unix epoch) when a run can be parked.
 pub(crate) type ParkHook = Arc<dyn Fn(&str, u64) + Send + Sync>;
