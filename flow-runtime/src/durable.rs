@@ -215,6 +215,31 @@ impl Journal {
         })
     }
 
+    /// Records that step `key` waits until `wake_at_ms` (a sleep's end, a signal wait's
+    /// deadline), so that a resumed run waits only what is left. `false` if the store
+    /// failed: the fault is set, and the run must stop.
+    async fn record_wait(&self, key: &StepKey, wake_at_ms: u64) -> bool {
+        let progress = StepProgress {
+            key: key.clone(),
+            attempt: None,
+            retry: RetryState {
+                counters: Vec::new(),
+                wake_at_ms: Some(wake_at_ms),
+            },
+        };
+        match self.store.save_progress(progress).await {
+            Ok(()) => true,
+            Err(error) => {
+                self.set_fault(DurableError::Store {
+                    run: self.run.to_string(),
+                    step: Some(step_name(key)),
+                    error,
+                });
+                false
+            }
+        }
+    }
+
     /// The run waits until `wake_at_ms` in a backoff whose state is committed: if nothing
     /// else of it is in flight, its worker may park it.
     pub(crate) fn waiting(&self, wake_at_ms: u64) {
@@ -717,23 +742,8 @@ impl<E: Stored> Ctx<E> {
         let wake = match record.and_then(|r| r.retry.wake_at_ms) {
             Some(wake) => wake,
             None => {
-                let wake = j
-                    .now_ms()
-                    .saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
-                let progress = StepProgress {
-                    key: key.clone(),
-                    attempt: None,
-                    retry: RetryState {
-                        counters: Vec::new(),
-                        wake_at_ms: Some(wake),
-                    },
-                };
-                if let Err(error) = j.store.save_progress(progress).await {
-                    j.set_fault(DurableError::Store {
-                        run: j.run.to_string(),
-                        step: Some(step_name(&key)),
-                        error,
-                    });
+                let wake = j.now_ms().saturating_add(duration_ms(duration));
+                if !j.record_wait(&key, wake).await {
                     let _: Result<(), StepError<E>> = self.stop_run().await;
                     return;
                 }
@@ -797,26 +807,12 @@ impl<E: Stored + Send> Ctx<E> {
                 }],
             )
         };
-        let ms = |d: core::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let deadline = match (timeout, record.as_ref().and_then(|r| r.retry.wake_at_ms)) {
             (None, _) => None,
             (Some(_), Some(at)) => Some(at),
             (Some(limit), None) => {
-                let at = j.now_ms().saturating_add(ms(limit));
-                let progress = StepProgress {
-                    key: key.clone(),
-                    attempt: None,
-                    retry: RetryState {
-                        counters: Vec::new(),
-                        wake_at_ms: Some(at),
-                    },
-                };
-                if let Err(error) = j.store.save_progress(progress).await {
-                    j.set_fault(DurableError::Store {
-                        run: j.run.to_string(),
-                        step: Some(step_name(&key)),
-                        error,
-                    });
+                let at = j.now_ms().saturating_add(duration_ms(limit));
+                if !j.record_wait(&key, at).await {
                     return self.stop_run().await;
                 }
                 Some(at)

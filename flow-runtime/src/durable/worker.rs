@@ -176,8 +176,8 @@ fn default_name() -> String {
 pub struct WorkerReport {
     /// Runs claimed.
     pub claimed: u64,
-    /// Of those, runs that had started before (on a worker whose lease expired, or that
-    /// released it).
+    /// Of those, runs that had started before (on a worker whose lease expired, that
+    /// released it at shutdown, or that parked it for a long wait).
     pub taken_over: u64,
     /// Runs that ended here with their result (completed, failed or cancelled).
     pub finished: u64,
@@ -480,7 +480,10 @@ impl Worker {
         }
         if run.status != RunStatus::Pending {
             report.taken_over += 1;
-            let detail = format!("resumed from its last committed step (lease epoch {epoch})");
+            let detail = format!(
+                "resumed from its last committed step (lease epoch {epoch}): its previous \
+                 worker died, stalled, shut down, or parked it for a wait"
+            );
             let _ = self
                 .queue
                 .record_history(&id, skip("takeover", detail))
