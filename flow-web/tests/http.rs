@@ -531,7 +531,23 @@ async fn the_workflow_page_names_runs_a_new_build_could_not_resume() {
             .await
             .unwrap();
     }
-    // The live run is the newest: start it again so that it is created last.
+    // The live run is the newest: start it again so that it is created last. Runs created
+    // in the same millisecond are ordered by id ("old-fresh" > "now-2"), so let the clock
+    // move past the older runs' creation time first.
+    let older = store
+        .get_run("old-fresh")
+        .await
+        .unwrap()
+        .unwrap()
+        .created_ms;
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        <= u128::from(older)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let newest = runtime
         .start(Review, "now-2", ("y".to_owned(),))
         .await
