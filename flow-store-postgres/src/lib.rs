@@ -129,6 +129,7 @@
 //! `flow_signals`, `flow_graphs`, `flow_history`; the writes are PL/pgSQL functions
 //! (`flow_commit_step`, `flow_claim`, ...) installed by the migrations.
 
+mod batch;
 mod error;
 mod listen;
 mod retry;
@@ -171,6 +172,12 @@ pub struct Options {
     pub retry_for: Duration,
     /// How long one attempt to connect may take. Default: 10 seconds.
     pub connect_timeout: Duration,
+    /// The most step commits sent in one statement. Commits made while earlier ones are in
+    /// flight wait for them and go together (a group commit: one round trip, one
+    /// transaction, one WAL flush for all of them; each still answered on its own, and
+    /// only once durable). A commit never waits for others to arrive: alone, it is sent at
+    /// once. `1` sends every commit in a statement of its own. Default: 64.
+    pub commit_batch: usize,
 }
 
 impl Default for Options {
@@ -180,6 +187,7 @@ impl Default for Options {
             pool_size: 16,
             retry_for: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            commit_batch: 64,
         }
     }
 }
@@ -191,14 +199,22 @@ impl Default for Options {
 /// `Arc<dyn Store>`. Several stores, in one process or in many, may use the same schema.
 /// Dropping the store closes its connections.
 pub struct PgStore {
+    conn: Arc<Conn>,
+    /// The schema that holds the tables.
+    schema: String,
+    waiters: Arc<Waiters>,
+    listener: JoinHandle<()>,
+    /// Step commits waiting to be sent together (see [`Options::commit_batch`]).
+    commits: Arc<batch::Commits>,
+}
+
+/// The pool and how to use it: what the store's statements, and the tasks that send
+/// batches of them, share.
+struct Conn {
     pool: Pool,
     /// The server, for messages: `host:port/database`.
     server: String,
-    /// The schema that holds the tables.
-    schema: String,
     retry_for: Duration,
-    waiters: Arc<Waiters>,
-    listener: JoinHandle<()>,
 }
 
 impl Drop for PgStore {
@@ -210,7 +226,7 @@ impl Drop for PgStore {
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
-            .field("server", &self.server)
+            .field("server", &self.conn.server)
             .field("schema", &self.schema)
             .finish_non_exhaustive()
     }
@@ -342,13 +358,16 @@ impl PgStore {
             })?;
         let waiters = Arc::new(Waiters::default());
         let mut store = PgStore {
-            pool,
-            server,
+            conn: Arc::new(Conn {
+                pool,
+                server,
+                retry_for: options.retry_for,
+            }),
             schema: String::new(),
-            retry_for: options.retry_for,
             waiters: waiters.clone(),
             // Replaced once the schema is known; aborting a finished task does nothing.
             listener: tokio::spawn(async {}),
+            commits: Arc::new(batch::Commits::new(options.commit_batch)),
         };
         store.schema = store.prepare_schema(options.schema.as_deref()).await?;
         store.listener = listen::start(config, store.schema.clone(), waiters, options.retry_for)
@@ -356,7 +375,7 @@ impl PgStore {
             .map_err(|e| StoreError::Io {
                 message: format!(
                     "cannot connect to PostgreSQL at {} to listen for work: {}",
-                    store.server,
+                    store.conn.server,
                     error::describe(&e)
                 ),
             })?;
@@ -366,10 +385,11 @@ impl PgStore {
     /// Finds the schema (`schema`, or the connection's current one), refuses a newer one,
     /// and creates or migrates it: trying again on connection failures, within the budget.
     async fn prepare_schema(&self, schema: Option<&str>) -> Result<String, StoreError> {
-        let mut backoff = Backoff::new(self.retry_for);
+        let conn = &self.conn;
+        let mut backoff = Backoff::new(conn.retry_for);
         loop {
-            let error = match self.pool.get().await {
-                Err(e) => error::pool_error(&e, &self.server),
+            let error = match conn.pool.get().await {
+                Err(e) => error::pool_error(&e, &conn.server),
                 Ok(client) => match self.migrate_on(&client, schema).await {
                     Ok(schema) => return Ok(schema),
                     Err(e @ StoreError::Io { .. }) => (Kind::Transient, e),
@@ -378,7 +398,7 @@ impl PgStore {
             };
             match (error, backoff.next_delay()) {
                 ((Kind::Transient, _), Some(delay)) => tokio::time::sleep(delay).await,
-                ((_, e), _) => return Err(self.gave_up(e, &backoff)),
+                ((_, e), _) => return Err(conn.gave_up(e, &backoff)),
             }
         }
     }
@@ -394,23 +414,57 @@ impl PgStore {
                 &client
                     .query_one("SELECT current_schema()::text", &[])
                     .await
-                    .map_err(|e| error::store_error(&e, &self.server))?,
+                    .map_err(|e| error::store_error(&e, &self.conn.server))?,
                 0,
             )?
             .ok_or_else(|| StoreError::Invalid {
                 what: format!(
                     "the search_path of the connections to {} names no schema that exists: \
                          set Options::schema",
-                    self.server
+                    self.conn.server
                 ),
             })?,
         };
         // Refuse a newer schema before writing anything, also the schema itself.
-        schema::check_version(client, &schema, &self.server).await?;
-        schema::migrate(client, &schema, &self.server).await?;
+        schema::check_version(client, &schema, &self.conn.server).await?;
+        schema::migrate(client, &schema, &self.conn.server).await?;
         Ok(schema)
     }
 
+    /// The schema that holds the store's tables.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The server, as the store names it in its messages: `host:port/database`.
+    pub fn server(&self) -> &str {
+        &self.conn.server
+    }
+
+    /// Runs statement `sql` (prepared once per connection) with `params`, trying again as
+    /// the [crate documentation](crate) says.
+    async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        resend: Resend,
+    ) -> Result<Answer, StoreError> {
+        self.conn.exec(sql, params, resend).await
+    }
+
+    /// [`exec`](Self::exec), telling also whether a failed statement may have committed in
+    /// an earlier attempt.
+    async fn exec_full(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        resend: Resend,
+    ) -> Result<Answer, Failure> {
+        self.conn.exec_full(sql, params, resend).await
+    }
+}
+
+impl Conn {
     /// The error reported after giving up: a connection failure says for how long it was
     /// tried.
     fn gave_up(&self, e: StoreError, backoff: &Backoff) -> StoreError {
@@ -424,16 +478,6 @@ impl PgStore {
             },
             other => other,
         }
-    }
-
-    /// The schema that holds the store's tables.
-    pub fn schema(&self) -> &str {
-        &self.schema
-    }
-
-    /// The server, as the store names it in its messages: `host:port/database`.
-    pub fn server(&self) -> &str {
-        &self.server
     }
 
     /// Runs statement `sql` (prepared once per connection) with `params`, trying again as

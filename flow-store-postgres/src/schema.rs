@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use flow_runtime::store::StoreError;
 
 /// The schema version this build writes, and the newest it can read.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The class of the store's advisory locks (`pg_advisory_xact_lock(class, key)`): the bytes
 /// of `flow`. The key is a hash of the schema's name (migrations) or of the schema and a
@@ -36,7 +36,9 @@ macro_rules! unfinished {
 /// Every write of the store is one call of a function below, one statement: one round trip,
 /// one transaction (the statement's own). They raise the store's errors with SQLSTATEs of
 /// class `FL` (see `error.rs`).
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [concat!(
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    // 1: the tables, the views and the functions.
+    concat!(
     r#"
 CREATE TABLE flow_runs (
     id             TEXT COLLATE "C" NOT NULL PRIMARY KEY,
@@ -723,7 +725,103 @@ BEGIN
     RETURN true;
 END $$;
 "#
-)];
+),
+// 2: commits of many steps in one statement (the client's group commit).
+r#"
+-- Commits many steps, of any runs, in one transaction: the batched form of flow_commit_step
+-- for commits that change no compensation (the client sends those one by one). The keys
+-- are distinct. Each commit is checked and answered on its own, by its index (1-based): a
+-- commit whose run is gone (out_refused FLNF0) or whose lease epoch is stale (FLLL0) writes
+-- nothing and does not stop the others; the first commit of a key wins (out_first), later
+-- ones change nothing and get it back, unless they carry the first one's token. Attempts
+-- are parallel arrays, each with the index of its commit (p_a_commits).
+CREATE FUNCTION flow_commit_steps(
+    p_runs TEXT[], p_nodes TEXT[], p_occurrences BIGINT[], p_items BIGINT[],
+    p_states TEXT[], p_outputs BYTEA[], p_failures TEXT[], p_epochs BIGINT[],
+    p_tokens BIGINT[],
+    p_a_commits INT[], p_a_numbers BIGINT[], p_a_started BIGINT[], p_a_ended BIGINT[],
+    p_a_failures TEXT[])
+RETURNS TABLE (out_index BIGINT, out_refused TEXT, out_first BOOLEAN,
+               out_step flow_step_view)
+-- The statements' plans are made once a connection: left to choose, PostgreSQL plans them
+-- again at every call (the arrays' sizes make each custom plan look cheaper than the
+-- generic one), which costs more than the statements themselves.
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_now     BIGINT := flow_now_ms();
+    v_refused TEXT[];
+    v_written BIGINT[];
+BEGIN
+    -- The fenced runs' rows stay locked (in id order: batches do not deadlock each other)
+    -- until the commit, so that no claim moves an epoch checked here.
+    -- Every lookup below is by key, a row at a time (a scalar subquery, or a lateral one
+    -- that locks): the arrays are small, the tables large, and the plans are made once, maybe
+    -- while the tables were small (a join could keep a sequential scan).
+    PERFORM 1
+    FROM (SELECT DISTINCT u.run FROM unnest(p_runs, p_epochs) AS u(run, epoch)
+          WHERE u.epoch IS NOT NULL ORDER BY u.run) f
+    CROSS JOIN LATERAL (SELECT 1 FROM flow_runs r WHERE r.id = f.run FOR SHARE) l;
+    SELECT array_agg(nullif(coalesce(
+               (SELECT CASE WHEN u.epoch IS NOT NULL
+                                 AND (r.queue IS NULL OR r.lease_epoch <> u.epoch)
+                            THEN 'FLLL0' ELSE '' END
+                FROM flow_runs r WHERE r.id = u.run),
+               'FLNF0'), '') ORDER BY u.i)
+    INTO v_refused
+    FROM unnest(p_runs, p_epochs) WITH ORDINALITY AS u(run, epoch, i);
+    -- A new step, or one with progress saved ('running'): written now. A committed one
+    -- stays as it is.
+    WITH written AS (
+        INSERT INTO flow_steps AS s (run_id, node, occurrence, item, state, output, failure,
+                                     updated_ms, commit_token)
+        SELECT u.run, u.node, u.occurrence, u.item, u.state, u.output, u.failure, v_now,
+               u.token
+        FROM unnest(p_runs, p_nodes, p_occurrences, p_items, p_states, p_outputs,
+                    p_failures, p_tokens) WITH ORDINALITY
+             AS u(run, node, occurrence, item, state, output, failure, token, i)
+        WHERE v_refused[u.i] IS NULL
+        ON CONFLICT (run_id, node, occurrence, item) DO UPDATE SET
+            state = excluded.state, output = excluded.output, failure = excluded.failure,
+            wake_at_ms = NULL, updated_ms = excluded.updated_ms,
+            commit_token = excluded.commit_token
+        WHERE s.state = 'running'
+        RETURNING s.run_id, s.node, s.occurrence, s.item
+    )
+    SELECT coalesce(array_agg(u.i), '{}') INTO v_written
+    FROM written w
+    JOIN unnest(p_runs, p_nodes, p_occurrences, p_items) WITH ORDINALITY
+         AS u(run, node, occurrence, item, i)
+      ON (w.run_id, w.node, w.occurrence, w.item) = (u.run, u.node, u.occurrence, u.item);
+    -- The attempts of the commits written (the last of a number wins).
+    INSERT INTO flow_step_attempts AS t
+        (run_id, node, occurrence, item, number, started_ms, ended_ms, failure)
+    SELECT DISTINCT ON (a.c, a.number) p_runs[a.c], p_nodes[a.c], p_occurrences[a.c],
+           p_items[a.c], a.number, a.started, a.ended, a.failure
+    FROM unnest(p_a_commits, p_a_numbers, p_a_started, p_a_ended, p_a_failures)
+         WITH ORDINALITY AS a(c, number, started, ended, failure, ord)
+    WHERE a.c = ANY (v_written)
+    ORDER BY a.c, a.number, a.ord DESC
+    ON CONFLICT (run_id, node, occurrence, item, number) DO UPDATE SET
+        started_ms = excluded.started_ms, ended_ms = excluded.ended_ms,
+        failure = excluded.failure;
+    RETURN QUERY
+    SELECT u.i, v_refused[u.i],
+           CASE WHEN v_refused[u.i] IS NOT NULL THEN NULL
+                WHEN u.i = ANY (v_written) THEN true
+                ELSE coalesce((SELECT s.commit_token = u.token FROM flow_steps s
+                               WHERE s.run_id = u.run AND s.node = u.node
+                                 AND s.occurrence = u.occurrence AND s.item = u.item),
+                              false) END,
+           CASE WHEN v_refused[u.i] IS NULL THEN
+               (SELECT v FROM flow_step_view v
+                WHERE v.run_id = u.run AND v.node = u.node AND v.occurrence = u.occurrence
+                  AND v.item = u.item) END
+    FROM unnest(p_runs, p_nodes, p_occurrences, p_items, p_tokens) WITH ORDINALITY
+         AS u(run, node, occurrence, item, token, i)
+    ORDER BY u.i;
+END $$;
+"#,
+];
 
 /// What [`check_version`] found.
 pub(crate) enum Found {

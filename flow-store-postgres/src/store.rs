@@ -14,7 +14,7 @@ use flow_runtime::store::{
 };
 
 use crate::rows::{self, bits, duration_ms, get, get_at, item_col, ms, unms};
-use crate::{Failure, PgStore, Resend};
+use crate::{Conn, Failure, PgStore, Resend};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -276,50 +276,13 @@ impl PgStore {
         Ok(())
     }
 
-    async fn commit(&self, c: &StepCommit, epoch: Option<u64>) -> Result<Committed> {
-        let k = &c.key;
-        let (occurrence, item) = (i64::from(k.occurrence), item_col(k.item));
-        let (state, output, failure) = match &c.outcome {
-            StepOutcome::Completed(out) => ("completed", Some(out.as_slice()), None),
-            StepOutcome::Failed(why) => ("failed", None, Some(why.as_str())),
-        };
-        let attempts = Attempts::new(&c.attempts);
-        let ops = Ops::new(&c.compensations);
-        let fence = epoch.map(ms);
-        let token = token();
-        let params: [&(dyn ToSql + Sync); 20] = [
-            &k.run,
-            &k.node,
-            &occurrence,
-            &item,
-            &state,
-            &output,
-            &failure,
-            &attempts.numbers,
-            &attempts.started,
-            &attempts.ended,
-            &attempts.failures,
-            &ops.kinds,
-            &ops.nodes,
-            &ops.occurrences,
-            &ops.items,
-            &ops.undos,
-            &ops.seqs,
-            &ops.statuses,
-            &fence,
-            &token,
-        ];
-        let answer = self
-            .exec(COMMIT_STEP, &params, Resend::Safe)
-            .await
-            .map_err(|e| fence_error(e, &k.run, epoch))?;
-        let row = first_row(&answer.rows, "flow_commit_step")?;
-        let pushed: Vec<i64> = get(row, "out_pushed")?;
-        Ok(Committed {
-            first: get(row, "out_first")?,
-            pushed: pushed.into_iter().map(unms).collect(),
-            step: rows::step(row)?,
-        })
+    /// Commits `c` (fenced by `epoch`): with the next batch of commits when it can go in
+    /// one (see `batch`), else in a statement of its own.
+    async fn commit(&self, c: StepCommit, epoch: Option<u64>) -> Result<Committed> {
+        if self.commits.takes(&c) {
+            return self.commits.commit(&self.conn, c, epoch, token()).await;
+        }
+        commit_one(&self.conn, &c, epoch, token()).await
     }
 
     async fn compensate(
@@ -461,6 +424,58 @@ impl PgStore {
     }
 }
 
+/// Commits `c` (fenced by `epoch`, told from another commit of its step by `token`) in a
+/// statement of its own: `flow_commit_step`, which also applies compensation changes.
+pub(crate) async fn commit_one(
+conn: &Conn,
+c: &StepCommit,
+epoch: Option<u64>,
+token: i64,
+) -> Result<Committed> {
+    let k = &c.key;
+    let (occurrence, item) = (i64::from(k.occurrence), item_col(k.item));
+    let (state, output, failure) = match &c.outcome {
+        StepOutcome::Completed(out) => ("completed", Some(out.as_slice()), None),
+        StepOutcome::Failed(why) => ("failed", None, Some(why.as_str())),
+    };
+    let attempts = Attempts::new(&c.attempts);
+    let ops = Ops::new(&c.compensations);
+    let fence = epoch.map(ms);
+    let params: [&(dyn ToSql + Sync); 20] = [
+        &k.run,
+        &k.node,
+        &occurrence,
+        &item,
+        &state,
+        &output,
+        &failure,
+        &attempts.numbers,
+        &attempts.started,
+        &attempts.ended,
+        &attempts.failures,
+        &ops.kinds,
+        &ops.nodes,
+        &ops.occurrences,
+        &ops.items,
+        &ops.undos,
+        &ops.seqs,
+        &ops.statuses,
+        &fence,
+        &token,
+    ];
+    let answer = conn
+        .exec(COMMIT_STEP, &params, Resend::Safe)
+        .await
+        .map_err(|e| fence_error(e, &k.run, epoch))?;
+    let row = first_row(&answer.rows, "flow_commit_step")?;
+    let pushed: Vec<i64> = get(row, "out_pushed")?;
+    Ok(Committed {
+        first: get(row, "out_first")?,
+        pushed: pushed.into_iter().map(unms).collect(),
+        step: rows::step(row)?,
+    })
+}
+
 impl Store for PgStore {
     fn create_run(&self, new: NewRun) -> StoreFuture<'_, Created> {
         Box::pin(async move { self.create(&new, None).await })
@@ -495,7 +510,7 @@ impl Store for PgStore {
     }
 
     fn commit_step(&self, commit: StepCommit) -> StoreFuture<'_, Committed> {
-        Box::pin(async move { self.commit(&commit, None).await })
+        Box::pin(async move { self.commit(commit, None).await })
     }
 
     fn get_step<'a>(&'a self, key: &'a StepKey) -> StoreFuture<'a, Option<StepRecord>> {
@@ -751,7 +766,7 @@ impl Store for Fenced {
     fn commit_step(&self, commit: StepCommit) -> StoreFuture<'_, Committed> {
         Box::pin(async move {
             let epoch = self.epoch_for(&commit.key.run);
-            self.store.commit(&commit, epoch).await
+            self.store.commit(commit, epoch).await
         })
     }
 
