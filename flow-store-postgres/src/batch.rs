@@ -1,89 +1,122 @@
-//! Group commit: step commits made while earlier ones are in flight are sent together, in
-//! one statement (`flow_commit_steps`), one transaction, one WAL flush. Each commit is
-//! still checked and answered on its own, and only once its transaction is durable.
+//! Group commit: writes of one kind (step commits, run creations) made while earlier ones are
+//! in flight are sent together, in one statement, one transaction, one WAL flush. Each
+//! write is still checked and answered on its own, and only once its transaction is durable.
 //!
-//! No commit waits for others to arrive: a commit made while fewer than [`IN_FLIGHT`]
-//! batches are in flight starts a task that sends it at once, with whatever else is
-//! waiting by then; the task sends the next batch when its answer is back, until nothing
-//! waits. So a lone run's commits each go out at once, and a busy worker's go out in
-//! batches as large as the commits made while one round trip was under way.
+//! No write waits for others to arrive: a write made while fewer than [`IN_FLIGHT`] are in
+//! flight and none waits is sent at once by its caller, in a statement of its own. Else it
+//! waits; a task sends what waits, in batches as large as what came in while the previous
+//! round trip was under way, until nothing waits. So a lone run's writes each go out at once,
+//! and a busy worker's go out together.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
-use tokio_postgres::types::ToSql;
 
-use flow_runtime::store::{Committed, StepCommit, StepKey, StepOutcome, StoreError};
+use flow_runtime::store::StoreError;
 
-use crate::rows::{self, get, item_col, ms};
-use crate::{Conn, Resend};
+use crate::Conn;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// How many batches of one store may be in flight at once: while one waits for its WAL
-/// flush, the next is sent.
+/// How many sends of one kind may be in flight at once: while one waits for its WAL flush,
+/// the next is sent.
 const IN_FLIGHT: usize = 2;
 
-const COMMIT_STEPS: &str = "SELECT t.out_index, t.out_refused, t.out_first, (t.out_step).* \
-     FROM flow_commit_steps($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) t";
+/// A write that can be sent alone or in a batch.
+pub(crate) trait Job: Send + Sync + Sized + 'static {
+    /// Its answer.
+    type Output: Send + 'static;
 
-/// A commit waiting to be sent, and where its answer goes.
-pub(crate) struct Pending {
-    commit: StepCommit,
-    /// The lease epoch it is fenced by (`None`: not fenced).
-    epoch: Option<u64>,
-    /// The random token that tells this commit from another of the same step.
-    token: i64,
-    reply: oneshot::Sender<Result<Committed>>,
+    /// Whether `self` and `other` cannot go in one batch (they write the same record).
+    fn clashes(&self, other: &Self) -> bool;
+
+    /// Sends `job` in a statement of its own.
+    fn one<'a>(conn: &'a Conn, job: &'a Self) -> BoxFuture<'a, Result<Self::Output>>;
+
+    /// Sends `jobs` (at least two, none clashing with another) in one statement: an answer
+    /// a job, in order. `Err` when the statement failed as a whole.
+    fn many<'a>(
+        conn: &'a Conn,
+        jobs: &'a [Self],
+    ) -> BoxFuture<'a, Result<Vec<Result<Self::Output>>>>;
 }
 
-/// The commits of one store waiting to be sent.
-pub(crate) struct Commits {
-    /// The most commits a batch.
+/// The writes of one kind of one store, waiting to be sent.
+pub(crate) struct Batcher<J: Job> {
+    /// The most writes a batch.
     max: usize,
-    state: Mutex<State>,
+    state: Mutex<State<J>>,
+    /// Writes sent in a statement of their own.
+    alone: AtomicU64,
+    /// Statements that sent a batch, and the writes they sent.
+    batches: AtomicU64,
+    in_batches: AtomicU64,
 }
 
-#[derive(Default)]
-struct State {
-    waiting: VecDeque<Pending>,
-    /// Tasks sending batches.
+/// How a [`PgStore`](crate::PgStore) has sent writes of one kind (see
+/// [`PgStore::batching`](crate::PgStore::batching)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Writes sent in a statement of their own.
+    pub alone: u64,
+    /// Statements that sent two writes or more together.
+    pub batches: u64,
+    /// The writes those statements sent.
+    pub in_batches: u64,
+    /// Writes waiting to be sent now.
+    pub waiting: usize,
+}
+
+struct State<J: Job> {
+    waiting: VecDeque<(J, oneshot::Sender<Result<J::Output>>)>,
+    /// Sends in flight: calls sending alone, and tasks sending batches.
     sending: usize,
 }
 
-impl Commits {
-    /// Batches of at most `max` commits (`max <= 1`: no batching).
-    pub(crate) fn new(max: usize) -> Commits {
-        Commits {
+impl<J: Job> Batcher<J> {
+    /// Batches of at most `max` writes (`max <= 1`: each write alone).
+    pub(crate) fn new(max: usize) -> Batcher<J> {
+        Batcher {
             max,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                waiting: VecDeque::new(),
+                sending: 0,
+            }),
+            alone: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            in_batches: AtomicU64::new(0),
         }
     }
 
-    /// Whether `commit` goes in a batch: batching is on, and it changes no compensation
-    /// (those are sent one by one, by `flow_commit_step`).
-    pub(crate) fn takes(&self, commit: &StepCommit) -> bool {
-        self.max > 1 && commit.compensations.is_empty()
+    /// What it has sent, and what waits.
+    pub(crate) fn counts(&self) -> BatchCounts {
+        BatchCounts {
+            alone: self.alone.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            in_batches: self.in_batches.load(Ordering::Relaxed),
+            waiting: self.state().waiting.len(),
+        }
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    /// Whether writes are batched at all.
+    pub(crate) fn on(&self) -> bool {
+        self.max > 1
+    }
+
+    fn state(&self) -> MutexGuard<'_, State<J>> {
         // A panic while the lock is held leaves the queue as it was: go on with it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Commits `commit`, fenced by `epoch`: at once in a statement of its own when a
-    /// sending slot is free and nothing waits, else with the next batch.
-    pub(crate) async fn commit(
-        self: &Arc<Self>,
-        conn: &Arc<Conn>,
-        commit: StepCommit,
-        epoch: Option<u64>,
-        token: i64,
-    ) -> Result<Committed> {
+    /// Sends `job`: at once in a statement of its own when a slot is free and nothing
+    /// waits, else with the next batch.
+    pub(crate) async fn send(self: &Arc<Self>, conn: &Arc<Conn>, job: J) -> Result<J::Output> {
         let alone = {
             let mut state = self.state();
-            let alone = state.sending < IN_FLIGHT && state.waiting.is_empty();
+            let alone = !self.on() || (state.sending < IN_FLIGHT && state.waiting.is_empty());
             if alone {
                 state.sending += 1;
             }
@@ -91,22 +124,18 @@ impl Commits {
         };
         if alone {
             // Sent by this call, in its own task (no hop to another); the slot is handed to
-            // the commits that queued meanwhile when it ends, also by a drop.
+            // the writes that queued meanwhile when it ends, also by a drop.
             let _slot = Slot {
-                commits: self.clone(),
+                batcher: self.clone(),
                 conn: conn.clone(),
             };
-            return crate::store::commit_one(conn, &commit, epoch, token).await;
+            self.alone.fetch_add(1, Ordering::Relaxed);
+            return J::one(conn, &job).await;
         }
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut state = self.state();
-            state.waiting.push_back(Pending {
-                commit,
-                epoch,
-                token,
-                reply,
-            });
+            state.waiting.push_back((job, reply));
             let start = state.sending < IN_FLIGHT;
             if start {
                 state.sending += 1;
@@ -118,79 +147,80 @@ impl Commits {
         }
         answer.await.unwrap_or_else(|_| {
             Err(StoreError::Backend {
-                message: "the task sending a batch of step commits ended before it was \
-                          answered (its runtime shut down): the commit's outcome is unknown"
+                message: "the task sending a batch of writes to PostgreSQL ended before it \
+                          was answered (its runtime shut down): the write's outcome is unknown"
                     .to_owned(),
             })
         })
     }
 
-    /// The next batch: up to `max` waiting commits, of distinct steps (a second commit of a
-    /// step waits for the next batch).
-    fn next_batch(&self) -> Vec<Pending> {
+    /// The next batch: up to `max` waiting writes, none clashing with another (a clashing
+    /// one waits for the next batch).
+    #[allow(clippy::type_complexity)]
+    fn next_batch(&self) -> Vec<(J, oneshot::Sender<Result<J::Output>>)> {
         let mut state = self.state();
-        let mut batch: Vec<Pending> = Vec::new();
-        let mut later = VecDeque::new();
+        let mut batch: Vec<(J, oneshot::Sender<Result<J::Output>>)> = Vec::new();
+        let mut later = Vec::new();
         while batch.len() < self.max.max(1) {
-            let Some(pending) = state.waiting.pop_front() else {
+            let Some(next) = state.waiting.pop_front() else {
                 break;
             };
-            if batch.iter().any(|p| p.commit.key == pending.commit.key) {
-                later.push_back(pending);
+            if batch.iter().any(|(job, _)| job.clashes(&next.0)) {
+                later.push(next);
             } else {
-                batch.push(pending);
+                batch.push(next);
             }
         }
-        while let Some(pending) = later.pop_back() {
-            state.waiting.push_front(pending);
+        while let Some(next) = later.pop() {
+            state.waiting.push_front(next);
         }
         batch
     }
 }
 
-/// A sending slot held by a commit sent alone: when it ends, or its future is dropped, the
-/// commits that queued meanwhile get the slot (a task sending them), else it is freed.
-struct Slot {
-    commits: Arc<Commits>,
+/// A slot held by a write sent alone: when it ends, or its future is dropped, the writes
+/// that queued meanwhile get the slot (a task sending them), else it is freed.
+struct Slot<J: Job> {
+    batcher: Arc<Batcher<J>>,
     conn: Arc<Conn>,
 }
 
-impl Drop for Slot {
+impl<J: Job> Drop for Slot<J> {
     fn drop(&mut self) {
-        let mut state = self.commits.state();
+        let mut state = self.batcher.state();
         if state.waiting.is_empty() {
             state.sending -= 1;
             return;
         }
         drop(state);
         // The slot goes to the task (counted already).
-        Sender::start(self.commits.clone(), self.conn.clone());
+        Sender::start(self.batcher.clone(), self.conn.clone());
     }
 }
 
 /// A task sending batches; counted in [`State::sending`] until it ends, also by a panic or
 /// by its runtime shutting down.
-struct Sender {
-    commits: Arc<Commits>,
+struct Sender<J: Job> {
+    batcher: Arc<Batcher<J>>,
     /// Uncounted already (the task saw nothing waiting).
     done: bool,
 }
 
-impl Drop for Sender {
+impl<J: Job> Drop for Sender<J> {
     fn drop(&mut self) {
         if !self.done {
-            self.commits.state().sending -= 1;
+            self.batcher.state().sending -= 1;
         }
     }
 }
 
-impl Sender {
-    /// Starts a task sending the waiting commits, in a slot counted already. Without a
-    /// runtime to run it on (being dropped as the runtime shuts down), the slot is freed:
-    /// the commits waiting are then answered by the closed channel.
-    fn start(commits: Arc<Commits>, conn: Arc<Conn>) {
+impl<J: Job> Sender<J> {
+    /// Starts a task sending the waiting writes, in a slot counted already. Without a
+    /// runtime to run it on (dropped as the runtime shuts down), the slot is freed: the
+    /// writes waiting are then answered by their closed channels.
+    fn start(batcher: Arc<Batcher<J>>, conn: Arc<Conn>) {
         let sender = Sender {
-            commits,
+            batcher,
             done: false,
         };
         match tokio::runtime::Handle::try_current() {
@@ -203,11 +233,11 @@ impl Sender {
 
     async fn run(mut self, conn: Arc<Conn>) {
         loop {
-            let batch = self.commits.next_batch();
+            let batch = self.batcher.next_batch();
             if batch.is_empty() {
-                // Uncounted with the queue seen empty under the same lock: a commit queued
+                // Uncounted with the queue seen empty under the same lock: a write queued
                 // after this starts a task of its own.
-                let mut state = self.commits.state();
+                let mut state = self.batcher.state();
                 if state.waiting.is_empty() {
                     state.sending -= 1;
                     drop(state);
@@ -216,141 +246,62 @@ impl Sender {
                 }
                 continue;
             }
-            send(&conn, batch).await;
+            send(&self.batcher, &conn, batch).await;
         }
     }
 }
 
-/// Sends `batch` and answers each of its commits. A batch refused as a whole for what one
-/// of its commits holds (not a connection failure) is sent again one commit a statement,
-/// so that each commit gets its own answer.
-async fn send(conn: &Arc<Conn>, mut batch: Vec<Pending>) {
-    if batch.len() == 1 {
-        // One commit: its own statement is cheaper than a batch of one.
-        if let Some(p) = batch.pop() {
-            let answer = crate::store::commit_one(conn, &p.commit, p.epoch, p.token).await;
-            let _ = p.reply.send(answer);
+/// Sends `batch` and answers each of its writes. One write goes alone (its own statement
+/// is cheaper than a batch of one). A batch refused as a whole for what one of its writes
+/// holds (not a connection failure) is sent again a write a statement, so that each gets
+/// its own answer.
+async fn send<J: Job>(
+    batcher: &Batcher<J>,
+    conn: &Conn,
+    batch: Vec<(J, oneshot::Sender<Result<J::Output>>)>,
+) {
+    let (jobs, replies): (Vec<J>, Vec<_>) = batch.into_iter().unzip();
+    if jobs.len() == 1 {
+        for (job, reply) in jobs.iter().zip(replies) {
+            batcher.alone.fetch_add(1, Ordering::Relaxed);
+            let _ = reply.send(J::one(conn, job).await);
         }
         return;
     }
-    match commit_many(conn, &batch).await {
+    batcher.batches.fetch_add(1, Ordering::Relaxed);
+    batcher
+        .in_batches
+        .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+    match J::many(conn, &jobs).await {
+        Ok(answers) if answers.len() == jobs.len() => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+        }
         Ok(answers) => {
-            for (pending, answer) in batch.into_iter().zip(answers) {
-                let _ = pending.reply.send(answer);
+            let error = StoreError::Backend {
+                message: format!(
+                    "PostgreSQL answered {} rows for a batch of {} writes",
+                    answers.len(),
+                    jobs.len()
+                ),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
             }
         }
-        Err(error) if batch.len() > 1 && !matches!(error, StoreError::Io { .. }) => {
-            for p in batch {
-                let answer = crate::store::commit_one(conn, &p.commit, p.epoch, p.token).await;
-                let _ = p.reply.send(answer);
+        Err(StoreError::Io { message }) => {
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Io {
+                    message: message.clone(),
+                }));
             }
         }
-        Err(error) => {
-            for pending in batch {
-                let _ = pending.reply.send(Err(error.clone()));
+        Err(_) => {
+            for (job, reply) in jobs.iter().zip(replies) {
+                batcher.alone.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(J::one(conn, job).await);
             }
         }
-    }
-}
-
-/// The commits of `batch` as parallel arrays, one statement; an answer a commit, in order.
-/// Sent again after a connection lost in flight: each commit carries its token, so a
-/// commit its lost attempt made is recognised as its own.
-async fn commit_many(conn: &Conn, batch: &[Pending]) -> Result<Vec<Result<Committed>>> {
-    let n = batch.len();
-    let mut runs = Vec::with_capacity(n);
-    let mut nodes = Vec::with_capacity(n);
-    let mut occurrences = Vec::with_capacity(n);
-    let mut items = Vec::with_capacity(n);
-    let mut states = Vec::with_capacity(n);
-    let mut outputs: Vec<Option<&[u8]>> = Vec::with_capacity(n);
-    let mut failures: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut epochs = Vec::with_capacity(n);
-    let mut tokens = Vec::with_capacity(n);
-    let mut a_commits: Vec<i32> = Vec::new();
-    let mut a_numbers: Vec<i64> = Vec::new();
-    let mut a_started: Vec<i64> = Vec::new();
-    let mut a_ended: Vec<Option<i64>> = Vec::new();
-    let mut a_failures: Vec<Option<&str>> = Vec::new();
-    for (i, p) in batch.iter().enumerate() {
-        let k = &p.commit.key;
-        runs.push(k.run.as_str());
-        nodes.push(k.node.as_str());
-        occurrences.push(i64::from(k.occurrence));
-        items.push(item_col(k.item));
-        match &p.commit.outcome {
-            StepOutcome::Completed(out) => {
-                states.push("completed");
-                outputs.push(Some(out.as_slice()));
-                failures.push(None);
-            }
-            StepOutcome::Failed(why) => {
-                states.push("failed");
-                outputs.push(None);
-                failures.push(Some(why.as_str()));
-            }
-        }
-        epochs.push(p.epoch.map(ms));
-        tokens.push(p.token);
-        // 1-based, as SQL arrays; a batch holds at most `Options::commit_batch` commits.
-        let index = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        for a in &p.commit.attempts {
-            a_commits.push(index);
-            a_numbers.push(i64::from(a.number));
-            a_started.push(ms(a.started_ms));
-            a_ended.push(a.ended_ms.map(ms));
-            a_failures.push(a.failure.as_deref());
-        }
-    }
-    let params: [&(dyn ToSql + Sync); 14] = [
-        &runs,
-        &nodes,
-        &occurrences,
-        &items,
-        &states,
-        &outputs,
-        &failures,
-        &epochs,
-        &tokens,
-        &a_commits,
-        &a_numbers,
-        &a_started,
-        &a_ended,
-        &a_failures,
-    ];
-    let answer = conn.exec(COMMIT_STEPS, &params, Resend::Safe).await?;
-    if answer.rows.len() != n {
-        return Err(StoreError::Backend {
-            message: format!(
-                "flow_commit_steps answered {} rows for {n} commits",
-                answer.rows.len()
-            ),
-        });
-    }
-    batch
-        .iter()
-        .zip(&answer.rows)
-        .map(|(p, row)| Ok(committed(&p.commit.key, p.epoch, row)))
-        .collect()
-}
-
-/// One commit's answer, from its row.
-fn committed(key: &StepKey, epoch: Option<u64>, row: &tokio_postgres::Row) -> Result<Committed> {
-    match get::<Option<String>>(row, "out_refused")?.as_deref() {
-        None => Ok(Committed {
-            first: get(row, "out_first")?,
-            pushed: Vec::new(),
-            step: rows::step(row)?,
-        }),
-        Some("FLNF0") => Err(StoreError::NotFound {
-            what: format!("run {}", key.run),
-        }),
-        Some("FLLL0") => Err(StoreError::LeaseLost {
-            run: key.run.clone(),
-            epoch: epoch.unwrap_or_default(),
-        }),
-        Some(other) => Err(StoreError::Backend {
-            message: format!("flow_commit_steps refused the commit of step {key}: {other}"),
-        }),
     }
 }

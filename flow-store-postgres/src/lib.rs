@@ -131,6 +131,7 @@
 
 mod batch;
 mod error;
+mod jobs;
 mod listen;
 mod retry;
 mod rows;
@@ -153,6 +154,7 @@ use flow_runtime::store::{Queue, Store};
 use crate::error::Kind;
 use crate::listen::Waiters;
 use crate::retry::Backoff;
+pub use crate::batch::BatchCounts;
 pub use crate::schema::SCHEMA_VERSION;
 
 /// How [`PgStore::connect_with`] sets up the store. `Options::default()` is what
@@ -172,12 +174,13 @@ pub struct Options {
     pub retry_for: Duration,
     /// How long one attempt to connect may take. Default: 10 seconds.
     pub connect_timeout: Duration,
-    /// The most step commits sent in one statement. Commits made while earlier ones are in
-    /// flight wait for them and go together (a group commit: one round trip, one
-    /// transaction, one WAL flush for all of them; each still answered on its own, and
-    /// only once durable). A commit never waits for others to arrive: alone, it is sent at
-    /// once. `1` sends every commit in a statement of its own. Default: 64.
-    pub commit_batch: usize,
+    /// The most writes of one kind sent in one statement: step commits, and runs created
+    /// or enqueued. Writes made while earlier ones are in flight wait for them and go
+    /// together (a group commit: one round trip, one transaction, one WAL flush for all of
+    /// them; each still checked and answered on its own, and only once durable). A write
+    /// never waits for others to arrive: alone, it is sent at once. `1` sends every write
+    /// in a statement of its own. Default: 64.
+    pub max_batch: usize,
 }
 
 impl Default for Options {
@@ -187,9 +190,18 @@ impl Default for Options {
             pool_size: 16,
             retry_for: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
-            commit_batch: 64,
+            max_batch: 64,
         }
     }
+}
+
+/// How a store has sent its batched writes ([`PgStore::batching`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Batching {
+    /// Step commits (those without compensation changes).
+    pub commits: BatchCounts,
+    /// Runs created or enqueued (those without a deduplication key).
+    pub creates: BatchCounts,
 }
 
 /// A [`Store`] and [`Queue`] in a PostgreSQL database. See the [crate documentation](crate)
@@ -204,8 +216,10 @@ pub struct PgStore {
     schema: String,
     waiters: Arc<Waiters>,
     listener: JoinHandle<()>,
-    /// Step commits waiting to be sent together (see [`Options::commit_batch`]).
-    commits: Arc<batch::Commits>,
+    /// Step commits, and runs to create, waiting to be sent together (see
+    /// [`Options::max_batch`]).
+    commits: Arc<batch::Batcher<jobs::CommitJob>>,
+    creates: Arc<batch::Batcher<jobs::CreateJob>>,
 }
 
 /// The pool and how to use it: what the store's statements, and the tasks that send
@@ -367,7 +381,8 @@ impl PgStore {
             waiters: waiters.clone(),
             // Replaced once the schema is known; aborting a finished task does nothing.
             listener: tokio::spawn(async {}),
-            commits: Arc::new(batch::Commits::new(options.commit_batch)),
+            commits: Arc::new(batch::Batcher::new(options.max_batch)),
+            creates: Arc::new(batch::Batcher::new(options.max_batch)),
         };
         store.schema = store.prepare_schema(options.schema.as_deref()).await?;
         store.listener = listen::start(config, store.schema.clone(), waiters, options.retry_for)
@@ -434,6 +449,15 @@ impl PgStore {
     /// The schema that holds the store's tables.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// How the store has sent its batched writes so far (see [`Options::max_batch`]): step
+    /// commits, and runs created or enqueued.
+    pub fn batching(&self) -> Batching {
+        Batching {
+            commits: self.commits.counts(),
+            creates: self.creates.counts(),
+        }
     }
 
     /// The server, as the store names it in its messages: `host:port/database`.

@@ -726,7 +726,8 @@ BEGIN
 END $$;
 "#
 ),
-// 2: commits of many steps in one statement (the client's group commit).
+// 2: commits of many steps, and creations of many runs, in one statement (the client's
+// group commit).
 r#"
 -- Commits many steps, of any runs, in one transaction: the batched form of flow_commit_step
 -- for commits that change no compensation (the client sends those one by one). The keys
@@ -818,6 +819,50 @@ BEGIN
                   AND v.item = u.item) END
     FROM unnest(p_runs, p_nodes, p_occurrences, p_items, p_tokens) WITH ORDINALITY
          AS u(run, node, occurrence, item, token, i)
+    ORDER BY u.i;
+END $$;
+
+-- Creates many runs (queued when their queue is given), none with a deduplication key, in
+-- one transaction: the batched form of flow_create_run. The ids are distinct. A run whose id
+-- is taken is not created: out_created says whether it is this call's (its token). Node
+-- fingerprints are parallel arrays, each with the index (1-based) of its run.
+CREATE FUNCTION flow_create_runs(
+    p_ids TEXT[], p_workflows TEXT[], p_fingerprints BIGINT[], p_inputs BYTEA[],
+    p_tokens BIGINT[], p_queues TEXT[], p_priorities INT[], p_not_before BIGINT[],
+    p_n_runs INT[], p_n_nodes TEXT[], p_n_fingerprints BIGINT[])
+RETURNS TABLE (out_index BIGINT, out_created BOOLEAN, out_run flow_run_view)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_now     BIGINT := flow_now_ms();
+    v_created BIGINT[];
+BEGIN
+    WITH inserted AS (
+        INSERT INTO flow_runs (id, workflow, fingerprint, input, status, created_ms,
+                               updated_ms, create_token, queue, priority, not_before_ms)
+        SELECT u.id, u.workflow, u.fingerprint, u.input, 'pending', v_now, v_now, u.token,
+               u.queue, u.priority, u.not_before
+        FROM unnest(p_ids, p_workflows, p_fingerprints, p_inputs, p_tokens, p_queues,
+                    p_priorities, p_not_before)
+             AS u(id, workflow, fingerprint, input, token, queue, priority, not_before)
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    )
+    SELECT coalesce(array_agg(u.i), '{}') INTO v_created
+    FROM inserted w JOIN unnest(p_ids) WITH ORDINALITY AS u(id, i) ON u.id = w.id;
+    INSERT INTO flow_run_nodes (run_id, node, fingerprint)
+    SELECT p_ids[n.r], n.node, n.fingerprint
+    FROM unnest(p_n_runs, p_n_nodes, p_n_fingerprints) AS n(r, node, fingerprint)
+    WHERE n.r = ANY (v_created);
+    PERFORM flow_notify(q.queue)
+    FROM (SELECT DISTINCT p_queues[c] AS queue FROM unnest(v_created) AS c) q
+    WHERE q.queue IS NOT NULL;
+    RETURN QUERY
+    SELECT u.i,
+           u.i = ANY (v_created)
+               OR coalesce((SELECT r.create_token = u.token FROM flow_runs r
+                            WHERE r.id = u.id), false),
+           (SELECT v FROM flow_run_view v WHERE v.id = u.id)
+    FROM unnest(p_ids, p_tokens) WITH ORDINALITY AS u(id, token, i)
     ORDER BY u.i;
 END $$;
 "#,

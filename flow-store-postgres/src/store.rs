@@ -14,6 +14,7 @@ use flow_runtime::store::{
 };
 
 use crate::rows::{self, bits, duration_ms, get, get_at, item_col, ms, unms};
+use crate::jobs::{CommitJob, CreateJob};
 use crate::{Conn, Failure, PgStore, Resend};
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -174,46 +175,13 @@ fn signal_of(run: &str, name: &str, rows: &[tokio_postgres::Row]) -> Result<Opti
 
 // The methods, with the lease epoch of a fenced write (`None`: not fenced).
 impl PgStore {
-    async fn create(&self, new: &NewRun, queued: Option<&Enqueue>) -> Result<Created> {
-        let (nodes, fingerprints): (Vec<&str>, Vec<i64>) = new
-            .node_fingerprints
-            .iter()
-            .map(|(k, v)| (k.as_str(), bits(*v)))
-            .unzip();
-        let token = token();
-        let fingerprint = bits(new.fingerprint);
-        let queue = queued.map(|q| q.queue.as_str());
-        let priority = queued.map(|q| q.priority);
-        let dedup = queued.and_then(|q| q.dedup_key.as_deref());
-        let not_before = queued.and_then(|q| q.not_before_ms).map(ms);
-        let params: [&(dyn ToSql + Sync); 11] = [
-            &new.id,
-            &new.workflow,
-            &fingerprint,
-            &nodes,
-            &fingerprints,
-            &new.input,
-            &token,
-            &queue,
-            &priority,
-            &dedup,
-            &not_before,
-        ];
-        let answer = self
-            .exec(RUN_OF_CREATE, &params, Resend::Safe)
-            .await
-            .map_err(|e| match e {
-                StoreError::Duplicate { run, .. } => StoreError::Duplicate {
-                    key: dedup.unwrap_or_default().to_owned(),
-                    run,
-                },
-                other => other,
-            })?;
-        let row = first_row(&answer.rows, "flow_create_run")?;
-        Ok(Created {
-            created: get(row, "out_created")?,
-            run: rows::run(row)?,
-        })
+    /// Creates the run of `job`: with the next batch of creations when it can go in one
+    /// (see `batch`), else in a statement of its own.
+    async fn create(&self, job: CreateJob) -> Result<Created> {
+        if self.creates.on() && job.batchable() {
+            return self.creates.send(&self.conn, job).await;
+        }
+        create_one(&self.conn, &job).await
     }
 
     async fn status(
@@ -279,10 +247,16 @@ impl PgStore {
     /// Commits `c` (fenced by `epoch`): with the next batch of commits when it can go in
     /// one (see `batch`), else in a statement of its own.
     async fn commit(&self, c: StepCommit, epoch: Option<u64>) -> Result<Committed> {
-        if self.commits.takes(&c) {
-            return self.commits.commit(&self.conn, c, epoch, token()).await;
+        let job = CommitJob {
+            commit: c,
+            epoch,
+            token: token(),
+        };
+        // Commits that change compensations go alone (`flow_commit_step` applies them).
+        if self.commits.on() && job.commit.compensations.is_empty() {
+            return self.commits.send(&self.conn, job).await;
         }
-        commit_one(&self.conn, &c, epoch, token()).await
+        commit_one(&self.conn, &job.commit, job.epoch, job.token).await
     }
 
     async fn compensate(
@@ -424,6 +398,49 @@ impl PgStore {
     }
 }
 
+/// Creates the run of `job` in a statement of its own (`flow_create_run`).
+pub(crate) async fn create_one(conn: &Conn, job: &CreateJob) -> Result<Created> {
+    let new = &job.run;
+    let (nodes, fingerprints): (Vec<&str>, Vec<i64>) = new
+        .node_fingerprints
+        .iter()
+        .map(|(k, v)| (k.as_str(), bits(*v)))
+        .unzip();
+    let fingerprint = bits(new.fingerprint);
+    let queue = job.queue.as_deref();
+    let priority = job.queue.is_some().then_some(job.priority);
+    let dedup = job.dedup_key.as_deref();
+    let not_before = job.not_before_ms.map(ms);
+    let params: [&(dyn ToSql + Sync); 11] = [
+        &new.id,
+        &new.workflow,
+        &fingerprint,
+        &nodes,
+        &fingerprints,
+        &new.input,
+        &job.token,
+        &queue,
+        &priority,
+        &dedup,
+        &not_before,
+    ];
+    let answer = conn
+        .exec(RUN_OF_CREATE, &params, Resend::Safe)
+        .await
+        .map_err(|e| match e {
+            StoreError::Duplicate { run, .. } => StoreError::Duplicate {
+                key: dedup.unwrap_or_default().to_owned(),
+                run,
+            },
+            other => other,
+        })?;
+    let row = first_row(&answer.rows, "flow_create_run")?;
+    Ok(Created {
+        created: get(row, "out_created")?,
+        run: rows::run(row)?,
+    })
+}
+
 /// Commits `c` (fenced by `epoch`, told from another commit of its step by `token`) in a
 /// statement of its own: `flow_commit_step`, which also applies compensation changes.
 pub(crate) async fn commit_one(
@@ -478,7 +495,7 @@ token: i64,
 
 impl Store for PgStore {
     fn create_run(&self, new: NewRun) -> StoreFuture<'_, Created> {
-        Box::pin(async move { self.create(&new, None).await })
+        Box::pin(async move { self.create(CreateJob::in_place(new, token())).await })
     }
 
     fn get_run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<RunRecord>> {
@@ -642,7 +659,7 @@ impl Store for PgStore {
 
 impl Queue for PgStore {
     fn enqueue(&self, enqueue: Enqueue) -> StoreFuture<'_, Created> {
-        Box::pin(async move { self.create(&enqueue.run, Some(&enqueue)).await })
+        Box::pin(async move { self.create(CreateJob::queued(enqueue, token())).await })
     }
 
     fn claim(&self, claim: Claim) -> StoreFuture<'_, Vec<RunRecord>> {
