@@ -1,12 +1,16 @@
 //! The writes sent in batches ([`crate::batch`]): step commits without compensation changes
-//! (`flow_commit_steps`), and runs created or enqueued without a deduplication key
-//! (`flow_create_runs`). Each is sent alone by the single-write functions
-//! (`flow_commit_step`, `flow_create_run`) when it goes by itself.
+//! (`flow_commit_steps`), runs created or enqueued without a deduplication key
+//! (`flow_create_runs`), status changes (`flow_set_statuses`) and signals taken
+//! (`flow_take_signals`). Each is sent by the single-write function (`flow_commit_step`,
+//! `flow_create_run`, `flow_set_status`, `flow_take_signal`) when it goes by itself.
 
 use futures_util::future::BoxFuture;
 use tokio_postgres::types::ToSql;
 
-use flow_runtime::store::{Committed, Created, Enqueue, NewRun, StepCommit, StepOutcome, StoreError};
+use flow_runtime::store::{
+    Committed, Created, Enqueue, NewRun, RunRecord, RunStatus, SignalRecord, StepCommit,
+    StepOutcome, StoreError,
+};
 
 use crate::rows::{self, bits, get, item_col, ms};
 use crate::{Conn, Resend};
@@ -15,6 +19,10 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 const COMMIT_STEPS: &str = "SELECT t.out_index, t.out_refused, t.out_first, (t.out_step).* \
      FROM flow_commit_steps($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) t";
+const SET_STATUSES: &str = "SELECT t.out_index, t.out_refused, (t.out_run).* \
+     FROM flow_set_statuses($1, $2, $3, $4) t";
+const TAKE_SIGNALS: &str = "SELECT t.out_index, t.out_refused, t.out_seq, t.out_payload \
+     FROM flow_take_signals($1, $2, $3) t";
 const CREATE_RUNS: &str = "SELECT t.out_index, t.out_created, (t.out_run).* \
      FROM flow_create_runs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) t";
 
@@ -254,6 +262,171 @@ async fn create_many(conn: &Conn, jobs: &[CreateJob]) -> Result<Vec<Result<Creat
                 created: get(row, "out_created")?,
                 run: rows::run(row)?,
             })
+        })
+        .collect())
+}
+
+/// A run's status change: fenced by `epoch` (`None`: not fenced), with the run's result
+/// when it finishes.
+pub(crate) struct StatusJob {
+    pub(crate) id: String,
+    pub(crate) status: RunStatus,
+    pub(crate) result: Option<Vec<u8>>,
+    pub(crate) epoch: Option<u64>,
+}
+
+impl StatusJob {
+    /// Whether it may go in a batch: one that gives a result with an unfinished status goes
+    /// alone (the store's refusal is `flow_set_status`'s).
+    pub(crate) fn batchable(&self) -> bool {
+        self.result.is_none() || self.status.is_finished()
+    }
+}
+
+impl crate::batch::Job for StatusJob {
+    type Output = RunRecord;
+
+    fn clashes(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+
+    fn one<'a>(conn: &'a Conn, job: &'a Self) -> BoxFuture<'a, Result<RunRecord>> {
+        Box::pin(crate::store::status_one(conn, job))
+    }
+
+    fn many<'a>(conn: &'a Conn, jobs: &'a [Self]) -> BoxFuture<'a, Result<Vec<Result<RunRecord>>>> {
+        Box::pin(status_many(conn, jobs))
+    }
+}
+
+/// The status changes of `jobs` as parallel arrays, one statement; an answer a change, in
+/// order. Sent again after a connection lost in flight: a change then refused because the
+/// run is finished already is a success if the run holds the very status and result asked
+/// for (the lost attempt made it).
+async fn status_many(conn: &Conn, jobs: &[StatusJob]) -> Result<Vec<Result<RunRecord>>> {
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    let statuses: Vec<&str> = jobs.iter().map(|j| j.status.as_str()).collect();
+    let results: Vec<Option<&[u8]>> = jobs.iter().map(|j| j.result.as_deref()).collect();
+    let epochs: Vec<Option<i64>> = jobs.iter().map(|j| j.epoch.map(ms)).collect();
+    let params: [&(dyn ToSql + Sync); 4] = [&ids, &statuses, &results, &epochs];
+    let answer = conn.exec(SET_STATUSES, &params, Resend::Safe).await?;
+    let in_doubt = answer.in_doubt;
+    Ok(jobs
+        .iter()
+        .zip(&answer.rows)
+        .map(|(job, row)| status_answer(job, row, in_doubt))
+        .collect())
+}
+
+/// One status change's answer, from its row.
+fn status_answer(job: &StatusJob, row: &tokio_postgres::Row, in_doubt: bool) -> Result<RunRecord> {
+    let refused: Option<String> = get(row, "out_refused")?;
+    let Some(refused) = refused else {
+        return rows::run(row);
+    };
+    match refused.split_once(':') {
+        None if refused == "FLNF0" => Err(StoreError::NotFound {
+            what: format!("run {}", job.id),
+        }),
+        None if refused == "FLLL0" => Err(StoreError::LeaseLost {
+            run: job.id.clone(),
+            epoch: job.epoch.unwrap_or_default(),
+        }),
+        Some(("FLCF0", current)) => {
+            if in_doubt {
+                let run = rows::run(row)?;
+                if run.status == job.status && crate::store::has_result(&run, &job.result) {
+                    return Ok(run);
+                }
+            }
+            Err(StoreError::Conflict {
+                what: format!(
+                    "run {} is {current}: its status cannot become {}",
+                    job.id,
+                    job.status.as_str()
+                ),
+            })
+        }
+        _ => Err(StoreError::Backend {
+            message: format!(
+                "flow_set_statuses refused the status change of run {}: {refused}",
+                job.id
+            ),
+        }),
+    }
+}
+
+/// A signal to take: the oldest waiting signal `name` of run `run`, fenced by `epoch`
+/// (`None`: not fenced).
+pub(crate) struct TakeJob {
+    pub(crate) run: String,
+    pub(crate) name: String,
+    pub(crate) epoch: Option<u64>,
+}
+
+impl crate::batch::Job for TakeJob {
+    type Output = Option<SignalRecord>;
+
+    fn clashes(&self, other: &Self) -> bool {
+        self.run == other.run && self.name == other.name
+    }
+
+    fn one<'a>(conn: &'a Conn, job: &'a Self) -> BoxFuture<'a, Result<Option<SignalRecord>>> {
+        Box::pin(crate::store::take_one(conn, job))
+    }
+
+    fn many<'a>(
+        conn: &'a Conn,
+        jobs: &'a [Self],
+    ) -> BoxFuture<'a, Result<Vec<Result<Option<SignalRecord>>>>> {
+        Box::pin(take_many(conn, jobs))
+    }
+}
+
+/// The signals of `jobs` taken in one statement; an answer a job, in order. Not sent again
+/// after a connection lost in flight (it would take other signals): every job then fails
+/// with [`StoreError::Io`], the outcome unknown.
+async fn take_many(conn: &Conn, jobs: &[TakeJob]) -> Result<Vec<Result<Option<SignalRecord>>>> {
+    let runs: Vec<&str> = jobs.iter().map(|j| j.run.as_str()).collect();
+    let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    let epochs: Vec<Option<i64>> = jobs.iter().map(|j| j.epoch.map(ms)).collect();
+    let params: [&(dyn ToSql + Sync); 3] = [&runs, &names, &epochs];
+    let answer = conn.exec(TAKE_SIGNALS, &params, Resend::Never).await?;
+    Ok(jobs
+        .iter()
+        .zip(&answer.rows)
+        .map(|(job, row)| {
+            match get::<Option<String>>(row, "out_refused")?.as_deref() {
+                None => {}
+                Some("FLNF0") => {
+                    return Err(StoreError::NotFound {
+                        what: format!("run {}", job.run),
+                    });
+                }
+                Some("FLLL0") => {
+                    return Err(StoreError::LeaseLost {
+                        run: job.run.clone(),
+                        epoch: job.epoch.unwrap_or_default(),
+                    });
+                }
+                Some(other) => {
+                    return Err(StoreError::Backend {
+                        message: format!(
+                            "flow_take_signals refused to take signal {} of run {}: {other}",
+                            job.name, job.run
+                        ),
+                    });
+                }
+            }
+            let Some(seq) = get::<Option<i64>>(row, "out_seq")? else {
+                return Ok(None);
+            };
+            Ok(Some(SignalRecord {
+                run: job.run.clone(),
+                name: job.name.clone(),
+                seq: rows::unms(seq),
+                payload: get(row, "out_payload")?,
+            }))
         })
         .collect())
 }

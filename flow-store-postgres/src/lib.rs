@@ -151,10 +151,10 @@ use flow_runtime::store::StoreError;
 #[cfg(doc)]
 use flow_runtime::store::{Queue, Store};
 
+pub use crate::batch::BatchCounts;
 use crate::error::Kind;
 use crate::listen::Waiters;
 use crate::retry::Backoff;
-pub use crate::batch::BatchCounts;
 pub use crate::schema::SCHEMA_VERSION;
 
 /// How [`PgStore::connect_with`] sets up the store. `Options::default()` is what
@@ -174,8 +174,8 @@ pub struct Options {
     pub retry_for: Duration,
     /// How long one attempt to connect may take. Default: 10 seconds.
     pub connect_timeout: Duration,
-    /// The most writes of one kind sent in one statement: step commits, and runs created
-    /// or enqueued. Writes made while earlier ones are in flight wait for them and go
+    /// The most writes of one kind sent in one statement: step commits, runs created or
+    /// enqueued, runs' status changes, and signals taken. Writes made while earlier ones are in flight wait for them and go
     /// together (a group commit: one round trip, one transaction, one WAL flush for all of
     /// them; each still checked and answered on its own, and only once durable). A write
     /// never waits for others to arrive: alone, it is sent at once. `1` sends every write
@@ -202,6 +202,11 @@ pub struct Batching {
     pub commits: BatchCounts,
     /// Runs created or enqueued (those without a deduplication key).
     pub creates: BatchCounts,
+    /// Runs' status changes (all but those that give a result with an unfinished status,
+    /// which the store refuses).
+    pub statuses: BatchCounts,
+    /// Signals taken (`take_signal`: a worker's look for a cancellation, among others).
+    pub takes: BatchCounts,
 }
 
 /// A [`Store`] and [`Queue`] in a PostgreSQL database. See the [crate documentation](crate)
@@ -220,6 +225,8 @@ pub struct PgStore {
     /// [`Options::max_batch`]).
     commits: Arc<batch::Batcher<jobs::CommitJob>>,
     creates: Arc<batch::Batcher<jobs::CreateJob>>,
+    statuses: Arc<batch::Batcher<jobs::StatusJob>>,
+    takes: Arc<batch::Batcher<jobs::TakeJob>>,
 }
 
 /// The pool and how to use it: what the store's statements, and the tasks that send
@@ -260,6 +267,9 @@ enum Resend {
 /// The rows of a statement.
 struct Answer {
     rows: Vec<Row>,
+    /// An earlier attempt of the statement was lost in flight: it may have committed before
+    /// this one ran.
+    in_doubt: bool,
 }
 
 /// Why a statement failed, and whether an earlier attempt of it, lost in flight, may have
@@ -383,6 +393,8 @@ impl PgStore {
             listener: tokio::spawn(async {}),
             commits: Arc::new(batch::Batcher::new(options.max_batch)),
             creates: Arc::new(batch::Batcher::new(options.max_batch)),
+            statuses: Arc::new(batch::Batcher::new(options.max_batch)),
+            takes: Arc::new(batch::Batcher::new(options.max_batch)),
         };
         store.schema = store.prepare_schema(options.schema.as_deref()).await?;
         store.listener = listen::start(config, store.schema.clone(), waiters, options.retry_for)
@@ -452,11 +464,13 @@ impl PgStore {
     }
 
     /// How the store has sent its batched writes so far (see [`Options::max_batch`]): step
-    /// commits, and runs created or enqueued.
+    /// commits, runs created or enqueued, status changes, and signals taken.
     pub fn batching(&self) -> Batching {
         Batching {
             commits: self.commits.counts(),
             creates: self.creates.counts(),
+            statuses: self.statuses.counts(),
+            takes: self.takes.counts(),
         }
     }
 
@@ -474,17 +488,6 @@ impl PgStore {
         resend: Resend,
     ) -> Result<Answer, StoreError> {
         self.conn.exec(sql, params, resend).await
-    }
-
-    /// [`exec`](Self::exec), telling also whether a failed statement may have committed in
-    /// an earlier attempt.
-    async fn exec_full(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-        resend: Resend,
-    ) -> Result<Answer, Failure> {
-        self.conn.exec_full(sql, params, resend).await
     }
 }
 
@@ -536,7 +539,7 @@ impl Conn {
                         error::store_error(&e, &self.server),
                     ),
                     Ok(statement) => match client.query(&statement, params).await {
-                        Ok(rows) => return Ok(Answer { rows }),
+                        Ok(rows) => return Ok(Answer { rows, in_doubt }),
                         Err(e) => (
                             error::kind_after_send(&e),
                             error::store_error(&e, &self.server),

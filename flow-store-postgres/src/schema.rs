@@ -39,7 +39,7 @@ macro_rules! unfinished {
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     // 1: the tables, the views and the functions.
     concat!(
-    r#"
+        r#"
 CREATE TABLE flow_runs (
     id             TEXT COLLATE "C" NOT NULL PRIMARY KEY,
     workflow       TEXT COLLATE "C" NOT NULL,
@@ -69,29 +69,29 @@ CREATE INDEX flow_runs_by_created ON flow_runs (created_ms, id);
 CREATE INDEX flow_runs_by_status ON flow_runs (status, created_ms, id);
 CREATE INDEX flow_runs_by_workflow ON flow_runs (workflow, created_ms, id);
 CREATE INDEX flow_runs_unfinished ON flow_runs (created_ms, id) WHERE status IN "#,
-    unfinished!(),
-    r#";
+        unfinished!(),
+        r#";
 -- Claims: runs never started, and runs started (to take over), in claim order.
 CREATE INDEX flow_runs_fresh ON flow_runs (queue, priority, created_ms, id)
     WHERE queue IS NOT NULL AND started_ms IS NULL AND status IN "#,
-    unfinished!(),
-    r#";
+        unfinished!(),
+        r#";
 CREATE INDEX flow_runs_started ON flow_runs (queue, priority, created_ms, id)
     WHERE queue IS NOT NULL AND started_ms IS NOT NULL AND status IN "#,
-    unfinished!(),
-    r#";
+        unfinished!(),
+        r#";
 -- A queue's limits: runs under a lease (concurrency), first starts (rate).
 CREATE INDEX flow_runs_leased ON flow_runs (queue, lease_until_ms)
     WHERE queue IS NOT NULL AND lease_until_ms IS NOT NULL AND status IN "#,
-    unfinished!(),
-    r#";
+        unfinished!(),
+        r#";
 CREATE INDEX flow_runs_starts ON flow_runs (queue, started_ms)
     WHERE queue IS NOT NULL AND started_ms IS NOT NULL;
 -- At most one run in flight per deduplication key.
 CREATE UNIQUE INDEX flow_runs_dedup ON flow_runs (dedup_key)
     WHERE dedup_key IS NOT NULL AND status IN "#,
-    unfinished!(),
-    r#";
+        unfinished!(),
+        r#";
 
 CREATE TABLE flow_run_nodes (
     run_id      TEXT COLLATE "C" NOT NULL REFERENCES flow_runs (id) ON DELETE CASCADE,
@@ -259,8 +259,8 @@ BEGIN
     IF p_dedup IS NOT NULL THEN
         SELECT r.id INTO v_other FROM flow_runs r
         WHERE r.dedup_key = p_dedup AND r.status IN "#,
-    unfinished!(),
-    r#" AND r.id <> p_id LIMIT 1;
+        unfinished!(),
+        r#" AND r.id <> p_id LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION USING ERRCODE = 'FLDP0', DETAIL = v_other,
                 MESSAGE = format('a run with deduplication key %s is in flight already: %s',
@@ -290,8 +290,8 @@ BEGIN
     -- Another run took the deduplication key in the meantime.
     SELECT r.id INTO v_other FROM flow_runs r
     WHERE r.dedup_key = p_dedup AND r.status IN "#,
-    unfinished!(),
-    r#" LIMIT 1;
+        unfinished!(),
+        r#" LIMIT 1;
     RAISE EXCEPTION USING ERRCODE = 'FLDP0', DETAIL = coalesce(v_other, ''),
         MESSAGE = format('a run with deduplication key %s is in flight already: %s',
                          p_dedup, coalesce(v_other, 'another run'));
@@ -638,16 +638,16 @@ DECLARE
 BEGIN
     IF p_concurrency IS NOT NULL OR p_rate_starts IS NOT NULL THEN
         PERFORM pg_advisory_xact_lock("#,
-    "1718382455",
-    r#", hashtext(current_schema() || ':queue:' || p_queue));
+        "1718382455",
+        r#", hashtext(current_schema() || ':queue:' || p_queue));
     END IF;
     v_now := flow_now_ms();
     IF p_concurrency IS NOT NULL THEN
         SELECT count(*) INTO v_count FROM flow_runs r
         WHERE r.queue IS NOT NULL AND r.queue = p_queue AND r.lease_until_ms IS NOT NULL
           AND r.lease_until_ms >= v_now AND r.status IN "#,
-    unfinished!(),
-    r#";
+        unfinished!(),
+        r#";
         v_room := least(v_room, greatest(p_concurrency - v_count, 0));
     END IF;
     v_fresh := v_room;
@@ -664,8 +664,8 @@ BEGIN
         SELECT r.id, r.priority, r.created_ms FROM flow_runs r
         WHERE r.queue IS NOT NULL AND r.queue = p_queue AND r.started_ms IS NOT NULL
           AND r.status IN "#,
-    unfinished!(),
-    r#"
+        unfinished!(),
+        r#"
           AND r.not_before_ms <= v_now
           AND (r.lease_until_ms IS NULL OR r.lease_until_ms < v_now)
         ORDER BY r.queue, r.priority, r.created_ms, r.id
@@ -675,8 +675,8 @@ BEGIN
         SELECT r.id, r.priority, r.created_ms FROM flow_runs r
         WHERE r.queue IS NOT NULL AND r.queue = p_queue AND r.started_ms IS NULL
           AND r.status IN "#,
-    unfinished!(),
-    r#"
+        unfinished!(),
+        r#"
           AND r.not_before_ms <= v_now
           AND (r.lease_until_ms IS NULL OR r.lease_until_ms < v_now)
         ORDER BY r.queue, r.priority, r.created_ms, r.id
@@ -725,10 +725,10 @@ BEGIN
     RETURN true;
 END $$;
 "#
-),
-// 2: commits of many steps, and creations of many runs, in one statement (the client's
-// group commit).
-r#"
+    ),
+    // 2: the batched writes (the client's group commit): commits of many steps, creations of
+    // many runs, status changes of many runs, signals of many runs taken, each in one statement.
+    r#"
 -- Commits many steps, of any runs, in one transaction: the batched form of flow_commit_step
 -- for commits that change no compensation (the client sends those one by one). The keys
 -- are distinct. Each commit is checked and answered on its own, by its index (1-based): a
@@ -863,6 +863,108 @@ BEGIN
                             WHERE r.id = u.id), false),
            (SELECT v FROM flow_run_view v WHERE v.id = u.id)
     FROM unnest(p_ids, p_tokens) WITH ORDINALITY AS u(id, token, i)
+    ORDER BY u.i;
+END $$;
+
+-- Sets the status of many runs in one transaction: the batched form of flow_set_status,
+-- for changes that give no result with an unfinished status. The ids are distinct. Each
+-- change is checked and answered on its own (out_refused: FLNF0 the run is gone, FLLL0 its
+-- lease epoch is stale, 'FLCF0:<status>' it is finished already), with the run as it is
+-- after the transaction.
+CREATE FUNCTION flow_set_statuses(
+    p_ids TEXT[], p_statuses TEXT[], p_results BYTEA[], p_epochs BIGINT[])
+RETURNS TABLE (out_index BIGINT, out_refused TEXT, out_run flow_run_view)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_now     BIGINT := flow_now_ms();
+    v_refused TEXT[];
+    v_queue   TEXT;
+    v_done    BOOLEAN;
+BEGIN
+    -- The runs' rows, locked in id order (batches do not deadlock each other), a row at a
+    -- time by key (see flow_commit_steps).
+    PERFORM 1
+    FROM (SELECT DISTINCT u.id FROM unnest(p_ids) AS u(id) ORDER BY u.id) f
+    CROSS JOIN LATERAL (SELECT 1 FROM flow_runs r WHERE r.id = f.id FOR NO KEY UPDATE) l;
+    SELECT array_agg(nullif(coalesce(
+               (SELECT CASE
+                    WHEN u.epoch IS NOT NULL AND (r.queue IS NULL OR r.lease_epoch <> u.epoch)
+                        THEN 'FLLL0'
+                    WHEN r.status IN ('completed', 'failed', 'cancelled')
+                        THEN 'FLCF0:' || r.status
+                    ELSE '' END
+                FROM flow_runs r WHERE r.id = u.id),
+               'FLNF0'), '') ORDER BY u.i)
+    INTO v_refused
+    FROM unnest(p_ids, p_epochs) WITH ORDINALITY AS u(id, epoch, i);
+    FOR i IN 1 .. cardinality(p_ids) LOOP
+        CONTINUE WHEN v_refused[i] IS NOT NULL;
+        v_done := p_statuses[i] IN ('completed', 'failed', 'cancelled');
+        -- A finished run's lease ends with it.
+        UPDATE flow_runs r SET
+            status = p_statuses[i],
+            output = CASE WHEN p_statuses[i] = 'completed' THEN p_results[i] END,
+            error = CASE WHEN p_statuses[i] = 'completed' THEN NULL ELSE p_results[i] END,
+            updated_ms = greatest(v_now, r.created_ms),
+            lease_worker = CASE WHEN v_done THEN NULL ELSE r.lease_worker END,
+            lease_until_ms = CASE WHEN v_done THEN NULL ELSE r.lease_until_ms END
+        WHERE r.id = p_ids[i]
+        RETURNING r.queue INTO v_queue;
+        IF v_done AND v_queue IS NOT NULL THEN
+            PERFORM flow_notify(v_queue);
+        END IF;
+    END LOOP;
+    RETURN QUERY
+    SELECT u.i, v_refused[u.i], (SELECT v FROM flow_run_view v WHERE v.id = u.id)
+    FROM unnest(p_ids) WITH ORDINALITY AS u(id, i)
+    ORDER BY u.i;
+END $$;
+
+-- Takes, for each (run, name), the oldest waiting signal of that name, in one transaction:
+-- the batched form of flow_take_signal. The pairs are distinct. A fenced take (its epoch
+-- given) whose run is gone (out_refused FLNF0) or whose epoch is stale (FLLL0) takes
+-- nothing; out_seq is NULL when no signal waits.
+CREATE FUNCTION flow_take_signals(p_runs TEXT[], p_names TEXT[], p_epochs BIGINT[])
+RETURNS TABLE (out_index BIGINT, out_refused TEXT, out_seq BIGINT, out_payload BYTEA)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_refused  TEXT[];
+    v_seqs     BIGINT[] := '{}';
+    v_payloads BYTEA[] := '{}';
+    v_seq      BIGINT;
+    v_payload  BYTEA;
+BEGIN
+    -- As in flow_commit_steps: the fenced runs' rows locked in id order, a row at a time.
+    PERFORM 1
+    FROM (SELECT DISTINCT u.run FROM unnest(p_runs, p_epochs) AS u(run, epoch)
+          WHERE u.epoch IS NOT NULL ORDER BY u.run) f
+    CROSS JOIN LATERAL (SELECT 1 FROM flow_runs r WHERE r.id = f.run FOR SHARE) l;
+    SELECT array_agg(CASE WHEN u.epoch IS NULL THEN NULL ELSE nullif(coalesce(
+               (SELECT CASE WHEN r.queue IS NULL OR r.lease_epoch <> u.epoch
+                            THEN 'FLLL0' ELSE '' END
+                FROM flow_runs r WHERE r.id = u.run),
+               'FLNF0'), '') END ORDER BY u.i)
+    INTO v_refused
+    FROM unnest(p_runs, p_epochs) WITH ORDINALITY AS u(run, epoch, i);
+    FOR i IN 1 .. cardinality(p_runs) LOOP
+        v_seqs[i] := NULL;
+        v_payloads[i] := NULL;
+        CONTINUE WHEN v_refused[i] IS NOT NULL;
+        UPDATE flow_signals g SET consumed = true
+        WHERE g.run_id = p_runs[i] AND g.seq = (
+            SELECT s.seq FROM flow_signals s
+            WHERE s.run_id = p_runs[i] AND s.name = p_names[i] AND NOT s.consumed
+            ORDER BY s.seq LIMIT 1
+            FOR UPDATE SKIP LOCKED)
+        RETURNING g.seq, g.payload INTO v_seq, v_payload;
+        IF FOUND THEN
+            v_seqs[i] := v_seq;
+            v_payloads[i] := v_payload;
+        END IF;
+    END LOOP;
+    RETURN QUERY
+    SELECT u.i::BIGINT, v_refused[u.i], v_seqs[u.i], v_payloads[u.i]
+    FROM generate_series(1, cardinality(p_runs)) AS u(i)
     ORDER BY u.i;
 END $$;
 "#,

@@ -13,8 +13,8 @@ use flow_runtime::store::{
     StepKey, StepOutcome, StepProgress, StepRecord, Store, StoreError, StoreFuture,
 };
 
+use crate::jobs::{CommitJob, CreateJob, StatusJob, TakeJob};
 use crate::rows::{self, bits, duration_ms, get, get_at, item_col, ms, unms};
-use crate::jobs::{CommitJob, CreateJob};
 use crate::{Conn, Failure, PgStore, Resend};
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -146,7 +146,7 @@ impl<'a> Attempts<'a> {
 }
 
 /// Whether finished run `run` holds `result` where its status keeps it.
-fn has_result(run: &RunRecord, result: &Option<Vec<u8>>) -> bool {
+pub(crate) fn has_result(run: &RunRecord, result: &Option<Vec<u8>>) -> bool {
     match run.status {
         RunStatus::Completed => run.output == *result && run.error.is_none(),
         _ => run.error == *result && run.output.is_none(),
@@ -184,6 +184,8 @@ impl PgStore {
         create_one(&self.conn, &job).await
     }
 
+    /// Sets the status of run `id` (fenced by `epoch`): with the next batch of status
+    /// changes when it can go in one (see `batch`), else in a statement of its own.
     async fn status(
         &self,
         id: &str,
@@ -191,23 +193,16 @@ impl PgStore {
         result: Option<Vec<u8>>,
         epoch: Option<u64>,
     ) -> Result<RunRecord> {
-        let fence = epoch.map(ms);
-        let params: [&(dyn ToSql + Sync); 4] = [&id, &status.as_str(), &result, &fence];
-        let answer = match self.exec_full(SET_STATUS, &params, Resend::Safe).await {
-            Ok(answer) => answer,
-            // An attempt lost in flight may have made this very change: then it is done.
-            Err(Failure {
-                error: StoreError::Conflict { what },
-                in_doubt: true,
-            }) => {
-                return match self.run(id).await? {
-                    Some(run) if run.status == status && has_result(&run, &result) => Ok(run),
-                    _ => Err(StoreError::Conflict { what }),
-                };
-            }
-            Err(f) => return Err(fence_error(f.error, id, epoch)),
+        let job = StatusJob {
+            id: id.to_owned(),
+            status,
+            result,
+            epoch,
         };
-        rows::run(first_row(&answer.rows, "flow_set_status")?)
+        if self.statuses.on() && job.batchable() {
+            return self.statuses.send(&self.conn, job).await;
+        }
+        status_one(&self.conn, &job).await
     }
 
     async fn run(&self, id: &str) -> Result<Option<RunRecord>> {
@@ -292,13 +287,15 @@ impl PgStore {
         name: &str,
         epoch: Option<u64>,
     ) -> Result<Option<SignalRecord>> {
-        let fence = epoch.map(ms);
-        let params: [&(dyn ToSql + Sync); 3] = [&run, &name, &fence];
-        let answer = self
-            .exec(TAKE_SIGNAL, &params, Resend::Never)
-            .await
-            .map_err(|e| fence_error(e, run, epoch))?;
-        signal_of(run, name, &answer.rows)
+        let job = TakeJob {
+            run: run.to_owned(),
+            name: name.to_owned(),
+            epoch,
+        };
+        if self.takes.on() {
+            return self.takes.send(&self.conn, job).await;
+        }
+        take_one(&self.conn, &job).await
     }
 
     async fn take_into_step(
@@ -398,6 +395,41 @@ impl PgStore {
     }
 }
 
+/// Sets a run's status as `job` says, in a statement of its own (`flow_set_status`).
+pub(crate) async fn status_one(conn: &Conn, job: &StatusJob) -> Result<RunRecord> {
+    let (id, status, result, epoch) = (&job.id, job.status, &job.result, job.epoch);
+    let fence = epoch.map(ms);
+    let params: [&(dyn ToSql + Sync); 4] = [id, &status.as_str(), result, &fence];
+    let answer = match conn.exec_full(SET_STATUS, &params, Resend::Safe).await {
+        Ok(answer) => answer,
+        // An attempt lost in flight may have made this very change: then it is done.
+        Err(Failure {
+            error: StoreError::Conflict { what },
+            in_doubt: true,
+        }) => {
+            let answer = conn.exec(GET_RUN, &[id], Resend::Safe).await?;
+            return match answer.rows.first().map(rows::run).transpose()? {
+                Some(run) if run.status == status && has_result(&run, result) => Ok(run),
+                _ => Err(StoreError::Conflict { what }),
+            };
+        }
+        Err(f) => return Err(fence_error(f.error, id, epoch)),
+    };
+    rows::run(first_row(&answer.rows, "flow_set_status")?)
+}
+
+/// Takes the oldest waiting signal `job` names, in a statement of its own
+/// (`flow_take_signal`).
+pub(crate) async fn take_one(conn: &Conn, job: &TakeJob) -> Result<Option<SignalRecord>> {
+    let fence = job.epoch.map(ms);
+    let params: [&(dyn ToSql + Sync); 3] = [&job.run, &job.name, &fence];
+    let answer = conn
+        .exec(TAKE_SIGNAL, &params, Resend::Never)
+        .await
+        .map_err(|e| fence_error(e, &job.run, job.epoch))?;
+    signal_of(&job.run, &job.name, &answer.rows)
+}
+
 /// Creates the run of `job` in a statement of its own (`flow_create_run`).
 pub(crate) async fn create_one(conn: &Conn, job: &CreateJob) -> Result<Created> {
     let new = &job.run;
@@ -444,10 +476,10 @@ pub(crate) async fn create_one(conn: &Conn, job: &CreateJob) -> Result<Created> 
 /// Commits `c` (fenced by `epoch`, told from another commit of its step by `token`) in a
 /// statement of its own: `flow_commit_step`, which also applies compensation changes.
 pub(crate) async fn commit_one(
-conn: &Conn,
-c: &StepCommit,
-epoch: Option<u64>,
-token: i64,
+    conn: &Conn,
+    c: &StepCommit,
+    epoch: Option<u64>,
+    token: i64,
 ) -> Result<Committed> {
     let k = &c.key;
     let (occurrence, item) = (i64::from(k.occurrence), item_col(k.item));

@@ -199,6 +199,21 @@ pub struct WorkerReport {
     pub store_errors: u64,
 }
 
+impl WorkerReport {
+    /// Adds the counts of `other`.
+    fn absorb(&mut self, other: &WorkerReport) {
+        self.claimed += other.claimed;
+        self.taken_over += other.taken_over;
+        self.finished += other.finished;
+        self.lost += other.lost;
+        self.stopped += other.stopped;
+        self.skipped += other.skipped;
+        self.released += other.released;
+        self.parked += other.parked;
+        self.store_errors += other.store_errors;
+    }
+}
+
 /// A worker: claims runs from the queues of a shared store ([`Queue`]) and executes them,
 /// each under a lease renewed on a heartbeat, until told to shut down.
 ///
@@ -420,12 +435,20 @@ impl Worker {
                     continue;
                 }
             };
-            for run in claimed {
-                report.claimed += 1;
-                room = room.saturating_sub(1);
-                let until = asked + self.options.lease;
-                if let Some(h) = self.start(run, until, channels, report).await {
-                    held.insert(h.0, h.1);
+            report.claimed += claimed.len() as u64;
+            room = room.saturating_sub(u32::try_from(claimed.len()).unwrap_or(u32::MAX));
+            let until = asked + self.options.lease;
+            // Started together: their first reads and writes go to the store at once (a
+            // store that batches them sends them in few statements).
+            let starts = claimed.into_iter().map(|run| async move {
+                let mut counts = WorkerReport::default();
+                let started = self.start(run, until, channels, &mut counts).await;
+                (started, counts)
+            });
+            for (started, counts) in futures_util::future::join_all(starts).await {
+                report.absorb(&counts);
+                if let Some((id, h)) = started {
+                    held.insert(id, h);
                 }
             }
         }
