@@ -764,3 +764,480 @@ async fn a_store_survives_its_connections_being_killed() {
     }
     assert_eq!(store.steps_of(&id).await.unwrap().len(), 6 + 3 * 6);
 }
+
+/// Waits (up to 20 s) until `done` says so, or panics saying what was awaited.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A connection of the test's own, in the test's schema, that holds locks for a while.
+async fn locker(schema: &str) -> tokio_postgres::Client {
+    let client = admin().await;
+    client
+        .batch_execute(&format!("SET search_path TO \"{schema}\"; BEGIN"))
+        .await
+        .unwrap();
+    client
+}
+
+/// Step commits made while two others are in flight (held up by a lock) wait, and then go
+/// together in one statement; each is checked and answered on its own, as if it had gone
+/// alone: a fenced commit with a stale epoch is refused while its neighbours commit, a run
+/// that does not exist is NotFound, a step committed already is given back (not the first),
+/// a second commit of one step waits for the next batch, attempts are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn step_commits_made_while_others_are_in_flight_go_together_each_answered_on_its_own() {
+    let schema = TestSchema::new().await;
+    let store = Arc::new(schema.store().await);
+    store.create_run(new_run("blk", "w")).await.unwrap();
+    for i in 0..12 {
+        let run = new_run(&format!("r{i:02}"), "w");
+        store.enqueue(Enqueue::new(run, "q")).await.unwrap();
+    }
+    let mut epochs = BTreeMap::new();
+    for run in store
+        .claim(Claim {
+            max: 12,
+            ..claim("w1", "q", Duration::from_secs(60))
+        })
+        .await
+        .unwrap()
+    {
+        epochs.insert(run.id.clone(), run.lease.unwrap().epoch);
+    }
+    assert_eq!(epochs.len(), 12);
+    let done_before = store.commit_step(commit("r00", "done")).await.unwrap();
+    assert!(done_before.first);
+    let before = store.batching().commits;
+
+    // Hold up two commits (the two sending slots): their run's row is locked.
+    let lock = locker(&schema.name).await;
+    lock.batch_execute("SELECT 1 FROM flow_runs WHERE id = 'blk' FOR UPDATE")
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for node in ["b1", "b2"] {
+        let store = store.clone();
+        held.push(tokio::spawn(async move {
+            store.commit_step(commit("blk", node)).await
+        }));
+    }
+    until("two commits sent alone", || {
+        store.batching().commits.alone == before.alone + 2
+    })
+    .await;
+
+    // These wait for a slot.
+    let fenced = |run: &str, epoch: u64| store.clone().fenced(run, epoch);
+    let mut waiting: Vec<(&str, tokio::task::JoinHandle<Result<_, StoreError>>)> = Vec::new();
+    for i in 1..12 {
+        let run = format!("r{i:02}");
+        let epoch = epochs[&run];
+        let (label, store, mut c) = match i {
+            // Fenced by an epoch that is not the run's any more.
+            2 => ("stale", fenced(&run, epoch - 1), commit(&run, "s")),
+            // A failed step, with its attempts.
+            3 => {
+                let mut c = commit(&run, "s");
+                c.outcome = StepOutcome::Failed("refused".into());
+                c.attempts = (1..=2)
+                    .map(|n| flow_runtime::store::AttemptRecord {
+                        number: n,
+                        started_ms: 1000 * u64::from(n),
+                        ended_ms: Some(1000 * u64::from(n) + 5),
+                        failure: Some(format!("try {n}")),
+                    })
+                    .collect();
+                ("failed", fenced(&run, epoch), c)
+            }
+            _ => ("ok", fenced(&run, epoch), commit(&run, "s")),
+        };
+        if label == "ok" {
+            c.outcome = StepOutcome::Completed(run.clone().into_bytes());
+        }
+        waiting.push((
+            label,
+            tokio::spawn(async move { store.commit_step(c).await }),
+        ));
+    }
+    let plain: Arc<dyn Store> = store.clone();
+    let mut again = commit("r00", "done");
+    again.outcome = StepOutcome::Completed(b"other".to_vec());
+    let s = plain.clone();
+    waiting.push((
+        "again",
+        tokio::spawn(async move { s.commit_step(again).await }),
+    ));
+    let s = plain.clone();
+    waiting.push((
+        "gone",
+        tokio::spawn(async move { s.commit_step(commit("nobody", "s")).await }),
+    ));
+    // Two commits of one step: the second goes in a later batch, and finds the first.
+    for out in [&b"one"[..], &b"two"[..]] {
+        let mut c = commit("r01", "dup");
+        c.outcome = StepOutcome::Completed(out.to_vec());
+        let s = fenced("r01", epochs["r01"]);
+        waiting.push(("dup", tokio::spawn(async move { s.commit_step(c).await })));
+    }
+    let queued = waiting.len();
+    until("the commits waiting", || {
+        store.batching().commits.waiting == queued
+    })
+    .await;
+    lock.batch_execute("ROLLBACK").await.unwrap();
+
+    for h in held {
+        assert!(h.await.unwrap().unwrap().first);
+    }
+    let mut dups = Vec::new();
+    for (label, h) in waiting {
+        let answer = h.await.unwrap();
+        match label {
+            "ok" => {
+                let c = answer.unwrap();
+                assert!(c.first);
+                assert_eq!(
+                    c.step.outcome,
+                    Some(StepOutcome::Completed(c.step.key.run.clone().into_bytes()))
+                );
+            }
+            "stale" => assert!(
+                matches!(&answer, Err(StoreError::LeaseLost { run, .. }) if run == "r02"),
+                "{answer:?}"
+            ),
+            "failed" => {
+                let c = answer.unwrap();
+                assert!(c.first);
+                assert_eq!(c.step.outcome, Some(StepOutcome::Failed("refused".into())));
+                let tries: Vec<_> = c.step.attempts.iter().map(|a| a.failure.clone()).collect();
+                assert_eq!(tries, [Some("try 1".into()), Some("try 2".into())]);
+            }
+            "again" => {
+                let c = answer.unwrap();
+                assert!(!c.first, "committed before: given back");
+                assert_eq!(c.step, done_before.step);
+            }
+            "gone" => assert!(
+                matches!(&answer, Err(StoreError::NotFound { .. })),
+                "{answer:?}"
+            ),
+            _ => dups.push(answer.unwrap()),
+        }
+    }
+    assert_eq!(dups.iter().filter(|c| c.first).count(), 1, "{dups:?}");
+    assert_eq!(
+        dups[0].step.outcome, dups[1].step.outcome,
+        "one output wins"
+    );
+    // Nothing of the refused commits was written.
+    assert_eq!(
+        store.get_step(&StepKey::new("r02", "s")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_step(&StepKey::new("r05", "s"))
+            .await
+            .unwrap()
+            .unwrap()
+            .outcome,
+        Some(StepOutcome::Completed(b"r05".to_vec()))
+    );
+    let after = store.batching().commits;
+    assert!(
+        after.batches > before.batches && after.in_batches >= before.in_batches + 10,
+        "the waiting commits went together: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.waiting, 0);
+}
+
+/// Runs created or enqueued, status changes and signals taken, made while two of their kind
+/// are in flight, go together too, each answered as if it had gone alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creations_status_changes_and_signals_taken_go_together_each_answered_on_its_own() {
+    let schema = TestSchema::new().await;
+    let store = Arc::new(schema.store().await);
+    let plain: Arc<dyn Store> = store.clone();
+    let old = store.create_run(new_run("old", "w")).await.unwrap().run;
+
+    // Creations: two held up by uncommitted rows with their ids.
+    let lock = locker(&schema.name).await;
+    lock.batch_execute(
+        "INSERT INTO flow_runs (id, workflow, fingerprint, input, status, created_ms, updated_ms)
+         VALUES ('blk-a', 'w', 0, '', 'pending', 0, 0), ('blk-b', 'w', 0, '', 'pending', 0, 0)",
+    )
+    .await
+    .unwrap();
+    let before = store.batching().creates;
+    let mut held = Vec::new();
+    for id in ["blk-a", "blk-b"] {
+        let s = plain.clone();
+        held.push(tokio::spawn(
+            async move { s.create_run(new_run(id, "w")).await },
+        ));
+    }
+    until("two creations sent alone", || {
+        store.batching().creates.alone == before.alone + 2
+    })
+    .await;
+    let mut waiting = Vec::new();
+    for i in 0..10u8 {
+        let mut run = new_run(&format!("q{i}"), "w");
+        run.node_fingerprints =
+            BTreeMap::from([("a".into(), 1), (format!("n{i}"), u64::MAX - u64::from(i))]);
+        run.input = vec![i; 3];
+        let mut e = Enqueue::new(run, "jobs");
+        e.priority = i32::from(i) - 5;
+        e.not_before_ms = Some(u64::from(i));
+        let s = store.clone();
+        waiting.push(("queued", tokio::spawn(async move { s.enqueue(e).await })));
+    }
+    let s = plain.clone();
+    waiting.push((
+        "old",
+        tokio::spawn(async move { s.create_run(new_run("old", "w")).await }),
+    ));
+    for _ in 0..2 {
+        let s = plain.clone();
+        waiting.push((
+            "twice",
+            tokio::spawn(async move { s.create_run(new_run("twice", "w")).await }),
+        ));
+    }
+    let queued = waiting.len();
+    until("the creations waiting", || {
+        store.batching().creates.waiting == queued
+    })
+    .await;
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    for h in held {
+        assert!(
+            h.await.unwrap().unwrap().created,
+            "created once the lock is gone"
+        );
+    }
+    let mut twice = Vec::new();
+    for (label, h) in waiting {
+        let c = h.await.unwrap().unwrap();
+        match label {
+            "queued" => {
+                assert!(c.created);
+                let i = c.run.input[0];
+                assert_eq!(c.run.id, format!("q{i}"));
+                assert_eq!(c.run.queue.as_deref(), Some("jobs"));
+                assert_eq!(c.run.status, RunStatus::Pending);
+                assert_eq!(
+                    c.run.node_fingerprints,
+                    BTreeMap::from([("a".into(), 1), (format!("n{i}"), u64::MAX - u64::from(i))])
+                );
+                assert_eq!(
+                    store.get_run(&c.run.id).await.unwrap().as_ref(),
+                    Some(&c.run)
+                );
+            }
+            "old" => {
+                assert!(!c.created);
+                assert_eq!(c.run, old);
+            }
+            _ => twice.push(c),
+        }
+    }
+    assert_eq!(twice.iter().filter(|c| c.created).count(), 1);
+    // Claimed in priority order: the enqueue options were kept.
+    let claimed = store
+        .claim(Claim {
+            max: 10,
+            ..claim("w1", "jobs", Duration::from_secs(60))
+        })
+        .await
+        .unwrap();
+    let order: Vec<&str> = claimed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        order,
+        ["q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "q9"]
+    );
+    let after = store.batching().creates;
+    assert!(after.batches > before.batches, "{before:?} -> {after:?}");
+
+    // Status changes and signals taken: two held up by locked rows.
+    let epoch = |id: &str| {
+        claimed
+            .iter()
+            .find(|r| r.id == id)
+            .and_then(|r| r.lease.as_ref())
+            .map(|l| l.epoch)
+            .unwrap()
+    };
+    plain
+        .set_status("old", RunStatus::Completed, Some(b"42".to_vec()))
+        .await
+        .unwrap();
+    for id in ["q3", "q4"] {
+        plain
+            .send_signal(id, "go", id.as_bytes().to_vec())
+            .await
+            .unwrap();
+        plain
+            .send_signal(id, "go", b"second".to_vec())
+            .await
+            .unwrap();
+    }
+    let lock = locker(&schema.name).await;
+    lock.batch_execute("SELECT 1 FROM flow_runs WHERE id IN ('q0', 'q1') FOR UPDATE")
+        .await
+        .unwrap();
+    let (statuses, takes) = (store.batching().statuses, store.batching().takes);
+    let mut held = Vec::new();
+    for id in ["q0", "q1"] {
+        let s = store.clone().fenced(id, epoch(id));
+        held.push(tokio::spawn(async move {
+            s.set_status(id, RunStatus::Running, None)
+                .await
+                .map(|r| r.status)
+        }));
+    }
+    let mut held_takes = Vec::new();
+    for id in ["q0", "q1"] {
+        let s = store.clone().fenced(id, epoch(id));
+        held_takes.push(tokio::spawn(async move { s.take_signal(id, "go").await }));
+    }
+    until("two of each sent alone", || {
+        let b = store.batching();
+        b.statuses.alone == statuses.alone + 2 && b.takes.alone == takes.alone + 2
+    })
+    .await;
+    let mut changes = Vec::new();
+    for (label, id, status, result) in [
+        ("running", "q2", RunStatus::Running, None),
+        ("done", "q5", RunStatus::Completed, Some(b"out".to_vec())),
+        ("failed", "q6", RunStatus::Failed, Some(b"why".to_vec())),
+        ("stale", "q7", RunStatus::Running, None),
+        ("finished", "old", RunStatus::Cancelled, None),
+        ("gone", "nobody", RunStatus::Running, None),
+    ] {
+        let s = match label {
+            "stale" => store.clone().fenced(id, epoch(id) - 1),
+            "finished" | "gone" => plain.clone(),
+            _ => store.clone().fenced(id, epoch(id)),
+        };
+        changes.push((
+            label,
+            tokio::spawn(async move { s.set_status(id, status, result).await }),
+        ));
+    }
+    let mut taken = Vec::new();
+    for (label, id) in [
+        ("first", "q3"),
+        ("first", "q4"),
+        ("none", "q5"),
+        ("stale", "q8"),
+    ] {
+        let s = if label == "stale" {
+            store.clone().fenced(id, epoch(id) - 1)
+        } else {
+            store.clone().fenced(id, epoch(id))
+        };
+        taken.push((
+            label,
+            id,
+            tokio::spawn(async move { s.take_signal(id, "go").await }),
+        ));
+    }
+    // A second take of q3's signal waits for the next batch, and gets the second signal.
+    let s = store.clone().fenced("q3", epoch("q3"));
+    taken.push((
+        "second",
+        "q3",
+        tokio::spawn(async move { s.take_signal("q3", "go").await }),
+    ));
+    until("the changes and takes waiting", || {
+        let b = store.batching();
+        b.statuses.waiting == changes.len() && b.takes.waiting == taken.len()
+    })
+    .await;
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap(), RunStatus::Running);
+    }
+    for h in held_takes {
+        assert_eq!(
+            h.await.unwrap().unwrap(),
+            None,
+            "no signal waits for q0, q1"
+        );
+    }
+    for (label, h) in changes {
+        let answer = h.await.unwrap();
+        match label {
+            "running" => assert_eq!(answer.unwrap().status, RunStatus::Running),
+            "done" => {
+                let run = answer.unwrap();
+                assert_eq!(
+                    (run.status, run.output, run.lease),
+                    (RunStatus::Completed, Some(b"out".to_vec()), None)
+                );
+            }
+            "failed" => {
+                let run = answer.unwrap();
+                assert_eq!(
+                    (run.status, run.error, run.output),
+                    (RunStatus::Failed, Some(b"why".to_vec()), None)
+                );
+            }
+            "stale" => assert!(
+                matches!(&answer, Err(StoreError::LeaseLost { run, .. }) if run == "q7"),
+                "{answer:?}"
+            ),
+            "finished" => assert!(
+                matches!(&answer, Err(StoreError::Conflict { what }) if what.contains("run old is completed")),
+                "{answer:?}"
+            ),
+            _ => assert!(
+                matches!(&answer, Err(StoreError::NotFound { .. })),
+                "{answer:?}"
+            ),
+        }
+    }
+    assert_eq!(
+        store.get_run("q7").await.unwrap().unwrap().status,
+        RunStatus::Pending
+    );
+    assert_eq!(
+        store.get_run("old").await.unwrap().unwrap().status,
+        RunStatus::Completed
+    );
+    for (label, id, h) in taken {
+        let answer = h.await.unwrap();
+        match label {
+            "first" => assert_eq!(
+                answer.unwrap().map(|s| s.payload),
+                Some(id.as_bytes().to_vec())
+            ),
+            "second" => assert_eq!(answer.unwrap().map(|s| s.payload), Some(b"second".to_vec())),
+            "none" => assert_eq!(answer.unwrap(), None),
+            _ => assert!(
+                matches!(&answer, Err(StoreError::LeaseLost { .. })),
+                "{answer:?}"
+            ),
+        }
+    }
+    // q4's second signal still waits: one take, one signal.
+    assert_eq!(
+        plain
+            .take_signal("q4", "go")
+            .await
+            .unwrap()
+            .map(|s| s.payload),
+        Some(b"second".to_vec())
+    );
+    let b = store.batching();
+    assert!(
+        b.statuses.batches > statuses.batches && b.takes.batches > takes.batches,
+        "{b:?}"
+    );
+}
