@@ -953,6 +953,9 @@ async fn step_commits_made_while_others_are_in_flight_go_together_each_answered_
         after.batches > before.batches && after.in_batches >= before.in_batches + 10,
         "the waiting commits went together: {before:?} -> {after:?}"
     );
+    // Alone: the two held, and the second commit of `dup` (none sent again alone after its
+    // batch failed).
+    assert_eq!(after.alone, before.alone + 3, "{before:?} -> {after:?}");
     assert_eq!(after.waiting, 0);
 }
 
@@ -1063,6 +1066,8 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
     );
     let after = store.batching().creates;
     assert!(after.batches > before.batches, "{before:?} -> {after:?}");
+    // Alone: the two held, and the second creation of `twice`.
+    assert_eq!(after.alone, before.alone + 3, "{before:?} -> {after:?}");
 
     // Status changes and signals taken: two held up by locked rows.
     let epoch = |id: &str| {
@@ -1132,7 +1137,7 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
     }
     let mut taken = Vec::new();
     for (label, id) in [
-        ("first", "q3"),
+        ("q3", "q3"),
         ("first", "q4"),
         ("none", "q5"),
         ("stale", "q8"),
@@ -1148,10 +1153,11 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
             tokio::spawn(async move { s.take_signal(id, "go").await }),
         ));
     }
-    // A second take of q3's signal waits for the next batch, and gets the second signal.
+    // A second take of q3's signal waits for the next batch: the two takes get the two
+    // signals (in the order they came in).
     let s = store.clone().fenced("q3", epoch("q3"));
     taken.push((
-        "second",
+        "q3",
         "q3",
         tokio::spawn(async move { s.take_signal("q3", "go").await }),
     ));
@@ -1211,6 +1217,7 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
         store.get_run("old").await.unwrap().unwrap().status,
         RunStatus::Completed
     );
+    let mut q3 = Vec::new();
     for (label, id, h) in taken {
         let answer = h.await.unwrap();
         match label {
@@ -1218,7 +1225,7 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
                 answer.unwrap().map(|s| s.payload),
                 Some(id.as_bytes().to_vec())
             ),
-            "second" => assert_eq!(answer.unwrap().map(|s| s.payload), Some(b"second".to_vec())),
+            "q3" => q3.push(answer.unwrap().map(|s| s.payload)),
             "none" => assert_eq!(answer.unwrap(), None),
             _ => assert!(
                 matches!(&answer, Err(StoreError::LeaseLost { .. })),
@@ -1226,6 +1233,19 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
             ),
         }
     }
+    let b = store.batching();
+    // Alone: the two held of each, and the second take of q3's signal.
+    assert_eq!(
+        (b.statuses.alone, b.takes.alone),
+        (statuses.alone + 2, takes.alone + 3),
+        "{b:?}"
+    );
+    assert!(
+        b.statuses.batches > statuses.batches && b.takes.batches > takes.batches,
+        "{b:?}"
+    );
+    q3.sort();
+    assert_eq!(q3, [Some(b"q3".to_vec()), Some(b"second".to_vec())]);
     // q4's second signal still waits: one take, one signal.
     assert_eq!(
         plain
@@ -1234,10 +1254,5 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
             .unwrap()
             .map(|s| s.payload),
         Some(b"second".to_vec())
-    );
-    let b = store.batching();
-    assert!(
-        b.statuses.batches > statuses.batches && b.takes.batches > takes.batches,
-        "{b:?}"
     );
 }
