@@ -844,12 +844,14 @@ async fn step_commits_made_while_others_are_in_flight_go_together_each_answered_
             3 => {
                 let mut c = commit(&run, "s");
                 c.outcome = StepOutcome::Failed("refused".into());
-                c.attempts = (1..=2)
-                    .map(|n| flow_runtime::store::AttemptRecord {
+                // Attempt 2 twice: the last of a number wins.
+                c.attempts = [(1, "try 1"), (2, "an earlier record"), (2, "try 2")]
+                    .into_iter()
+                    .map(|(n, why)| flow_runtime::store::AttemptRecord {
                         number: n,
                         started_ms: 1000 * u64::from(n),
                         ended_ms: Some(1000 * u64::from(n) + 5),
-                        failure: Some(format!("try {n}")),
+                        failure: Some(why.to_owned()),
                     })
                     .collect();
                 ("failed", fenced(&run, epoch), c)
