@@ -73,7 +73,8 @@
 //!
 //! Every method is one statement, in a transaction of its own: one round trip. A statement
 //! that failed before it was sent, or that the server refused, committed nothing and is
-//! sent again. A connection lost while a statement was in flight is the ambiguous case: it
+//! sent again. (Writes of one kind made at once may share a statement: see "Batches" below;
+//! what follows holds for them too.) A connection lost while a statement was in flight is the ambiguous case: it
 //! may have committed. The methods that can be sent again then are sent again, and stay
 //! correct:
 //!
@@ -93,6 +94,22 @@
 //! entry), `take_signal` (a second signal taken), `update_compensations` (entries pushed
 //! twice), `claim` (runs leased twice; those of the lost attempt are claimable again when
 //! their leases expire). They report [`StoreError::Io`], saying that the outcome is unknown.
+//!
+//! # Batches
+//!
+//! Writes of one kind made while two of their kind are in flight wait for one of them to
+//! end, and then go together in one statement, one transaction, one WAL flush (a group
+//! commit, in the client): step commits (`commit_step`, but those that change
+//! compensations), runs created or enqueued (but those with a deduplication key), status
+//! changes (`set_status`, but a result given with an unfinished status) and signals taken
+//! (`take_signal`). Each write of a batch is checked on its own (its fencing, its run's
+//! existence, its conflicts) and answered on its own, as if it had been sent alone, and
+//! only once the batch's transaction is durable: one refused does not stop the others. A
+//! batch the server refuses as a whole (not for a lost connection) is sent again one write a
+//! statement. A write never waits for others to come: alone, it is sent at once, in its own
+//! statement. A busy worker's writes so go out in batches as large as what came in during
+//! one round trip, and a lone run's as before. [`Options::max_batch`] caps a batch (`1`: no
+//! batches); [`PgStore::batching`] counts what went alone and what went together.
 //!
 //! # Clock
 //!
