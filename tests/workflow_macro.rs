@@ -686,3 +686,59 @@ async fn cancelling_a_parent_undoes_its_child_run_first() {
         "compensation of step `acquire` of child workflow `ChildHolding` also failed: broken: cannot release child-b"
     ));
 }
+
+fn is_broken_a(e: &TestError) -> bool {
+    *e == TestError::Broken("a".into())
+}
+fn is_broken_b(e: &TestError) -> bool {
+    *e == TestError::Broken("b".into())
+}
+fn is_broken_c(e: &TestError) -> bool {
+    *e == TestError::Broken("c".into())
+}
+
+/// Fails as `script` says, call by call (`None`: succeeds with the call's number).
+async fn scripted(script: Arc<Mutex<Vec<Option<TestError>>>>) -> Result<u32, TestError> {
+    let mut script = script.lock().unwrap();
+    let call = u32::try_from(script.len()).unwrap();
+    match script.pop() {
+        Some(Some(e)) => Err(e),
+        _ => Ok(call),
+    }
+}
+
+#[workflow]
+async fn five_rules(script: Arc<Mutex<Vec<Option<TestError>>>>) -> Result<u32, TestError> {
+    // More rules than a step keeps counters for inline: each rule still counts only its own
+    // failures.
+    #[retry(max_attempts = 2, on = timeouts)]
+    #[retry(max_attempts = 2, when = is_broken_a)]
+    #[retry(max_attempts = 2, when = is_broken_b)]
+    #[retry(max_attempts = 3, when = is_busy)]
+    #[retry(max_attempts = 3, when = is_broken_c)]
+    let v = scripted(script).await?;
+    Ok(v)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_with_five_retry_rules_counts_each_rules_failures_apart() {
+    let c = || Some(TestError::Broken("c".into()));
+    // Busy twice (its rule allows 3 attempts), Broken("c") twice (its rule allows 3): the
+    // fifth attempt runs and succeeds, though no rule allows five.
+    let script = Arc::new(Mutex::new(vec![
+        c(),
+        c(),
+        Some(TestError::Busy),
+        Some(TestError::Busy),
+    ]));
+    assert_eq!(five_rules(script.clone()).await.unwrap(), 0);
+    // Broken("c") three times: its rule gives up after its own 3 attempts, the Busy failure
+    // before them not counted against it.
+    let script = Arc::new(Mutex::new(vec![c(), c(), c(), Some(TestError::Busy)]));
+    let err = five_rules(script.clone()).await.unwrap_err();
+    let step = err.step_error().unwrap();
+    assert_eq!(step.attempt_count(), 4);
+    assert_eq!(step.gave_up(), GaveUp::RetriesExhausted);
+    assert_eq!(step.error(), Some(&TestError::Broken("c".into())));
+    assert!(script.lock().unwrap().is_empty());
+}

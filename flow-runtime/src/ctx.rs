@@ -834,8 +834,8 @@ impl<E> Ctx<E> {
         Fut: Future,
         Fut::Output: StepOutput<E>,
     {
-        // One counter per rule, allocated only once a retry is considered.
-        let mut counters: Vec<u32> = Vec::new();
+        // One counter per rule, set up only once a retry is considered.
+        let mut counters: Option<RetryCounters> = None;
         let mut attempts: Vec<Attempt<E>> = Vec::new();
         let mut number: u32 = 0;
         let mut first_start = None;
@@ -844,8 +844,8 @@ impl<E> Ctx<E> {
             // Resumed: the attempts counted so far, and what is left of the pending backoff.
             number = *done;
             if !retry.counters.is_empty() {
-                counters = vec![0; policy.retry.len()];
-                for (c, s) in counters.iter_mut().zip(&retry.counters) {
+                let resumed = counters.insert(RetryCounters::new(policy.retry.len()));
+                for (c, s) in resumed.as_mut_slice().iter_mut().zip(&retry.counters) {
                     *c = *s;
                 }
             }
@@ -916,11 +916,11 @@ impl<E> Ctx<E> {
                 ));
             };
             let rule = &policy.retry[rule_ix];
-            if counters.is_empty() {
-                counters = vec![0; policy.retry.len()];
-            }
-            counters[rule_ix] = counters[rule_ix].saturating_add(1);
-            let n = counters[rule_ix];
+            let counts = counters
+                .get_or_insert_with(|| RetryCounters::new(policy.retry.len()))
+                .as_mut_slice();
+            counts[rule_ix] = counts[rule_ix].saturating_add(1);
+            let n = counts[rule_ix];
             if n >= rule.max_attempts() {
                 return Err(self.fail(
                     node,
@@ -964,7 +964,8 @@ impl<E> Ctx<E> {
                 );
             }
             if let Some(r) = &resume {
-                r.failed_attempt(number, (self.inner.describe)(&failure), &counters, delay)
+                let counts = counters.as_ref().map_or(&[][..], RetryCounters::as_slice);
+                r.failed_attempt(number, (self.inner.describe)(&failure), counts, delay)
                     .await;
             }
             keep_attempt(
@@ -1325,10 +1326,57 @@ impl<E> Ctx<E> {
     }
 }
 
+/// The rules of a step with more retry rules than this keep their counters on the heap.
+const INLINE_RULES: usize = 4;
+
+/// One retry counter per rule of a step: inline for up to [`INLINE_RULES`] rules (the retry
+/// path allocates nothing for them), on the heap beyond.
+enum RetryCounters {
+    Inline {
+        len: usize,
+        counts: [u32; INLINE_RULES],
+    },
+    Heap(Vec<u32>),
+}
+
+impl RetryCounters {
+    /// `rules` counters at zero.
+    #[inline]
+    fn new(rules: usize) -> Self {
+        if rules <= INLINE_RULES {
+            RetryCounters::Inline {
+                len: rules,
+                counts: [0; INLINE_RULES],
+            }
+        } else {
+            RetryCounters::Heap(vec![0; rules])
+        }
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            RetryCounters::Inline { len, counts } => &counts[..*len],
+            RetryCounters::Heap(counts) => counts,
+        }
+    }
+
+    #[inline]
+    fn as_mut_slice(&mut self) -> &mut [u32] {
+        match self {
+            RetryCounters::Inline { len, counts } => &mut counts[..*len],
+            RetryCounters::Heap(counts) => counts,
+        }
+    }
+}
+
 /// Keeps the first attempt and the last [`KEPT_LAST_ATTEMPTS`](crate::error::KEPT_LAST_ATTEMPTS)
 /// of a step that retries many times (the ones between are counted by their numbers only).
 fn keep_attempt<E>(attempts: &mut Vec<Attempt<E>>, attempt: Attempt<E>) {
-    if attempts.len() > crate::error::KEPT_LAST_ATTEMPTS {
+    if attempts.capacity() == 0 {
+        // Most steps that retry fail once or twice: room for two, allocated once.
+        *attempts = Vec::with_capacity(2);
+    } else if attempts.len() > crate::error::KEPT_LAST_ATTEMPTS {
         attempts.remove(1);
     }
     attempts.push(attempt);
