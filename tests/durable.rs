@@ -157,7 +157,9 @@ fn crash_at(dir: &Path, id: &str, hang: &str, committed: &[flow::store::StepKey]
         }
         drop(run);
     });
-    rt.shutdown_background();
+    // Every task is dropped before the gate opens ("the process died"): a background
+    // shutdown could still poll the hanging step once the gate is gone, and let it commit.
+    rt.shutdown_timeout(Duration::from_secs(10));
     std::fs::remove_file(&gate).expect("gate removed");
 }
 
@@ -430,7 +432,7 @@ fn a_run_cancelled_while_down_undoes_its_recorded_steps_when_resumed() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    rt.shutdown_background();
+    rt.shutdown_timeout(Duration::from_secs(10));
     std::fs::remove_file(&gate).unwrap();
     let rt = tokio_rt();
     rt.block_on(async {
@@ -496,7 +498,7 @@ fn a_run_killed_while_compensating_runs_each_remaining_undo_once() {
             .unwrap();
         assert_eq!(record.status, RunStatus::Compensating);
     });
-    rt.shutdown_background();
+    rt.shutdown_timeout(Duration::from_secs(10));
     std::fs::remove_file(&gate).unwrap();
     let rt = tokio_rt();
     rt.block_on(async {
@@ -571,7 +573,7 @@ fn a_run_killed_during_a_backoff_resumes_with_its_attempt_count_and_the_rest_of_
     });
     // Killed 300 ms into the 800 ms backoff.
     std::thread::sleep(Duration::from_millis(300));
-    rt.shutdown_background();
+    rt.shutdown_timeout(Duration::from_secs(10));
     let failed_at: u64 = read_log(&dir)[0]
         .rsplit(' ')
         .next()
@@ -680,7 +682,7 @@ fn a_resumed_body_that_takes_another_path_stops_and_names_both_steps() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    rt.shutdown_background();
+    rt.shutdown_timeout(Duration::from_secs(10));
     std::fs::remove_file(&gate).unwrap();
     TAKE_LEFT.store(false, std::sync::atomic::Ordering::SeqCst);
     let rt = tokio_rt();
@@ -999,7 +1001,7 @@ fn a_signal_sent_while_the_run_is_down_is_taken_when_it_resumes() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    rt.shutdown_background();
+    rt.shutdown_timeout(Duration::from_secs(10));
     let rt = tokio_rt();
     rt.block_on(async {
         let runtime = Runtime::new().with_store(store(&dir));

@@ -96,7 +96,7 @@ fn a_durable_sleep_resumed_after_a_crash_waits_only_what_is_left() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         drop(run);
     });
-    rt.shutdown_background();
+    rt.shutdown_timeout(Duration::from_secs(10));
     let steps = futures_util::FutureExt::now_or_never(store.steps_of("cool-1"))
         .unwrap()
         .unwrap();

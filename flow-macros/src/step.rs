@@ -237,6 +237,32 @@ impl Gen<'_> {
         }
     }
 
+    /// In a durable workflow: a check, with our message and at the step, that the step's
+    /// output can be stored. `fut_type` is a `PhantomData` of the step's future type.
+    fn stored(&self, name: &str, span: Span, value: &Ident, fut_type: TokenStream) -> TokenStream {
+        if !self.durable {
+            return TokenStream::new();
+        }
+        let krate = self.krate;
+        let ctx = self.ctx;
+        let m = self.markers.path(name, span);
+        quote_spanned! {span=>
+            let #value = {
+                #[allow(unused_imports)]
+                use #krate::__private::{StoredNo as _, StoredYes as _};
+                let __flow_e = #ctx.error_type();
+                let __flow_t = #fut_type;
+                let __flow_check =
+                    (&#krate::__private::error_probe(&__flow_t, __flow_e)).flow_stored();
+                #krate::__private::stored_output::<_, #m, _, _>(
+                    #krate::__private::ok_type(&__flow_t, __flow_e),
+                    #value,
+                    __flow_check,
+                )
+            };
+        }
+    }
+
     /// The expression (a block) that runs the step and yields `Result<T, StepError<E>>`.
     pub(crate) fn step(
         &self,
@@ -313,6 +339,12 @@ impl Gen<'_> {
                 &mk,
                 quote!(#krate::__private::made_future_type(&#mk)),
             ));
+            out.extend(self.stored(
+                name,
+                span,
+                &mk,
+                quote!(#krate::__private::made_future_type(&#mk)),
+            ));
             out.extend(quote_spanned! {span=>
                 let #m = #krate::__private::output_of_make(&#mk);
                 let #r = #ctx.#step_with(#id, #pol, #mk).await;
@@ -324,6 +356,7 @@ impl Gen<'_> {
                 let #f = #fut;
             });
             out.extend(self.converts(name, span, &f, quote!(#krate::__private::future_type(&#f))));
+            out.extend(self.stored(name, span, &f, quote!(#krate::__private::future_type(&#f))));
             out.extend(quote_spanned! {span=>
                 let #m = #krate::__private::output_of(&#f);
                 let #r = #ctx.#step_timeout(#id, #t, #f).await;
@@ -334,6 +367,7 @@ impl Gen<'_> {
                 let #f = #fut;
             });
             out.extend(self.converts(name, span, &f, quote!(#krate::__private::future_type(&#f))));
+            out.extend(self.stored(name, span, &f, quote!(#krate::__private::future_type(&#f))));
             out.extend(quote_spanned! {span=>
                 let #m = #krate::__private::output_of(&#f);
                 let #r = #ctx.#step(#id, #f).await;

@@ -21,7 +21,7 @@ pub struct Met<T>(pub T);
 pub struct Unmet<T>(PhantomData<T>);
 
 impl<T> Unmet<T> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Unmet(PhantomData)
     }
 }
@@ -451,4 +451,91 @@ where
 #[inline]
 pub fn child_step<F, K: ChildStep<F>>(f: F, _: K) -> K::Out {
     K::wrap(f)
+}
+
+// ---------------------------------------------------------------- a durable step's output is stored
+
+/// Dispatch: the step's output can be stored by a durable run.
+#[cfg(feature = "durable")]
+pub trait StoredYes {
+    /// Passed.
+    fn flow_stored(&self) -> Met<()>;
+}
+#[cfg(feature = "durable")]
+impl<Fut, E> StoredYes for Probe<'_, PhantomData<Fut>, fn() -> E>
+where
+    Fut: core::future::Future,
+    Fut::Output: crate::ctx::StepOutput<E>,
+    <Fut::Output as crate::ctx::StepOutput<E>>::Ok: crate::durable::Stored,
+{
+    fn flow_stored(&self) -> Met<()> {
+        Met(())
+    }
+}
+/// Dispatch fallback: it cannot.
+#[cfg(feature = "durable")]
+pub trait StoredNo<T> {
+    /// The failure.
+    fn flow_stored(&self) -> Unmet<T>;
+}
+#[cfg(feature = "durable")]
+impl<Fut, E> StoredNo<<Fut::Output as crate::ctx::StepOutput<E>>::Ok>
+    for &Probe<'_, PhantomData<Fut>, fn() -> E>
+where
+    Fut: core::future::Future,
+    Fut::Output: crate::ctx::StepOutput<E>,
+{
+    fn flow_stored(&self) -> Unmet<<Fut::Output as crate::ctx::StepOutput<E>>::Ok> {
+        Unmet::new()
+    }
+}
+
+/// A durable workflow's step: its output is stored when it completes.
+#[cfg(feature = "durable")]
+#[diagnostic::on_unimplemented(
+    message = "step `{S}` is durable, so its output is stored, but `{T}` cannot be stored by a durable run",
+    label = "its output, `{T}`, is stored when it completes",
+    note = "a durable workflow's input, output, error and every step's output are stored as JSON: derive `serde::Serialize` and `serde::Deserialize` for `{T}`"
+)]
+pub trait StoredOutput<T, S, F> {
+    /// `F`, checked.
+    type Checked;
+    /// Passes `F` through.
+    fn pass(f: F) -> Self::Checked;
+}
+#[cfg(feature = "durable")]
+#[diagnostic::do_not_recommend]
+impl<T, S, F> StoredOutput<T, S, F> for Met<()> {
+    type Checked = F;
+    fn pass(f: F) -> F {
+        f
+    }
+}
+
+/// The output type of a step whose future type is `Fut`, in a workflow whose error type is
+/// `E`.
+#[cfg(feature = "durable")]
+#[inline]
+pub fn ok_type<Fut, E>(
+    _: &PhantomData<Fut>,
+    _: PhantomData<fn() -> E>,
+) -> PhantomData<<Fut::Output as crate::ctx::StepOutput<E>>::Ok>
+where
+    Fut: core::future::Future,
+    Fut::Output: crate::ctx::StepOutput<E>,
+{
+    PhantomData
+}
+
+/// Checks that step `S`'s output `T` can be stored, passing its future (or `make` closure)
+/// `F` through: an unmet check is reported here, at the step, and the value it passes on
+/// has no type, so that nothing after reports it again.
+#[cfg(feature = "durable")]
+#[inline]
+pub fn stored_output<T, S, F, A: StoredOutput<T, S, F>>(
+    _: PhantomData<T>,
+    f: F,
+    _: A,
+) -> A::Checked {
+    A::pass(f)
 }
