@@ -969,6 +969,9 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
     let store = Arc::new(schema.store().await);
     let plain: Arc<dyn Store> = store.clone();
     let old = store.create_run(new_run("old", "w")).await.unwrap().run;
+    let mut e = Enqueue::new(new_run("dk-1", "w"), "dedup");
+    e.dedup_key = Some("k".into());
+    assert!(store.enqueue(e).await.unwrap().created);
 
     // Creations: two held up by uncommitted rows with their ids.
     let lock = locker(&schema.name).await;
@@ -1019,6 +1022,17 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
         store.batching().creates.waiting == queued
     })
     .await;
+    // An enqueue with a deduplication key does not wait with them: it goes alone, at once
+    // (its check is flow_create_run's, which the batch does not make).
+    let mut e = Enqueue::new(new_run("dk-2", "w"), "dedup");
+    e.dedup_key = Some("k".into());
+    let answer = tokio::time::timeout(Duration::from_secs(5), store.enqueue(e))
+        .await
+        .expect("an enqueue with a deduplication key is sent at once, alone");
+    assert!(
+        matches!(&answer, Err(StoreError::Duplicate { run, .. }) if run == "dk-1"),
+        "{answer:?}"
+    );
     lock.batch_execute("ROLLBACK").await.unwrap();
     for h in held {
         assert!(
@@ -1126,6 +1140,10 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
         ("stale", "q7", RunStatus::Running, None),
         ("finished", "old", RunStatus::Cancelled, None),
         ("gone", "nobody", RunStatus::Running, None),
+        // Two changes of one run, both finishing it: the second waits for the next batch
+        // (in either order), and finds the run finished.
+        ("q9", "q9", RunStatus::Completed, Some(b"out".to_vec())),
+        ("q9", "q9", RunStatus::Cancelled, None),
     ] {
         let s = match label {
             "stale" => store.clone().fenced(id, epoch(id) - 1),
@@ -1168,6 +1186,18 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
         b.statuses.waiting == changes.len() && b.takes.waiting == taken.len()
     })
     .await;
+    // A result given with an unfinished status does not wait with them: it goes alone, at
+    // once, and is refused (flow_set_status's check, which the batch does not make).
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        plain.set_status("q8", RunStatus::Running, Some(b"x".to_vec())),
+    )
+    .await
+    .expect("a result with an unfinished status is sent at once, alone");
+    assert!(
+        matches!(&answer, Err(StoreError::Invalid { .. })),
+        "{answer:?}"
+    );
     lock.batch_execute("ROLLBACK").await.unwrap();
     for h in held {
         assert_eq!(h.await.unwrap().unwrap(), RunStatus::Running);
@@ -1179,9 +1209,11 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
             "no signal waits for q0, q1"
         );
     }
+    let mut q9 = Vec::new();
     for (label, h) in changes {
         let answer = h.await.unwrap();
         match label {
+            "q9" => q9.push(answer),
             "running" => assert_eq!(answer.unwrap().status, RunStatus::Running),
             "done" => {
                 let run = answer.unwrap();
@@ -1211,6 +1243,15 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
             ),
         }
     }
+    // One of q9's changes made, the other refused: the run finished once.
+    let (made, refused): (Vec<_>, Vec<_>) = q9.into_iter().partition(Result::is_ok);
+    assert_eq!((made.len(), refused.len()), (1, 1), "{made:?} {refused:?}");
+    assert!(
+        matches!(&refused[0], Err(StoreError::Conflict { what }) if what.contains("run q9 is")),
+        "{refused:?}"
+    );
+    let made = made[0].as_ref().unwrap();
+    assert_eq!(store.get_run("q9").await.unwrap().as_ref(), Some(made));
     assert_eq!(
         store.get_run("q7").await.unwrap().unwrap().status,
         RunStatus::Pending
@@ -1236,10 +1277,11 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
         }
     }
     let b = store.batching();
-    // Alone: the two held of each, and the second take of q3's signal.
+    // Alone: the two held of each, the second change of q9 and the second take of q3's
+    // signal (the result with an unfinished status did not go through the batches).
     assert_eq!(
         (b.statuses.alone, b.takes.alone),
-        (statuses.alone + 2, takes.alone + 3),
+        (statuses.alone + 3, takes.alone + 3),
         "{b:?}"
     );
     assert!(
@@ -1257,4 +1299,442 @@ async fn creations_status_changes_and_signals_taken_go_together_each_answered_on
             .map(|s| s.payload),
         Some(b"second".to_vec())
     );
+}
+
+/// Waits (up to 20 s) until `n` statements of the connections named `application_name`
+/// that call `function` wait for a lock.
+async fn until_waiting_for_locks(application_name: &str, function: &str, n: i64) {
+    let admin = admin().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'
+                   AND query LIKE '%' || $2 || '(%'",
+                &[&application_name, &function],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} {function} waiting for locks ({waiting})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// [`Options::max_batch`] caps a batch; at 1 nothing is batched: every write is sent at once,
+/// in a statement of its own, however many are in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_batch_caps_a_batch_and_at_one_every_write_goes_alone_at_once() {
+    let schema = TestSchema::new().await;
+    let named = format!(
+        "{}{}application_name={}",
+        url(),
+        if url().contains('?') { '&' } else { '?' },
+        schema.name
+    );
+    for max in [1, 3] {
+        let store = Arc::new(
+            PgStore::connect_with(
+                &named,
+                Options {
+                    max_batch: max,
+                    ..schema.options()
+                },
+            )
+            .await
+            .unwrap(),
+        );
+        let (blk, free) = (format!("blk-{max}"), format!("free-{max}"));
+        for id in [&blk, &free] {
+            store.create_run(new_run(id, "w")).await.unwrap();
+        }
+        let before = store.batching().commits;
+        // Two commits held up by a lock on their run's row.
+        let lock = locker(&schema.name).await;
+        lock.batch_execute(&format!(
+            "SELECT 1 FROM flow_runs WHERE id = '{blk}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+        let mut held = Vec::new();
+        for node in ["b1", "b2"] {
+            let (store, blk) = (store.clone(), blk.clone());
+            held.push(tokio::spawn(async move {
+                store.commit_step(commit(&blk, node)).await
+            }));
+        }
+        until_waiting_for_locks(&schema.name, "flow_commit_step", 2).await;
+        if max == 1 {
+            // A third does not wait for them.
+            let third = tokio::time::timeout(
+                Duration::from_secs(5),
+                store.commit_step(commit(&free, "s")),
+            )
+            .await
+            .expect("with max_batch 1, a write is sent at once while two are in flight");
+            assert!(third.unwrap().first);
+        } else {
+            // Seven wait, and go in batches of at most three.
+            let mut waiting = Vec::new();
+            for i in 0..7 {
+                let (store, free) = (store.clone(), free.clone());
+                waiting.push(tokio::spawn(async move {
+                    store.commit_step(commit(&free, &format!("s{i}"))).await
+                }));
+            }
+            until("seven commits waiting", || {
+                store.batching().commits.waiting == 7
+            })
+            .await;
+            lock.batch_execute("ROLLBACK").await.unwrap();
+            for h in waiting {
+                assert!(h.await.unwrap().unwrap().first);
+            }
+        }
+        lock.batch_execute("ROLLBACK").await.unwrap();
+        for h in held {
+            assert!(h.await.unwrap().unwrap().first);
+        }
+        let after = store.batching().commits;
+        let (batches, in_batches) = (
+            after.batches - before.batches,
+            after.in_batches - before.in_batches,
+        );
+        if max == 1 {
+            assert_eq!((batches, after.waiting), (0, 0), "{after:?}");
+        } else {
+            assert!(
+                batches >= 2 && in_batches <= 3 * batches,
+                "batches of at most 3: {before:?} -> {after:?}"
+            );
+            // The two held went alone; the seven in batches, but maybe one alone.
+            assert_eq!(
+                in_batches + (after.alone - before.alone - 2),
+                7,
+                "{before:?} -> {after:?}"
+            );
+        }
+    }
+}
+
+/// Writes left waiting when the runtime of their callers shuts down (with the tasks that were
+/// to send them) do not stop the store: the sending slots they held are freed, and the next
+/// write of their kind, made on another runtime, is sent, with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_left_waiting_by_a_runtime_that_shut_down_go_with_the_next_one() {
+    let schema = TestSchema::new().await;
+    let store = Arc::new(schema.store().await);
+    for id in ["blk", "free"] {
+        store.create_run(new_run(id, "w")).await.unwrap();
+    }
+    let lock = locker(&schema.name).await;
+    lock.batch_execute("SELECT 1 FROM flow_runs WHERE id = 'blk' FOR UPDATE")
+        .await
+        .unwrap();
+    // On a runtime of its own: two commits held up by the lock, three waiting for them;
+    // then that runtime shuts down.
+    let s = store.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for node in ["b1", "b2"] {
+            let s = s.clone();
+            runtime.spawn(async move { s.commit_step(commit("blk", node)).await });
+        }
+        runtime.block_on(until("two commits sent alone", || {
+            s.batching().commits.alone == 2
+        }));
+        for i in 0..3 {
+            let s = s.clone();
+            runtime.spawn(async move { s.commit_step(commit("free", &format!("w{i}"))).await });
+        }
+        runtime.block_on(until("three commits waiting", || {
+            s.batching().commits.waiting == 3
+        }));
+        drop(runtime);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(store.batching().commits.waiting, 3);
+    // The held statements, abandoned, end (their connections may go back to the pool).
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    let next = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.commit_step(commit("free", "next")),
+    )
+    .await
+    .expect("the next commit is sent");
+    assert!(next.unwrap().first);
+    until("nothing waiting", || store.batching().commits.waiting == 0).await;
+    for i in 0..3 {
+        let key = StepKey::new("free", format!("w{i}"));
+        assert!(store.get_step(&key).await.unwrap().is_some(), "{key}");
+    }
+}
+
+/// A TCP proxy to the test server that can cut every connection through it at once: a
+/// network failure, not an error of the server (the server's side is only closed).
+struct Proxy {
+    port: u16,
+    open: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start() -> Proxy {
+        let config: tokio_postgres::Config = url().parse().unwrap();
+        let target = match (config.get_hosts().first(), config.get_ports().first()) {
+            (Some(tokio_postgres::config::Host::Tcp(host)), port) => {
+                (host.clone(), port.copied().unwrap_or(5432))
+            }
+            _ => panic!("FLOW_PG_URL must name a TCP host for this test"),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let list = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect((target.0.as_str(), target.1)) else {
+                    continue;
+                };
+                let mut open = list.lock().unwrap();
+                open.push(client.try_clone().unwrap());
+                open.push(server.try_clone().unwrap());
+                drop(open);
+                let pairs = [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ];
+                for (mut from, mut to) in pairs {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Proxy { port, open }
+    }
+
+    /// A connection string to the test database through the proxy, naming the connections
+    /// `application_name`.
+    fn url(&self, application_name: &str) -> String {
+        let config: tokio_postgres::Config = url().parse().unwrap();
+        let mut s = format!(
+            "host=127.0.0.1 port={} application_name={application_name}",
+            self.port
+        );
+        if let Some(user) = config.get_user() {
+            s.push_str(&format!(" user={user}"));
+        }
+        if let Some(db) = config.get_dbname() {
+            s.push_str(&format!(" dbname={db}"));
+        }
+        if let Some(password) = config.get_password() {
+            s.push_str(&format!(
+                " password='{}'",
+                String::from_utf8_lossy(password)
+                    .replace('\\', "\\\\")
+                    .replace('\'', "\\'")
+            ));
+        }
+        s
+    }
+
+    /// Cuts every connection open through the proxy now.
+    fn cut(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// A batch of status changes whose connection is lost in flight, after the batch committed,
+/// is sent again (as one alone would be): a change its lost attempt made is answered as made
+/// (the run holds the very status and result asked for), and a run finished otherwise before
+/// the batch is still a Conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_of_status_changes_sent_again_after_its_connection_was_lost_knows_its_changes() {
+    let schema = TestSchema::new().await;
+    let proxy = Proxy::start();
+    let store = Arc::new(
+        PgStore::connect_with(&proxy.url(&schema.name), schema.options())
+            .await
+            .unwrap(),
+    );
+    let plain: Arc<dyn Store> = store.clone();
+    for id in ["c", "h1", "h2", "x", "z"] {
+        plain.create_run(new_run(id, "w")).await.unwrap();
+    }
+    plain
+        .set_status("z", RunStatus::Completed, Some(b"other".to_vec()))
+        .await
+        .unwrap();
+    // Two changes held up by locked rows, so that the next ones wait, and go together...
+    let held_lock = locker(&schema.name).await;
+    held_lock
+        .batch_execute("SELECT 1 FROM flow_runs WHERE id IN ('h1', 'h2') FOR UPDATE")
+        .await
+        .unwrap();
+    // ... in a batch held up by another lock (on `c`, the first row it locks).
+    let batch_lock = locker(&schema.name).await;
+    batch_lock
+        .batch_execute("SELECT 1 FROM flow_runs WHERE id = 'c' FOR UPDATE")
+        .await
+        .unwrap();
+    let before = store.batching().statuses;
+    let change = |id: &'static str, status: RunStatus, result: Option<&[u8]>| {
+        let (s, result) = (plain.clone(), result.map(<[u8]>::to_vec));
+        tokio::spawn(async move { s.set_status(id, status, result).await })
+    };
+    let held = [
+        change("h1", RunStatus::Running, None),
+        change("h2", RunStatus::Running, None),
+    ];
+    until("two changes sent alone", || {
+        store.batching().statuses.alone == before.alone + 2
+    })
+    .await;
+    let c = change("c", RunStatus::Running, None);
+    let x = change("x", RunStatus::Completed, Some(b"42"));
+    let z = change("z", RunStatus::Completed, Some(b"42"));
+    until("three changes waiting", || {
+        store.batching().statuses.waiting == 3
+    })
+    .await;
+    held_lock.batch_execute("ROLLBACK").await.unwrap();
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap().status, RunStatus::Running);
+    }
+    // The batch is in flight, waiting for the lock on `c`: its connection is cut. The lost
+    // attempt is first in line for the lock: it commits once the lock is gone, and the batch
+    // sent again finds its changes made.
+    until_waiting_for_locks(&schema.name, "flow_set_statuses", 1).await;
+    proxy.cut();
+    batch_lock.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(c.await.unwrap().unwrap().status, RunStatus::Running);
+    let x = x.await.unwrap().unwrap();
+    assert_eq!(
+        (x.status, x.output),
+        (RunStatus::Completed, Some(b"42".to_vec())),
+        "made by the lost attempt: answered as made"
+    );
+    let z = z.await.unwrap();
+    assert!(
+        matches!(&z, Err(StoreError::Conflict { what }) if what.contains("run z is completed")),
+        "finished before the batch, with another result: {z:?}"
+    );
+    assert_eq!(
+        store.get_run("z").await.unwrap().unwrap().output,
+        Some(b"other".to_vec())
+    );
+    let after = store.batching().statuses;
+    assert_eq!(
+        (after.batches, after.alone),
+        (before.batches + 1, before.alone + 2),
+        "{before:?} -> {after:?}"
+    );
+}
+
+/// Writes made at once while no other is in flight go each alone, at once, in a statement of
+/// their own, sent by their callers: not together, as writes that waited for a slot do. (On
+/// one thread, so that nothing else runs before both are sent.)
+#[tokio::test]
+async fn two_writes_made_at_once_go_each_alone() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    store.create_run(new_run("r", "w")).await.unwrap();
+    let before = store.batching().commits;
+    let (a, b) = tokio::join!(
+        store.commit_step(commit("r", "a")),
+        store.commit_step(commit("r", "b"))
+    );
+    assert!(a.unwrap().first && b.unwrap().first);
+    let after = store.batching().commits;
+    assert_eq!(
+        (after.alone, after.batches),
+        (before.alone + 2, before.batches),
+        "{before:?} -> {after:?}"
+    );
+}
+
+/// A batch's answer out of step with the client (a schema that does not match it) is an
+/// error for each of its writes: a refusal the client does not know is a Backend error (not
+/// one it knows), and an answer with a row missing is not trusted for any write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_answer_out_of_step_with_the_client_is_an_error_for_each_write() {
+    let schema = TestSchema::new().await;
+    let store = Arc::new(schema.store().await);
+    let plain: Arc<dyn Store> = store.clone();
+    for id in ["a", "b", "h1", "h2"] {
+        plain.create_run(new_run(id, "w")).await.unwrap();
+    }
+    let admin = admin().await;
+    admin
+        .batch_execute(&format!("SET search_path TO \"{}\"", schema.name))
+        .await
+        .unwrap();
+    for (what, refused, rows) in [
+        ("an unknown refusal", "'FLXX0'", "true"),
+        ("a row missing", "NULL", "u.i < cardinality(p_ids)"),
+    ] {
+        // flow_set_statuses, out of step: it changes nothing, and answers so.
+        admin
+            .batch_execute(&format!(
+                "CREATE OR REPLACE FUNCTION flow_set_statuses(
+                     p_ids TEXT[], p_statuses TEXT[], p_results BYTEA[], p_epochs BIGINT[])
+                 RETURNS TABLE (out_index BIGINT, out_refused TEXT, out_run flow_run_view)
+                 LANGUAGE sql AS $$
+                     SELECT u.i, {refused}::TEXT, (SELECT v FROM flow_run_view v WHERE v.id = u.id)
+                     FROM unnest(p_ids) WITH ORDINALITY AS u(id, i) WHERE {rows} ORDER BY u.i
+                 $$"
+            ))
+            .await
+            .unwrap();
+        // Two changes held up by locked rows (sent alone, by flow_set_status), and two that
+        // wait for them, and go together.
+        let lock = locker(&schema.name).await;
+        lock.batch_execute("SELECT 1 FROM flow_runs WHERE id IN ('h1', 'h2') FOR UPDATE")
+            .await
+            .unwrap();
+        let before = store.batching().statuses;
+        let change = |id: &'static str| {
+            let s = plain.clone();
+            tokio::spawn(async move { s.set_status(id, RunStatus::Running, None).await })
+        };
+        let held = [change("h1"), change("h2")];
+        until("two changes sent alone", || {
+            store.batching().statuses.alone == before.alone + 2
+        })
+        .await;
+        let batched = [change("a"), change("b")];
+        until("two changes waiting", || {
+            store.batching().statuses.waiting == 2
+        })
+        .await;
+        lock.batch_execute("ROLLBACK").await.unwrap();
+        for h in held {
+            h.await.unwrap().unwrap();
+        }
+        for h in batched {
+            let answer = h.await.unwrap();
+            assert!(
+                matches!(&answer, Err(StoreError::Backend { .. })),
+                "{what}: {answer:?}"
+            );
+        }
+        let after = store.batching().statuses;
+        assert_eq!(after.batches, before.batches + 1, "{what}: {after:?}");
+    }
 }
