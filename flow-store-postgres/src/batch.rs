@@ -216,8 +216,10 @@ impl<J: Job> Drop for Sender<J> {
 
 impl<J: Job> Sender<J> {
     /// Starts a task sending the waiting writes, in a slot counted already. Without a
-    /// runtime to run it on (dropped as the runtime shuts down), the slot is freed: the
-    /// writes waiting are then answered by their closed channels.
+    /// runtime to run it on (dropped as the runtime shuts down), the slot is freed. Writes
+    /// left waiting by a task that ended with its runtime stay queued: the next write of
+    /// their kind, on any runtime, starts a task that sends them with it (their callers, if
+    /// gone, get no answer; the writes are made all the same).
     fn start(batcher: Arc<Batcher<J>>, conn: Arc<Conn>) {
         let sender = Sender {
             batcher,

@@ -481,7 +481,8 @@ impl PgStore {
     }
 
     /// How the store has sent its batched writes so far (see [`Options::max_batch`]): step
-    /// commits, runs created or enqueued, status changes, and signals taken.
+    /// commits, runs created or enqueued, status changes, and signals taken. With
+    /// `max_batch` at 1 no write goes through the batches, and every count stays zero.
     pub fn batching(&self) -> Batching {
         Batching {
             commits: self.commits.counts(),
