@@ -136,16 +136,26 @@ fn committed(job: &CommitJob, row: &tokio_postgres::Row) -> Result<Committed> {
             pushed: Vec::new(),
             step: rows::step(row)?,
         }),
-        Some("FLNF0") => Err(StoreError::NotFound {
-            what: format!("run {}", key.run),
-        }),
-        Some("FLLL0") => Err(StoreError::LeaseLost {
-            run: key.run.clone(),
-            epoch: job.epoch.unwrap_or_default(),
-        }),
-        Some(other) => Err(StoreError::Backend {
-            message: format!("flow_commit_steps refused the commit of step {key}: {other}"),
-        }),
+        Some(code) => Err(refusal(code, &key.run, job.epoch, || {
+            format!("flow_commit_steps refused the commit of step {key}")
+        })),
+    }
+}
+
+/// The error of a write a batch refused with `code` (`FLNF0`: its run `run` is gone;
+/// `FLLL0`: its lease epoch `epoch` is stale); another code is `what`, with the code.
+fn refusal(code: &str, run: &str, epoch: Option<u64>, what: impl FnOnce() -> String) -> StoreError {
+    match code {
+        "FLNF0" => StoreError::NotFound {
+            what: format!("run {run}"),
+        },
+        "FLLL0" => StoreError::LeaseLost {
+            run: run.to_owned(),
+            epoch: epoch.unwrap_or_default(),
+        },
+        other => StoreError::Backend {
+            message: format!("{}: {other}", what()),
+        },
     }
 }
 
@@ -325,13 +335,6 @@ fn status_answer(job: &StatusJob, row: &tokio_postgres::Row, in_doubt: bool) -> 
         return rows::run(row);
     };
     match refused.split_once(':') {
-        None if refused == "FLNF0" => Err(StoreError::NotFound {
-            what: format!("run {}", job.id),
-        }),
-        None if refused == "FLLL0" => Err(StoreError::LeaseLost {
-            run: job.id.clone(),
-            epoch: job.epoch.unwrap_or_default(),
-        }),
         Some(("FLCF0", current)) => {
             if in_doubt {
                 let run = rows::run(row)?;
@@ -347,12 +350,12 @@ fn status_answer(job: &StatusJob, row: &tokio_postgres::Row, in_doubt: bool) -> 
                 ),
             })
         }
-        _ => Err(StoreError::Backend {
-            message: format!(
-                "flow_set_statuses refused the status change of run {}: {refused}",
+        _ => Err(refusal(&refused, &job.id, job.epoch, || {
+            format!(
+                "flow_set_statuses refused the status change of run {}",
                 job.id
-            ),
-        }),
+            )
+        })),
     }
 }
 
@@ -396,27 +399,13 @@ async fn take_many(conn: &Conn, jobs: &[TakeJob]) -> Result<Vec<Result<Option<Si
         .iter()
         .zip(&answer.rows)
         .map(|(job, row)| {
-            match get::<Option<String>>(row, "out_refused")?.as_deref() {
-                None => {}
-                Some("FLNF0") => {
-                    return Err(StoreError::NotFound {
-                        what: format!("run {}", job.run),
-                    });
-                }
-                Some("FLLL0") => {
-                    return Err(StoreError::LeaseLost {
-                        run: job.run.clone(),
-                        epoch: job.epoch.unwrap_or_default(),
-                    });
-                }
-                Some(other) => {
-                    return Err(StoreError::Backend {
-                        message: format!(
-                            "flow_take_signals refused to take signal {} of run {}: {other}",
-                            job.name, job.run
-                        ),
-                    });
-                }
+            if let Some(code) = get::<Option<String>>(row, "out_refused")? {
+                return Err(refusal(&code, &job.run, job.epoch, || {
+                    format!(
+                        "flow_take_signals refused to take signal {} of run {}",
+                        job.name, job.run
+                    )
+                }));
             }
             let Some(seq) = get::<Option<i64>>(row, "out_seq")? else {
                 return Ok(None);
