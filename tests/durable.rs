@@ -1151,3 +1151,319 @@ async fn a_panic_and_a_timeout_end_a_durable_run_as_failed_and_are_read_back() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ------------------------------------------------------------------ durable `flow!`
+
+async fn combine(l: u32, r: u32) -> Result<Vec<u32>, Fail> {
+    Ok(vec![l % 7, r % 7, (l + r) % 7])
+}
+
+async fn sum(items: Vec<u32>) -> Result<u32, Fail> {
+    Ok(items.iter().sum())
+}
+
+/// A durable `flow!`: a sequence, a parallel group, a map and a retried step, its closures
+/// owning what they use.
+fn provisioning(
+    dir: &Path,
+) -> impl flow::durable::DurableWorkflow<Input = u32, Output = u32, Error = Fail> + Clone {
+    let d = dir.display().to_string();
+    let (d1, d2, d3, d4) = (d.clone(), d.clone(), d.clone(), d);
+    flow! { name = "provisioning", durable;
+        move |n| prepare(d1.clone(), n)
+        -> (move |v| left(d2.clone(), v) & move |v| right(d3.clone(), v))
+        -> |l, r| combine(l, r)
+        -> map(move |item| probe(d4.clone(), item), concurrency = 2)
+        -> sum [retry(max_attempts = 3, backoff = constant("10ms"))]
+    }
+}
+
+/// What an uninterrupted run of `provisioning` on `n` returns.
+fn provisioning_expected(n: u32) -> u32 {
+    let v = n + 1;
+    let (l, r) = (v * 2, v * 3);
+    [l % 7, r % 7, (l + r) % 7].iter().map(|x| x * 10).sum()
+}
+
+/// Runs `provisioning` as run `id` until step `hang` is in flight and the steps `committed`
+/// are committed, then drops the process's tokio runtime.
+fn crash_flow_at(dir: &Path, id: &str, hang: &str, committed: &[flow::store::StepKey]) {
+    let gate = dir.join(format!("hang-{hang}"));
+    std::fs::write(&gate, "").expect("gate");
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(dir));
+        let run = runtime
+            .start(provisioning(dir), id, 5)
+            .await
+            .expect("started");
+        assert!(run.created());
+        let prefix = format!("{hang} ");
+        while !read_log(dir).iter().any(|l| l.starts_with(&prefix)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for key in committed {
+            while runtime
+                .store()
+                .unwrap()
+                .get_step(key)
+                .await
+                .unwrap()
+                .is_none_or(|s| s.outcome.is_none())
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        drop(run);
+    });
+    rt.shutdown_timeout(Duration::from_secs(10));
+    std::fs::remove_file(&gate).expect("gate removed");
+}
+
+/// Resumes every unfinished run of `dir`'s store with `provisioning` registered, and returns
+/// run `id`'s stored result.
+fn resume_flow(dir: &Path, id: &str) -> u32 {
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(provisioning(dir)).unwrap();
+        let report = runtime.resume(&registry).await.unwrap();
+        assert!(report.unknown.is_empty() && report.incompatible.is_empty());
+        assert_eq!(report.resumed.len(), 1);
+        for r in report.resumed {
+            assert_eq!((r.id.as_str(), r.workflow.as_str()), (id, "provisioning"));
+            r.wait().await.unwrap();
+        }
+        runtime
+            .result(&provisioning(dir), id)
+            .await
+            .unwrap()
+            .expect("finished")
+            .expect("succeeded")
+    })
+}
+
+/// A durable `flow!` killed in one branch of its parallel group while the other branch had
+/// committed: resumed, it runs the branch in flight again (with the same idempotency key),
+/// not the committed one, and finishes with an uninterrupted run's result.
+#[test]
+fn a_durable_flow_killed_in_a_parallel_branch_resumes_where_it_stopped() {
+    let dir = temp_dir("flow-par");
+    crash_flow_at(
+        &dir,
+        "p1",
+        "right",
+        &[flow::store::StepKey::new("p1", "left")],
+    );
+    assert_eq!(resume_flow(&dir, "p1"), provisioning_expected(5));
+    let log = read_log(&dir);
+    for name in ["prepare", "left", "probe5", "probe4", "probe2"] {
+        assert_eq!(count(&log, name), 1, "{name}: {log:?}");
+    }
+    assert_eq!(count(&log, "right"), 2, "{log:?}");
+    let keys: Vec<&str> = log
+        .iter()
+        .filter(|l| l.starts_with("right "))
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(keys, ["flow:p1:right@0", "flow:p1:right@0"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Killed while the map's items run: the item that finished is not run again.
+#[test]
+fn a_durable_flow_killed_in_a_map_resumes_item_by_item() {
+    let dir = temp_dir("flow-map");
+    // 5 -> 6 -> (12, 18) -> [5, 4, 2]: item 0 (probe5) finishes while item 1 (probe4) hangs.
+    crash_flow_at(
+        &dir,
+        "m1",
+        "probe4",
+        &[flow::store::StepKey::new("m1", "probe").item(0)],
+    );
+    assert_eq!(resume_flow(&dir, "m1"), provisioning_expected(5));
+    let log = read_log(&dir);
+    for name in ["prepare", "left", "right", "probe5", "probe2"] {
+        assert_eq!(count(&log, name), 1, "{name}: {log:?}");
+    }
+    assert_eq!(count(&log, "probe4"), 2, "{log:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A durable `flow!`'s id never runs twice, its result is read back by id, and its run's
+/// record carries its name and every step's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_flow_is_recorded_and_its_id_never_runs_twice() {
+    let dir = temp_dir("flow-once");
+    let runtime = Runtime::new().with_store(store(&dir));
+    let run = runtime.start(provisioning(&dir), "f1", 2).await.unwrap();
+    assert!(run.created());
+    assert_eq!(run.wait().await.unwrap(), provisioning_expected(2));
+    let again = runtime.start(provisioning(&dir), "f1", 9).await.unwrap();
+    assert!(!again.created());
+    assert_eq!(again.wait().await.unwrap(), provisioning_expected(2));
+    let store = runtime.store().unwrap();
+    let record = store.get_run("f1").await.unwrap().unwrap();
+    assert_eq!(
+        (record.workflow.as_str(), record.status),
+        ("provisioning", RunStatus::Completed)
+    );
+    let steps = store.steps_of("f1").await.unwrap();
+    let mut keys: Vec<String> = steps
+        .iter()
+        .map(|s| match s.key.item {
+            Some(i) => format!("{}[{i}]", s.key.node),
+            None => s.key.node.clone(),
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "combine", "left", "prepare", "probe[0]", "probe[1]", "probe[2]", "right", "sum"
+        ]
+    );
+    let sum = steps.iter().find(|s| s.key.node == "sum").unwrap();
+    assert_eq!(
+        sum.outcome,
+        Some(flow::store::StepOutcome::Completed(
+            provisioning_expected(2).to_string().into_bytes()
+        ))
+    );
+    // Run without a store, the same flow runs as any other, and records nothing.
+    assert_eq!(
+        Runtime::new().run(&provisioning(&dir), 2).await.unwrap(),
+        provisioning_expected(2)
+    );
+    assert_eq!(count(&read_log(&dir), "prepare"), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `signal` stage of a durable `flow!`: a signal sent while no process runs the run is
+/// kept, and the resumed run takes it without running its first step again.
+#[test]
+fn a_durable_flow_takes_a_signal_sent_while_it_was_down() {
+    fn gated_flow(
+        dir: &Path,
+    ) -> impl flow::durable::DurableWorkflow<Input = (), Output = String, Error = Fail> + Clone
+    {
+        let d = dir.display().to_string();
+        let d2 = d.clone();
+        flow! { name = "gated_flow", durable;
+            move || prepare_release(d.clone())
+            -> signal("approve", timeout = "1h")
+            -> move |v, by| release(d2.clone(), v, by)
+        }
+    }
+    let dir = temp_dir("flow-signal");
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        drop(runtime.start(gated_flow(&dir), "gf1", ()).await.unwrap());
+        let key = flow::store::StepKey::new("gf1", "approve");
+        loop {
+            let step = runtime.store().unwrap().get_step(&key).await.unwrap();
+            if step.is_some_and(|s| s.retry.wake_at_ms.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(10));
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        runtime
+            .signal_durable("gf1", "approve", &"ada".to_owned())
+            .await
+            .unwrap();
+        let mut registry = flow::Registry::new();
+        registry.register_durable(gated_flow(&dir)).unwrap();
+        for r in runtime.resume(&registry).await.unwrap().resumed {
+            r.wait().await.unwrap();
+        }
+        assert_eq!(
+            runtime
+                .result(&gated_flow(&dir), "gf1")
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+            "7 approved by ada"
+        );
+    });
+    let log = read_log(&dir);
+    assert_eq!(count(&log, "prepare_release"), 1, "{log:?}");
+    assert_eq!(count(&log, "release"), 1, "{log:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A durable `flow!` with two undos, killed while the second undo runs: resumed, the undo
+/// that ran is not run again, the one cut off runs, the failed step is not run again.
+#[test]
+fn a_durable_flow_killed_while_compensating_runs_each_remaining_undo_once() {
+    fn booking_flow(
+        dir: &Path,
+    ) -> impl flow::durable::DurableWorkflow<Input = (), Output = u32, Error = Fail> + Clone {
+        let d = dir.display().to_string();
+        let (d1, d2) = (d.clone(), d.clone());
+        flow! { name = "booking_flow", durable;
+            move || reserve_a(d.clone()) [compensate = undo_a]
+            -> move |_a| reserve_b(d1.clone()) [compensate = undo_b]
+            -> move |_b| fail_charge(d2.clone())
+        }
+    }
+    let dir = temp_dir("flow-undo");
+    let gate = dir.join("hang-undo_a");
+    std::fs::write(&gate, "").unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        drop(runtime.start(booking_flow(&dir), "bf1", ()).await.unwrap());
+        while count(&read_log(&dir), "undo_a") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let record = runtime
+            .store()
+            .unwrap()
+            .get_run("bf1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.status, RunStatus::Compensating);
+    });
+    rt.shutdown_timeout(Duration::from_secs(10));
+    std::fs::remove_file(&gate).unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(booking_flow(&dir)).unwrap();
+        let report = runtime.resume(&registry).await.unwrap();
+        assert_eq!(report.resumed.len(), 1);
+        for r in report.resumed {
+            let e = r.wait().await.unwrap_err();
+            assert!(e.contains("card declined"), "{e}");
+        }
+        let record = runtime
+            .store()
+            .unwrap()
+            .get_run("bf1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.status, RunStatus::Failed);
+    });
+    let log = read_log(&dir);
+    for (name, n) in [
+        ("reserve_a", 1),
+        ("reserve_b", 1),
+        ("charge", 1),
+        ("undo_b", 1),
+        ("undo_a", 2),
+    ] {
+        assert_eq!(count(&log, name), n, "{name}: {log:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -69,6 +69,8 @@ struct FlowInput {
     name: Option<LitStr>,
     timeout: Option<core::time::Duration>,
     error: Option<Type>,
+    /// `durable`: where it was written.
+    durable: Option<Span>,
     undo: crate::workflow::UndoOptions,
     pipeline: Pipeline,
 }
@@ -149,6 +151,13 @@ impl Parser<'_> {
     }
 }
 
+/// Whether the option `durable` (a flag) is next: `durable,` or `durable;`.
+fn is_durable_flag(input: ParseStream) -> bool {
+    let fork = input.fork();
+    fork.parse::<Ident>().is_ok_and(|i| i == kw::DURABLE)
+        && (fork.peek(Token![,]) || fork.peek(Token![;]))
+}
+
 /// Whether a closure starts here: `|x| ..`, `|| ..`, `move |x| ..`.
 fn is_closure_start(input: ParseStream) -> bool {
     input.peek(Token![|]) || input.peek(Token![||]) || input.peek(Token![move])
@@ -195,13 +204,38 @@ impl Parser<'_> {
             name: None,
             timeout: None,
             error: None,
+            durable: None,
             undo: crate::workflow::UndoOptions::default(),
             pipeline: Pipeline { stages: Vec::new() },
         };
-        // Options: `key = value, ...;` (a pipeline never starts with `ident =`).
-        if input.peek(Ident) && input.peek2(Token![=]) && !input.peek2(Token![=>]) {
+        // Options: `key = value, ...;` and the flag `durable` (a pipeline never starts with
+        // `ident =`, nor has a `,` or `;` after its first step).
+        if (input.peek(Ident) && input.peek2(Token![=]) && !input.peek2(Token![=>]))
+            || is_durable_flag(input)
+        {
             loop {
+                if is_durable_flag(input) {
+                    let key: Ident = input.parse()?;
+                    if cfg!(feature = "durable") {
+                        out.durable = Some(key.span());
+                    } else {
+                        self.errors.spanned(
+                            &key,
+                            "durable flows need the `durable` feature of `flow`: `flow = { version = \"..\", features = [\"durable\"] }`",
+                        );
+                    }
+                    if input.parse::<Option<Token![,]>>()?.is_none() {
+                        break;
+                    }
+                    continue;
+                }
                 let key: Ident = input.parse()?;
+                if key == kw::DURABLE {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        "`durable` is a flag, not a `key = value` option: `flow! { name = \"provision\", durable; .. }`",
+                    ));
+                }
                 input.parse::<Token![=]>()?;
                 if [kw::COMPENSATION_TIMEOUT, kw::COMPENSATE_ON_DROP]
                     .contains(&key.to_string().as_str())
@@ -245,7 +279,9 @@ impl Parser<'_> {
                 )
             })?;
             // `name = "x"; error = E; plan`: an option after the `;`.
-            if input.peek(Ident) && input.peek2(Token![=]) && !input.peek2(Token![=>]) {
+            if (input.peek(Ident) && input.peek2(Token![=]) && !input.peek2(Token![=>]))
+                || is_durable_flag(input)
+            {
                 let key: Ident = input.fork().parse()?;
                 return Err(syn::Error::new(
                     key.span(),
@@ -1087,9 +1123,14 @@ impl Expander<'_> {
                     None => quote!(::core::option::Option::None),
                 };
                 let input = Ident::new("__flow_in", Span::mixed_site());
+                let wait = if self.gen_.durable {
+                    Ident::new("durable_signal", *span)
+                } else {
+                    Ident::new("signal", *span)
+                };
                 quote_spanned!(*span=> {
                     let #input = #v;
-                    (#input, #ctx.signal::<_>(#idt, #name, #timeout).await?)
+                    (#input, #ctx.#wait::<_>(#idt, #name, #timeout).await?)
                 })
             }
             PStage::Branch {
@@ -1247,6 +1288,13 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
 
 fn expand_flow(flow: FlowInput) -> TokenStream {
     let krate = &flow.krate;
+    if let (Some(at), None) = (flow.durable, &flow.name) {
+        return syn::Error::new(
+            at,
+            "a durable flow needs a name, which its stored runs carry (a restarted process finds their workflow by it): `flow! { name = \"provision\", durable; .. }`",
+        )
+        .into_compile_error();
+    }
     let name = flow
         .name
         .as_ref()
@@ -1287,7 +1335,7 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
             marker: false,
             error_ty: error_tokens.as_ref(),
             markers: &markers,
-            durable: false,
+            durable: flow.durable.is_some(),
         },
         krate,
         ctx: &ctx,
@@ -1331,7 +1379,12 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
         None => quote!(_),
     };
     let marker_defs = markers.definitions();
-    let undo_builder = flow.undo.builder_calls();
+    let mut undo_builder = flow.undo.builder_calls();
+    // `durable`: the flow's input, output and error must be storable, checked where
+    // `durable` is written; its steps were generated to commit their outcomes.
+    if let Some(at) = flow.durable {
+        undo_builder.extend(quote_spanned!(at=> .durable()));
+    }
     // Closure and method stages: built once with the flow, shared by its runs through an
     // `Arc` (a run's future owns a clone and calls them by reference). Nothing for a flow of
     // plain steps.

@@ -66,6 +66,7 @@ pub(crate) const WORKFLOW_OPTIONS: &[&str] = &[
 /// Options of a `flow!` header.
 pub(crate) const FLOW_OPTIONS: &[&str] = &[
     NAME,
+    DURABLE,
     TIMEOUT,
     ERROR,
     CRATE,

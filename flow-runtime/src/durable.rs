@@ -59,10 +59,22 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Stored for T {}
 /// A workflow whose runs can be durable: its input, output, error and steps' outputs are
 /// [`Stored`], and its steps commit their outcomes when the run has a store.
 ///
-/// Implemented by `#[workflow(durable)]`; not meant to be implemented by hand (a hand-written
+/// Implemented by `#[workflow(durable)]` and `flow! { name = "..", durable; .. }`; not meant to be implemented by hand (a hand-written
 /// workflow would have to route its steps through the store itself).
 pub trait DurableWorkflow:
     Workflow<Input: Stored, Output: Stored, Error: Stored> + Send + Sync + 'static
+{
+}
+
+impl<In, Out, E, S, F> DurableWorkflow
+    for crate::workflow::Flow<In, Out, E, S, F, crate::workflow::Durable>
+where
+    In: Stored,
+    Out: Stored,
+    E: Stored,
+    S: 'static,
+    F: 'static,
+    Self: Workflow<Input = In, Output = Out, Error = E>,
 {
 }
 

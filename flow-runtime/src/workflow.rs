@@ -167,7 +167,9 @@ pub trait Workflow: Send + Sync {
 /// A workflow composed by `flow!`: a state enum `S` and a driver that runs it to the end.
 ///
 /// The type parameters are inferred from the steps; a flow is usually held in a `let` and run
-/// with [`Flow::run`].
+/// with [`Flow::run`]. `D` says whether its steps were generated to commit their outcomes to
+/// a store: `flow! { name = "..", durable; .. }` makes a flow that implements
+/// `flow::durable::DurableWorkflow` (feature `durable`).
 ///
 /// ```
 /// # use flow_runtime::{Error, Graph, NodeId, WorkflowState};
@@ -195,7 +197,7 @@ pub trait Workflow: Send + Sync {
 /// assert_eq!((f.compensation_timeout(), f.compensate_on_drop()), (Duration::from_secs(10), false));
 /// # }
 /// ```
-pub struct Flow<In, Out, E, S, F> {
+pub struct Flow<In, Out, E, S, F, D = Ephemeral> {
     graph: &'static Graph,
     start: fn(In) -> S,
     driver: F,
@@ -203,6 +205,32 @@ pub struct Flow<In, Out, E, S, F> {
     compensation_timeout: Duration,
     compensate_on_drop: bool,
     _types: PhantomData<fn(In) -> (Out, E)>,
+    _kind: PhantomData<fn() -> D>,
+}
+
+/// The kind of a [`Flow`] whose runs are not recorded: a `flow!` without `durable`.
+#[derive(Debug, Clone, Copy)]
+pub struct Ephemeral;
+
+/// The kind of a [`Flow`] written `flow! { name = "..", durable; .. }`: its steps commit their
+/// outcomes when a run has a store, so it implements
+/// [`DurableWorkflow`](crate::durable::DurableWorkflow) (with the `durable` feature).
+#[derive(Debug, Clone, Copy)]
+pub struct Durable;
+
+impl<In, Out, E, S, F: Clone, D> Clone for Flow<In, Out, E, S, F, D> {
+    fn clone(&self) -> Self {
+        Flow {
+            graph: self.graph,
+            start: self.start,
+            driver: self.driver.clone(),
+            timeout: self.timeout,
+            compensation_timeout: self.compensation_timeout,
+            compensate_on_drop: self.compensate_on_drop,
+            _types: PhantomData,
+            _kind: PhantomData,
+        }
+    }
 }
 
 impl<In, Out, E, S, F, Fut> Flow<In, Out, E, S, F>
@@ -226,11 +254,37 @@ where
             compensation_timeout: crate::saga::DEFAULT_COMPENSATION_TIMEOUT,
             compensate_on_drop: true,
             _types: PhantomData,
+            _kind: PhantomData,
         }
     }
 }
 
 impl<In, Out, E, S, F> Flow<In, Out, E, S, F> {
+    /// Used by `flow! { durable; .. }`: the same flow, whose runs can be durable. Its steps
+    /// were generated to commit their outcomes; the bounds check, where `durable` is written,
+    /// that the flow's input, output and error can be stored.
+    #[cfg(feature = "durable")]
+    #[doc(hidden)]
+    pub fn durable(self) -> Flow<In, Out, E, S, F, Durable>
+    where
+        In: crate::durable::Stored,
+        Out: crate::durable::Stored,
+        E: crate::durable::Stored,
+    {
+        Flow {
+            graph: self.graph,
+            start: self.start,
+            driver: self.driver,
+            timeout: self.timeout,
+            compensation_timeout: self.compensation_timeout,
+            compensate_on_drop: self.compensate_on_drop,
+            _types: PhantomData,
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<In, Out, E, S, F, D> Flow<In, Out, E, S, F, D> {
     /// The total time a run may spend compensating (`flow! { compensation_timeout = "10m"; .. }`);
     /// see [`Workflow::compensation_timeout`].
     #[must_use]
@@ -248,14 +302,14 @@ impl<In, Out, E, S, F> Flow<In, Out, E, S, F> {
     }
 }
 
-impl<In, Out, E, S, F> Flow<In, Out, E, S, F> {
+impl<In, Out, E, S, F, D> Flow<In, Out, E, S, F, D> {
     /// The flow's static graph.
     pub fn graph(&self) -> &'static Graph {
         self.graph
     }
 }
 
-impl<In, Out, E, S, F, Fut> Flow<In, Out, E, S, F>
+impl<In, Out, E, S, F, D, Fut> Flow<In, Out, E, S, F, D>
 where
     Self: Workflow<Input = In, Output = Out, Error = E>,
     F: Fn(Ctx<E>, S) -> Fut,
@@ -266,7 +320,7 @@ where
     }
 }
 
-impl<In, Out, E, S, F, Fut> Workflow for Flow<In, Out, E, S, F>
+impl<In, Out, E, S, F, D, Fut> Workflow for Flow<In, Out, E, S, F, D>
 where
     In: Send,
     Out: Send,
