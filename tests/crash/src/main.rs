@@ -1,4 +1,5 @@
-//! The child process of the crash test (`tests/crash.rs`): runs durable workflows on a
+//! The child process of the crash test (`tests/crash.rs`): runs durable workflows (five
+//! `#[workflow(durable)]` functions and a durable `flow!`) on a
 //! SQLite store until every run has finished, and is killed with SIGKILL at random moments.
 //!
 //! `crash-child <store> <log> <generation> <runs>`: resumes the unfinished runs of the store,
@@ -166,6 +167,31 @@ pub async fn saga(n: u32) -> Result<u32, Fail> {
     charge(r).await
 }
 
+async fn f1(n: u32) -> Result<u32, Fail> {
+    effect("f1").await;
+    Ok(n + 1)
+}
+async fn fa(n: u32) -> Result<u32, Fail> {
+    effect("fa").await;
+    Ok(n + 10)
+}
+async fn fb(n: u32) -> Result<u32, Fail> {
+    effect("fb").await;
+    Ok(n + 20)
+}
+async fn fsum(a: u32, b: u32) -> Result<u32, Fail> {
+    effect("fsum").await;
+    Ok(a + b)
+}
+
+/// A durable `flow!`: a step, a parallel group, then a closure stage that joins it.
+fn flowed() -> impl flow::durable::DurableWorkflow<Input = u32, Output = u32, Error = Fail> + Clone
+{
+    flow! { name = "flowed", durable;
+        f1 -> (fa & fb) -> |a, b| fsum(a, b) [retry(max_attempts = 2)]
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -184,6 +210,7 @@ async fn main() {
     registry.register_durable(Fanout).expect("registered");
     registry.register_durable(Retried).expect("registered");
     registry.register_durable(Saga).expect("registered");
+    registry.register_durable(flowed()).expect("registered");
     let report = runtime.resume(&registry).await.expect("resume");
     assert!(
         report.unknown.is_empty() && report.incompatible.is_empty() && report.failed.is_empty(),
@@ -220,6 +247,11 @@ async fn main() {
                 .await;
             let _ = rt
                 .start(Saga, format!("saga-{i}"), (i,))
+                .await
+                .expect("start")
+                .await;
+            let _ = rt
+                .start(flowed(), format!("flowed-{i}"), i)
                 .await
                 .expect("start")
                 .await;
