@@ -1467,3 +1467,63 @@ fn a_durable_flow_killed_while_compensating_runs_each_remaining_undo_once() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every attempt is recorded with its real start and end, the successful one included (the
+/// paused clock makes the times exact).
+async fn slow_flaky(ms: u64) -> Result<u32, Fail> {
+    let attempt = flow::step_context().map_or(0, |c| c.attempt());
+    tokio::time::sleep(Duration::from_millis(ms * u64::from(attempt))).await;
+    if attempt < 3 {
+        return Err(Fail(format!("attempt {attempt} failed")));
+    }
+    Ok(attempt)
+}
+
+async fn quick(v: u32) -> Result<u32, Fail> {
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    Ok(v + 1)
+}
+
+#[workflow(durable)]
+async fn timed(ms: u64) -> Result<u32, Fail> {
+    #[retry(max_attempts = 3, backoff = constant("1s"))]
+    let v = slow_flaky(ms).await?;
+    quick(v).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_is_recorded_with_its_start_and_end() {
+    let runtime = Runtime::new().with_store(flow::store::MemoryStore::new());
+    let run = runtime.start(Timed, "t1", (100,)).await.unwrap();
+    assert_eq!(run.wait().await.unwrap(), 4);
+    let store = runtime.store().unwrap();
+    let steps = store.steps_of("t1").await.unwrap();
+    let step = |node: &str| steps.iter().find(|s| s.key.node == node).unwrap();
+    // Times from the first attempt's start.
+    let t0 = step("slow_flaky").attempts[0].started_ms;
+    let attempts = |node: &str| {
+        step(node)
+            .attempts
+            .iter()
+            .map(|a| (a.number, a.started_ms - t0, a.ended_ms.unwrap() - t0))
+            .collect::<Vec<_>>()
+    };
+    // Attempt n runs n x 100 ms; 1 s between attempts.
+    assert_eq!(
+        attempts("slow_flaky"),
+        [(1, 0, 100), (2, 1100, 1300), (3, 2300, 2600)]
+    );
+    let failures: Vec<Option<&str>> = step("slow_flaky")
+        .attempts
+        .iter()
+        .map(|a| a.failure.as_deref())
+        .collect();
+    assert!(
+        failures[0].is_some_and(|f| f.contains("attempt 1 failed"))
+            && failures[1].is_some_and(|f| f.contains("attempt 2 failed"))
+            && failures[2].is_none(),
+        "{failures:?}"
+    );
+    assert_eq!(attempts("quick"), [(1, 2600, 2640)]);
+    assert_eq!(step("quick").attempts[0].failure, None);
+}

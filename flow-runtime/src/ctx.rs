@@ -46,7 +46,12 @@ impl Resume<'_> {
             Resume::Never(n, _) => match n {},
         }
     }
-    async fn failed_attempt(&self, _: u32, _: String, _: &[u32], _: Duration) {
+    async fn failed_attempt(&self, _: u32, _: Instant, _: String, _: &[u32], _: Duration) {
+        match *self {
+            Resume::Never(n, _) => match n {},
+        }
+    }
+    fn attempt_started(&self, _: u32, _: Instant) {
         match *self {
             Resume::Never(n, _) => match n {},
         }
@@ -868,6 +873,9 @@ impl<E> Ctx<E> {
                 .start_attempt(node, number, number == 1, true, &mut iteration)
                 .unwrap_or_else(Instant::now);
             let first_start = *first_start.get_or_insert(start);
+            if let Some(r) = &resume {
+                r.attempt_started(number, start);
+            }
             let deadline = policy.timeout.and_then(|t| start.checked_add(t));
             let frame = Frame::attempt(node, iteration, number, deadline.is_some());
             #[cfg(feature = "testing")]
@@ -965,8 +973,14 @@ impl<E> Ctx<E> {
             }
             if let Some(r) = &resume {
                 let counts = counters.as_ref().map_or(&[][..], RetryCounters::as_slice);
-                r.failed_attempt(number, (self.inner.describe)(&failure), counts, delay)
-                    .await;
+                r.failed_attempt(
+                    number,
+                    start,
+                    (self.inner.describe)(&failure),
+                    counts,
+                    delay,
+                )
+                .await;
             }
             keep_attempt(
                 &mut attempts,

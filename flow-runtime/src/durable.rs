@@ -133,6 +133,12 @@ impl Journal {
         }
     }
 
+    /// The instant `at` (earlier than now), on the durable clock.
+    pub(crate) fn ms_at(&self, at: Instant) -> u64 {
+        let ago = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.now_ms().saturating_sub(ago)
+    }
+
     /// Now, on the durable clock (ms since the Unix epoch).
     pub(crate) fn now_ms(&self) -> u64 {
         let since = Instant::now().saturating_duration_since(self.anchor.1);
@@ -554,10 +560,14 @@ impl<E: Stored> Ctx<E> {
     }
 
     /// Commits the outcome of a step that ran; a store failure stops the run.
+    ///
+    /// `last` is the number and start of the step's last attempt, recorded with its end and
+    /// failure (if any) beside the attempts recorded as they failed.
     async fn durable_commit<T: Stored>(
         &self,
         key: StepKey,
         result: Result<T, StepError<E>>,
+        last: (u32, Instant),
     ) -> Result<T, StepError<E>> {
         let Some(j) = self.journal() else {
             return result;
@@ -583,15 +593,15 @@ impl<E: Stored> Ctx<E> {
                 return self.stop_run().await;
             }
         };
-        let attempts = match &result {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![AttemptRecord {
-                number: e.attempt_count(),
-                started_ms: now,
-                ended_ms: Some(now),
-                failure: Some(e.message(self.inner.describe)),
-            }],
-        };
+        let attempts = vec![AttemptRecord {
+            number: last.0,
+            started_ms: j.ms_at(last.1),
+            ended_ms: Some(now),
+            failure: result
+                .as_ref()
+                .err()
+                .map(|e| e.message(self.inner.describe)),
+        }];
         let commit = StepCommit {
             key: key.clone(),
             outcome,
@@ -630,11 +640,12 @@ impl<E: Stored> Ctx<E> {
             Begin::Stop => self.stop_run().await,
             Begin::Hold => core::future::pending().await,
             Begin::Run(key, _) => {
+                let start = Instant::now();
                 let r = {
                     let _busy = self.journal().map(|j| InFlight::new(j));
                     step.await
                 };
-                self.durable_commit(key, r).await
+                self.durable_commit(key, r, (1, start)).await
             }
         }
     }
@@ -691,6 +702,7 @@ impl<E: Stored> Ctx<E> {
             Begin::Stop => self.stop_run().await,
             Begin::Hold => core::future::pending().await,
             Begin::Run(key, record) => {
+                let last = Mutex::new(None);
                 let r = {
                     let _busy = self.journal().map(|j| InFlight::new(j));
                     let resume = self.journal().map(|j| Resume {
@@ -700,10 +712,12 @@ impl<E: Stored> Ctx<E> {
                             let done = r.attempts.iter().map(|a| a.number).max().unwrap_or(0);
                             (done, r.retry.clone())
                         }),
+                        last: &last,
                     });
                     self.step_with_resume(node, policy, make, resume).await
                 };
-                self.durable_commit(key, r).await
+                let last = lock(&last).unwrap_or((1, Instant::now()));
+                self.durable_commit(key, r, last).await
             }
         }
     }
@@ -762,6 +776,7 @@ impl<E: Stored> Ctx<E> {
                 wake
             }
         };
+        let start = Instant::now();
         let waited = {
             let _busy = InFlight::new(j);
             let left = core::time::Duration::from_millis(wake.saturating_sub(j.now_ms()));
@@ -771,7 +786,7 @@ impl<E: Stored> Ctx<E> {
             self.step(node, async move { tokio::time::sleep(left).await })
                 .await
         };
-        let _: Result<(), StepError<E>> = self.durable_commit(key, waited).await;
+        let _: Result<(), StepError<E>> = self.durable_commit(key, waited, (1, start)).await;
     }
 }
 
@@ -807,6 +822,7 @@ impl<E: Stored + Send> Ctx<E> {
             return self.signal(node, name, timeout).await;
         };
         let busy = InFlight::new(&j);
+        let start = Instant::now();
         let fail = |failure: Failure<E>| {
             StepError::new(
                 self.inner.graph.name_of(node),
@@ -874,7 +890,7 @@ impl<E: Stored + Send> Ctx<E> {
                     drop(busy);
                     let limit = timeout.unwrap_or_default();
                     return self
-                        .durable_commit(key, Err(fail(Failure::TimedOut(limit))))
+                        .durable_commit(key, Err(fail(Failure::TimedOut(limit))), (1, start))
                         .await;
                 }
                 Some(at) => core::time::Duration::from_millis(at - now),
@@ -892,6 +908,8 @@ pub(crate) struct Resume<'a> {
     pub(crate) key: &'a StepKey,
     /// The attempts an earlier process ran, and the retry state it left.
     pub(crate) from: Option<(u32, RetryState)>,
+    /// The number and start of the attempt running (or last run), for the step's commit.
+    pub(crate) last: &'a Mutex<Option<(u32, Instant)>>,
 }
 
 impl Resume<'_> {
@@ -905,6 +923,7 @@ impl Resume<'_> {
     pub(crate) async fn failed_attempt(
         &self,
         number: u32,
+        start: Instant,
         failure: String,
         counters: &[u32],
         delay: core::time::Duration,
@@ -915,7 +934,7 @@ impl Resume<'_> {
             key: self.key.clone(),
             attempt: Some(AttemptRecord {
                 number,
-                started_ms: now,
+                started_ms: self.journal.ms_at(start),
                 ended_ms: Some(now),
                 failure: Some(failure),
             }),
@@ -932,6 +951,11 @@ impl Resume<'_> {
                 error,
             }),
         }
+    }
+
+    /// Attempt `number` of the step started at `start`.
+    pub(crate) fn attempt_started(&self, number: u32, start: Instant) {
+        *lock(self.last) = Some((number, start));
     }
 
     /// How long the resumed backoff still has to wait (its worker may park the run for it).
