@@ -1382,8 +1382,23 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
     let mut undo_builder = flow.undo.builder_calls();
     // `durable`: the flow's input, output and error must be storable, checked where
     // `durable` is written; its steps were generated to commit their outcomes.
+    // `durable`: the flow is bound, its values' types checked, then returned.
+    let (mut let_f, mut checked) = (TokenStream::new(), TokenStream::new());
     if let Some(at) = flow.durable {
         undo_builder.extend(quote_spanned!(at=> .durable()));
+        let f = Ident::new("__flow_f", Span::mixed_site());
+        checked = quote_spanned! {at=>
+            {
+                #[allow(unused_imports)]
+                use #krate::__private::{FlowStoredNo as _, FlowStoredYes as _};
+                let (__flow_i, __flow_o, __flow_e) = #f.stored_values();
+                #krate::__private::stored_flow_value(&__flow_i, (&__flow_i).flow_value_stored());
+                #krate::__private::stored_flow_value(&__flow_o, (&__flow_o).flow_value_stored());
+                #krate::__private::stored_flow_value(&__flow_e, (&__flow_e).flow_value_stored());
+            }
+        };
+        checked = quote!(; #checked #f);
+        let_f = quote!(let #f =);
     }
     // Closure and method stages: built once with the flow, shared by its runs through an
     // `Arc` (a run's future owns a clone and calls them by reference). Nothing for a flow of
@@ -1419,7 +1434,7 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
             }
         }
         #env_def
-        #krate::Flow::new(#graph, #state::Start, #timeout, move |#ctx: #krate::__private::Ctx<#err_ty>, #s| {
+        #let_f #krate::Flow::new(#graph, #state::Start, #timeout, move |#ctx: #krate::__private::Ctx<#err_ty>, #s| {
           #env_clone
           async move {
             #env_bind
@@ -1437,6 +1452,6 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
                 };
             }
           }
-        }) #undo_builder
+        }) #undo_builder #checked
     }}
 }

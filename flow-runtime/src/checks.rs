@@ -539,3 +539,80 @@ pub fn stored_output<T, S, F, A: StoredOutput<T, S, F>>(
 ) -> A::Checked {
     A::pass(f)
 }
+
+// ---------------------------------------------------------------- a durable flow's values are stored
+
+/// Roles of a durable `flow!`'s values, named in the check's message.
+#[cfg(feature = "durable")]
+#[allow(non_camel_case_types)]
+pub mod role {
+    /// The flow's input.
+    pub struct input;
+    /// The flow's output.
+    pub struct output;
+    /// The flow's error type.
+    pub struct error;
+}
+
+/// The type `T` of a durable `flow!`'s value in role `R` ([`role`]).
+#[cfg(feature = "durable")]
+pub struct FlowValue<T, R>(PhantomData<fn() -> (T, R)>);
+
+#[cfg(feature = "durable")]
+impl<T, R> FlowValue<T, R> {
+    /// The probe.
+    #[inline]
+    pub fn new() -> Self {
+        FlowValue(PhantomData)
+    }
+}
+
+#[cfg(feature = "durable")]
+impl<T, R> Default for FlowValue<T, R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Dispatch: the value can be stored.
+#[cfg(feature = "durable")]
+pub trait FlowStoredYes {
+    /// Passed.
+    fn flow_value_stored(&self) -> Met<()>;
+}
+#[cfg(feature = "durable")]
+impl<T: crate::durable::Stored, R> FlowStoredYes for FlowValue<T, R> {
+    fn flow_value_stored(&self) -> Met<()> {
+        Met(())
+    }
+}
+/// Dispatch fallback: it cannot.
+#[cfg(feature = "durable")]
+pub trait FlowStoredNo<T> {
+    /// The failure.
+    fn flow_value_stored(&self) -> Unmet<T>;
+}
+#[cfg(feature = "durable")]
+impl<T, R> FlowStoredNo<T> for &FlowValue<T, R> {
+    fn flow_value_stored(&self) -> Unmet<T> {
+        Unmet::new()
+    }
+}
+
+/// A durable `flow!`'s input, output and error are stored.
+#[cfg(feature = "durable")]
+#[diagnostic::on_unimplemented(
+    message = "this flow is durable, so its {R} is stored, but `{T}` cannot be stored by a durable run",
+    label = "its {R}, `{T}`, is stored with each run",
+    note = "a durable workflow's input, output, error and every step's output are stored as JSON: derive `serde::Serialize` and `serde::Deserialize` for `{T}`"
+)]
+pub trait StoredFlowValue<T, R> {}
+#[cfg(feature = "durable")]
+#[diagnostic::do_not_recommend]
+impl<T, R> StoredFlowValue<T, R> for Met<()> {}
+
+/// Checks, where `durable` is written, that a durable `flow!`'s value of type `T` in role `R`
+/// can be stored.
+#[cfg(feature = "durable")]
+#[inline]
+pub fn stored_flow_value<T, R, A: StoredFlowValue<T, R>>(_: &FlowValue<T, R>, _: A) {}

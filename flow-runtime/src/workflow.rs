@@ -260,17 +260,11 @@ where
 }
 
 impl<In, Out, E, S, F> Flow<In, Out, E, S, F> {
-    /// Used by `flow! { durable; .. }`: the same flow, whose runs can be durable. Its steps
-    /// were generated to commit their outcomes; the bounds check, where `durable` is written,
-    /// that the flow's input, output and error can be stored.
+    /// Used by `flow! { durable; .. }`: the same flow, whose runs can be durable (its steps
+    /// were generated to commit their outcomes).
     #[cfg(feature = "durable")]
     #[doc(hidden)]
-    pub fn durable(self) -> Flow<In, Out, E, S, F, Durable>
-    where
-        In: crate::durable::Stored,
-        Out: crate::durable::Stored,
-        E: crate::durable::Stored,
-    {
+    pub fn durable(self) -> Flow<In, Out, E, S, F, Durable> {
         Flow {
             graph: self.graph,
             start: self.start,
@@ -281,6 +275,22 @@ impl<In, Out, E, S, F> Flow<In, Out, E, S, F> {
             _types: PhantomData,
             _kind: PhantomData,
         }
+    }
+}
+
+#[cfg(feature = "durable")]
+impl<In, Out, E, S, F> Flow<In, Out, E, S, F, Durable> {
+    /// Used by `flow! { durable; .. }`: probes of the flow's input, output and error types,
+    /// checked (with a message naming each) where `durable` is written.
+    #[doc(hidden)]
+    pub fn stored_values(
+        &self,
+    ) -> (
+        crate::checks::FlowValue<In, crate::checks::role::input>,
+        crate::checks::FlowValue<Out, crate::checks::role::output>,
+        crate::checks::FlowValue<E, crate::checks::role::error>,
+    ) {
+        Default::default()
     }
 }
 
