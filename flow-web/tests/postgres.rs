@@ -330,3 +330,148 @@ async fn the_web_view_reads_and_acts_on_a_postgres_store() {
         "the test's schema is dropped"
     );
 }
+
+/// By hand, in release: the time of `GET /`, of a deep page and of filtered pages over a
+/// PostgreSQL store of 100,000 runs (medians of 30 gets through the router), and the
+/// server's plan of each list query.
+///
+/// ```sh
+/// cargo test --release -p flow-web --test postgres -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it by hand, in release"]
+async fn measure_list_times_on_postgres() {
+    use flow::store::{NewRun, RunFilter};
+    use futures_util::StreamExt as _;
+    const RUNS: usize = 100_000;
+    let schema = TestSchema::new().await;
+    let pg = Arc::new(schema.store().await);
+    let began = std::time::Instant::now();
+    let created: Vec<()> = futures_util::stream::iter(0..RUNS)
+        .map(|i| {
+            let pg = Arc::clone(&pg);
+            async move {
+                let id = format!("run-{i:06}");
+                pg.create_run(NewRun {
+                    id: id.clone(),
+                    workflow: ["alpha", "beta", "gamma", "delta"][i % 4].to_owned(),
+                    fingerprint: 1,
+                    node_fingerprints: Default::default(),
+                    input: b"null".to_vec(),
+                })
+                .await
+                .unwrap();
+                // 101 failed runs, of every workflow; 12,500 cancelled runs of `alpha` and
+                // one of `beta` (a filter whose two halves match many runs each and only
+                // one run together).
+                let ended = if i % 997 == 0 {
+                    Some(RunStatus::Failed)
+                } else if i % 8 == 0 || i == 1 {
+                    Some(RunStatus::Cancelled)
+                } else {
+                    None
+                };
+                if let Some(status) = ended {
+                    pg.set_status(&id, status, Some(b"\"no\"".to_vec()))
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+        .buffer_unordered(1024)
+        .collect()
+        .await;
+    eprintln!("{} runs: filled in {:?}", created.len(), began.elapsed());
+    let admin = admin().await;
+    admin
+        .batch_execute(&format!("SET search_path TO \"{}\"; ANALYZE", schema.name))
+        .await
+        .unwrap();
+    let store: Arc<dyn Store> = pg.clone();
+    let app = flow_web::router(store.clone(), flow_web::Options::default());
+    // The cursor of the 900th page of 100 (newest first) and of the 5,000th of 20.
+    let mut cursors = Vec::new();
+    for (limit, page) in [(100, 900), (20, 5_000)] {
+        let mut after = None;
+        for _ in 1..page {
+            after = store
+                .list_runs(RunFilter {
+                    limit,
+                    after,
+                    newest_first: true,
+                    ..RunFilter::default()
+                })
+                .await
+                .unwrap()
+                .next;
+        }
+        cursors.push(after.unwrap());
+    }
+    let (created_ms, id) = cursors[0].split_once(':').unwrap();
+    for (what, uri, sql) in [
+        ("GET /", "/".to_owned(), String::new()),
+        ("GET /?limit=20", "/?limit=20".to_owned(), String::new()),
+        (
+            "page 900 of limit=100",
+            format!("/?limit=100&after={}", flow_web::path_segment(&cursors[0])),
+            format!(
+                "WHERE (created_ms, id) < ({created_ms}, '{id}') ORDER BY created_ms DESC, id DESC LIMIT 101"
+            ),
+        ),
+        (
+            "page 5000 of limit=20",
+            format!("/?limit=20&after={}", flow_web::path_segment(&cursors[1])),
+            String::new(),
+        ),
+        (
+            "status=failed",
+            "/?status=failed&limit=100".to_owned(),
+            "WHERE status = 'failed' ORDER BY created_ms DESC, id DESC LIMIT 101".to_owned(),
+        ),
+        (
+            "workflow=beta&status=failed",
+            "/?workflow=beta&status=failed&limit=100".to_owned(),
+            "WHERE workflow = 'beta' AND status = 'failed' ORDER BY created_ms DESC, id DESC LIMIT 101"
+                .to_owned(),
+        ),
+        (
+            "workflow=beta&status=cancelled",
+            "/?workflow=beta&status=cancelled&limit=100".to_owned(),
+            "WHERE workflow = 'beta' AND status = 'cancelled' ORDER BY created_ms DESC, id DESC LIMIT 101"
+                .to_owned(),
+        ),
+        (
+            "workflow=beta&status=pending, deep",
+            format!(
+                "/?workflow=beta&status=pending&limit=100&after={}",
+                flow_web::path_segment(&cursors[0])
+            ),
+            format!(
+                "WHERE workflow = 'beta' AND status = 'pending' AND (created_ms, id) < ({created_ms}, '{id}') ORDER BY created_ms DESC, id DESC LIMIT 101"
+            ),
+        ),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..30 {
+            let t = std::time::Instant::now();
+            let (status, _) = get(&app, &uri).await;
+            times.push(t.elapsed());
+            assert_eq!(status, StatusCode::OK);
+        }
+        times.sort();
+        eprintln!("{RUNS} runs | {what:<38} | median {:?}", times[15]);
+        if !sql.is_empty() {
+            let plan = admin
+                .query(
+                    &format!("EXPLAIN ANALYZE SELECT * FROM flow_run_view {sql}"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            for row in plan {
+                eprintln!("      {}", row.get::<_, String>(0));
+            }
+        }
+    }
+    drop((app, store, pg));
+}
