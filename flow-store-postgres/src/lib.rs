@@ -144,7 +144,10 @@
 //! `not_before_ms`, `started_ms`, `lease_worker`, `lease_epoch`, `lease_until_ms`),
 //! `flow_run_nodes`, `flow_steps`, `flow_step_attempts`, `flow_compensations`,
 //! `flow_signals`, `flow_graphs`, `flow_history`; the writes are PL/pgSQL functions
-//! (`flow_commit_step`, `flow_claim`, ...) installed by the migrations.
+//! (`flow_commit_step`, `flow_claim`, ...) installed by the migrations. `flow_runs` is
+//! indexed for listing in creation order: all runs, by status, by workflow, and by workflow
+//! and status together (since schema version 3), so that every page of a listing reads only
+//! its own runs.
 
 mod batch;
 mod error;

@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use flow_runtime::store::StoreError;
 
 /// The schema version this build writes, and the newest it can read.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The class of the store's advisory locks (`pg_advisory_xact_lock(class, key)`): the bytes
 /// of `flow`. The key is a hash of the schema's name (migrations) or of the schema and a
@@ -967,6 +967,18 @@ BEGIN
     FROM generate_series(1, cardinality(p_runs)) AS u(i)
     ORDER BY u.i;
 END $$;
+"#,
+    // 3: an index that lists one workflow's runs of one status in order, and statistics of
+    // the pairs (workflow, status) for the planner. Without the index a list filtered by both
+    // read one filter's index and dropped the rows of the other: with 12,500 cancelled runs
+    // of one workflow and one of another, the page of the other's cancelled runs read all
+    // 12,500 (2.3 ms at 100,000 runs, where a page takes 0.2 ms). Without the statistics the
+    // planner takes the two filters for independent, expects a page's runs to come early in
+    // the status's index, and keeps reading it (the same 2.3 ms); with them (once ANALYZE or
+    // autovacuum has run) it knows that pair is rare and reads the new index (0.05 ms).
+    r#"
+CREATE INDEX flow_runs_by_workflow_status ON flow_runs (workflow, status, created_ms, id);
+CREATE STATISTICS flow_runs_workflow_status (mcv) ON workflow, status FROM flow_runs;
 "#,
 ];
 

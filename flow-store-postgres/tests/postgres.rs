@@ -243,6 +243,122 @@ async fn contents(schema: &str) -> Vec<String> {
     all
 }
 
+/// A version-2 schema (before `flow_runs_by_workflow_status` and its statistics) upgrades
+/// in place, keeps its runs, and then lists one workflow's runs of one status along that
+/// index: with 300 cancelled runs of `a` and one of `b`, the page of `b`'s cancelled runs
+/// reads that run alone, not the 300 of `a` (what the index of either filter alone reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_schema_upgrades_and_lists_by_workflow_and_status_along_an_index() {
+    let schema = TestSchema::new().await;
+    // Whether the index and the statistics of schema 3 are there.
+    let index_exists = |name: String| async move {
+        let admin = admin().await;
+        let index = admin
+            .query_opt(
+                "SELECT 1 FROM pg_indexes WHERE schemaname = $1 \
+                 AND indexname = 'flow_runs_by_workflow_status'",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .is_some();
+        let statistics = admin
+            .query_opt(
+                "SELECT 1 FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace \
+                 WHERE n.nspname = $1 AND s.stxname = 'flow_runs_workflow_status'",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .is_some();
+        assert_eq!(index, statistics, "both or neither");
+        index
+    };
+    {
+        let store = Arc::new(schema.store().await);
+        let made = (0..900).map(|i| {
+            let store = Arc::clone(&store);
+            async move {
+                let id = format!("run-{i:04}");
+                let workflow = if i == 7 || i % 3 != 0 { "b" } else { "a" };
+                store.create_run(new_run(&id, workflow)).await.unwrap();
+                if i == 7 || i % 3 == 0 {
+                    store
+                        .set_status(&id, RunStatus::Cancelled, None)
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        futures_util::future::join_all(made).await;
+    }
+    assert!(index_exists(schema.name.clone()).await);
+    // Back to version 2.
+    admin()
+        .await
+        .batch_execute(&format!(
+            "DROP INDEX \"{0}\".flow_runs_by_workflow_status; \
+             DROP STATISTICS \"{0}\".flow_runs_workflow_status; \
+             UPDATE \"{0}\".flow_schema SET version = 2",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    assert!(!index_exists(schema.name.clone()).await);
+    let store = schema.store().await;
+    assert_eq!(
+        schema_version(&schema.name).await,
+        i64::from(SCHEMA_VERSION)
+    );
+    assert!(index_exists(schema.name.clone()).await);
+    let page = store
+        .list_runs(RunFilter {
+            workflow: Some("b".into()),
+            status: Some(RunStatus::Cancelled),
+            newest_first: true,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["run-0007"]
+    );
+    assert_eq!(page.next, None);
+    // The server's plan of that page (the query `list_runs` sends), with the table's
+    // statistics up to date.
+    let admin = admin().await;
+    admin
+        .batch_execute(&format!(
+            "SET search_path TO \"{}\"; ANALYZE flow_runs",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    let plan: Vec<String> = admin
+        .query(
+            "EXPLAIN ANALYZE SELECT * FROM flow_run_view \
+             WHERE workflow = $1 AND status = $2 ORDER BY created_ms DESC, id DESC LIMIT $3",
+            &[&"b", &"cancelled", &101i64],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    // The plan's node that reads `flow_runs` (up to the next node).
+    let runs_scan = plan
+        .split("->")
+        .find(|node| node.contains(" on flow_runs r "))
+        .unwrap_or_else(|| panic!("no scan of flow_runs: {plan}"));
+    assert!(
+        runs_scan.contains("using flow_runs_by_workflow_status")
+            && !runs_scan.contains("Rows Removed by Filter"),
+        "{plan}"
+    );
+}
+
 #[tokio::test]
 async fn a_newer_schema_is_refused_and_left_untouched() {
     let schema = TestSchema::new().await;

@@ -83,7 +83,9 @@
 //! `flow_compensations` (`run_id, seq`), `flow_signals` (`run_id, seq`), `flow_graphs`
 //! (`workflow, fingerprint`: the graphs that tools without the workflow's code draw runs
 //! with; since schema version 2), `flow_history` (`run_id, seq`: what was done to a run from
-//! outside its code; since schema version 3).
+//! outside its code; since schema version 3). `flow_runs` is indexed for listing in creation
+//! order: all runs, by status, by workflow, and by workflow and status together (since
+//! schema version 4), so that every page of a listing reads only its own runs.
 
 mod ops;
 mod schema;

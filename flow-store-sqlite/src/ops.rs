@@ -209,6 +209,22 @@ pub(crate) fn unfinished_runs(conn: &Connection) -> Result<Vec<RunRecord>> {
 /// A page cursor is `created_ms:id` of the last run of the page: it stays valid whatever
 /// happens to that run.
 pub(crate) fn list_runs(conn: &Connection, filter: &RunFilter) -> Result<RunPage> {
+    let (clause, args) = list_clause(filter)?;
+    let refs: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
+    let mut runs = runs_where(conn, &clause, &refs)?;
+    let limit = filter.limit.max(1);
+    let next = if runs.len() > limit {
+        runs.truncate(limit);
+        runs.last().map(|r| format!("{}:{}", r.created_ms, r.id))
+    } else {
+        None
+    };
+    Ok(RunPage { runs, next })
+}
+
+/// The `WHERE … ORDER BY … LIMIT` of [`list_runs`] (one run more than the page, to tell
+/// whether there is a next page), and its arguments.
+fn list_clause(filter: &RunFilter) -> Result<(String, Vec<Box<dyn ToSql>>)> {
     let mut clauses = Vec::new();
     let mut args: Vec<Box<dyn ToSql>> = Vec::new();
     if let Some(w) = &filter.workflow {
@@ -261,15 +277,7 @@ pub(crate) fn list_runs(conn: &Connection, filter: &RunFilter) -> Result<RunPage
         },
         args.len()
     );
-    let refs: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
-    let mut runs = runs_where(conn, &clause, &refs)?;
-    let next = if runs.len() > limit {
-        runs.truncate(limit);
-        runs.last().map(|r| format!("{}:{}", r.created_ms, r.id))
-    } else {
-        None
-    };
-    Ok(RunPage { runs, next })
+    Ok((clause, args))
 }
 
 fn counters_text(counters: &[u32]) -> String {
@@ -786,4 +794,62 @@ pub(crate) fn reset_steps(conn: &Connection, run: &str, nodes: &[String]) -> Res
     .execute(params![run, ms(now_ms())])
     .map_err(sql_error)?;
     existing_run(conn, run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan of `list_runs` for `filter`, one line per step.
+    fn plan(conn: &Connection, filter: &RunFilter) -> String {
+        let (clause, args) = list_clause(filter).unwrap();
+        let refs: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
+        conn.prepare(&format!(
+            "EXPLAIN QUERY PLAN SELECT {RUN_COLUMNS} FROM flow_runs {clause}"
+        ))
+        .unwrap()
+        .query_map(&refs[..], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap()
+        .join("\n")
+    }
+
+    /// Every page of runs, whatever its filters, cursor and order, is read along an index
+    /// that has each equality filter and then the order: never sorted, never found by reading
+    /// runs that the filters reject, so a deep page costs what the first does.
+    #[test]
+    fn every_page_of_runs_reads_an_index_in_order() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        for workflow in [None, Some("w".to_owned())] {
+            for status in [None, Some(RunStatus::Failed)] {
+                for after in [None, Some("1700000000000:run-7".to_owned())] {
+                    for newest_first in [false, true] {
+                        let filter = RunFilter {
+                            workflow: workflow.clone(),
+                            status,
+                            after: after.clone(),
+                            newest_first,
+                            ..RunFilter::default()
+                        };
+                        let plan = plan(&conn, &filter);
+                        let index = match (workflow.is_some(), status.is_some()) {
+                            (true, true) => {
+                                "USING INDEX flow_runs_by_workflow_status (workflow=? AND status=?"
+                            }
+                            (true, false) => "USING INDEX flow_runs_by_workflow (workflow=?",
+                            (false, true) => "USING INDEX flow_runs_by_status (status=?",
+                            (false, false) => "USING INDEX flow_runs_by_created",
+                        };
+                        assert!(plan.contains(index), "{filter:?}:\n{plan}");
+                        assert!(!plan.contains("TEMP B-TREE"), "{filter:?}:\n{plan}");
+                        if after.is_some() {
+                            assert!(plan.contains("(created_ms,id)"), "{filter:?}:\n{plan}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

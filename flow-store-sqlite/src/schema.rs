@@ -9,7 +9,7 @@ use flow_runtime::store::StoreError;
 use crate::sql_error;
 
 /// The schema version this build writes, and the newest it can read.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The migrations, in order: `MIGRATIONS[n]` takes version `n` to `n + 1`.
 ///
@@ -19,9 +19,11 @@ pub const SCHEMA_VERSION: u32 = 3;
 /// u64 values (fingerprints) are stored as the i64 with the same bits.
 ///
 /// 1: runs, their nodes' fingerprints, steps and their attempts, compensation entries,
-/// signals. 2: `flow_graphs`, the workflows' graphs by (workflow, fingerprint). 3:
-/// `flow_history`, what was done to each run from outside (by (run, seq)); an index for
-/// listing runs newest first within a status.
+/// signals; the indexes that list runs in creation order, all of them, by status, by
+/// workflow. 2: `flow_graphs`, the workflows' graphs by (workflow, fingerprint). 3:
+/// `flow_history`, what was done to each run from outside (by (run, seq)). 4: an index that
+/// lists one workflow's runs of one status in order: with both filters, a page reads its own
+/// runs only, not every run of the workflow (or of the status) until it has found them.
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     r#"
 CREATE TABLE flow_runs (
@@ -118,6 +120,9 @@ CREATE TABLE flow_history (
     detail      TEXT    NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+"#,
+    r#"
+CREATE INDEX flow_runs_by_workflow_status ON flow_runs (workflow, status, created_ms, id);
 "#,
 ];
 

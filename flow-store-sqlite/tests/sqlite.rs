@@ -164,11 +164,12 @@ async fn a_version_1_file_upgrades_to_the_current_schema_and_keeps_its_runs_and_
         store.commit_step(commit(&id, "a")).await.unwrap();
     }
     // Back to what the build before schema version 2 wrote: no `flow_graphs` (nor the
-    // later `flow_history`), version 1.
+    // later `flow_history` and `flow_runs_by_workflow_status`), version 1.
     {
         let conn = rusqlite::Connection::open(db.path()).unwrap();
         conn.execute_batch(
-            "DROP TABLE flow_graphs; DROP TABLE flow_history; UPDATE flow_schema SET version = 1",
+            "DROP TABLE flow_graphs; DROP TABLE flow_history; \
+             DROP INDEX flow_runs_by_workflow_status; UPDATE flow_schema SET version = 1",
         )
         .unwrap();
     }
