@@ -1527,3 +1527,177 @@ async fn every_attempt_is_recorded_with_its_start_and_end() {
     assert_eq!(attempts("quick"), [(1, 2600, 2640)]);
     assert_eq!(step("quick").attempts[0].failure, None);
 }
+
+// ------------------------------------------------------------------ durable child workflows
+
+async fn fetch_part(dir: String, n: u32) -> Result<u32, Fail> {
+    Ok(effect(&dir, &format!("fetch{n}"), n).await)
+}
+
+async fn check_part(dir: String, v: u32) -> Result<u32, Fail> {
+    Ok(effect(&dir, &format!("check{v}"), v).await + 100)
+}
+
+/// A durable child workflow: two steps.
+#[workflow(durable)]
+async fn assemble(dir: String, n: u32) -> Result<u32, Fail> {
+    let v = fetch_part(dir.clone(), n).await?;
+    check_part(dir, v).await
+}
+
+/// A child's failure, as the parent's step error.
+impl From<flow::Error<Fail>> for Fail {
+    fn from(e: flow::Error<Fail>) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+/// A durable parent running the child twice, in a loop.
+#[workflow(durable)]
+async fn build(dir: String) -> Result<u32, Fail> {
+    let mut total = 0;
+    for n in 1..=2 {
+        total += assemble(dir.clone(), n).await?;
+    }
+    Ok(total)
+}
+
+/// Killed inside the second run of a durable child workflow, after the child's first step
+/// committed: resumed, the parent's completed child is not run again, and the child in
+/// flight replays its committed step and runs only the step that was in flight (with the
+/// same idempotency key, which names the parent's step).
+#[test]
+fn a_durable_child_workflow_resumes_inside_its_parent_step() {
+    let dir = temp_dir("child");
+    let d = dir.display().to_string();
+    let gate = dir.join("hang-check2");
+    std::fs::write(&gate, "").unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        drop(runtime.start(Build, "c1", (d.clone(),)).await.unwrap());
+        while count(&read_log(&dir), "check2") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The child's steps are recorded in the parent's run, under the step that runs them.
+        let steps = runtime.store().unwrap().steps_of("c1").await.unwrap();
+        let mut keys: Vec<String> = steps
+            .iter()
+            .filter(|s| s.outcome.is_some())
+            .map(|s| format!("{}@{}", s.key.node, s.key.occurrence))
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "assemble@0",
+                "assemble@0.1/check_part@0",
+                "assemble@0.1/fetch_part@0",
+                "assemble@1.1/fetch_part@0",
+            ]
+        );
+    });
+    rt.shutdown_timeout(Duration::from_secs(10));
+    std::fs::remove_file(&gate).unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(Build).unwrap();
+        let report = runtime.resume(&registry).await.unwrap();
+        assert!(report.incompatible.is_empty(), "{:?}", report.incompatible);
+        assert_eq!(report.resumed.len(), 1);
+        for r in report.resumed {
+            r.wait().await.unwrap();
+        }
+        assert_eq!(
+            runtime
+                .result(&Build, "c1")
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+            101 + 102
+        );
+    });
+    let log = read_log(&dir);
+    for (name, n) in [("fetch1", 1), ("check1", 1), ("fetch2", 1), ("check2", 2)] {
+        assert_eq!(count(&log, name), n, "{name}: {log:?}");
+    }
+    let keys: Vec<&str> = log
+        .iter()
+        .filter(|l| l.starts_with("check2 "))
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "flow:c1:assemble@1.1/check_part@0",
+            "flow:c1:assemble@1.1/check_part@0"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The store fails while a durable child workflow commits its second step: the whole run
+/// stops (the child's error is not committed as the parent step's failure) and is left to
+/// resume; resumed on a working store, it finishes without running a committed step again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_inside_a_durable_child_stops_the_whole_run() {
+    let dir = temp_dir("child-full");
+    let d = dir.display().to_string();
+    let memory = flow::store::MemoryStore::new();
+    let failing = FailingStore {
+        inner: memory.clone(),
+        ok: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(1)),
+    };
+    let runtime = Runtime::new().with_store(failing);
+    let e = runtime
+        .start(Build, "cf1", (d.clone(),))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    let ErrorKind::Durable(fault) = e.kind() else {
+        panic!("{e}")
+    };
+    assert!(
+        matches!(**fault, flow::store::DurableError::Store { .. }),
+        "{fault}"
+    );
+    assert!(
+        e.to_string()
+            .contains("the store failed recording step `assemble@0.1/check_part@0`"),
+        "{e}"
+    );
+    let run = memory.get_run("cf1").await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Running);
+    assert!(
+        memory
+            .get_step(&flow::store::StepKey::new("cf1", "assemble"))
+            .await
+            .unwrap()
+            .is_none(),
+        "the parent's step is not committed"
+    );
+    let healthy = Runtime::new().with_store(memory.clone());
+    let mut registry = flow::Registry::new();
+    registry.register_durable(Build).unwrap();
+    for r in healthy.resume(&registry).await.unwrap().resumed {
+        r.wait().await.unwrap();
+    }
+    assert_eq!(
+        healthy
+            .result(&Build, "cf1")
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        203
+    );
+    let log = read_log(&dir);
+    for (name, n) in [("fetch1", 1), ("check1", 2), ("fetch2", 1), ("check2", 1)] {
+        assert_eq!(count(&log, name), n, "{name}: {log:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

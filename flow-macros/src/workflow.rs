@@ -1824,6 +1824,13 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         }
     };
 
+    let durable_method = options.durable.map(|_| {
+        quote! {
+            fn is_durable(&self) -> bool {
+                true
+            }
+        }
+    });
     // The `Workflow` impl of the generated type, generic or not.
     let workflow_impl_for = |impl_g: TokenStream,
                              ty_g: TokenStream,
@@ -1846,6 +1853,7 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
                 }
 
                 #undo_methods
+                #durable_method
 
                 fn execute(
                     &self,

@@ -4,7 +4,7 @@ pub use crate::ctx::{Ctx, StepOutput};
 pub use crate::policy::{CompensationPolicy, StepPolicy};
 pub use crate::runtime::run_nested;
 pub use crate::trace::default_observers;
-pub use crate::workflow::{Durable, Ephemeral};
+pub use crate::workflow::{Durable, Ephemeral, FlowKind};
 pub use futures_util::future::{join, try_join};
 
 use core::future::Future;

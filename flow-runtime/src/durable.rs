@@ -78,6 +78,41 @@ where
 {
 }
 
+/// The committed steps of `steps` that belong to the journal with key prefix `prefix` (not
+/// undos, not the steps of a child workflow run inside one of them): what a replay must reach.
+fn own_unreached(steps: &[StepRecord], prefix: &str) -> HashSet<StepKey> {
+    steps
+        .iter()
+        .filter(|s| {
+            s.outcome.is_some()
+                && !is_undo(&s.key.node)
+                && s.key
+                    .node
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| !rest.contains('/'))
+        })
+        .map(|s| s.key.clone())
+        .collect()
+}
+
+/// The node key of the run's own step that a step record belongs to: its own node key, or,
+/// for a step of a durable child workflow, the key of the step that ran it. A child's steps
+/// are recorded in its parent's run under `<step key>@<occurrence>[<item>].<attempt>/` (nested
+/// children add theirs).
+///
+/// ```
+/// use flow_runtime::durable::top_node;
+/// assert_eq!(top_node("launch"), "launch");
+/// assert_eq!(top_node("assemble@1.2/check_part"), "assemble");
+/// assert_eq!(top_node("probe@0[3].1/fetch@0.1/read"), "probe");
+/// ```
+pub fn top_node(key: &str) -> &str {
+    match key.split_once('/') {
+        Some((parent, _)) => parent.split_once('@').map_or(parent, |(node, _)| node),
+        None => key,
+    }
+}
+
 /// The record of one durable run, shared by its context: what the store holds of it, and what
 /// this process has replayed so far.
 pub(crate) struct Journal {
@@ -85,6 +120,10 @@ pub(crate) struct Journal {
     /// The run's id in the store.
     pub(crate) run: Arc<str>,
     graph: &'static Graph,
+    /// Empty for the run's own workflow. For a durable child workflow run inside one of its
+    /// steps, the parent step's key and attempt (`provision@0.1/`, nested children adding
+    /// theirs): prepended to the node keys of the child's steps.
+    prefix: String,
     /// The store's records of the run's steps when it was (re)started, by key.
     recorded: Mutex<HashMap<StepKey, StepRecord>>,
     /// Committed records not reached yet by the resumed body.
@@ -93,10 +132,11 @@ pub(crate) struct Journal {
     occurrences: Mutex<HashMap<(u32, Option<u32>), u32>>,
     /// Steps executing now (not answered from the store).
     in_flight: core::sync::atomic::AtomicU32,
-    /// Why the run must stop (the store failed, the code diverged from the record).
-    fault: Mutex<Option<DurableError>>,
+    /// Why the run must stop (the store failed, the code diverged from the record): shared
+    /// with the journals of its child workflows, whose faults stop the whole run.
+    fault: Arc<Mutex<Option<DurableError>>>,
     /// The run was cancelled while replaying: no new step starts, the replay goes on.
-    cancel: core::sync::atomic::AtomicBool,
+    cancel: Arc<core::sync::atomic::AtomicBool>,
     /// The durable clock: the store's time (ms since the Unix epoch) at `anchor`, advanced by
     /// tokio's clock (so that a paused test clock moves it too).
     anchor: (u64, Instant),
@@ -113,22 +153,62 @@ impl Journal {
         graph: &'static Graph,
         steps: Vec<StepRecord>,
     ) -> Self {
-        let unreached = steps
-            .iter()
-            .filter(|s| s.outcome.is_some() && !is_undo(&s.key.node))
-            .map(|s| s.key.clone())
-            .collect();
+        let unreached = own_unreached(&steps, "");
         Journal {
             store,
             run: Arc::from(run),
             graph,
+            prefix: String::new(),
             recorded: Mutex::new(steps.into_iter().map(|s| (s.key.clone(), s)).collect()),
             unreached: Mutex::new(unreached),
             occurrences: Mutex::new(HashMap::new()),
             in_flight: core::sync::atomic::AtomicU32::new(0),
-            fault: Mutex::new(None),
-            cancel: core::sync::atomic::AtomicBool::new(false),
+            fault: Arc::new(Mutex::new(None)),
+            cancel: Arc::new(core::sync::atomic::AtomicBool::new(false)),
             anchor: (crate::store::now_ms(), Instant::now()),
+            park: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The journal of a durable child workflow (`graph`) run by attempt `attempt` of the
+    /// latest execution of `node` in `item`: the same run and store, its steps keyed under
+    /// that step's key and attempt (a retried parent step runs its child afresh; a resumed
+    /// one replays the child's record). Its faults and cancellation are the run's.
+    pub(crate) fn child(
+        &self,
+        node: NodeId,
+        item: Option<u32>,
+        attempt: u32,
+        graph: &'static Graph,
+    ) -> Journal {
+        let mut prefix = format!(
+            "{}{}@{}",
+            self.prefix,
+            self.graph.key_of(node),
+            self.last_occurrence(node, item)
+        );
+        if let Some(item) = item {
+            prefix.push_str(&format!("[{item}]"));
+        }
+        prefix.push_str(&format!(".{attempt}/"));
+        let steps: Vec<StepRecord> = lock(&self.recorded)
+            .values()
+            .filter(|s| s.key.node.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let unreached = own_unreached(&steps, &prefix);
+        Journal {
+            store: Arc::clone(&self.store),
+            run: Arc::clone(&self.run),
+            graph,
+            recorded: Mutex::new(steps.into_iter().map(|s| (s.key.clone(), s)).collect()),
+            prefix,
+            unreached: Mutex::new(unreached),
+            occurrences: Mutex::new(HashMap::new()),
+            in_flight: core::sync::atomic::AtomicU32::new(0),
+            fault: Arc::clone(&self.fault),
+            cancel: Arc::clone(&self.cancel),
+            anchor: self.anchor,
             park: std::sync::OnceLock::new(),
         }
     }
@@ -158,7 +238,7 @@ impl Journal {
         };
         StepKey {
             run: self.run.to_string(),
-            node: self.graph.key_of(node).to_owned(),
+            node: format!("{}{}", self.prefix, self.graph.key_of(node)),
             occurrence,
             item,
         }
@@ -175,8 +255,9 @@ impl Journal {
     /// attempts and restarts.
     pub(crate) fn idempotency_key(&self, node: NodeId, item: Option<u32>) -> String {
         let mut key = format!(
-            "flow:{}:{}@{}",
+            "flow:{}:{}{}@{}",
             self.run,
+            self.prefix,
             self.graph.key_of(node),
             self.last_occurrence(node, item)
         );
@@ -289,6 +370,16 @@ impl Journal {
         }
     }
 
+    /// The run's fault, left for the journal of the run's own workflow to take.
+    pub(crate) fn peek_fault(&self) -> Option<DurableError> {
+        lock(&self.fault).clone()
+    }
+
+    /// Whether this is the journal of a child workflow run inside one of the run's steps.
+    pub(crate) fn is_child(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
     pub(crate) fn take_fault(&self) -> Option<DurableError> {
         lock(&self.fault).take()
     }
@@ -308,7 +399,7 @@ impl Journal {
     pub(crate) fn undo_key(&self, node: NodeId, occurrence: u32, item: Option<u32>) -> StepKey {
         StepKey {
             run: self.run.to_string(),
-            node: format!("{}{UNDO_SUFFIX}", self.graph.key_of(node)),
+            node: format!("{}{}{UNDO_SUFFIX}", self.prefix, self.graph.key_of(node)),
             occurrence,
             item,
         }
@@ -572,6 +663,11 @@ impl<E: Stored> Ctx<E> {
         let Some(j) = self.journal() else {
             return result;
         };
+        if j.has_fault() {
+            // A child workflow run by this step stopped the run (its store failed, its code
+            // diverged): its error is not this step's outcome.
+            return self.stop_run().await;
+        }
         let now = j.now_ms();
         let encoded = match &result {
             Ok(v) => encode(v, &format!("the output of step {key}")).map(StepOutcome::Completed),
@@ -1082,10 +1178,11 @@ pub fn compatibility(
     if record.fingerprint == graph.fingerprint {
         return Ok(());
     }
+    // A child workflow's steps count as done work of the step that ran them.
     let mut done: Vec<&str> = steps
         .iter()
         .filter(|s| s.outcome.is_some())
-        .map(|s| s.key.node.strip_suffix(UNDO_SUFFIX).unwrap_or(&s.key.node))
+        .map(|s| top_node(s.key.node.strip_suffix(UNDO_SUFFIX).unwrap_or(&s.key.node)))
         .collect();
     done.sort_unstable();
     done.dedup();

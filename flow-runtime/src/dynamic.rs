@@ -124,6 +124,10 @@ where
     #[doc(hidden)]
     fn dyn_compensate_on_drop(&self) -> bool;
 
+    /// [`Workflow::is_durable`].
+    #[doc(hidden)]
+    fn dyn_is_durable(&self) -> bool;
+
     /// [`Workflow::execute`], boxed.
     #[doc(hidden)]
     fn dyn_execute(&self, ctx: Ctx<E>, input: In) -> BoxFuture<'_, Result<Out, Error<E>>>;
@@ -209,6 +213,10 @@ where
         Workflow::compensate_on_drop(self)
     }
 
+    fn dyn_is_durable(&self) -> bool {
+        Workflow::is_durable(self)
+    }
+
     fn dyn_execute(
         &self,
         ctx: Ctx<W::Error>,
@@ -287,6 +295,10 @@ macro_rules! erased_workflow {
 
             fn compensate_on_drop(&self) -> bool {
                 (**self).dyn_compensate_on_drop()
+            }
+
+            fn is_durable(&self) -> bool {
+                (**self).dyn_is_durable()
             }
 
             fn execute(

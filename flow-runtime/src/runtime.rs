@@ -446,6 +446,16 @@ pub async fn run_nested<W: Workflow>(
                 link.seeded,
                 workflow.compensation_timeout(),
             );
+            // A durable child workflow in a durable run's step: its steps are recorded in
+            // that run, under the step (and attempt) that runs it.
+            #[cfg(feature = "durable")]
+            if workflow.is_durable()
+                && let Some(step) = crate::context::StepContext::current()
+                && let Some(journal) =
+                    sink.durable_child(step.node(), step.item(), step.attempt(), workflow.graph())
+            {
+                let _ = ctx.inner.cold().journal.set(journal);
+            }
             drive(workflow, ctx, input, Some((sink, tag)), true).await
         }
         None => Runtime::new().run(workflow, input).await,
@@ -596,8 +606,16 @@ pub(crate) async fn drive<W: Workflow>(
             // A durable run whose store failed, or whose code cannot follow its record, stops
             // here: nothing is undone and nothing more is recorded, so that a later process
             // (or a build that matches the record) resumes it.
+            // A durable child workflow leaves the fault in the run's journal (shared), where
+            // its parent's step finds it and stops the parent in turn.
             #[cfg(feature = "durable")]
-            if let Some(fault) = ctx.journal().and_then(|j| j.take_fault()) {
+            if let Some(fault) = ctx.journal().and_then(|j| {
+                if j.is_child() {
+                    j.peek_fault()
+                } else {
+                    j.take_fault()
+                }
+            }) {
                 ctx.set_status(Status::Failed);
                 let error = Error::new(name, ErrorKind::Durable(Box::new(fault)));
                 if ctx.observed() {

@@ -194,6 +194,16 @@ pub(crate) trait OrphanSink: crate::signal::SignalHost {
     fn graph(&self) -> &'static crate::graph::Graph;
     /// The idempotency key of the latest execution of `node` in `item`, for a durable run.
     fn durable_key(&self, node: NodeId, item: Option<u32>) -> Option<String>;
+    /// For a durable run: the journal of a durable child workflow (`graph`) that attempt
+    /// `attempt` of the latest execution of `node` in `item` runs.
+    #[cfg(feature = "durable")]
+    fn durable_child(
+        &self,
+        node: NodeId,
+        item: Option<u32>,
+        attempt: u32,
+        graph: &'static crate::graph::Graph,
+    ) -> Option<Arc<crate::durable::Journal>>;
     /// When the run's time limit ends, if it has one.
     fn run_deadline(&self) -> Option<Instant>;
     /// A step of this run reports progress: a heartbeat, and an event when observed.
@@ -235,6 +245,19 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
             let _ = (node, item);
             None
         }
+    }
+
+    #[cfg(feature = "durable")]
+    fn durable_child(
+        &self,
+        node: NodeId,
+        item: Option<u32>,
+        attempt: u32,
+        graph: &'static crate::graph::Graph,
+    ) -> Option<Arc<crate::durable::Journal>> {
+        self.cold_if()
+            .and_then(|c| c.journal.get())
+            .map(|j| Arc::new(j.child(node, item, attempt, graph)))
     }
 
     fn tag(&self) -> Tag {

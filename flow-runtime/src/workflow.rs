@@ -154,6 +154,15 @@ pub trait Workflow: Send + Sync {
         true
     }
 
+    /// Whether the workflow's steps were generated to commit their outcomes to a store
+    /// (`#[workflow(durable)]`, `flow! { durable; .. }`). A durable workflow awaited inside a
+    /// durable run's step runs as part of that run's record: its steps are recorded under the
+    /// step that runs it, and a resumed run does not run them again.
+    #[doc(hidden)]
+    fn is_durable(&self) -> bool {
+        false
+    }
+
     /// Runs the state machine from its start state. Called by the runtime, which adds
     /// cancellation, the time limit, compensation and the run's events around it.
     #[doc(hidden)]
@@ -206,6 +215,21 @@ pub struct Flow<In, Out, E, S, F, D = Ephemeral> {
     compensate_on_drop: bool,
     _types: PhantomData<fn(In) -> (Out, E)>,
     _kind: PhantomData<fn() -> D>,
+}
+
+/// Whether a [`Flow`]'s kind is durable.
+#[doc(hidden)]
+pub trait FlowKind {
+    /// `true` for [`Durable`].
+    const DURABLE: bool;
+}
+
+impl FlowKind for Ephemeral {
+    const DURABLE: bool = false;
+}
+
+impl FlowKind for Durable {
+    const DURABLE: bool = true;
 }
 
 /// The kind of a [`Flow`] whose runs are not recorded: a `flow!` without `durable`.
@@ -338,6 +362,7 @@ where
     S: WorkflowState + Send,
     F: Fn(Ctx<E>, S) -> Fut + Send + Sync,
     Fut: Future<Output = Result<Out, Error<E>>> + Send,
+    D: FlowKind,
 {
     type Input = In;
     type Output = Out;
@@ -358,6 +383,10 @@ where
 
     fn compensate_on_drop(&self) -> bool {
         self.compensate_on_drop
+    }
+
+    fn is_durable(&self) -> bool {
+        D::DURABLE
     }
 
     fn execute(

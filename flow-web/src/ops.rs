@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use flow_runtime::store::{NewHistory, RunRecord, StepOutcome, Store, StoreError};
 
 use crate::graph::{StoredGraph, UNDO_SUFFIX};
+use flow_runtime::durable::top_node;
 
 /// Why an action was refused or failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,19 +176,29 @@ async fn reset(
     nodes: &BTreeSet<String>,
 ) -> Result<(BTreeSet<String>, BTreeSet<String>), OpError> {
     let steps = store.steps_of(&r.id).await?;
+    // A step of a durable child workflow (`assemble@0.1/check`) belongs to the step that ran
+    // it: reset with it.
     let base = |k: &str| k.strip_suffix(UNDO_SUFFIX).unwrap_or(k).to_owned();
+    let top = |k: &str| top_node(&base(k)).to_owned();
     let dropped = steps
         .iter()
-        .map(|s| base(&s.key.node))
+        .map(|s| top(&s.key.node))
         .filter(|k| nodes.contains(k))
         .collect();
     let kept = steps
         .iter()
-        .map(|s| base(&s.key.node))
+        .map(|s| top(&s.key.node))
         .filter(|k| !nodes.contains(k))
         .collect();
+    let mut reset: BTreeSet<String> = nodes.clone();
+    reset.extend(
+        steps
+            .iter()
+            .map(|s| base(&s.key.node))
+            .filter(|k| k.contains('/') && nodes.contains(top_node(k))),
+    );
     store
-        .reset_steps(&r.id, nodes.iter().cloned().collect())
+        .reset_steps(&r.id, reset.into_iter().collect())
         .await?;
     Ok((dropped, kept))
 }
@@ -250,19 +261,19 @@ pub async fn resume(store: &dyn Store, run: &str, actor: &str) -> Result<String,
             // An undo that ran: its step's effect is gone, the step must run again.
             Some(base) => {
                 if matches!(s.outcome, Some(StepOutcome::Completed(_))) {
-                    from.insert(base.to_owned());
+                    from.insert(top_node(base).to_owned());
                 }
             }
             None => {
                 if !matches!(s.outcome, Some(StepOutcome::Completed(_))) {
-                    from.insert(s.key.node.clone());
+                    from.insert(top_node(&s.key.node).to_owned());
                 }
             }
         }
     }
     for c in store.compensations_of(run).await? {
         if c.status == flow_runtime::store::CompensationStatus::Done {
-            from.insert(c.node);
+            from.insert(top_node(&c.node).to_owned());
         }
     }
     let mut nodes = BTreeSet::new();
