@@ -1701,3 +1701,144 @@ async fn a_store_failure_inside_a_durable_child_stops_the_whole_run() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A durable child workflow with an undo.
+#[workflow(durable)]
+async fn reserve_child(dir: String) -> Result<u32, Fail> {
+    #[compensate(undo_a)]
+    let a = reserve_a(dir).await?;
+    Ok(a.n)
+}
+
+/// The child, then a payment the test keeps waiting, then a charge that fails.
+#[workflow(durable)]
+async fn trip(dir: String) -> Result<u32, Fail> {
+    let a = reserve_child(dir.clone()).await?;
+    let p = pay(dir.clone()).await?;
+    let c = fail_charge(dir).await?;
+    Ok(a + p + c)
+}
+
+/// Killed after a durable child workflow completed: resumed, the child is replayed from the
+/// record (its step does not run again) so that its undo is registered again, and the
+/// parent's later failure undoes the child's step.
+#[test]
+fn a_completed_durable_child_is_undone_when_its_resumed_parent_fails() {
+    let dir = temp_dir("child-undo");
+    let d = dir.display().to_string();
+    let gate = dir.join("hang-pay");
+    std::fs::write(&gate, "").unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        drop(runtime.start(Trip, "u1", (d.clone(),)).await.unwrap());
+        while count(&read_log(&dir), "pay") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(10));
+    std::fs::remove_file(&gate).unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(Trip).unwrap();
+        for r in runtime.resume(&registry).await.unwrap().resumed {
+            let e = r.wait().await.unwrap_err();
+            assert!(e.contains("card declined"), "{e}");
+        }
+    });
+    let log = read_log(&dir);
+    for (name, n) in [("reserve_a", 1), ("pay", 2), ("charge", 1), ("undo_a", 1)] {
+        assert_eq!(count(&log, name), n, "{name}: {log:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn maybe_fail(dir: String) -> Result<u32, Fail> {
+    effect(&dir, "maybe", 0).await;
+    if count(&read_log(Path::new(&dir)), "maybe") == 1 {
+        return Err(Fail("first time".into()));
+    }
+    Ok(5)
+}
+
+/// A durable child whose second step fails the first time it ever runs.
+#[workflow(durable)]
+async fn flaky_child(dir: String) -> Result<u32, Fail> {
+    let v = fetch_part(dir.clone(), 7).await?;
+    Ok(v + maybe_fail(dir).await?)
+}
+
+/// A retried step running the child, then a payment the test keeps waiting.
+#[workflow(durable)]
+async fn retrying_parent(dir: String) -> Result<u32, Fail> {
+    #[retry(max_attempts = 2)]
+    let v = flaky_child(dir.clone()).await?;
+    let p = pay(dir).await?;
+    Ok(v + p)
+}
+
+/// A retried parent step runs its durable child afresh (attempt 2 does not replay the
+/// failed attempt 1); killed later and resumed, the child of the attempt that completed is
+/// replayed, not run again.
+#[test]
+fn a_retried_parent_step_runs_its_durable_child_afresh_and_replays_the_one_that_completed() {
+    let dir = temp_dir("child-retry");
+    let d = dir.display().to_string();
+    let gate = dir.join("hang-pay");
+    std::fs::write(&gate, "").unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        drop(
+            runtime
+                .start(RetryingParent, "rp1", (d.clone(),))
+                .await
+                .unwrap(),
+        );
+        while count(&read_log(&dir), "pay") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(10));
+    std::fs::remove_file(&gate).unwrap();
+    let before = read_log(&dir);
+    assert_eq!(count(&before, "fetch7"), 2, "{before:?}");
+    assert_eq!(count(&before, "maybe"), 2, "{before:?}");
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(RetryingParent).unwrap();
+        for r in runtime.resume(&registry).await.unwrap().resumed {
+            r.wait().await.unwrap();
+        }
+        assert_eq!(
+            runtime
+                .result(&RetryingParent, "rp1")
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+            7 + 5 + 2
+        );
+    });
+    let log = read_log(&dir);
+    for (name, n) in [("fetch7", 2), ("maybe", 2), ("pay", 2)] {
+        assert_eq!(count(&log, name), n, "{name}: {log:?}");
+    }
+    let keys: Vec<&str> = log
+        .iter()
+        .filter(|l| l.starts_with("fetch7 "))
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "flow:rp1:flaky_child@0.1/fetch_part@0",
+            "flow:rp1:flaky_child@0.2/fetch_part@0"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -95,6 +95,42 @@ fn own_unreached(steps: &[StepRecord], prefix: &str) -> HashSet<StepKey> {
         .collect()
 }
 
+/// The steps (node key, occurrence, item) of the journal with key prefix `prefix` that ran a
+/// durable child workflow recorded in `steps`, each with the latest attempt that ran one.
+fn children_of(steps: &[StepRecord], prefix: &str) -> HashMap<(String, u32, Option<u32>), u32> {
+    let mut out: HashMap<(String, u32, Option<u32>), u32> = HashMap::new();
+    for s in steps {
+        let Some((head, _)) = s
+            .key
+            .node
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            continue;
+        };
+        let Some(parsed) = parse_child_prefix(head) else {
+            continue;
+        };
+        let (node, occurrence, item, attempt) = parsed;
+        let latest = out.entry((node.to_owned(), occurrence, item)).or_insert(0);
+        *latest = (*latest).max(attempt);
+    }
+    out
+}
+
+/// `node@occurrence[item].attempt` (the `[item]` only in a `map`), as written by
+/// [`Journal::child`].
+fn parse_child_prefix(head: &str) -> Option<(&str, u32, Option<u32>, u32)> {
+    let (node, tail) = head.split_once('@')?;
+    let (at, attempt) = tail.rsplit_once('.')?;
+    let attempt = attempt.parse().ok()?;
+    let (occurrence, item) = match at.split_once('[') {
+        Some((o, i)) => (o.parse().ok()?, Some(i.strip_suffix(']')?.parse().ok()?)),
+        None => (at.parse().ok()?, None),
+    };
+    Some((node, occurrence, item, attempt))
+}
+
 /// The node key of the run's own step that a step record belongs to: its own node key, or,
 /// for a step of a durable child workflow, the key of the step that ran it. A child's steps
 /// are recorded in its parent's run under `<step key>@<occurrence>[<item>].<attempt>/` (nested
@@ -128,6 +164,9 @@ pub(crate) struct Journal {
     recorded: Mutex<HashMap<StepKey, StepRecord>>,
     /// Committed records not reached yet by the resumed body.
     unreached: Mutex<HashSet<StepKey>>,
+    /// The steps of this journal that ran a durable child workflow with records: (node key,
+    /// occurrence, item) to the latest attempt that ran it.
+    children: HashMap<(String, u32, Option<u32>), u32>,
     /// How many times each (node, item) was reached in this run.
     occurrences: Mutex<HashMap<(u32, Option<u32>), u32>>,
     /// Steps executing now (not answered from the store).
@@ -154,11 +193,13 @@ impl Journal {
         steps: Vec<StepRecord>,
     ) -> Self {
         let unreached = own_unreached(&steps, "");
+        let children = children_of(&steps, "");
         Journal {
             store,
             run: Arc::from(run),
             graph,
             prefix: String::new(),
+            children,
             recorded: Mutex::new(steps.into_iter().map(|s| (s.key.clone(), s)).collect()),
             unreached: Mutex::new(unreached),
             occurrences: Mutex::new(HashMap::new()),
@@ -197,7 +238,9 @@ impl Journal {
             .cloned()
             .collect();
         let unreached = own_unreached(&steps, &prefix);
+        let children = children_of(&steps, &prefix);
         Journal {
+            children,
             store: Arc::clone(&self.store),
             run: Arc::clone(&self.run),
             graph,
@@ -373,6 +416,18 @@ impl Journal {
     /// The run's fault, left for the journal of the run's own workflow to take.
     pub(crate) fn peek_fault(&self) -> Option<DurableError> {
         lock(&self.fault).clone()
+    }
+
+    /// The latest attempt of step `key` (of this journal) that ran a durable child workflow
+    /// with records, if one did.
+    fn child_attempt(&self, key: &StepKey) -> Option<u32> {
+        if self.children.is_empty() {
+            return None;
+        }
+        let node = key.node.strip_prefix(&self.prefix)?;
+        self.children
+            .get(&(node.to_owned(), key.occurrence, key.item))
+            .copied()
     }
 
     /// Whether this is the journal of a child workflow run inside one of the run's steps.
@@ -584,6 +639,10 @@ pub(crate) enum Begin<T, E> {
     Plain,
     /// Answered from the store.
     Done(Result<T, StepError<E>>),
+    /// Completed by a durable child workflow at this attempt: run again, its child replays
+    /// its record (every step answered from the store), so that the child's undos are
+    /// registered again in this run; nothing is committed.
+    Replay(StepKey, u32),
     /// Run it, under this key, resuming from this progress (if an earlier process began it).
     Run(StepKey, Option<Box<StepRecord>>),
     /// The run must stop (the journal says why).
@@ -602,7 +661,10 @@ impl<E> Ctx<E> {
 
 impl<E: Stored> Ctx<E> {
     /// Looks the next execution of `node` up in the store.
-    fn durable_begin<T: Stored>(&self, node: NodeId) -> Begin<T, E> {
+    ///
+    /// `replay`: the step may have run a durable child workflow (a step, not a sleep or a
+    /// signal wait), which is then run again to replay the child ([`Begin::Replay`]).
+    fn durable_begin<T: Stored>(&self, node: NodeId, replay: bool) -> Begin<T, E> {
         let Some(j) = self.journal() else {
             return Begin::Plain;
         };
@@ -610,6 +672,9 @@ impl<E: Stored> Ctx<E> {
         let record = j.record(&key);
         match record.as_ref().and_then(|r| r.outcome.as_ref()) {
             Some(StepOutcome::Completed(bytes)) => {
+                if replay && let Some(attempt) = j.child_attempt(&key) {
+                    return Begin::Replay(key, attempt);
+                }
                 match decode::<T>(bytes, &format!("the output of step {key}")) {
                     Ok(v) => return Begin::Done(Ok(v)),
                     Err(e) => j.set_fault(e),
@@ -730,8 +795,8 @@ impl<E: Stored> Ctx<E> {
         node: NodeId,
         step: impl Future<Output = Result<T, StepError<E>>>,
     ) -> Result<T, StepError<E>> {
-        match self.durable_begin(node) {
-            Begin::Plain => step.await,
+        match self.durable_begin(node, true) {
+            Begin::Plain | Begin::Replay(..) => step.await,
             Begin::Done(r) => r,
             Begin::Stop => self.stop_run().await,
             Begin::Hold => core::future::pending().await,
@@ -792,9 +857,20 @@ impl<E: Stored> Ctx<E> {
         Fut::Output: StepOutput<E>,
         <Fut::Output as StepOutput<E>>::Ok: Stored,
     {
-        match self.durable_begin(node) {
+        match self.durable_begin(node, true) {
             Begin::Plain => self.step_with(node, policy, make).await,
             Begin::Done(r) => r,
+            // The attempt that completed, again: its child replays.
+            Begin::Replay(key, attempt) => {
+                let last = Mutex::new(None);
+                let resume = self.journal().map(|j| Resume {
+                    journal: j,
+                    key: &key,
+                    from: Some((attempt.saturating_sub(1), RetryState::default())),
+                    last: &last,
+                });
+                self.step_with_resume(node, policy, make, resume).await
+            }
             Begin::Stop => self.stop_run().await,
             Begin::Hold => core::future::pending().await,
             Begin::Run(key, record) => {
@@ -848,9 +924,9 @@ impl<E: Stored> Ctx<E> {
     /// left), the end is committed as the step's outcome (a replay does not wait again), and
     /// while it waits a worker may park the run.
     pub async fn durable_sleep(&self, node: NodeId, duration: core::time::Duration) {
-        let (key, record) = match self.durable_begin::<()>(node) {
+        let (key, record) = match self.durable_begin::<()>(node, false) {
             Begin::Plain => return self.sleep_step(node, duration).await,
-            Begin::Done(_) => return,
+            Begin::Done(_) | Begin::Replay(..) => return,
             Begin::Stop => {
                 let _: Result<(), StepError<E>> = self.stop_run().await;
                 return;
@@ -907,10 +983,11 @@ impl<E: Stored + Send> Ctx<E> {
         name: &'static str,
         timeout: Option<core::time::Duration>,
     ) -> Result<T, StepError<E>> {
-        let (key, record) = match self.durable_begin::<T>(node) {
+        let (key, record) = match self.durable_begin::<T>(node, false) {
             Begin::Plain => return self.signal(node, name, timeout).await,
             Begin::Done(r) => return r,
-            Begin::Stop => return self.stop_run().await,
+            // (`Replay` is not asked for here.)
+            Begin::Stop | Begin::Replay(..) => return self.stop_run().await,
             Begin::Hold => return core::future::pending().await,
             Begin::Run(key, record) => (key, record),
         };
