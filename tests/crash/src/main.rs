@@ -1,5 +1,6 @@
-//! The child process of the crash test (`tests/crash.rs`): runs durable workflows (five
-//! `#[workflow(durable)]` functions and a durable `flow!`) on a
+//! The child process of the crash test (`tests/crash.rs`): runs durable workflows (six
+//! `#[workflow(durable)]` functions, one running a durable child workflow, and a durable
+//! `flow!`) on a
 //! SQLite store until every run has finished, and is killed with SIGKILL at random moments.
 //!
 //! `crash-child <store> <log> <generation> <runs>`: resumes the unfinished runs of the store,
@@ -167,6 +168,37 @@ pub async fn saga(n: u32) -> Result<u32, Fail> {
     charge(r).await
 }
 
+async fn c1(which: u32, n: u32) -> Result<u32, Fail> {
+    effect(&format!("c1-{which}")).await;
+    Ok(n + 1)
+}
+async fn c2(which: u32, n: u32) -> Result<u32, Fail> {
+    effect(&format!("c2-{which}")).await;
+    Ok(n * 2)
+}
+
+/// A durable child workflow of two steps.
+#[workflow(durable)]
+pub async fn inner(which: u32, n: u32) -> Result<u32, Fail> {
+    let a = c1(which, n).await?;
+    c2(which, a).await
+}
+
+/// A child's failure, as its parent step's error.
+impl From<flow::Error<Fail>> for Fail {
+    fn from(e: flow::Error<Fail>) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+/// A durable workflow running the durable child twice: the child's steps are recorded in
+/// this run.
+#[workflow(durable)]
+pub async fn nested(n: u32) -> Result<u32, Fail> {
+    let a = inner(0, n).await?;
+    inner(1, a).await
+}
+
 async fn f1(n: u32) -> Result<u32, Fail> {
     effect("f1").await;
     Ok(n + 1)
@@ -211,6 +243,7 @@ async fn main() {
     registry.register_durable(Retried).expect("registered");
     registry.register_durable(Saga).expect("registered");
     registry.register_durable(flowed()).expect("registered");
+    registry.register_durable(Nested).expect("registered");
     let report = runtime.resume(&registry).await.expect("resume");
     assert!(
         report.unknown.is_empty() && report.incompatible.is_empty() && report.failed.is_empty(),
@@ -252,6 +285,11 @@ async fn main() {
                 .await;
             let _ = rt
                 .start(flowed(), format!("flowed-{i}"), i)
+                .await
+                .expect("start")
+                .await;
+            let _ = rt
+                .start(Nested, format!("nested-{i}"), (i,))
                 .await
                 .expect("start")
                 .await;

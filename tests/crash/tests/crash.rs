@@ -1,5 +1,5 @@
 //! The crash test: durable workflows (sequence, parallel group, map, retry with backoff,
-//! compensation, and a durable `flow!`) run in a child process (`crash-child`) that is
+//! compensation, a durable child workflow, and a durable `flow!`) run in a child process (`crash-child`) that is
 //! killed with SIGKILL at random moments and restarted on the same SQLite file, again and again; then one last
 //! child runs everything to the end. From the store and the side-effect log the steps write,
 //! the test checks that:
@@ -85,6 +85,12 @@ fn phases(workflow: &str, i: u32) -> Vec<Vec<String>> {
         "retried" => vec![names(&["flaky"]), names(&["after"])],
         "saga" => vec![names(&["reserve"]), names(&["charge"])],
         "flowed" => vec![names(&["f1"]), names(&["fa", "fb"]), names(&["fsum"])],
+        "nested" => vec![
+            names(&["c1-0"]),
+            names(&["c2-0"]),
+            names(&["c1-1"]),
+            names(&["c2-1"]),
+        ],
         other => panic!("unknown workflow {other}"),
     }
 }
@@ -97,6 +103,7 @@ fn expected(workflow: &str, i: u32) -> Option<u32> {
         "retried" => Some(i + 3 + 1),
         "saga" => None,
         "flowed" => Some((i + 11) + (i + 21)),
+        "nested" => Some((((i + 1) * 2) + 1) * 2),
         other => panic!("unknown workflow {other}"),
     }
 }
@@ -188,7 +195,7 @@ fn killed_at_random_moments_no_step_is_lost_or_repeated() {
     let records = rt
         .block_on(flow::durable::all_runs(&store, RunFilter::default()))
         .expect("runs");
-    assert_eq!(records.len() as u32, runs * 6, "every run was created once");
+    assert_eq!(records.len() as u32, runs * 7, "every run was created once");
     for r in &records {
         let (workflow, i) = r.id.rsplit_once('-').expect("id is <workflow>-<i>");
         let i: u32 = i.parse().expect("index");
