@@ -1,8 +1,8 @@
 //! The crash test: durable workflows (sequence, parallel group, map, retry with backoff,
-//! compensation, a durable child workflow, and a durable `flow!`) run in a child process (`crash-
-//! child`) that is killed with SIGKILL at random moments and restarted on the same SQLite file,
-//! again and again; then one last child runs everything to the end. From the store and the side-
-//! effect log the steps write, the test checks that:
+//! compensation, a durable child workflow, and a durable `flow!`) run in a child process
+//! (`crash-child`) that is killed with SIGKILL at random moments and restarted on the same SQLite
+//! file, again and again; then one last child runs everything to the end. From the store and the
+//! side-effect log the steps write, the test checks that:
 //!
 //! - every run finished with the result an uninterrupted run gives;
 //! - no completed step ran again: once a step's successor has started (so the step's
