@@ -182,6 +182,9 @@ def main():
     ap.add_argument("--kill-after", default="launch_nodes",
                     help="kill the example once this step is committed (default launch_nodes)")
     args = ap.parse_args()
+    # The processes run in a temporary directory: absolute paths.
+    args.target = os.path.abspath(args.target)
+    args.out = os.path.abspath(args.out)
     example = os.path.join(args.target, "debug", "examples", "provision_cluster")
     flowctl = os.path.join(args.target, "debug", "flowctl")
     for path, build in [(example, "cargo build --example provision_cluster -p flow"),
