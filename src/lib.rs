@@ -68,13 +68,63 @@ pub mod __private {
 
     /// The workflow of a `#[workflow]` method: its graph, its time limit, and a function that
     /// runs the body with the receiver it captured.
-    pub struct FnWorkflow<In, Out, E, S, F> {
+    pub struct FnWorkflow<In, Out, E, S, F, D = flow_runtime::__private::Ephemeral> {
         graph: &'static flow_runtime::Graph,
         timeout: Option<core::time::Duration>,
         compensation_timeout: core::time::Duration,
         compensate_on_drop: bool,
         body: F,
         _types: Types<In, Out, E, S>,
+        _kind: core::marker::PhantomData<fn() -> D>,
+    }
+
+    impl<In, Out, E, S, F: Clone, D> Clone for FnWorkflow<In, Out, E, S, F, D> {
+        fn clone(&self) -> Self {
+            FnWorkflow {
+                graph: self.graph,
+                timeout: self.timeout,
+                compensation_timeout: self.compensation_timeout,
+                compensate_on_drop: self.compensate_on_drop,
+                body: self.body.clone(),
+                _types: core::marker::PhantomData,
+                _kind: core::marker::PhantomData,
+            }
+        }
+    }
+
+    #[cfg(feature = "durable")]
+    impl<In, Out, E, S, F> FnWorkflow<In, Out, E, S, F> {
+        /// `#[workflow(durable)]` on a method that owns its receiver: the same workflow,
+        /// whose runs can be durable (its steps were generated to commit their outcomes).
+        pub fn durable(self) -> FnWorkflow<In, Out, E, S, F, flow_runtime::__private::Durable>
+        where
+            In: flow_runtime::durable::Stored,
+            Out: flow_runtime::durable::Stored,
+            E: flow_runtime::durable::Stored,
+        {
+            FnWorkflow {
+                graph: self.graph,
+                timeout: self.timeout,
+                compensation_timeout: self.compensation_timeout,
+                compensate_on_drop: self.compensate_on_drop,
+                body: self.body,
+                _types: core::marker::PhantomData,
+                _kind: core::marker::PhantomData,
+            }
+        }
+    }
+
+    #[cfg(feature = "durable")]
+    impl<In, Out, E, S, F> flow_runtime::durable::DurableWorkflow
+        for FnWorkflow<In, Out, E, S, F, flow_runtime::__private::Durable>
+    where
+        In: flow_runtime::durable::Stored,
+        Out: flow_runtime::durable::Stored,
+        E: flow_runtime::durable::Stored,
+        S: 'static,
+        F: 'static,
+        Self: flow_runtime::Workflow<Input = In, Output = Out, Error = E>,
+    {
     }
 
     impl<In, Out, E, S, F> FnWorkflow<In, Out, E, S, F> {
@@ -91,9 +141,12 @@ pub mod __private {
                 compensate_on_drop: true,
                 body,
                 _types: core::marker::PhantomData,
+                _kind: core::marker::PhantomData,
             }
         }
+    }
 
+    impl<In, Out, E, S, F, D> FnWorkflow<In, Out, E, S, F, D> {
         /// `#[workflow(compensation_timeout = ..)]`.
         #[must_use]
         pub const fn with_compensation_timeout(mut self, limit: core::time::Duration) -> Self {
@@ -109,7 +162,7 @@ pub mod __private {
         }
     }
 
-    impl<In, Out, E, S, F, Fut> flow_runtime::Workflow for FnWorkflow<In, Out, E, S, F>
+    impl<In, Out, E, S, F, D, Fut> flow_runtime::Workflow for FnWorkflow<In, Out, E, S, F, D>
     where
         In: Send,
         Out: Send,
@@ -117,6 +170,7 @@ pub mod __private {
         S: flow_runtime::WorkflowState,
         F: Fn(flow_runtime::__private::Ctx<E>, In) -> Fut + Send + Sync,
         Fut: core::future::Future<Output = Result<Out, E>> + Send,
+        D: flow_runtime::__private::FlowKind,
     {
         type Input = In;
         type Output = Out;
@@ -137,6 +191,10 @@ pub mod __private {
 
         fn compensate_on_drop(&self) -> bool {
             self.compensate_on_drop
+        }
+
+        fn is_durable(&self) -> bool {
+            D::DURABLE
         }
 
         fn execute(

@@ -1842,3 +1842,74 @@ fn a_retried_parent_step_runs_its_durable_child_afresh_and_replays_the_one_that_
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ------------------------------------------------------------------ durable methods
+
+/// A service whose durable workflow is a method: it owns its receiver (`self: Arc<Self>`).
+struct Shop {
+    dir: String,
+    price: u32,
+}
+
+impl Shop {
+    #[workflow(durable)]
+    async fn order(self: std::sync::Arc<Self>, qty: u32) -> Result<u32, Fail> {
+        let n = fetch_part(self.dir.clone(), qty).await?;
+        check_part(self.dir.clone(), n * self.price).await
+    }
+}
+
+/// Killed mid-method: resumed with the method's workflow registered (holding a fresh
+/// service), it does not run the committed step again.
+#[test]
+fn a_durable_method_resumes_where_it_stopped() {
+    let dir = temp_dir("method");
+    let d = dir.display().to_string();
+    let gate = dir.join("hang-check30");
+    std::fs::write(&gate, "").unwrap();
+    let shop = || {
+        std::sync::Arc::new(Shop {
+            dir: d.clone(),
+            price: 10,
+        })
+    };
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        drop(
+            runtime
+                .start(shop().order_workflow(), "o1", (3,))
+                .await
+                .unwrap(),
+        );
+        while count(&read_log(&dir), "check30") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(10));
+    std::fs::remove_file(&gate).unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let runtime = Runtime::new().with_store(store(&dir));
+        let mut registry = flow::Registry::new();
+        registry.register_durable(shop().order_workflow()).unwrap();
+        let report = runtime.resume(&registry).await.unwrap();
+        assert_eq!(report.resumed.len(), 1, "{:?}", report.unknown);
+        for r in report.resumed {
+            r.wait().await.unwrap();
+        }
+        assert_eq!(
+            runtime
+                .result(&shop().order_workflow(), "o1")
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+            130
+        );
+    });
+    let log = read_log(&dir);
+    assert_eq!(count(&log, "fetch3"), 1, "{log:?}");
+    assert_eq!(count(&log, "check30"), 2, "{log:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -234,7 +234,7 @@ impl syn::parse::Parse for Opt {
 fn rw_errors_durable_method(at: Span, errors: &mut Errors) {
     errors.push(syn::Error::new(
         at,
-        "`durable` is not supported on a method yet: make the workflow a free `async fn` (its dependencies as arguments or generics)",
+        "`durable` on a `&self` method: a durable workflow is kept (registered) to resume its runs after a restart, so it must own its receiver: take `self: Arc<Self>` (or make it an associated function without `self`)",
     ));
 }
 
@@ -1872,7 +1872,7 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         }
     };
 
-    if let (true, Some(at)) = (sig.associated, options.durable) {
+    if let (true, Receiver::Ref, Some(at)) = (sig.associated, sig.receiver, options.durable) {
         rw_errors_durable_method(at, errors);
         return None;
     }
@@ -1923,6 +1923,19 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         };
         let generics = &func.sig.generics;
         let where_clause = &generics.where_clause;
+        // `durable` (an owned receiver, or none): a value that can be registered and kept.
+        let (wf_ret, make_durable) = match options.durable {
+            Some(at) => (
+                quote_spanned! {at=>
+                    impl #krate::durable::DurableWorkflow<Input = #tuple_tys, Output = #ok, Error = #err> + ::core::clone::Clone
+                },
+                quote_spanned!(at=> .durable()),
+            ),
+            None => (
+                quote!(impl #krate::Workflow<Input = #tuple_tys, Output = #ok, Error = #err> #bound),
+                TokenStream::new(),
+            ),
+        };
         let comma = if sig.receiver == Receiver::None {
             TokenStream::new()
         } else {
@@ -1937,11 +1950,11 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
             }
 
             #[doc = #doc_wf]
-            #vis fn #wf_fn #generics (#recv) -> impl #krate::Workflow<Input = #tuple_tys, Output = #ok, Error = #err> #bound #where_clause {
+            #vis fn #wf_fn #generics (#recv) -> #wf_ret #where_clause {
                 #ret_is_result
                 #state_items
                 const __FLOW_GRAPH: &'static #krate::Graph = #graph;
-                #krate::__private::FnWorkflow::<_, _, _, #state_name, _>::new(__FLOW_GRAPH, #timeout, #call_body) #undo_builder
+                #krate::__private::FnWorkflow::<_, _, _, #state_name, _>::new(__FLOW_GRAPH, #timeout, #call_body) #undo_builder #make_durable
             }
 
             #[doc(hidden)]
