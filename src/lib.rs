@@ -115,15 +115,8 @@ pub mod __private {
     }
 
     #[cfg(feature = "durable")]
-    impl<In, Out, E, S, F> flow_runtime::durable::DurableWorkflow
+    impl<In, Out, E, S, F> flow_runtime::durable::DeclaredDurable
         for FnWorkflow<In, Out, E, S, F, flow_runtime::__private::Durable>
-    where
-        In: flow_runtime::durable::Stored,
-        Out: flow_runtime::durable::Stored,
-        E: flow_runtime::durable::Stored,
-        S: 'static,
-        F: 'static,
-        Self: flow_runtime::Workflow<Input = In, Output = Out, Error = E>,
     {
     }
 

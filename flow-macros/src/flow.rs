@@ -1392,9 +1392,9 @@ fn expand_flow(flow: FlowInput) -> TokenStream {
                 #[allow(unused_imports)]
                 use #krate::__private::{FlowStoredNo as _, FlowStoredYes as _};
                 let (__flow_i, __flow_o, __flow_e) = #f.stored_values();
-                #krate::__private::stored_flow_value(&__flow_i, (&__flow_i).flow_value_stored());
-                #krate::__private::stored_flow_value(&__flow_o, (&__flow_o).flow_value_stored());
-                #krate::__private::stored_flow_value(&__flow_e, (&__flow_e).flow_value_stored());
+                #krate::__private::stored_input(&__flow_i, (&__flow_i).flow_value_stored());
+                #krate::__private::stored_result(&__flow_o, (&__flow_o).flow_value_stored());
+                #krate::__private::stored_error(&__flow_e, (&__flow_e).flow_value_stored());
             }
         };
         checked = quote!(; #checked #f);

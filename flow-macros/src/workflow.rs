@@ -1877,11 +1877,48 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         return None;
     }
     // `durable`: the workflow's values must be storable, checked where `durable` is written.
+    // With the checks of the input (each parameter), output and error types, one message
+    // each where `durable` is written (for a generic workflow, where it is used: its types
+    // are known there).
+    let durable_checks = options.durable.map(|at| {
+        let values = param_tys
+            .iter()
+            .map(|t| (quote!(#t), quote!(stored_input)))
+            .chain([
+                (quote!(#ok), quote!(stored_result)),
+                (quote!(#err), quote!(stored_error)),
+            ]);
+        let checks = values.map(|(t, check)| {
+            quote_spanned! {at=>
+                let __flow_v = #krate::__private::FlowValue::<#t>::new();
+                #krate::__private::#check(&__flow_v, (&__flow_v).flow_value_stored());
+            }
+        });
+        quote_spanned! {at=>
+            #[allow(unused_imports)]
+            use #krate::__private::{FlowStoredNo as _, FlowStoredYes as _};
+            #(#checks)*
+        }
+    });
     let durable_impl = |impl_g: &TokenStream, ty_g: &TokenStream, where_send: &TokenStream| {
         options.durable.map(|at| {
+            let checks = if impl_g.is_empty() {
+                let c = &durable_checks;
+                quote_spanned! {at=>
+                    const _: () = {
+                        #[allow(dead_code)]
+                        fn __flow_stored() {
+                            #c
+                        }
+                    };
+                }
+            } else {
+                TokenStream::new()
+            };
             quote_spanned! {at=>
                 #[automatically_derived]
-                impl #impl_g #krate::durable::DurableWorkflow for #type_name #ty_g #where_send {}
+                impl #impl_g #krate::__private::DeclaredDurable for #type_name #ty_g #where_send {}
+                #checks
             }
         })
     };

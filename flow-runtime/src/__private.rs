@@ -1,6 +1,8 @@
 //! Items the macros' generated code uses. Not part of the public API: no semver guarantees.
 
 pub use crate::ctx::{Ctx, StepOutput};
+#[cfg(feature = "durable")]
+pub use crate::durable::DeclaredDurable;
 pub use crate::policy::{CompensationPolicy, StepPolicy};
 pub use crate::runtime::run_nested;
 pub use crate::trace::default_observers;

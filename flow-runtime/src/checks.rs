@@ -540,26 +540,15 @@ pub fn stored_output<T, S, F, A: StoredOutput<T, S, F>>(
     A::pass(f)
 }
 
-// ---------------------------------------------------------------- a durable flow's values are stored
+// ---------------------------------------------------------------- a durable workflow's values are stored
 
-/// Roles of a durable `flow!`'s values, named in the check's message.
+/// The type `T` of a durable workflow's input, output or error, probed where `durable` is
+/// written.
 #[cfg(feature = "durable")]
-#[allow(non_camel_case_types)]
-pub mod role {
-    /// The flow's input.
-    pub struct input;
-    /// The flow's output.
-    pub struct output;
-    /// The flow's error type.
-    pub struct error;
-}
-
-/// The type `T` of a durable `flow!`'s value in role `R` ([`role`]).
-#[cfg(feature = "durable")]
-pub struct FlowValue<T, R>(PhantomData<fn() -> (T, R)>);
+pub struct FlowValue<T>(PhantomData<fn() -> T>);
 
 #[cfg(feature = "durable")]
-impl<T, R> FlowValue<T, R> {
+impl<T> FlowValue<T> {
     /// The probe.
     #[inline]
     pub fn new() -> Self {
@@ -568,7 +557,7 @@ impl<T, R> FlowValue<T, R> {
 }
 
 #[cfg(feature = "durable")]
-impl<T, R> Default for FlowValue<T, R> {
+impl<T> Default for FlowValue<T> {
     fn default() -> Self {
         Self::new()
     }
@@ -581,7 +570,7 @@ pub trait FlowStoredYes {
     fn flow_value_stored(&self) -> Met<()>;
 }
 #[cfg(feature = "durable")]
-impl<T: crate::durable::Stored, R> FlowStoredYes for FlowValue<T, R> {
+impl<T: crate::durable::Stored> FlowStoredYes for FlowValue<T> {
     fn flow_value_stored(&self) -> Met<()> {
         Met(())
     }
@@ -593,26 +582,62 @@ pub trait FlowStoredNo<T> {
     fn flow_value_stored(&self) -> Unmet<T>;
 }
 #[cfg(feature = "durable")]
-impl<T, R> FlowStoredNo<T> for &FlowValue<T, R> {
+impl<T> FlowStoredNo<T> for &FlowValue<T> {
     fn flow_value_stored(&self) -> Unmet<T> {
         Unmet::new()
     }
 }
 
-/// A durable `flow!`'s input, output and error are stored.
+/// A durable workflow's input is stored.
 #[cfg(feature = "durable")]
 #[diagnostic::on_unimplemented(
-    message = "this flow is durable, so its {R} is stored, but `{T}` cannot be stored by a durable run",
-    label = "its {R}, `{T}`, is stored with each run",
+    message = "this workflow is durable, so its input is stored, but `{T}` cannot be stored by a durable run",
+    label = "its input, `{T}`, is stored with each run",
     note = "a durable workflow's input, output, error and every step's output are stored as JSON: derive `serde::Serialize` and `serde::Deserialize` for `{T}`"
 )]
-pub trait StoredFlowValue<T, R> {}
+pub trait StoredInput<T> {}
 #[cfg(feature = "durable")]
 #[diagnostic::do_not_recommend]
-impl<T, R> StoredFlowValue<T, R> for Met<()> {}
+impl<T> StoredInput<T> for Met<()> {}
 
-/// Checks, where `durable` is written, that a durable `flow!`'s value of type `T` in role `R`
-/// can be stored.
+/// Checks, where `durable` is written, that a durable workflow's input of type `T` can be
+/// stored.
 #[cfg(feature = "durable")]
 #[inline]
-pub fn stored_flow_value<T, R, A: StoredFlowValue<T, R>>(_: &FlowValue<T, R>, _: A) {}
+pub fn stored_input<T, A: StoredInput<T>>(_: &FlowValue<T>, _: A) {}
+
+/// A durable workflow's output is stored.
+#[cfg(feature = "durable")]
+#[diagnostic::on_unimplemented(
+    message = "this workflow is durable, so its output is stored, but `{T}` cannot be stored by a durable run",
+    label = "its output, `{T}`, is stored with each run",
+    note = "a durable workflow's input, output, error and every step's output are stored as JSON: derive `serde::Serialize` and `serde::Deserialize` for `{T}`"
+)]
+pub trait StoredResult<T> {}
+#[cfg(feature = "durable")]
+#[diagnostic::do_not_recommend]
+impl<T> StoredResult<T> for Met<()> {}
+
+/// Checks, where `durable` is written, that a durable workflow's output of type `T` can be
+/// stored.
+#[cfg(feature = "durable")]
+#[inline]
+pub fn stored_result<T, A: StoredResult<T>>(_: &FlowValue<T>, _: A) {}
+
+/// A durable workflow's error is stored.
+#[cfg(feature = "durable")]
+#[diagnostic::on_unimplemented(
+    message = "this workflow is durable, so its error is stored, but `{T}` cannot be stored by a durable run",
+    label = "its error, `{T}`, is stored with each run",
+    note = "a durable workflow's input, output, error and every step's output are stored as JSON: derive `serde::Serialize` and `serde::Deserialize` for `{T}`"
+)]
+pub trait StoredError<T> {}
+#[cfg(feature = "durable")]
+#[diagnostic::do_not_recommend]
+impl<T> StoredError<T> for Met<()> {}
+
+/// Checks, where `durable` is written, that a durable workflow's error of type `T` can be
+/// stored.
+#[cfg(feature = "durable")]
+#[inline]
+pub fn stored_error<T, A: StoredError<T>>(_: &FlowValue<T>, _: A) {}

@@ -66,15 +66,24 @@ pub trait DurableWorkflow:
 {
 }
 
-impl<In, Out, E, S, F> DurableWorkflow
+/// Declared durable by its macro (`#[workflow(durable)]`, `flow! { durable; .. }`): such a
+/// workflow is a [`DurableWorkflow`] when its values are [`Stored`]. (The macros check that
+/// where `durable` is written, with a message naming each value; a blanket impl keeps
+/// rustc's own list of serde's implementors out of the way.)
+#[doc(hidden)]
+pub trait DeclaredDurable {}
+
+impl<W> DurableWorkflow for W where
+    W: DeclaredDurable
+        + Workflow<Input: Stored, Output: Stored, Error: Stored>
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+impl<In, Out, E, S, F> DeclaredDurable
     for crate::workflow::Flow<In, Out, E, S, F, crate::workflow::Durable>
-where
-    In: Stored,
-    Out: Stored,
-    E: Stored,
-    S: 'static,
-    F: 'static,
-    Self: Workflow<Input = In, Output = Out, Error = E>,
 {
 }
 

@@ -310,9 +310,9 @@ impl<In, Out, E, S, F> Flow<In, Out, E, S, F, Durable> {
     pub fn stored_values(
         &self,
     ) -> (
-        crate::checks::FlowValue<In, crate::checks::role::input>,
-        crate::checks::FlowValue<Out, crate::checks::role::output>,
-        crate::checks::FlowValue<E, crate::checks::role::error>,
+        crate::checks::FlowValue<In>,
+        crate::checks::FlowValue<Out>,
+        crate::checks::FlowValue<E>,
     ) {
         Default::default()
     }
