@@ -369,55 +369,86 @@ pub(crate) fn save_progress(conn: &Connection, p: &StepProgress) -> Result<()> {
 }
 
 pub(crate) fn commit_step(conn: &Connection, c: &StepCommit) -> Result<Committed> {
-    require_run(conn, &c.key.run)?;
-    if let Some(state) = step_state(conn, &c.key)?
-        && state != "running"
-    {
-        // Committed before: keep the first commit, apply nothing.
-        let step = get_step(conn, &c.key)?.ok_or_else(|| not_found(c.key.to_string()))?;
-        return Ok(Committed {
-            step,
-            first: false,
-            pushed: Vec::new(),
-        });
-    }
     let (state, output, failure) = match &c.outcome {
         StepOutcome::Completed(out) => ("completed", Some(out.as_slice()), None),
         StepOutcome::Failed(why) => ("failed", None, Some(why.as_str())),
     };
-    conn.prepare_cached(
-        "INSERT INTO flow_steps
-             (run_id, node, occurrence, item, state, output, failure, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (run_id, node, occurrence, item) DO UPDATE SET
-             state = excluded.state,
-             output = excluded.output,
-             failure = excluded.failure,
-             wake_at_ms = NULL,
-             updated_ms = excluded.updated_ms",
-    )
-    .map_err(sql_error)?
-    .execute(params![
-        c.key.run,
-        c.key.node,
-        c.key.occurrence,
-        item_col(c.key.item),
-        state,
-        output,
-        failure,
-        ms(now_ms())
-    ])
-    .map_err(sql_error)?;
+    let now = now_ms();
+    // One statement for the usual case: the step is inserted, or its `running` row (a retried
+    // step's progress) is completed; a step committed before is left as it is (no row comes
+    // back), and a missing run is the foreign key's refusal.
+    let returned = conn
+        .prepare_cached(
+            "INSERT INTO flow_steps
+                 (run_id, node, occurrence, item, state, output, failure, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (run_id, node, occurrence, item) DO UPDATE SET
+                 state = excluded.state,
+                 output = excluded.output,
+                 failure = excluded.failure,
+                 wake_at_ms = NULL,
+                 updated_ms = excluded.updated_ms
+             WHERE flow_steps.state = 'running'
+             RETURNING retry_counters",
+        )
+        .map_err(sql_error)?
+        .query_row(
+            params![
+                c.key.run,
+                c.key.node,
+                c.key.occurrence,
+                item_col(c.key.item),
+                state,
+                output,
+                failure,
+                ms(now)
+            ],
+            |r| r.get::<_, String>(0),
+        )
+        .optional();
+    let counters = match returned {
+        Ok(Some(counters)) => counters,
+        Ok(None) => {
+            // Committed before: keep the first commit, apply nothing.
+            let step = get_step(conn, &c.key)?.ok_or_else(|| not_found(c.key.to_string()))?;
+            return Ok(Committed {
+                step,
+                first: false,
+                pushed: Vec::new(),
+            });
+        }
+        Err(e) if is_foreign_key(&e) => return Err(not_found(format!("run {}", c.key.run))),
+        Err(e) => return Err(sql_error(e)),
+    };
     for a in &c.attempts {
         put_attempt(conn, &c.key, a)?;
     }
     let pushed = apply_compensations(conn, &c.key.run, &c.compensations)?;
-    let step = get_step(conn, &c.key)?.ok_or_else(|| not_found(c.key.to_string()))?;
+    let mut step = StepRecord {
+        key: c.key.clone(),
+        outcome: Some(c.outcome.clone()),
+        attempts: Vec::new(),
+        retry: RetryState {
+            counters: counters_of(&counters)?,
+            wake_at_ms: None,
+        },
+        updated_ms: now,
+    };
+    step.attempts = attempts_of(conn, &step.key)?;
     Ok(Committed {
         step,
         first: true,
         pushed,
     })
+}
+
+/// Whether `e` is SQLite's refusal of a row whose run does not exist.
+fn is_foreign_key(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY
+    )
 }
 
 const STEP_COLUMNS: &str =
@@ -465,29 +496,32 @@ fn finish_step(
         }
     };
     step.retry.counters = counters_of(&counters)?;
-    let k = &step.key;
+    step.attempts = attempts_of(conn, &step.key)?;
+    Ok(step)
+}
+
+/// The attempts recorded for step `k`, by number.
+fn attempts_of(conn: &Connection, k: &StepKey) -> Result<Vec<AttemptRecord>> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT number, started_ms, ended_ms, failure FROM flow_step_attempts
              WHERE run_id = ?1 AND node = ?2 AND occurrence = ?3 AND item = ?4 ORDER BY number",
         )
         .map_err(sql_error)?;
-    step.attempts = stmt
-        .query_map(
-            params![k.run, k.node, k.occurrence, item_col(k.item)],
-            |r| {
-                Ok(AttemptRecord {
-                    number: r.get(0)?,
-                    started_ms: unms(r.get(1)?),
-                    ended_ms: r.get::<_, Option<i64>>(2)?.map(unms),
-                    failure: r.get(3)?,
-                })
-            },
-        )
-        .map_err(sql_error)?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(sql_error)?;
-    Ok(step)
+    stmt.query_map(
+        params![k.run, k.node, k.occurrence, item_col(k.item)],
+        |r| {
+            Ok(AttemptRecord {
+                number: r.get(0)?,
+                started_ms: unms(r.get(1)?),
+                ended_ms: r.get::<_, Option<i64>>(2)?.map(unms),
+                failure: r.get(3)?,
+            })
+        },
+    )
+    .map_err(sql_error)?
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .map_err(sql_error)
 }
 
 pub(crate) fn get_step(conn: &Connection, key: &StepKey) -> Result<Option<StepRecord>> {

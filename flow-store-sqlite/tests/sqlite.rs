@@ -91,6 +91,7 @@ async fn pragmas_read_back_as_asked() {
         synchronous: Synchronous::Normal,
         busy_timeout: Duration::from_millis(1234),
         max_batch: 8,
+        inline_writes: false,
     };
     let store = SqliteStore::open_with(db.path(), options).unwrap();
     let settings = store.settings().await.unwrap();
@@ -325,7 +326,12 @@ async fn two_stores_on_one_file_create_one_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_groups_concurrent_writes() {
     let db = TempDb::new("group");
-    let store = Arc::new(SqliteStore::open(db.path()).unwrap());
+    // Every write through the writer thread (an idle store would run the first inline).
+    let options = Options {
+        inline_writes: false,
+        ..Options::default()
+    };
+    let store = Arc::new(SqliteStore::open_with(db.path(), options).unwrap());
     let id = new_run_id();
     store.create_run(new_run(&id)).await.unwrap();
     let before = store.write_transactions();
@@ -349,11 +355,56 @@ async fn group_commit_groups_concurrent_writes() {
     eprintln!("{n} concurrent commits in {transactions} transactions");
 }
 
+/// An idle store commits a write on the calling thread, before the call returns; a write
+/// that fails there (no such run) is rolled back and answered with its error; writes made
+/// while the store is busy still go to the writer thread and are grouped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_store_commits_on_the_calling_thread() {
+    let db = TempDb::new("inline");
+    let store = Arc::new(SqliteStore::open(db.path()).unwrap());
+    let id = new_run_id();
+    store.create_run(new_run(&id)).await.unwrap();
+    let before = store.write_transactions();
+    let pending = store.commit_step(commit(&id, "a"));
+    assert_eq!(
+        store.write_transactions(),
+        before + 1,
+        "committed before the call returned"
+    );
+    assert!(pending.await.unwrap().first);
+    let missing = store.commit_step(commit("no-such-run", "x")).await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+    assert_eq!(store.steps_of(&id).await.unwrap().len(), 1);
+    // Many writers at once: most find the store busy and are grouped.
+    let before = store.write_transactions();
+    let n = 400;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move { store.commit_step(commit(&id, &format!("s{i}"))).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let transactions = store.write_transactions() - before;
+    assert_eq!(store.steps_of(&id).await.unwrap().len(), n + 1);
+    assert!(
+        transactions < n as u64,
+        "{n} concurrent writes took {transactions} transactions"
+    );
+    eprintln!("{n} concurrent commits in {transactions} transactions");
+}
+
 #[tokio::test]
 async fn a_batch_is_capped_at_max_batch() {
     let db = TempDb::new("max-batch");
     let options = Options {
         max_batch: 4,
+        inline_writes: false,
         ..Options::default()
     };
     let store = SqliteStore::open_with(db.path(), options).unwrap();
