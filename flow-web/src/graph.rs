@@ -643,9 +643,8 @@ pub const TIMELINE_ROWS: usize = 300;
 /// and a hatched bar for each backoff wait (between a failed attempt and the next, or until
 /// `wake_at_ms` of a pending retry). A running attempt's bar ends at `now_ms`.
 pub fn timeline(steps: &[StepRecord], now_ms: u64) -> Markup {
-    // A step may be committed with no attempt recorded (a signal taken from the store, or a
-    // step recorded by a build that kept only failed attempts): it is drawn as a mark at its
-    // commit.
+    // A step that succeeded at its first attempt (or a signal taken from the store) has no
+    // attempt recorded: it is drawn as a mark at its commit.
     let mut rows: Vec<&StepRecord> = steps
         .iter()
         .filter(|s| !s.attempts.is_empty() || s.outcome.is_some())
@@ -698,7 +697,7 @@ pub fn timeline(steps: &[StepRecord], now_ms: u64) -> Markup {
                 text class="row-label" x="4" y=(f(y + 13.0)) { (short(&step_label(s), 30)) }
                 @if s.attempts.is_empty() {
                     rect class="bar bar-commit" x=(f(x(s.updated_ms) - 3.0)) y=(f(y + 2.0)) width="6" height="12" rx="1" {
-                        title { (step_label(s)) ": committed at " (crate::utc(s.updated_ms)) " UTC (no attempt recorded: a signal taken, or recorded by an older build)" }
+                        title { (step_label(s)) ": committed at " (crate::utc(s.updated_ms)) " UTC (it succeeded at its first attempt, recorded by its commit alone)" }
                     }
                 }
                 @for bar in bars(s, now_ms) {

@@ -460,7 +460,7 @@ pub(crate) fn live_part(app: &App, s: &Snapshot) -> Markup {
         }
         section {
             h2 { "Timeline" }
-            p class="hint" { "One bar per attempt (green done, red failed, yellow running), the backoff waits (hatched) between them, and a mark at the commit of a step recorded without attempts (a signal taken), on one time axis." }
+            p class="hint" { "One bar per attempt (green done, red failed, yellow running), the backoff waits (hatched) between them, and a mark at the commit of a step that succeeded at its first attempt (recorded by its commit alone), on one time axis." }
             div class="timeline-wrap" { (graph::timeline(&s.steps, now)) }
         }
         section {
