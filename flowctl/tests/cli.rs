@@ -252,3 +252,73 @@ async fn flowctl_lists_shows_draws_cancels_and_restarts_runs() {
     assert!(!ok && err.contains("no store at"), "{err}");
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
+
+static LOADS: AtomicU32 = AtomicU32::new(0);
+
+async fn load(n: u32) -> Result<u32, Fail> {
+    LOADS.fetch_add(1, Ordering::SeqCst);
+    Ok(n + 5)
+}
+async fn report(n: u32) -> Result<u32, Fail> {
+    Ok(n * 2)
+}
+
+/// A durable child workflow.
+#[workflow(durable)]
+async fn loader(n: u32) -> Result<u32, Fail> {
+    load(n).await
+}
+
+/// A child's failure, as its parent step's error.
+impl From<flow::Error<Fail>> for Fail {
+    fn from(e: flow::Error<Fail>) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+/// A durable parent: the child, then a step.
+#[workflow(durable)]
+async fn nightly(n: u32) -> Result<u32, Fail> {
+    let a = loader(n).await?;
+    report(a).await
+}
+
+/// A restart from the step that ran a durable child deletes the child's records with it: the
+/// child runs again when the run resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_a_child_workflows_step_runs_the_child_again() {
+    let path = temp_store();
+    let store = std::sync::Arc::new(flow_store_sqlite::SqliteStore::open(&path).unwrap());
+    let runtime = Runtime::new().with_shared_store(store.clone());
+    let run = runtime.start(Nightly, "n-1", (5,)).await.unwrap();
+    assert_eq!(run.wait().await.unwrap(), 20);
+    assert_eq!(LOADS.load(Ordering::SeqCst), 1);
+    let keys = |steps: Vec<flow::store::StepRecord>| {
+        let mut k: Vec<String> = steps.into_iter().map(|s| s.key.node).collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(store.steps_of("n-1").await.unwrap()),
+        ["loader", "loader@0.1/load", "report"]
+    );
+    let (ok, out, err) = flowctl(&path, &["restart", "n-1", "--from", "loader"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("records deleted: loader, report"), "{out}");
+    assert!(store.steps_of("n-1").await.unwrap().is_empty());
+    let mut registry = flow::Registry::new();
+    registry.register_durable(Nightly).unwrap();
+    for r in runtime.resume(&registry).await.unwrap().resumed {
+        r.wait().await.unwrap();
+    }
+    assert_eq!(LOADS.load(Ordering::SeqCst), 2, "the child ran again");
+    assert_eq!(
+        runtime
+            .result(&Nightly, "n-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        20
+    );
+}
