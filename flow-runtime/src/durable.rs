@@ -2167,3 +2167,87 @@ pub async fn all_runs(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(node: &str, occurrence: u32, item: Option<u32>, done: bool) -> StepRecord {
+        StepRecord {
+            key: StepKey {
+                run: "r".into(),
+                node: node.into(),
+                occurrence,
+                item,
+            },
+            outcome: done.then(|| StepOutcome::Completed(b"1".to_vec())),
+            attempts: Vec::new(),
+            retry: RetryState::default(),
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_child_prefix_is_read_back_as_written() {
+        assert_eq!(
+            parse_child_prefix("launch@0.1"),
+            Some(("launch", 0, None, 1))
+        );
+        assert_eq!(
+            parse_child_prefix("probe#2@3[7].12"),
+            Some(("probe#2", 3, Some(7), 12))
+        );
+        for bad in [
+            "launch",
+            "launch@0",
+            "launch@x.1",
+            "launch@0.x",
+            "p@0[1.1",
+            "p@0[x].1",
+        ] {
+            assert_eq!(parse_child_prefix(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_top_node_of_a_childs_step_is_the_step_that_ran_it() {
+        assert_eq!(top_node("launch"), "launch");
+        assert_eq!(top_node("a@0.1/b"), "a");
+        assert_eq!(top_node("a@2[3].1/b@0.1/c"), "a");
+    }
+
+    #[test]
+    fn a_journal_counts_its_own_steps_and_the_latest_attempt_of_each_child() {
+        let steps = vec![
+            step("a", 0, None, true),
+            step("b", 0, None, false),
+            step("a~undo", 0, None, true),
+            step("c@0.1/x", 0, None, true),
+            step("c@0.2/x", 0, None, true),
+            step("c@1.1/x", 0, None, true),
+            step("m@0[4].3/y", 0, Some(1), true),
+            step("c@0.2/x@0.1/z", 0, None, true),
+        ];
+        // The run's own: committed, not undos, not a child's.
+        let own: HashSet<String> = own_unreached(&steps, "")
+            .into_iter()
+            .map(|k| k.node)
+            .collect();
+        assert_eq!(own, HashSet::from(["a".to_owned()]));
+        // A child's own, under its prefix (not its own children's).
+        let child: HashSet<String> = own_unreached(&steps, "c@0.2/")
+            .into_iter()
+            .map(|k| k.node)
+            .collect();
+        assert_eq!(child, HashSet::from(["c@0.2/x".to_owned()]));
+        // Steps that ran a child: the latest attempt of each (node, occurrence, item).
+        let children = children_of(&steps, "");
+        assert_eq!(children.len(), 3, "{children:?}");
+        assert_eq!(children.get(&("c".to_owned(), 0, None)), Some(&2));
+        assert_eq!(children.get(&("c".to_owned(), 1, None)), Some(&1));
+        assert_eq!(children.get(&("m".to_owned(), 0, Some(4))), Some(&3));
+        let nested = children_of(&steps, "c@0.2/");
+        assert_eq!(nested.len(), 1);
+        assert_eq!(nested.get(&("x".to_owned(), 0, None)), Some(&1));
+    }
+}
