@@ -207,10 +207,11 @@ pub(crate) type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 /// The reader's loop. Ends when every sender is gone.
 pub(crate) fn reader(conn: Connection, rx: Receiver<ReadJob>) {
     while let Ok(job) = rx.recv() {
-        let began = conn.execute_batch("BEGIN DEFERRED").is_ok();
+        let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        let began = exec("BEGIN DEFERRED").is_ok();
         job(&conn);
         if began {
-            let _ = conn.execute_batch("COMMIT");
+            let _ = exec("COMMIT");
         }
     }
 }
