@@ -26,64 +26,6 @@ fn options() -> flow_web::Options {
     }
 }
 
-async fn get(app: &axum::Router, uri: &str) -> (StatusCode, String) {
-    let res = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn post(app: &axum::Router, uri: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
-    let body: Vec<String> = form
-        .iter()
-        .map(|(k, v)| format!("{k}={}", flow_web::path_segment(v)))
-        .collect();
-    let res = app
-        .clone()
-        .oneshot(
-            Request::post(uri)
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(body.join("&")))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status();
-    let location = res
-        .headers()
-        .get(header::LOCATION)
-        .map(|l| l.to_str().unwrap().to_owned());
-    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        location.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
-    )
-}
-
-/// The class of the graph node `key` on a page.
-fn node_state(page: &str, key: &str) -> String {
-    let at = page
-        .find(&format!("data-key=\"{key}\""))
-        .unwrap_or_else(|| panic!("no node {key} on the page"));
-    let tag_start = page[..at].rfind("<g ").unwrap();
-    let tag = &page[tag_start..at];
-    tag.split("state-")
-        .nth(1)
-        .unwrap()
-        .split(['"', ' '])
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_actions_and_bad_requests() {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(temp_store("http")).unwrap());

@@ -12,13 +12,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use common::*;
 use flow::prelude::*;
 use flow::store::{RunStatus, Store};
 use flow_store_postgres::{Options, PgStore};
-use tower::ServiceExt as _;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const TOKEN: &str = "pg-t0ken";
@@ -127,65 +125,6 @@ async fn html_output(name: String) -> Result<String, Fail> {
     let text = render(name).await?;
     let _go: String = flow::signal("go").timeout("1h").await?;
     Ok(text)
-}
-
-async fn get(app: &axum::Router, uri: &str) -> (StatusCode, String) {
-    let res = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// Posts `form`; the status and the redirect's target (or the page).
-async fn post(app: &axum::Router, uri: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
-    let body: Vec<String> = form
-        .iter()
-        .map(|(k, v)| format!("{k}={}", flow_web::path_segment(v)))
-        .collect();
-    let res = app
-        .clone()
-        .oneshot(
-            Request::post(uri)
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(body.join("&")))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status();
-    let location = res
-        .headers()
-        .get(header::LOCATION)
-        .map(|l| l.to_str().unwrap().to_owned());
-    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        location.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
-    )
-}
-
-/// The class of the graph node `key` on a page.
-fn node_state(page: &str, key: &str) -> String {
-    let at = page
-        .find(&format!("data-key=\"{key}\""))
-        .unwrap_or_else(|| panic!("no node {key} on the page"));
-    let tag_start = page[..at].rfind("<g ").unwrap();
-    page[tag_start..at]
-        .split("state-")
-        .nth(1)
-        .unwrap()
-        .split(['"', ' '])
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 /// The ids a runs page lists, in order.

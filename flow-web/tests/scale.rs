@@ -14,16 +14,17 @@
 //! cargo test --release -p flow-web --test scale -- --ignored --nocapture
 //! ```
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
+use common::get;
 use flow::store::{NewRun, RunFilter, RunStatus, Store};
 use flow_store_sqlite::{Options, SqliteStore, Synchronous};
 use futures_util::StreamExt as _;
-use tower::ServiceExt as _;
 
 /// The workflows the runs belong to, in turn.
 const WORKFLOWS: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
@@ -107,19 +108,6 @@ async fn fill(store: &Arc<SqliteStore>, n: usize) -> Vec<Known> {
         .await;
     known.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
     known
-}
-
-async fn get(app: &axum::Router, uri: &str) -> (StatusCode, String) {
-    let res = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The ids of the runs a runs page lists, in the page's order.

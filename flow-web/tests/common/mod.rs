@@ -8,9 +8,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
 use flow::prelude::*;
 use flow::store::Store;
 use serde::{Deserialize, Serialize};
+use tower::ServiceExt as _;
 
 /// A step's error.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -132,4 +135,66 @@ pub async fn staged(doc: String) -> Result<String, Fail> {
     let text = publish(draft, by).await?;
     let _go: String = flow::signal("release").timeout("1h").await?;
     announce(text).await
+}
+
+// ---------------------------------------------------------------- requests to the router
+
+/// GETs `uri`: the status and the page.
+pub async fn get(app: &axum::Router, uri: &str) -> (StatusCode, String) {
+    let res = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Posts `form`: the status and the redirect's target (or the page).
+pub async fn post(app: &axum::Router, uri: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
+    let body: Vec<String> = form
+        .iter()
+        .map(|(k, v)| format!("{k}={}", flow_web::path_segment(v)))
+        .collect();
+    let res = app
+        .clone()
+        .oneshot(
+            Request::post(uri)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(body.join("&")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = res.status();
+    let location = res
+        .headers()
+        .get(header::LOCATION)
+        .map(|l| l.to_str().unwrap().to_owned());
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        location.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
+    )
+}
+
+/// The class of the graph node `key` on a page.
+pub fn node_state(page: &str, key: &str) -> String {
+    let at = page
+        .find(&format!("data-key=\"{key}\""))
+        .unwrap_or_else(|| panic!("no node {key} on the page"));
+    let tag_start = page[..at].rfind("<g ").unwrap();
+    let tag = &page[tag_start..at];
+    tag.split("state-")
+        .nth(1)
+        .unwrap()
+        .split(['"', ' '])
+        .next()
+        .unwrap()
+        .to_owned()
 }
