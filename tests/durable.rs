@@ -168,6 +168,58 @@ fn count(log: &[String], name: &str) -> usize {
     log.iter().filter(|l| l.starts_with(&prefix)).count()
 }
 
+/// One process of a test: a fresh tokio runtime and a `Runtime` on the store of `dir`; when
+/// `f` returns, every task is dropped (as if the process were killed) before this returns.
+fn in_process<T, Fut>(dir: &Path, f: impl FnOnce(Runtime) -> Fut) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let rt = tokio_rt();
+    let out = rt.block_on(async { f(Runtime::new().with_store(store(dir))).await });
+    rt.shutdown_timeout(Duration::from_secs(10));
+    out
+}
+
+/// A process that starts a run with `start` and is killed once step `name` has logged (the
+/// step is then in flight, held by its `hang-<name>` file, which is removed after the kill).
+fn killed_in<Fut>(dir: &Path, name: &str, start: impl FnOnce(Runtime) -> Fut)
+where
+    Fut: std::future::Future<Output = ()>,
+{
+    let gate = dir.join(format!("hang-{name}"));
+    std::fs::write(&gate, "").expect("gate");
+    in_process(dir, |runtime| async move {
+        start(runtime).await;
+        while count(&read_log(dir), name) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    std::fs::remove_file(&gate).expect("gate removed");
+}
+
+/// Resumes every unfinished run the registry knows, and waits for each: how each ended.
+async fn resume_all(runtime: &Runtime, registry: &flow::Registry) -> Vec<Result<(), String>> {
+    let report = runtime.resume(registry).await.unwrap();
+    assert!(
+        report.unknown.is_empty() && report.incompatible.is_empty(),
+        "{report:?}"
+    );
+    let mut ends = Vec::new();
+    for r in report.resumed {
+        ends.push(r.wait().await);
+    }
+    ends
+}
+
+/// The idempotency keys the log shows for step `name`, in order.
+fn keys_of<'a>(log: &'a [String], name: &str) -> Vec<&'a str> {
+    let prefix = format!("{name} ");
+    log.iter()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_is_recorded_and_an_id_never_runs_twice() {
     let dir = temp_dir("once");
@@ -1574,16 +1626,11 @@ async fn build(dir: String) -> Result<u32, Fail> {
 fn a_durable_child_workflow_resumes_inside_its_parent_step() {
     let dir = temp_dir("child");
     let d = dir.display().to_string();
-    let gate = dir.join("hang-check2");
-    std::fs::write(&gate, "").unwrap();
-    let rt = tokio_rt();
-    rt.block_on(async {
-        let runtime = Runtime::new().with_store(store(&dir));
-        drop(runtime.start(Build, "c1", (d.clone(),)).await.unwrap());
-        while count(&read_log(&dir), "check2") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // The child's steps are recorded in the parent's run, under the step that runs them.
+    killed_in(&dir, "check2", |runtime| async move {
+        drop(runtime.start(Build, "c1", (d,)).await.unwrap());
+    });
+    // The child's steps are recorded in the parent's run, under the step that runs them.
+    in_process(&dir, |runtime| async move {
         let steps = runtime.store().unwrap().steps_of("c1").await.unwrap();
         let mut keys: Vec<String> = steps
             .iter()
@@ -1600,46 +1647,18 @@ fn a_durable_child_workflow_resumes_inside_its_parent_step() {
                 "assemble@1.1/fetch_part@0",
             ]
         );
-    });
-    rt.shutdown_timeout(Duration::from_secs(10));
-    std::fs::remove_file(&gate).unwrap();
-    let rt = tokio_rt();
-    rt.block_on(async {
-        let runtime = Runtime::new().with_store(store(&dir));
         let mut registry = flow::Registry::new();
         registry.register_durable(Build).unwrap();
-        let report = runtime.resume(&registry).await.unwrap();
-        assert!(report.incompatible.is_empty(), "{:?}", report.incompatible);
-        assert_eq!(report.resumed.len(), 1);
-        for r in report.resumed {
-            r.wait().await.unwrap();
-        }
-        assert_eq!(
-            runtime
-                .result(&Build, "c1")
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-            101 + 102
-        );
+        assert_eq!(resume_all(&runtime, &registry).await, [Ok(())]);
+        let result = runtime.result(&Build, "c1").await.unwrap().unwrap();
+        assert_eq!(result.unwrap(), 101 + 102);
     });
     let log = read_log(&dir);
     for (name, n) in [("fetch1", 1), ("check1", 1), ("fetch2", 1), ("check2", 2)] {
         assert_eq!(count(&log, name), n, "{name}: {log:?}");
     }
-    let keys: Vec<&str> = log
-        .iter()
-        .filter(|l| l.starts_with("check2 "))
-        .map(|l| l.rsplit(' ').next().unwrap())
-        .collect();
-    assert_eq!(
-        keys,
-        [
-            "flow:c1:assemble@1.1/check_part@0",
-            "flow:c1:assemble@1.1/check_part@0"
-        ]
-    );
+    let key = "flow:c1:assemble@1.1/check_part@0";
+    assert_eq!(keys_of(&log, "check2"), [key, key]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1730,27 +1749,17 @@ async fn trip(dir: String) -> Result<u32, Fail> {
 fn a_completed_durable_child_is_undone_when_its_resumed_parent_fails() {
     let dir = temp_dir("child-undo");
     let d = dir.display().to_string();
-    let gate = dir.join("hang-pay");
-    std::fs::write(&gate, "").unwrap();
-    let rt = tokio_rt();
-    rt.block_on(async {
-        let runtime = Runtime::new().with_store(store(&dir));
-        drop(runtime.start(Trip, "u1", (d.clone(),)).await.unwrap());
-        while count(&read_log(&dir), "pay") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    killed_in(&dir, "pay", |runtime| async move {
+        drop(runtime.start(Trip, "u1", (d,)).await.unwrap());
     });
-    rt.shutdown_timeout(Duration::from_secs(10));
-    std::fs::remove_file(&gate).unwrap();
-    let rt = tokio_rt();
-    rt.block_on(async {
-        let runtime = Runtime::new().with_store(store(&dir));
+    in_process(&dir, |runtime| async move {
         let mut registry = flow::Registry::new();
         registry.register_durable(Trip).unwrap();
-        for r in runtime.resume(&registry).await.unwrap().resumed {
-            let e = r.wait().await.unwrap_err();
-            assert!(e.contains("card declined"), "{e}");
-        }
+        let ends = resume_all(&runtime, &registry).await;
+        assert!(
+            matches!(&ends[..], [Err(e)] if e.contains("card declined")),
+            "{ends:?}"
+        );
     });
     let log = read_log(&dir);
     for (name, n) in [("reserve_a", 1), ("pay", 2), ("charge", 1), ("undo_a", 1)] {
@@ -1790,55 +1799,29 @@ async fn retrying_parent(dir: String) -> Result<u32, Fail> {
 fn a_retried_parent_step_runs_its_durable_child_afresh_and_replays_the_one_that_completed() {
     let dir = temp_dir("child-retry");
     let d = dir.display().to_string();
-    let gate = dir.join("hang-pay");
-    std::fs::write(&gate, "").unwrap();
-    let rt = tokio_rt();
-    rt.block_on(async {
-        let runtime = Runtime::new().with_store(store(&dir));
-        drop(
-            runtime
-                .start(RetryingParent, "rp1", (d.clone(),))
-                .await
-                .unwrap(),
-        );
-        while count(&read_log(&dir), "pay") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    killed_in(&dir, "pay", |runtime| async move {
+        drop(runtime.start(RetryingParent, "rp1", (d,)).await.unwrap());
     });
-    rt.shutdown_timeout(Duration::from_secs(10));
-    std::fs::remove_file(&gate).unwrap();
     let before = read_log(&dir);
     assert_eq!(count(&before, "fetch7"), 2, "{before:?}");
     assert_eq!(count(&before, "maybe"), 2, "{before:?}");
-    let rt = tokio_rt();
-    rt.block_on(async {
-        let runtime = Runtime::new().with_store(store(&dir));
+    in_process(&dir, |runtime| async move {
         let mut registry = flow::Registry::new();
         registry.register_durable(RetryingParent).unwrap();
-        for r in runtime.resume(&registry).await.unwrap().resumed {
-            r.wait().await.unwrap();
-        }
-        assert_eq!(
-            runtime
-                .result(&RetryingParent, "rp1")
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-            7 + 5 + 2
-        );
+        assert_eq!(resume_all(&runtime, &registry).await, [Ok(())]);
+        let result = runtime
+            .result(&RetryingParent, "rp1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(result.unwrap(), 7 + 5 + 2);
     });
     let log = read_log(&dir);
     for (name, n) in [("fetch7", 2), ("maybe", 2), ("pay", 2)] {
         assert_eq!(count(&log, name), n, "{name}: {log:?}");
     }
-    let keys: Vec<&str> = log
-        .iter()
-        .filter(|l| l.starts_with("fetch7 "))
-        .map(|l| l.rsplit(' ').next().unwrap())
-        .collect();
     assert_eq!(
-        keys,
+        keys_of(&log, "fetch7"),
         [
             "flow:rp1:flaky_child@0.1/fetch_part@0",
             "flow:rp1:flaky_child@0.2/fetch_part@0"
@@ -1869,48 +1852,27 @@ impl Shop {
 fn a_durable_method_resumes_where_it_stopped() {
     let dir = temp_dir("method");
     let d = dir.display().to_string();
-    let gate = dir.join("hang-check30");
-    std::fs::write(&gate, "").unwrap();
-    let shop = || {
+    let shop = move || {
         std::sync::Arc::new(Shop {
             dir: d.clone(),
             price: 10,
         })
     };
-    let rt = tokio_rt();
-    rt.block_on(async {
-        let runtime = Runtime::new().with_store(store(&dir));
+    let first = shop.clone();
+    killed_in(&dir, "check30", |runtime| async move {
         drop(
             runtime
-                .start(shop().order_workflow(), "o1", (3,))
+                .start(first().order_workflow(), "o1", (3,))
                 .await
                 .unwrap(),
         );
-        while count(&read_log(&dir), "check30") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     });
-    rt.shutdown_timeout(Duration::from_secs(10));
-    std::fs::remove_file(&gate).unwrap();
-    let rt = tokio_rt();
-    rt.block_on(async {
-        let runtime = Runtime::new().with_store(store(&dir));
+    in_process(&dir, |runtime| async move {
         let mut registry = flow::Registry::new();
         registry.register_durable(shop().order_workflow()).unwrap();
-        let report = runtime.resume(&registry).await.unwrap();
-        assert_eq!(report.resumed.len(), 1, "{:?}", report.unknown);
-        for r in report.resumed {
-            r.wait().await.unwrap();
-        }
-        assert_eq!(
-            runtime
-                .result(&shop().order_workflow(), "o1")
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-            130
-        );
+        assert_eq!(resume_all(&runtime, &registry).await, [Ok(())]);
+        let result = runtime.result(&shop().order_workflow(), "o1").await;
+        assert_eq!(result.unwrap().unwrap().unwrap(), 130);
     });
     let log = read_log(&dir);
     assert_eq!(count(&log, "fetch3"), 1, "{log:?}");
