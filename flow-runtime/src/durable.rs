@@ -1712,7 +1712,7 @@ impl Runtime {
         };
         let created = durability
             .store
-            .create_run(new)
+            .create_running(new)
             .await
             .map_err(|e| store_error(&id, e))?;
         let record = created.run;

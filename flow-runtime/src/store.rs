@@ -58,6 +58,26 @@ pub trait Store: Send + Sync {
     /// one, also when several tasks or processes race on the same id).
     fn create_run(&self, new: NewRun) -> StoreFuture<'_, Created>;
 
+    /// [`create_run`](Self::create_run) for a run its caller starts at once: a run created by
+    /// this call is [`Running`](RunStatus::Running) (never seen `Pending`); a run that
+    /// existed is returned as it is. The runtime starts every run in place with it.
+    ///
+    /// The default is `create_run`, then [`set_status`](Self::set_status) to `Running` if
+    /// the run was created: two writes, between which a crash leaves the run `Pending` (a
+    /// restarted process resumes it all the same). A store that can do it in one write
+    /// overrides it: a durable run then costs one write fewer.
+    fn create_running(&self, new: NewRun) -> StoreFuture<'_, Created> {
+        Box::pin(async move {
+            let mut created = self.create_run(new).await?;
+            if created.created {
+                created.run = self
+                    .set_status(&created.run.id, RunStatus::Running, None)
+                    .await?;
+            }
+            Ok(created)
+        })
+    }
+
     /// The run `id`, if the store has it.
     fn get_run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<RunRecord>>;
 

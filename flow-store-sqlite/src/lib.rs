@@ -492,7 +492,11 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn create_run(&self, new: NewRun) -> StoreFuture<'_, Created> {
-        self.write(move |c| ops::create_run(c, &new))
+        self.write(move |c| ops::create_run(c, &new, RunStatus::Pending))
+    }
+
+    fn create_running(&self, new: NewRun) -> StoreFuture<'_, Created> {
+        self.write(move |c| ops::create_run(c, &new, RunStatus::Running))
     }
 
     fn get_run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<RunRecord>> {

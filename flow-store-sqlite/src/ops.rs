@@ -116,14 +116,14 @@ fn require_run(conn: &Connection, id: &str) -> Result<()> {
     }
 }
 
-pub(crate) fn create_run(conn: &Connection, new: &NewRun) -> Result<Created> {
-    let now = ms(now_ms());
+pub(crate) fn create_run(conn: &Connection, new: &NewRun, status: RunStatus) -> Result<Created> {
+    let now = now_ms();
     // The primary key decides, also between processes: the first insert wins, the others
     // do nothing and read the winner's run.
     let inserted = conn
         .prepare_cached(
             "INSERT INTO flow_runs (id, workflow, fingerprint, input, status, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
              ON CONFLICT (id) DO NOTHING",
         )
         .map_err(sql_error)?
@@ -132,23 +132,42 @@ pub(crate) fn create_run(conn: &Connection, new: &NewRun) -> Result<Created> {
             new.workflow,
             bits(new.fingerprint),
             new.input,
-            now
+            status.as_str(),
+            ms(now)
         ])
         .map_err(sql_error)?;
-    if inserted == 1 {
-        let mut stmt = conn
-            .prepare_cached(
-                "INSERT INTO flow_run_nodes (run_id, node, fingerprint) VALUES (?1, ?2, ?3)",
-            )
-            .map_err(sql_error)?;
-        for (node, fp) in &new.node_fingerprints {
-            stmt.execute(params![new.id, node, bits(*fp)])
-                .map_err(sql_error)?;
-        }
+    if inserted == 0 {
+        return Ok(Created {
+            run: existing_run(conn, &new.id)?,
+            created: false,
+        });
     }
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO flow_run_nodes (run_id, node, fingerprint) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(sql_error)?;
+    for (node, fp) in &new.node_fingerprints {
+        stmt.execute(params![new.id, node, bits(*fp)])
+            .map_err(sql_error)?;
+    }
+    // Created: the record is what was just written, with nothing to read back.
     Ok(Created {
-        run: existing_run(conn, &new.id)?,
-        created: inserted == 1,
+        run: RunRecord {
+            id: new.id.clone(),
+            workflow: new.workflow.clone(),
+            fingerprint: new.fingerprint,
+            node_fingerprints: new.node_fingerprints.clone(),
+            input: new.input.clone(),
+            status,
+            output: None,
+            error: None,
+            created_ms: unms(ms(now)),
+            updated_ms: unms(ms(now)),
+            queue: None,
+            lease: None,
+        },
+        created: true,
     })
 }
 
@@ -163,7 +182,7 @@ pub(crate) fn set_status(
             what: format!("a result given with status {status}, which has none"),
         });
     }
-    let run = existing_run(conn, id)?;
+    let mut run = existing_run(conn, id)?;
     if run.status.is_finished() {
         return Err(StoreError::Conflict {
             what: format!(
@@ -176,14 +195,20 @@ pub(crate) fn set_status(
         RunStatus::Completed => (result, None),
         _ => (None, result),
     };
+    // A clock that went back does not make a run updated before it was created.
+    let updated = ms(now_ms()).max(ms(run.created_ms));
     conn.prepare_cached(
-        "UPDATE flow_runs SET status = ?2, output = ?3, error = ?4, updated_ms = max(?5, created_ms)
-         WHERE id = ?1",
+        "UPDATE flow_runs SET status = ?2, output = ?3, error = ?4, updated_ms = ?5 WHERE id = ?1",
     )
     .map_err(sql_error)?
-    .execute(params![id, status.as_str(), output, error, ms(now_ms())])
+    .execute(params![id, status.as_str(), output, error, updated])
     .map_err(sql_error)?;
-    existing_run(conn, id)
+    // The record as updated, from the one read before the update.
+    run.status = status;
+    run.output = output;
+    run.error = error;
+    run.updated_ms = unms(updated);
+    Ok(run)
 }
 
 fn runs_where(conn: &Connection, clause: &str, args: &[&dyn ToSql]) -> Result<Vec<RunRecord>> {
@@ -374,72 +399,125 @@ pub(crate) fn commit_step(conn: &Connection, c: &StepCommit) -> Result<Committed
         StepOutcome::Failed(why) => ("failed", None, Some(why.as_str())),
     };
     let now = now_ms();
-    // One statement for the usual case: the step is inserted, or its `running` row (a retried
-    // step's progress) is completed; a step committed before is left as it is (no row comes
-    // back), and a missing run is the foreign key's refusal.
-    let returned = conn
+    // The usual case is one plain `INSERT`: the step has no row yet. Its record is then what
+    // this call wrote (no retry counters, the attempts given), with nothing to read back. A
+    // step that has a row (a retried step's progress, `running`; or one committed before)
+    // is refused by the primary key and takes the slower path; a missing run is the foreign
+    // key's refusal. (An upsert with `RETURNING` did it in one statement, but SQLite runs
+    // `RETURNING` through a temporary table, and reading the attempts back re-prepared its
+    // statement at every commit: together about half of a step's commit.)
+    let key = &c.key;
+    let inserted = conn
         .prepare_cached(
             "INSERT INTO flow_steps
                  (run_id, node, occurrence, item, state, output, failure, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (run_id, node, occurrence, item) DO UPDATE SET
-                 state = excluded.state,
-                 output = excluded.output,
-                 failure = excluded.failure,
-                 wake_at_ms = NULL,
-                 updated_ms = excluded.updated_ms
-             WHERE flow_steps.state = 'running'
-             RETURNING retry_counters",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(sql_error)?
-        .query_row(
-            params![
-                c.key.run,
-                c.key.node,
-                c.key.occurrence,
-                item_col(c.key.item),
+        .execute(params![
+            key.run,
+            key.node,
+            key.occurrence,
+            item_col(key.item),
+            state,
+            output,
+            failure,
+            ms(now)
+        ]);
+    let fresh = match inserted {
+        Ok(_) => true,
+        Err(e) if is_foreign_key(&e) => return Err(not_found(format!("run {}", key.run))),
+        Err(e) if is_primary_key(&e) => false,
+        Err(e) => return Err(sql_error(e)),
+    };
+    if !fresh {
+        // A `running` row is completed; a step committed before is left as it is.
+        let updated = conn
+            .prepare_cached(
+                "UPDATE flow_steps SET state = ?5, output = ?6, failure = ?7,
+                     wake_at_ms = NULL, updated_ms = ?8
+                 WHERE run_id = ?1 AND node = ?2 AND occurrence = ?3 AND item = ?4
+                   AND state = 'running'",
+            )
+            .map_err(sql_error)?
+            .execute(params![
+                key.run,
+                key.node,
+                key.occurrence,
+                item_col(key.item),
                 state,
                 output,
                 failure,
                 ms(now)
-            ],
-            |r| r.get::<_, String>(0),
-        )
-        .optional();
-    let counters = match returned {
-        Ok(Some(counters)) => counters,
-        Ok(None) => {
+            ])
+            .map_err(sql_error)?;
+        if updated == 0 {
             // Committed before: keep the first commit, apply nothing.
-            let step = get_step(conn, &c.key)?.ok_or_else(|| not_found(c.key.to_string()))?;
+            let step = get_step(conn, key)?.ok_or_else(|| not_found(key.to_string()))?;
             return Ok(Committed {
                 step,
                 first: false,
                 pushed: Vec::new(),
             });
         }
-        Err(e) if is_foreign_key(&e) => return Err(not_found(format!("run {}", c.key.run))),
-        Err(e) => return Err(sql_error(e)),
-    };
-    for a in &c.attempts {
-        put_attempt(conn, &c.key, a)?;
     }
-    let pushed = apply_compensations(conn, &c.key.run, &c.compensations)?;
-    let mut step = StepRecord {
-        key: c.key.clone(),
-        outcome: Some(c.outcome.clone()),
-        attempts: Vec::new(),
-        retry: RetryState {
-            counters: counters_of(&counters)?,
-            wake_at_ms: None,
-        },
-        updated_ms: now,
+    for a in &c.attempts {
+        put_attempt(conn, key, a)?;
+    }
+    let pushed = apply_compensations(conn, &key.run, &c.compensations)?;
+    let (counters, attempts) = if fresh {
+        // No row before: no retry counters, and no attempts but these (the attempts' foreign
+        // key needs the step's row), the last of each number kept, as `put_attempt` does.
+        let mut attempts: Vec<AttemptRecord> = Vec::with_capacity(c.attempts.len());
+        for a in &c.attempts {
+            match attempts.iter_mut().find(|b| b.number == a.number) {
+                Some(b) => *b = a.clone(),
+                None => attempts.push(a.clone()),
+            }
+        }
+        attempts.sort_by_key(|a| a.number);
+        (Vec::new(), attempts)
+    } else {
+        let text = retry_counters(conn, key)?;
+        (counters_of(&text)?, attempts_of(conn, key)?)
     };
-    step.attempts = attempts_of(conn, &step.key)?;
     Ok(Committed {
-        step,
+        step: StepRecord {
+            key: key.clone(),
+            outcome: Some(c.outcome.clone()),
+            attempts,
+            retry: RetryState {
+                counters,
+                wake_at_ms: None,
+            },
+            updated_ms: now,
+        },
         first: true,
         pushed,
     })
+}
+
+/// A step's stored retry counters (its row exists).
+fn retry_counters(conn: &Connection, key: &StepKey) -> Result<String> {
+    conn.prepare_cached(
+        "SELECT retry_counters FROM flow_steps
+         WHERE run_id = ?1 AND node = ?2 AND occurrence = ?3 AND item = ?4",
+    )
+    .map_err(sql_error)?
+    .query_row(
+        params![key.run, key.node, key.occurrence, item_col(key.item)],
+        |r| r.get(0),
+    )
+    .map_err(sql_error)
+}
+
+/// Whether `e` is SQLite's refusal of a row whose primary key is taken.
+fn is_primary_key(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
 }
 
 /// Whether `e` is SQLite's refusal of a row whose run does not exist.

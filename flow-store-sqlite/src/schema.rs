@@ -259,7 +259,7 @@ mod tests {
             node_fingerprints: [("a".to_owned(), 3)].into(),
             input: b"in".to_vec(),
         };
-        ops::create_run(&conn, &new).unwrap();
+        ops::create_run(&conn, &new, flow_runtime::store::RunStatus::Pending).unwrap();
         let step = StepCommit {
             key: StepKey::new("old-run", "a"),
             outcome: StepOutcome::Completed(b"out".to_vec()),

@@ -29,6 +29,7 @@ use super::{
 pub async fn run_all(store: Arc<dyn Store>) {
     create_is_idempotent(store.clone()).await;
     create_races_make_one_run(store.clone()).await;
+    create_running_starts_the_run(store.clone()).await;
     statuses_move_until_finished(store.clone()).await;
     commit_step_is_idempotent(store.clone()).await;
     steps_are_keyed_by_occurrence_and_item(store.clone()).await;
@@ -118,6 +119,65 @@ pub async fn create_is_idempotent(store: Arc<dyn Store>) {
     assert!(!again.created);
     assert_eq!(again.run, first.run);
     assert_eq!(store.get_run(&id).await.unwrap(), Some(first.run));
+}
+
+/// `create_running` creates a run already `Running` (what the runtime does for a run it starts
+/// at once), returns a run that exists as it is (never moving it), and its runs are among those
+/// to resume.
+pub async fn create_running_starts_the_run(store: Arc<dyn Store>) {
+    let workflow = unique_workflow("running");
+    let id = new_run_id();
+    let first = store
+        .create_running(new_run(&id, &workflow, b"7"))
+        .await
+        .unwrap();
+    assert!(first.created);
+    assert_eq!(first.run.status, RunStatus::Running);
+    assert_eq!(first.run.input, b"7");
+    assert_eq!(first.run.node_fingerprints["wait_healthy"], u64::MAX);
+    assert_eq!(store.get_run(&id).await.unwrap(), Some(first.run.clone()));
+    assert!(
+        store
+            .unfinished_runs()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == id)
+    );
+
+    let again = store
+        .create_running(new_run(&id, &workflow, b"8"))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.run, first.run);
+
+    // A run created `Pending` (enqueued, or by another process's `create_run`) stays so.
+    let pending = new_run_id();
+    let created = store
+        .create_run(new_run(&pending, &workflow, b""))
+        .await
+        .unwrap();
+    let found = store
+        .create_running(new_run(&pending, &workflow, b""))
+        .await
+        .unwrap();
+    assert!(!found.created);
+    assert_eq!(found.run, created.run);
+    assert_eq!(found.run.status, RunStatus::Pending);
+
+    // A finished run is returned finished.
+    store
+        .set_status(&id, RunStatus::Completed, Some(b"9".to_vec()))
+        .await
+        .unwrap();
+    let done = store
+        .create_running(new_run(&id, &workflow, b""))
+        .await
+        .unwrap();
+    assert!(!done.created);
+    assert_eq!(done.run.status, RunStatus::Completed);
+    assert_eq!(done.run.output.as_deref(), Some(&b"9"[..]));
 }
 
 /// Sixteen tasks racing to create one id make exactly one run, and all see the same one.

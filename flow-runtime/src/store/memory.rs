@@ -148,7 +148,7 @@ impl Data {
             .ok_or_else(|| not_found(format!("run {id}")))
     }
 
-    fn create_run(&mut self, new: NewRun) -> Created {
+    fn create_run(&mut self, new: NewRun, status: RunStatus) -> Created {
         if let Some(run) = self.runs.get(&new.id) {
             return Created {
                 run: run.record.clone(),
@@ -162,7 +162,7 @@ impl Data {
             fingerprint: new.fingerprint,
             node_fingerprints: new.node_fingerprints,
             input: new.input,
-            status: RunStatus::Pending,
+            status,
             output: None,
             error: None,
             created_ms: now,
@@ -467,7 +467,7 @@ impl Data {
                 run: holder.record.id.clone(),
             });
         }
-        let created = self.create_run(e.run);
+        let created = self.create_run(e.run, RunStatus::Pending);
         if !created.created {
             return Ok(created);
         }
@@ -654,7 +654,11 @@ impl RunEntry {
 // futures go), under the lock, and completes at once.
 impl Store for MemoryStore {
     fn create_run(&self, new: NewRun) -> StoreFuture<'_, Created> {
-        Box::pin(async move { Ok(self.lock().create_run(new)) })
+        Box::pin(async move { Ok(self.lock().create_run(new, RunStatus::Pending)) })
+    }
+
+    fn create_running(&self, new: NewRun) -> StoreFuture<'_, Created> {
+        Box::pin(async move { Ok(self.lock().create_run(new, RunStatus::Running)) })
     }
 
     fn get_run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<RunRecord>> {
