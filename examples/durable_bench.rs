@@ -5,15 +5,21 @@
 //!
 //! ```sh
 //! cargo run --release --example durable_bench -- --dir target/durable-bench --runs 300
+//! cargo run --release --example durable_bench -- --modes normal --runs 3000   # one mode alone
 //! ```
 //!
 //! - **sequential**: `--runs` runs one after another, each `runtime.start(..).await?.await`
 //!   on a fresh id; per-step latency = a run's wall time / 10 (p50, p99), steps/s = 10 x runs
-//!   / total time. A durable run is 12 store writes: the run created (with its input), one
-//!   commit per step, the run finished (with its output).
+//!   / total time. A durable run is 12 store writes: the run created (with its input, already
+//!   running), one commit per step, the run finished (with its output).
 //! - **concurrent**: 100 tasks, each running `--rounds` runs one after another (100 runs
 //!   in flight at all times); steps/s = 10 x all runs / total time. The store's group commit
 //!   shares one transaction (one fsync in FULL) among the writes queued together.
+//! - **bare transaction** (the baseline of each durable mode): one row inserted and committed
+//!   in a transaction of its own (`BEGIN IMMEDIATE`, `INSERT`, `COMMIT`), with rusqlite on a
+//!   file of its own in `--dir`, WAL and the mode's `synchronous`; p50 of `12 x --runs` (at
+//!   most 20,000), measured right before the mode's runs. `step/bare` is a step's p50 in
+//!   these: the least a durable step can cost is about 1.2 (a run's 12 commits / 10 steps).
 //! - **fsync**: 4 KiB written at offset 0 of a file in `--dir`, then `fsync` (`File::sync_all`),
 //!   200 times; p50 and p99. `scripts/bench-durable.py` measures it the same way in Python.
 //!
@@ -69,6 +75,8 @@ struct Args {
     dir: PathBuf,
     runs: usize,
     rounds: usize,
+    /// Modes to measure (`--modes memory,full,normal`, all by default): one alone for a profile.
+    modes: Vec<String>,
 }
 
 fn args() -> Args {
@@ -76,6 +84,7 @@ fn args() -> Args {
         dir: std::env::temp_dir().join("flow-durable-bench"),
         runs: 300,
         rounds: 10,
+        modes: vec!["memory".into(), "full".into(), "normal".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -84,6 +93,15 @@ fn args() -> Args {
             "--dir" => a.dir = PathBuf::from(value),
             "--runs" => a.runs = value.parse().unwrap_or_else(|_| usage(&flag)),
             "--rounds" => a.rounds = value.parse().unwrap_or_else(|_| usage(&flag)),
+            "--modes" => {
+                a.modes = value.split(',').map(|m| m.trim().to_lowercase()).collect();
+                if a.modes
+                    .iter()
+                    .any(|m| !["memory", "full", "normal"].contains(&m.as_str()))
+                {
+                    usage(&flag)
+                }
+            }
             _ => usage(&flag),
         }
     }
@@ -93,7 +111,9 @@ fn args() -> Args {
 }
 
 fn usage(flag: &str) -> ! {
-    eprintln!("bad argument `{flag}`; usage: durable_bench [--dir PATH] [--runs N] [--rounds R]");
+    eprintln!(
+        "bad argument `{flag}`; usage: durable_bench [--dir PATH] [--runs N] [--rounds R] [--modes memory,full,normal]"
+    );
     std::process::exit(2)
 }
 
@@ -118,6 +138,10 @@ struct Figures {
     concurrent_steps_per_s: f64,
     /// Write transactions of the store in the concurrent phase (group commit), if any.
     concurrent_transactions: Option<u64>,
+    /// The baseline of a durable mode: p50 of one bare SQLite transaction (`BEGIN IMMEDIATE`,
+    /// an `INSERT` of one row, `COMMIT`) on a file of its own in `--dir`, with the same
+    /// journal mode and `synchronous`, measured right before the mode's runs.
+    bare_txn_p50_us: Option<f64>,
 }
 
 fn remove_db(path: &Path) {
@@ -157,7 +181,53 @@ fn figures(mode: &str, times: &[Duration], total: Duration, conc: (usize, Durati
         concurrent_total_runs: conc_runs,
         concurrent_steps_per_s: (conc_runs as u64 * STEPS) as f64 / conc_elapsed.as_secs_f64(),
         concurrent_transactions: None,
+        bare_txn_p50_us: None,
     }
+}
+
+/// p50 of `n` bare SQLite transactions, one row each, with `synchronous` (WAL, prepared
+/// statements): the least a durable commit can cost on this disk with this setting.
+fn bare_transactions(dir: &Path, synchronous: Synchronous, n: usize) -> Duration {
+    let path = dir.join("flow-durable-bench-bare.db");
+    remove_db(&path);
+    let conn = rusqlite::Connection::open(&path).expect("bare database opens");
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        _ => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};
+         CREATE TABLE t (run TEXT NOT NULL, node TEXT NOT NULL, v BLOB,
+                         PRIMARY KEY (run, node)) WITHOUT ROWID;"
+    ))
+    .expect("bare database set up");
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        for sql in [
+            "BEGIN IMMEDIATE",
+            "INSERT INTO t VALUES (?1, ?2, ?3)",
+            "COMMIT",
+        ] {
+            let mut stmt = conn.prepare_cached(sql).expect("prepared");
+            if sql.starts_with("INSERT") {
+                let run = format!("run-{}", i / 10);
+                let node = format!("s{}", i % 10);
+                stmt.execute(rusqlite::params![run, node, b"1".as_slice()])
+            } else {
+                stmt.execute([])
+            }
+            .expect("bare transaction");
+        }
+        // The first tenth warms the cache and the WAL up.
+        if i >= n / 10 {
+            times.push(t.elapsed());
+        }
+    }
+    drop(conn);
+    remove_db(&path);
+    times.sort();
+    percentile(&times, 0.5)
 }
 
 async fn durable(mode: &str, synchronous: Synchronous, a: &Args) -> Figures {
@@ -165,6 +235,7 @@ async fn durable(mode: &str, synchronous: Synchronous, a: &Args) -> Figures {
         .dir
         .join(format!("flow-durable-bench-{}.db", mode.to_lowercase()));
     remove_db(&path);
+    let bare = bare_transactions(&a.dir, synchronous, (a.runs * 12).min(20_000));
     let options = Options {
         synchronous,
         ..Options::default()
@@ -222,6 +293,7 @@ async fn durable(mode: &str, synchronous: Synchronous, a: &Args) -> Figures {
     let transactions = store.write_transactions() - before;
     let mut f = figures(mode, &times, total, (CONCURRENT * a.rounds, elapsed));
     f.concurrent_transactions = Some(transactions);
+    f.bare_txn_p50_us = Some(us(bare));
     drop(runtime);
     drop(store);
     remove_db(&path);
@@ -299,9 +371,14 @@ async fn main() {
     let a = args();
     std::fs::create_dir_all(&a.dir).expect("--dir is created");
     let fs_before = fsyncs(&a.dir, 200);
-    let memory = in_memory(&a).await;
-    let full = durable("FULL", Synchronous::Full, &a).await;
-    let normal = durable("NORMAL", Synchronous::Normal, &a).await;
+    let mut modes = Vec::new();
+    for mode in &a.modes {
+        modes.push(match mode.as_str() {
+            "memory" => in_memory(&a).await,
+            "full" => durable("FULL", Synchronous::Full, &a).await,
+            _ => durable("NORMAL", Synchronous::Normal, &a).await,
+        });
+    }
     // fsync again at the end: the disk's state may drift during the run.
     let fs_after = fsyncs(&a.dir, 200);
     let fsync_p50 = us(percentile(&fs_before, 0.5));
@@ -310,7 +387,7 @@ async fn main() {
         fsync_p50_us: fsync_p50,
         fsync_p99_us: us(percentile(&fs_before, 0.99)),
         fsync_after_us: us(percentile(&fs_after, 0.5)),
-        modes: vec![memory, full, normal],
+        modes,
     };
 
     println!(
@@ -318,7 +395,7 @@ async fn main() {
         report.dir, report.fsync_p50_us, report.fsync_p99_us, report.fsync_after_us
     );
     println!(
-        "{:<8} {:>6} {:>14} {:>14} {:>12} {:>10} {:>18} {:>8}",
+        "{:<8} {:>6} {:>14} {:>14} {:>12} {:>10} {:>18} {:>8} {:>12} {:>12}",
         "mode",
         "runs",
         "step p50 us",
@@ -326,11 +403,13 @@ async fn main() {
         "p50 fsyncs",
         "seq st/s",
         "100 conc. st/s",
-        "txns"
+        "txns",
+        "bare txn us",
+        "step/bare"
     );
     for f in &report.modes {
         println!(
-            "{:<8} {:>6} {:>14.2} {:>14.2} {:>12.2} {:>10.0} {:>18.0} {:>8}",
+            "{:<8} {:>6} {:>14.2} {:>14.2} {:>12.2} {:>10.0} {:>18.0} {:>8} {:>12} {:>12}",
             f.mode,
             f.runs,
             f.step_p50_us,
@@ -340,6 +419,10 @@ async fn main() {
             f.concurrent_steps_per_s,
             f.concurrent_transactions
                 .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            f.bare_txn_p50_us
+                .map_or_else(|| "-".to_owned(), |b| format!("{b:.2}")),
+            f.bare_txn_p50_us
+                .map_or_else(|| "-".to_owned(), |b| format!("{:.2}", f.step_p50_us / b)),
         );
     }
     println!(
