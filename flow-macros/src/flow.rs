@@ -56,7 +56,7 @@ use syn::{Expr, Ident, LitInt, LitStr, Pat, Token, Type};
 use crate::errors::{Errors, unknown_key};
 use crate::model::{EdgeKind, Kind, Model};
 use crate::policy::{Item, Policy};
-use crate::step::{Call, Gen, Markers};
+use crate::step::{Call, Gen, Markers, respan};
 use crate::{duration, kw};
 
 // ---------------------------------------------------------------- syntax
@@ -1092,12 +1092,13 @@ impl Expander<'_> {
                     .markers
                     .path(prev.as_deref().unwrap_or("start"), *span);
                 // The items pass through the check, so a failed check is the only error.
+                let krate_at = respan(krate, *span);
                 let items = quote_spanned! {*span=> {
                     #[allow(unused_imports)]
                     use #krate::__private::{IterNo as _, IterYes as _};
                     let __flow_check =
                         (&#krate::__private::Probe(&#v, ::core::marker::PhantomData::<()>)).flow_iter();
-                    #krate::__private::map_input::<#m, _, _>(#v, __flow_check)
+                    #krate_at::__private::map_input::<#m, _, _>(#v, __flow_check)
                 }};
                 match tolerate {
                     None => {

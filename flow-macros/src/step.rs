@@ -215,6 +215,7 @@ impl Gen<'_> {
             // (the first step's). Checked with our message, the future passing through so
             // that a mismatch is reported once.
             let ctx = self.ctx;
+            let krate_at = respan(krate, span);
             return quote_spanned! {span=>
                 let #value = {
                     #[allow(unused_imports)]
@@ -222,17 +223,18 @@ impl Gen<'_> {
                     let __flow_e = #ctx.error_type();
                     let __flow_check =
                         (&#krate::__private::error_probe(&#fut_type, __flow_e)).flow_same_error();
-                    #krate::__private::same_error::<_, #m, _, _>(__flow_e, #value, __flow_check)
+                    #krate_at::__private::same_error::<_, #m, _, _>(__flow_e, #value, __flow_check)
                 };
             };
         };
+        let krate_at = respan(krate, span);
         quote_spanned! {span=>
             let #value = {
                 #[allow(unused_imports)]
                 use #krate::__private::{ConvertsNo as _, ConvertsYes as _};
                 let __flow_check =
                     (&#krate::__private::Probe(&#fut_type, ::core::marker::PhantomData::<#err>)).flow_converts();
-                #krate::__private::converts::<#err, #m, _, _>(#value, __flow_check)
+                #krate_at::__private::converts::<#err, #m, _, _>(#value, __flow_check)
             };
         }
     }
@@ -246,6 +248,7 @@ impl Gen<'_> {
         let krate = self.krate;
         let ctx = self.ctx;
         let m = self.markers.path(name, span);
+        let krate_at = respan(krate, span);
         quote_spanned! {span=>
             let #value = {
                 #[allow(unused_imports)]
@@ -254,7 +257,7 @@ impl Gen<'_> {
                 let __flow_t = #fut_type;
                 let __flow_check =
                     (&#krate::__private::error_probe(&__flow_t, __flow_e)).flow_stored();
-                #krate::__private::stored_output::<_, #m, _, _>(
+                #krate_at::__private::stored_output::<_, #m, _, _>(
                     #krate::__private::ok_type(&__flow_t, __flow_e),
                     #value,
                     __flow_check,
@@ -425,4 +428,27 @@ impl Gen<'_> {
             quote!({ #out let _ = #m; #r })
         }
     }
+}
+
+/// `tokens` (a path such as the runtime's `::flow`), every token of them at `span`.
+///
+/// A check whose function returns a projection (`A::Checked`) is called through a path at the
+/// step: rustc reports an unmet check's bound at the step, and the projection it cannot
+/// normalize at the span of the function's path; a path that starts with the macro's `::flow`
+/// spans the whole `flow!`, so the same error would be reported there a second time.
+pub(crate) fn respan(tokens: &TokenStream, span: Span) -> TokenStream {
+    tokens
+        .clone()
+        .into_iter()
+        .map(|mut t| {
+            if let proc_macro2::TokenTree::Group(g) = &t {
+                let mut n = proc_macro2::Group::new(g.delimiter(), respan(&g.stream(), span));
+                n.set_span(span);
+                t = proc_macro2::TokenTree::Group(n);
+            } else {
+                t.set_span(span);
+            }
+            t
+        })
+        .collect()
 }
