@@ -1020,14 +1020,18 @@ impl Expander<'_> {
                     Some(prev) if !is_closure => {
                         let s_m = self.gen_.markers.path(&name, span);
                         let p_m = self.gen_.markers.path(&prev, span);
-                        quote_spanned! {span=> {
-                            #[allow(unused_imports)]
-                            use #krate::__private::{TakesNo as _, TakesYes as _};
-                            #krate::__private::edge::<_, #s_m, #p_m, _>(
-                                &#v,
-                                (&#krate::__private::probe_edge(&#func, &#v)).flow_takes(),
-                            );
-                        }}
+                        // The value passes through the check: when it fails, the value has no
+                        // type, so the step's call does not report a mismatch as well.
+                        let krate_at = respan(krate, span);
+                        quote_spanned! {span=>
+                            let #v = {
+                                #[allow(unused_imports)]
+                                use #krate::__private::{TakesNo as _, TakesYes as _};
+                                let __flow_check =
+                                    (&#krate::__private::probe_edge(&#func, &#v)).flow_takes();
+                                #krate_at::__private::edge::<_, #s_m, #p_m, _>(#v, __flow_check)
+                            };
+                        }
                     }
                     _ => TokenStream::new(),
                 };

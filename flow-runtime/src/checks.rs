@@ -199,13 +199,27 @@ impl<F, I, X> TakesNo<I> for &Probe<'_, F, (I, X)> {
     label = "this step's parameter is not `{I}`",
     note = "in a `flow!`, each step's output is the next step's input"
 )]
-pub trait Edge<I, S, P> {}
+pub trait Edge<I, S, P> {
+    /// The checked input (on failure there is none, so the step's call reports nothing more).
+    type Input;
+    /// Passes the input through.
+    fn pass(value: I) -> Self::Input;
+}
 #[diagnostic::do_not_recommend]
-impl<I, S, P> Edge<I, S, P> for Met<()> {}
+impl<I, S, P> Edge<I, S, P> for Met<()> {
+    type Input = I;
+    fn pass(value: I) -> I {
+        value
+    }
+}
 
-/// Checks that step `S` takes `I`, the output of step `P`.
+/// Checks that step `S` takes `I`, the output of step `P`, and passes the value through: an
+/// unmet check is reported here, and the value it passes on has no type, so that the step's
+/// call does not report the mismatch again.
 #[inline]
-pub fn edge<I, S, P, A: Edge<I, S, P>>(_: &I, _: A) {}
+pub fn edge<I, S, P, A: Edge<I, S, P>>(value: I, _: A) -> A::Input {
+    A::pass(value)
+}
 
 // ---------------------------------------------------------------- error conversion
 

@@ -281,20 +281,21 @@ fn __expansion() {
                             __FlowState::Notify(__flow_v) => {
                                 __FlowState::Parallel({
                                     let __flow_step_fn = notify;
-                                    {
+                                    let __flow_v = {
                                         #[allow(unused_imports)]
                                         use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        let __flow_check = (&::flow::__private::probe_edge(
+                                            &__flow_step_fn,
+                                            &__flow_v,
+                                        ))
+                                            .flow_takes();
                                         ::flow::__private::edge::<
                                             _,
                                             __flow_steps::notify,
                                             __flow_steps::reserve,
                                             _,
-                                        >(
-                                            &__flow_v,
-                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                .flow_takes(),
-                                        );
-                                    }
+                                        >(__flow_v, __flow_check)
+                                    };
                                     {
                                         let __flow_mk = || {
                                             #[allow(unused_imports)]
@@ -420,20 +421,21 @@ fn __expansion() {
                                                 async move {
                                                     let __flow_v = {
                                                         let __flow_step_fn = audit;
-                                                        {
+                                                        let __flow_v = {
                                                             #[allow(unused_imports)]
                                                             use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            let __flow_check = (&::flow::__private::probe_edge(
+                                                                &__flow_step_fn,
+                                                                &__flow_v,
+                                                            ))
+                                                                .flow_takes();
                                                             ::flow::__private::edge::<
                                                                 _,
                                                                 __flow_steps::audit,
                                                                 __flow_steps::notify,
                                                                 _,
-                                                            >(
-                                                                &__flow_v,
-                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                    .flow_takes(),
-                                                            );
-                                                        }
+                                                            >(__flow_v, __flow_check)
+                                                        };
                                                         {
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
@@ -481,20 +483,21 @@ fn __expansion() {
                                                 async move {
                                                     let __flow_v = {
                                                         let __flow_step_fn = bill;
-                                                        {
+                                                        let __flow_v = {
                                                             #[allow(unused_imports)]
                                                             use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            let __flow_check = (&::flow::__private::probe_edge(
+                                                                &__flow_step_fn,
+                                                                &__flow_v,
+                                                            ))
+                                                                .flow_takes();
                                                             ::flow::__private::edge::<
                                                                 _,
                                                                 __flow_steps::bill,
                                                                 __flow_steps::notify,
                                                                 _,
-                                                            >(
-                                                                &__flow_v,
-                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                    .flow_takes(),
-                                                            );
-                                                        }
+                                                            >(__flow_v, __flow_check)
+                                                        };
                                                         {
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
@@ -544,20 +547,21 @@ fn __expansion() {
                             __FlowState::Batch(__flow_v) => {
                                 __FlowState::Map({
                                     let __flow_step_fn = batch;
-                                    {
+                                    let __flow_v = {
                                         #[allow(unused_imports)]
                                         use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        let __flow_check = (&::flow::__private::probe_edge(
+                                            &__flow_step_fn,
+                                            &__flow_v,
+                                        ))
+                                            .flow_takes();
                                         ::flow::__private::edge::<
                                             _,
                                             __flow_steps::batch,
                                             __flow_steps::parallel,
                                             _,
-                                        >(
-                                            &__flow_v,
-                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                .flow_takes(),
-                                        );
-                                    }
+                                        >(__flow_v, __flow_check)
+                                    };
                                     {
                                         let __flow_f = {
                                             #[allow(unused_imports)]
@@ -621,20 +625,21 @@ fn __expansion() {
                                                 async move {
                                                     let __flow_v = {
                                                         let __flow_step_fn = deliver;
-                                                        {
+                                                        let __flow_v = {
                                                             #[allow(unused_imports)]
                                                             use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            let __flow_check = (&::flow::__private::probe_edge(
+                                                                &__flow_step_fn,
+                                                                &__flow_v,
+                                                            ))
+                                                                .flow_takes();
                                                             ::flow::__private::edge::<
                                                                 _,
                                                                 __flow_steps::deliver,
                                                                 __flow_steps::map,
                                                                 _,
-                                                            >(
-                                                                &__flow_v,
-                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                    .flow_takes(),
-                                                            );
-                                                        }
+                                                            >(__flow_v, __flow_check)
+                                                        };
                                                         {
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
