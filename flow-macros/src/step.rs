@@ -292,15 +292,20 @@ impl Gen<'_> {
         if !policy.retry.is_empty() {
             // Every attempt needs its own arguments: evaluate them once, clone per attempt.
             let mut hoisted = Vec::new();
+            // The copy is bound before it is passed: its type is the argument's own, not one
+            // inferred from the step's parameter, so an argument of the wrong type is reported
+            // once, at the argument, as rustc reports it in a call without `retry`.
             let copy = |value: &Ident, at: Span| {
                 let m = self.markers.path(name, at);
+                let c = Ident::new("__flow_copy", Span::mixed_site().located_at(at));
                 quote_spanned! {at=> {
                     #[allow(unused_imports)]
                     use #krate::__private::{CloneNo as _, CloneYes as _};
-                    #krate::__private::retry_arg::<#m, _, _>(
+                    let #c = #krate::__private::retry_arg::<#m, _, _>(
                         &#value,
                         (&#krate::__private::Probe(&#value, ::core::marker::PhantomData::<()>)).flow_clone(),
-                    )
+                    );
+                    #c
                 }}
             };
             let cloned = self.call_with(call, |i, a| {

@@ -374,7 +374,7 @@ impl ::flow::Workflow for Provision {
                     let __flow_mk = || wait_healthy({
                         #[allow(unused_imports)]
                         use ::flow::__private::{CloneNo as _, CloneYes as _};
-                        ::flow::__private::retry_arg::<
+                        let __flow_copy = ::flow::__private::retry_arg::<
                             __flow_steps_provision::wait_healthy,
                             _,
                             _,
@@ -385,7 +385,8 @@ impl ::flow::Workflow for Provision {
                                 ::core::marker::PhantomData::<()>,
                             ))
                                 .flow_clone(),
-                        )
+                        );
+                        __flow_copy
                     });
                     let __flow_mk = {
                         #[allow(unused_imports)]
