@@ -16,9 +16,11 @@
 //!
 //! #[timeout("2s")] fetch(url).await   { .. let __r = __ctx.step_timeout(NodeId(k), 2s, __f).await; .. }
 //!
-//! + catch(recover, when = p)          let __r = __ctx.catch(__r, __ctx.catch_when(p), NodeId(r), recover).await;
+//! + catch(recover, when = p)          let __r = __ctx.catch(__r, __ctx.catch_when(p), NodeId(r),
+//!                                                         |e| recover(check_takes::<recover, fetch>(e))).await;
 //! + catch(recover, on = timeouts)     let __r = __ctx.catch(__r, __ctx.catch_on(CatchOn::Timeouts), ..).await;
-//! + compensate(undo)                  let __r = __ctx.compensate(NodeId(k), __r, undo);
+//! + compensate(undo)                  let __r = __ctx.compensate(NodeId(k), __r,
+//!                                                              |o| undo(check_takes::<undo, fetch>(o)));
 //! ```
 //!
 //! The block evaluates to `Result<T, flow::StepError<E>>` (with `#[workflow]`, paired with a
@@ -266,6 +268,35 @@ impl Gen<'_> {
         }
     }
 
+    /// An undo (`compensate = undo`) or recovery step (`catch(recover)`) named by a path: a
+    /// check, with our message at its name, that it takes `value` (the step's output, or its
+    /// failure), rebinding `value` to what passes through (see `checks::undo_input`). When the
+    /// check fails, the value has no type, so the call does not report a mismatch as well (one
+    /// that would point at the whole macro). Closures are not probed: their parameter types
+    /// are inferred from the call.
+    fn takes(&self, func: &Expr, step: &str, value: &Ident, check: &str) -> TokenStream {
+        let Expr::Path(p) = func else {
+            return TokenStream::new();
+        };
+        let Some(last) = p.path.segments.last() else {
+            return TokenStream::new();
+        };
+        let krate = self.krate;
+        let span = syn::spanned::Spanned::span(func);
+        let f_m = self.markers.path(&last.ident.to_string(), span);
+        let s_m = self.markers.path(step, span);
+        let krate_at = respan(krate, span);
+        let check = Ident::new(check, span);
+        quote_spanned! {span=>
+            let #value = {
+                #[allow(unused_imports)]
+                use #krate::__private::{TakesNo as _, TakesYes as _};
+                let __flow_check = (&#krate::__private::probe_edge(&#func, &#value)).flow_takes();
+                #krate_at::__private::#check::<_, #f_m, #s_m, _>(#value, __flow_check)
+            };
+        }
+    }
+
     /// The expression (a block) that runs the step and yields `Result<T, StepError<E>>`.
     pub(crate) fn step(
         &self,
@@ -401,22 +432,26 @@ impl Gen<'_> {
                 }
                 (None, None) => quote!(|_| true),
             };
+            let check = self.takes(recover, name, &e, "recover_input");
             let recover_call = self.exact(quote!((#recover)(#e)));
             out.extend(quote! {
-                let #r = #ctx.#catch(#r, #when, #rec_id, |#e| #recover_call).await;
+                let #r = #ctx.#catch(#r, #when, #rec_id, |#e| { #check #recover_call }).await;
             });
         }
 
         if let Some(undo) = &policy.compensate {
             let o = Ident::new("__flow_o", Span::mixed_site());
+            let check = self.takes(undo, name, &o, "undo_input");
             let undo_fn = if self.exact {
                 let pe = Ident::new("__flow_pe", Span::mixed_site());
                 quote!({
                     let #pe = #ctx.error_type();
-                    move |#o| #krate::__private::typed(#pe, (#undo)(#o))
+                    move |#o| { #check #krate::__private::typed(#pe, (#undo)(#o)) }
                 })
-            } else {
+            } else if check.is_empty() {
                 quote!(#undo)
+            } else {
+                quote!(move |#o| { #check (#undo)(#o) })
             };
             match policy.to_undo_policy(krate) {
                 None => out.extend(quote! {

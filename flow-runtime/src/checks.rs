@@ -221,6 +221,64 @@ pub fn edge<I, S, P, A: Edge<I, S, P>>(value: I, _: A) -> A::Input {
     A::pass(value)
 }
 
+// ---------------------------------------------------------------- undo and recovery steps
+
+/// `compensate = U` on step `S`: the undo `U` takes a clone of the step's output `T`.
+#[diagnostic::on_unimplemented(
+    message = "the undo `{U}` of step `{S}` cannot take `{T}`, the output of step `{S}`",
+    label = "this undo's parameter is not `{T}`",
+    note = "once step `{S}` succeeds, `compensate = {U}` registers `{U}` with a clone of its output"
+)]
+pub trait UndoInput<T, U, S> {
+    /// The checked output (on failure there is none, so the undo's call reports nothing more).
+    type Input;
+    /// Passes the output through.
+    fn pass(value: T) -> Self::Input;
+}
+#[diagnostic::do_not_recommend]
+impl<T, U, S> UndoInput<T, U, S> for Met<()> {
+    type Input = T;
+    fn pass(value: T) -> T {
+        value
+    }
+}
+
+/// Checks that undo `U` of step `S` takes the step's output `T` (dispatched with
+/// [`probe_edge`]), and passes it through.
+#[inline]
+pub fn undo_input<T, U, S, A: UndoInput<T, U, S>>(value: T, _: A) -> A::Input {
+    A::pass(value)
+}
+
+/// `catch(R)` on step `S`: the recovery step `R` takes the step's failure `T`
+/// (a `StepError<E>`).
+#[diagnostic::on_unimplemented(
+    message = "the recovery step `{R}` of step `{S}` cannot take `{T}`, the failure of step `{S}`",
+    label = "this step's parameter is not `{T}`",
+    note = "when step `{S}` fails (after its retries), `catch({R})` runs `{R}` with the failure, and its output replaces the step's"
+)]
+pub trait RecoverInput<T, R, S> {
+    /// The checked failure (on failure there is none, so the recovery's call reports nothing
+    /// more).
+    type Input;
+    /// Passes the failure through.
+    fn pass(value: T) -> Self::Input;
+}
+#[diagnostic::do_not_recommend]
+impl<T, R, S> RecoverInput<T, R, S> for Met<()> {
+    type Input = T;
+    fn pass(value: T) -> T {
+        value
+    }
+}
+
+/// Checks that recovery step `R` of step `S` takes the step's failure `T` (dispatched with
+/// [`probe_edge`]), and passes it through.
+#[inline]
+pub fn recover_input<T, R, S, A: RecoverInput<T, R, S>>(value: T, _: A) -> A::Input {
+    A::pass(value)
+}
+
 // ---------------------------------------------------------------- error conversion
 
 /// Dispatch: the step's output (`Result<T, E2>` or `()`) fits the workflow's error `E`.

@@ -20,6 +20,8 @@ mod __flow_steps_provision {
     #[doc(hidden)]
     pub struct seed {}
     #[doc(hidden)]
+    pub struct teardown {}
+    #[doc(hidden)]
     pub struct verify {}
     #[doc(hidden)]
     pub struct wait_healthy {}
@@ -351,7 +353,28 @@ impl ::flow::Workflow for Provision {
                     let __flow_m = ::flow::__private::output_of(&__flow_f);
                     let __flow_r = __flow_ctx.step(::flow::NodeId(2u32), __flow_f).await;
                     let __flow_r = __flow_ctx
-                        .compensate(::flow::NodeId(2u32), __flow_r, teardown);
+                        .compensate(
+                            ::flow::NodeId(2u32),
+                            __flow_r,
+                            move |__flow_o| {
+                                let __flow_o = {
+                                    #[allow(unused_imports)]
+                                    use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                    let __flow_check = (&::flow::__private::probe_edge(
+                                        &teardown,
+                                        &__flow_o,
+                                    ))
+                                        .flow_takes();
+                                    ::flow::__private::undo_input::<
+                                        _,
+                                        __flow_steps_provision::teardown,
+                                        __flow_steps_provision::launch,
+                                        _,
+                                    >(__flow_o, __flow_check)
+                                };
+                                (teardown)(__flow_o)
+                            },
+                        );
                     (__flow_r, __flow_m)
                 };
                 match __flow_sr {
