@@ -56,7 +56,7 @@ use syn::{Expr, Ident, LitInt, LitStr, Pat, Token, Type};
 use crate::errors::{Errors, unknown_key};
 use crate::model::{EdgeKind, Kind, Model};
 use crate::policy::{Item, Policy};
-use crate::step::{Call, Gen, Markers};
+use crate::step::{Call, Gen, Markers, respan};
 use crate::{duration, kw};
 
 // ---------------------------------------------------------------- syntax
@@ -1020,14 +1020,18 @@ impl Expander<'_> {
                     Some(prev) if !is_closure => {
                         let s_m = self.gen_.markers.path(&name, span);
                         let p_m = self.gen_.markers.path(&prev, span);
-                        quote_spanned! {span=> {
-                            #[allow(unused_imports)]
-                            use #krate::__private::{TakesNo as _, TakesYes as _};
-                            #krate::__private::edge::<_, #s_m, #p_m, _>(
-                                &#v,
-                                (&#krate::__private::probe_edge(&#func, &#v)).flow_takes(),
-                            );
-                        }}
+                        // The value passes through the check: when it fails, the value has no
+                        // type, so the step's call does not report a mismatch as well.
+                        let krate_at = respan(krate, span);
+                        quote_spanned! {span=>
+                            let #v = {
+                                #[allow(unused_imports)]
+                                use #krate::__private::{TakesNo as _, TakesYes as _};
+                                let __flow_check =
+                                    (&#krate::__private::probe_edge(&#func, &#v)).flow_takes();
+                                #krate_at::__private::edge::<_, #s_m, #p_m, _>(#v, __flow_check)
+                            };
+                        }
                     }
                     _ => TokenStream::new(),
                 };
@@ -1092,12 +1096,13 @@ impl Expander<'_> {
                     .markers
                     .path(prev.as_deref().unwrap_or("start"), *span);
                 // The items pass through the check, so a failed check is the only error.
+                let krate_at = respan(krate, *span);
                 let items = quote_spanned! {*span=> {
                     #[allow(unused_imports)]
                     use #krate::__private::{IterNo as _, IterYes as _};
                     let __flow_check =
                         (&#krate::__private::Probe(&#v, ::core::marker::PhantomData::<()>)).flow_iter();
-                    #krate::__private::map_input::<#m, _, _>(#v, __flow_check)
+                    #krate_at::__private::map_input::<#m, _, _>(#v, __flow_check)
                 }};
                 match tolerate {
                     None => {

@@ -16,9 +16,11 @@
 //!
 //! #[timeout("2s")] fetch(url).await   { .. let __r = __ctx.step_timeout(NodeId(k), 2s, __f).await; .. }
 //!
-//! + catch(recover, when = p)          let __r = __ctx.catch(__r, __ctx.catch_when(p), NodeId(r), recover).await;
+//! + catch(recover, when = p)          let __r = __ctx.catch(__r, __ctx.catch_when(p), NodeId(r),
+//!                                                         |e| recover(check_takes::<recover, fetch>(e))).await;
 //! + catch(recover, on = timeouts)     let __r = __ctx.catch(__r, __ctx.catch_on(CatchOn::Timeouts), ..).await;
-//! + compensate(undo)                  let __r = __ctx.compensate(NodeId(k), __r, undo);
+//! + compensate(undo)                  let __r = __ctx.compensate(NodeId(k), __r,
+//!                                                              |o| undo(check_takes::<undo, fetch>(o)));
 //! ```
 //!
 //! The block evaluates to `Result<T, flow::StepError<E>>` (with `#[workflow]`, paired with a
@@ -215,6 +217,7 @@ impl Gen<'_> {
             // (the first step's). Checked with our message, the future passing through so
             // that a mismatch is reported once.
             let ctx = self.ctx;
+            let krate_at = respan(krate, span);
             return quote_spanned! {span=>
                 let #value = {
                     #[allow(unused_imports)]
@@ -222,17 +225,18 @@ impl Gen<'_> {
                     let __flow_e = #ctx.error_type();
                     let __flow_check =
                         (&#krate::__private::error_probe(&#fut_type, __flow_e)).flow_same_error();
-                    #krate::__private::same_error::<_, #m, _, _>(__flow_e, #value, __flow_check)
+                    #krate_at::__private::same_error::<_, #m, _, _>(__flow_e, #value, __flow_check)
                 };
             };
         };
+        let krate_at = respan(krate, span);
         quote_spanned! {span=>
             let #value = {
                 #[allow(unused_imports)]
                 use #krate::__private::{ConvertsNo as _, ConvertsYes as _};
                 let __flow_check =
                     (&#krate::__private::Probe(&#fut_type, ::core::marker::PhantomData::<#err>)).flow_converts();
-                #krate::__private::converts::<#err, #m, _, _>(#value, __flow_check)
+                #krate_at::__private::converts::<#err, #m, _, _>(#value, __flow_check)
             };
         }
     }
@@ -246,6 +250,7 @@ impl Gen<'_> {
         let krate = self.krate;
         let ctx = self.ctx;
         let m = self.markers.path(name, span);
+        let krate_at = respan(krate, span);
         quote_spanned! {span=>
             let #value = {
                 #[allow(unused_imports)]
@@ -254,11 +259,40 @@ impl Gen<'_> {
                 let __flow_t = #fut_type;
                 let __flow_check =
                     (&#krate::__private::error_probe(&__flow_t, __flow_e)).flow_stored();
-                #krate::__private::stored_output::<_, #m, _, _>(
+                #krate_at::__private::stored_output::<_, #m, _, _>(
                     #krate::__private::ok_type(&__flow_t, __flow_e),
                     #value,
                     __flow_check,
                 )
+            };
+        }
+    }
+
+    /// An undo (`compensate = undo`) or recovery step (`catch(recover)`) named by a path: a
+    /// check, with our message at its name, that it takes `value` (the step's output, or its
+    /// failure), rebinding `value` to what passes through (see `checks::undo_input`). When the
+    /// check fails, the value has no type, so the call does not report a mismatch as well (one
+    /// that would point at the whole macro). Closures are not probed: their parameter types
+    /// are inferred from the call.
+    fn takes(&self, func: &Expr, step: &str, value: &Ident, check: &str) -> TokenStream {
+        let Expr::Path(p) = func else {
+            return TokenStream::new();
+        };
+        let Some(last) = p.path.segments.last() else {
+            return TokenStream::new();
+        };
+        let krate = self.krate;
+        let span = syn::spanned::Spanned::span(func);
+        let f_m = self.markers.path(&last.ident.to_string(), span);
+        let s_m = self.markers.path(step, span);
+        let krate_at = respan(krate, span);
+        let check = Ident::new(check, span);
+        quote_spanned! {span=>
+            let #value = {
+                #[allow(unused_imports)]
+                use #krate::__private::{TakesNo as _, TakesYes as _};
+                let __flow_check = (&#krate::__private::probe_edge(&#func, &#value)).flow_takes();
+                #krate_at::__private::#check::<_, #f_m, #s_m, _>(#value, __flow_check)
             };
         }
     }
@@ -289,15 +323,20 @@ impl Gen<'_> {
         if !policy.retry.is_empty() {
             // Every attempt needs its own arguments: evaluate them once, clone per attempt.
             let mut hoisted = Vec::new();
+            // The copy is bound before it is passed: its type is the argument's own, not one
+            // inferred from the step's parameter, so an argument of the wrong type is reported
+            // once, at the argument, as rustc reports it in a call without `retry`.
             let copy = |value: &Ident, at: Span| {
                 let m = self.markers.path(name, at);
+                let c = Ident::new("__flow_copy", Span::mixed_site().located_at(at));
                 quote_spanned! {at=> {
                     #[allow(unused_imports)]
                     use #krate::__private::{CloneNo as _, CloneYes as _};
-                    #krate::__private::retry_arg::<#m, _, _>(
+                    let #c = #krate::__private::retry_arg::<#m, _, _>(
                         &#value,
                         (&#krate::__private::Probe(&#value, ::core::marker::PhantomData::<()>)).flow_clone(),
-                    )
+                    );
+                    #c
                 }}
             };
             let cloned = self.call_with(call, |i, a| {
@@ -393,22 +432,26 @@ impl Gen<'_> {
                 }
                 (None, None) => quote!(|_| true),
             };
+            let check = self.takes(recover, name, &e, "recover_input");
             let recover_call = self.exact(quote!((#recover)(#e)));
             out.extend(quote! {
-                let #r = #ctx.#catch(#r, #when, #rec_id, |#e| #recover_call).await;
+                let #r = #ctx.#catch(#r, #when, #rec_id, |#e| { #check #recover_call }).await;
             });
         }
 
         if let Some(undo) = &policy.compensate {
             let o = Ident::new("__flow_o", Span::mixed_site());
+            let check = self.takes(undo, name, &o, "undo_input");
             let undo_fn = if self.exact {
                 let pe = Ident::new("__flow_pe", Span::mixed_site());
                 quote!({
                     let #pe = #ctx.error_type();
-                    move |#o| #krate::__private::typed(#pe, (#undo)(#o))
+                    move |#o| { #check #krate::__private::typed(#pe, (#undo)(#o)) }
                 })
-            } else {
+            } else if check.is_empty() {
                 quote!(#undo)
+            } else {
+                quote!(move |#o| { #check (#undo)(#o) })
             };
             match policy.to_undo_policy(krate) {
                 None => out.extend(quote! {
@@ -425,4 +468,27 @@ impl Gen<'_> {
             quote!({ #out let _ = #m; #r })
         }
     }
+}
+
+/// `tokens` (a path such as the runtime's `::flow`), every token of them at `span`.
+///
+/// A check whose function returns a projection (`A::Checked`) is called through a path at the
+/// step: rustc reports an unmet check's bound at the step, and the projection it cannot
+/// normalize at the span of the function's path; a path that starts with the macro's `::flow`
+/// spans the whole `flow!`, so the same error would be reported there a second time.
+pub(crate) fn respan(tokens: &TokenStream, span: Span) -> TokenStream {
+    tokens
+        .clone()
+        .into_iter()
+        .map(|mut t| {
+            if let proc_macro2::TokenTree::Group(g) = &t {
+                let mut n = proc_macro2::Group::new(g.delimiter(), respan(&g.stream(), span));
+                n.set_span(span);
+                t = proc_macro2::TokenTree::Group(n);
+            } else {
+                t.set_span(span);
+            }
+            t
+        })
+        .collect()
 }

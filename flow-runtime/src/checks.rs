@@ -199,13 +199,85 @@ impl<F, I, X> TakesNo<I> for &Probe<'_, F, (I, X)> {
     label = "this step's parameter is not `{I}`",
     note = "in a `flow!`, each step's output is the next step's input"
 )]
-pub trait Edge<I, S, P> {}
+pub trait Edge<I, S, P> {
+    /// The checked input (on failure there is none, so the step's call reports nothing more).
+    type Input;
+    /// Passes the input through.
+    fn pass(value: I) -> Self::Input;
+}
 #[diagnostic::do_not_recommend]
-impl<I, S, P> Edge<I, S, P> for Met<()> {}
+impl<I, S, P> Edge<I, S, P> for Met<()> {
+    type Input = I;
+    fn pass(value: I) -> I {
+        value
+    }
+}
 
-/// Checks that step `S` takes `I`, the output of step `P`.
+/// Checks that step `S` takes `I`, the output of step `P`, and passes the value through: an
+/// unmet check is reported here, and the value it passes on has no type, so that the step's
+/// call does not report the mismatch again.
 #[inline]
-pub fn edge<I, S, P, A: Edge<I, S, P>>(_: &I, _: A) {}
+pub fn edge<I, S, P, A: Edge<I, S, P>>(value: I, _: A) -> A::Input {
+    A::pass(value)
+}
+
+// ---------------------------------------------------------------- undo and recovery steps
+
+/// `compensate = U` on step `S`: the undo `U` takes a clone of the step's output `T`.
+#[diagnostic::on_unimplemented(
+    message = "the undo `{U}` of step `{S}` cannot take `{T}`, the output of step `{S}`",
+    label = "this undo's parameter is not `{T}`",
+    note = "once step `{S}` succeeds, `compensate = {U}` registers `{U}` with a clone of its output"
+)]
+pub trait UndoInput<T, U, S> {
+    /// The checked output (on failure there is none, so the undo's call reports nothing more).
+    type Input;
+    /// Passes the output through.
+    fn pass(value: T) -> Self::Input;
+}
+#[diagnostic::do_not_recommend]
+impl<T, U, S> UndoInput<T, U, S> for Met<()> {
+    type Input = T;
+    fn pass(value: T) -> T {
+        value
+    }
+}
+
+/// Checks that undo `U` of step `S` takes the step's output `T` (dispatched with
+/// [`probe_edge`]), and passes it through.
+#[inline]
+pub fn undo_input<T, U, S, A: UndoInput<T, U, S>>(value: T, _: A) -> A::Input {
+    A::pass(value)
+}
+
+/// `catch(R)` on step `S`: the recovery step `R` takes the step's failure `T`
+/// (a `StepError<E>`).
+#[diagnostic::on_unimplemented(
+    message = "the recovery step `{R}` of step `{S}` cannot take `{T}`, the failure of step `{S}`",
+    label = "this step's parameter is not `{T}`",
+    note = "when step `{S}` fails (after its retries), `catch({R})` runs `{R}` with the failure, and its output replaces the step's"
+)]
+pub trait RecoverInput<T, R, S> {
+    /// The checked failure (on failure there is none, so the recovery's call reports nothing
+    /// more).
+    type Input;
+    /// Passes the failure through.
+    fn pass(value: T) -> Self::Input;
+}
+#[diagnostic::do_not_recommend]
+impl<T, R, S> RecoverInput<T, R, S> for Met<()> {
+    type Input = T;
+    fn pass(value: T) -> T {
+        value
+    }
+}
+
+/// Checks that recovery step `R` of step `S` takes the step's failure `T` (dispatched with
+/// [`probe_edge`]), and passes it through.
+#[inline]
+pub fn recover_input<T, R, S, A: RecoverInput<T, R, S>>(value: T, _: A) -> A::Input {
+    A::pass(value)
+}
 
 // ---------------------------------------------------------------- error conversion
 

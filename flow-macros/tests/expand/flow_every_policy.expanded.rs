@@ -15,11 +15,15 @@ fn __expansion() {
             #[doc(hidden)]
             pub struct deliver {}
             #[doc(hidden)]
+            pub struct fallback {}
+            #[doc(hidden)]
             pub struct map {}
             #[doc(hidden)]
             pub struct notify {}
             #[doc(hidden)]
             pub struct parallel {}
+            #[doc(hidden)]
+            pub struct release {}
             #[doc(hidden)]
             pub struct reserve {}
         }
@@ -272,7 +276,28 @@ fn __expansion() {
                                             .step(::flow::NodeId(2u32), __flow_f)
                                             .await;
                                         let __flow_r = __flow_ctx
-                                            .compensate(::flow::NodeId(2u32), __flow_r, release);
+                                            .compensate(
+                                                ::flow::NodeId(2u32),
+                                                __flow_r,
+                                                move |__flow_o| {
+                                                    let __flow_o = {
+                                                        #[allow(unused_imports)]
+                                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                        let __flow_check = (&::flow::__private::probe_edge(
+                                                            &release,
+                                                            &__flow_o,
+                                                        ))
+                                                            .flow_takes();
+                                                        ::flow::__private::undo_input::<
+                                                            _,
+                                                            __flow_steps::release,
+                                                            __flow_steps::reserve,
+                                                            _,
+                                                        >(__flow_o, __flow_check)
+                                                    };
+                                                    (release)(__flow_o)
+                                                },
+                                            );
                                         let _ = __flow_m;
                                         __flow_r
                                     }?
@@ -281,20 +306,21 @@ fn __expansion() {
                             __FlowState::Notify(__flow_v) => {
                                 __FlowState::Parallel({
                                     let __flow_step_fn = notify;
-                                    {
+                                    let __flow_v = {
                                         #[allow(unused_imports)]
                                         use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        let __flow_check = (&::flow::__private::probe_edge(
+                                            &__flow_step_fn,
+                                            &__flow_v,
+                                        ))
+                                            .flow_takes();
                                         ::flow::__private::edge::<
                                             _,
                                             __flow_steps::notify,
                                             __flow_steps::reserve,
                                             _,
-                                        >(
-                                            &__flow_v,
-                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                .flow_takes(),
-                                        );
-                                    }
+                                        >(__flow_v, __flow_check)
+                                    };
                                     {
                                         let __flow_mk = || {
                                             #[allow(unused_imports)]
@@ -378,15 +404,32 @@ fn __expansion() {
                                                 __flow_ctx.catch_on(::flow::policy::CatchOn::Timeouts),
                                                 ::flow::NodeId(4u32),
                                                 |__flow_e| {
-                                                    #[allow(unused_imports)]
-                                                    use ::flow::__private::{ChildNo as _, ChildYes as _};
-                                                    let __flow_c = (fallback)(__flow_e);
-                                                    let __flow_k = (&::flow::__private::Probe(
-                                                        &__flow_c,
-                                                        ::core::marker::PhantomData::<()>,
-                                                    ))
-                                                        .flow_child();
-                                                    ::flow::__private::child_step(__flow_c, __flow_k)
+                                                    let __flow_e = {
+                                                        #[allow(unused_imports)]
+                                                        use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                        let __flow_check = (&::flow::__private::probe_edge(
+                                                            &fallback,
+                                                            &__flow_e,
+                                                        ))
+                                                            .flow_takes();
+                                                        ::flow::__private::recover_input::<
+                                                            _,
+                                                            __flow_steps::fallback,
+                                                            __flow_steps::notify,
+                                                            _,
+                                                        >(__flow_e, __flow_check)
+                                                    };
+                                                    {
+                                                        #[allow(unused_imports)]
+                                                        use ::flow::__private::{ChildNo as _, ChildYes as _};
+                                                        let __flow_c = (fallback)(__flow_e);
+                                                        let __flow_k = (&::flow::__private::Probe(
+                                                            &__flow_c,
+                                                            ::core::marker::PhantomData::<()>,
+                                                        ))
+                                                            .flow_child();
+                                                        ::flow::__private::child_step(__flow_c, __flow_k)
+                                                    }
                                                 },
                                             )
                                             .await;
@@ -420,20 +463,21 @@ fn __expansion() {
                                                 async move {
                                                     let __flow_v = {
                                                         let __flow_step_fn = audit;
-                                                        {
+                                                        let __flow_v = {
                                                             #[allow(unused_imports)]
                                                             use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            let __flow_check = (&::flow::__private::probe_edge(
+                                                                &__flow_step_fn,
+                                                                &__flow_v,
+                                                            ))
+                                                                .flow_takes();
                                                             ::flow::__private::edge::<
                                                                 _,
                                                                 __flow_steps::audit,
                                                                 __flow_steps::notify,
                                                                 _,
-                                                            >(
-                                                                &__flow_v,
-                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                    .flow_takes(),
-                                                            );
-                                                        }
+                                                            >(__flow_v, __flow_check)
+                                                        };
                                                         {
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
@@ -481,20 +525,21 @@ fn __expansion() {
                                                 async move {
                                                     let __flow_v = {
                                                         let __flow_step_fn = bill;
-                                                        {
+                                                        let __flow_v = {
                                                             #[allow(unused_imports)]
                                                             use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            let __flow_check = (&::flow::__private::probe_edge(
+                                                                &__flow_step_fn,
+                                                                &__flow_v,
+                                                            ))
+                                                                .flow_takes();
                                                             ::flow::__private::edge::<
                                                                 _,
                                                                 __flow_steps::bill,
                                                                 __flow_steps::notify,
                                                                 _,
-                                                            >(
-                                                                &__flow_v,
-                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                    .flow_takes(),
-                                                            );
-                                                        }
+                                                            >(__flow_v, __flow_check)
+                                                        };
                                                         {
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
@@ -544,20 +589,21 @@ fn __expansion() {
                             __FlowState::Batch(__flow_v) => {
                                 __FlowState::Map({
                                     let __flow_step_fn = batch;
-                                    {
+                                    let __flow_v = {
                                         #[allow(unused_imports)]
                                         use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        let __flow_check = (&::flow::__private::probe_edge(
+                                            &__flow_step_fn,
+                                            &__flow_v,
+                                        ))
+                                            .flow_takes();
                                         ::flow::__private::edge::<
                                             _,
                                             __flow_steps::batch,
                                             __flow_steps::parallel,
                                             _,
-                                        >(
-                                            &__flow_v,
-                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                .flow_takes(),
-                                        );
-                                    }
+                                        >(__flow_v, __flow_check)
+                                    };
                                     {
                                         let __flow_f = {
                                             #[allow(unused_imports)]
@@ -621,20 +667,21 @@ fn __expansion() {
                                                 async move {
                                                     let __flow_v = {
                                                         let __flow_step_fn = deliver;
-                                                        {
+                                                        let __flow_v = {
                                                             #[allow(unused_imports)]
                                                             use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            let __flow_check = (&::flow::__private::probe_edge(
+                                                                &__flow_step_fn,
+                                                                &__flow_v,
+                                                            ))
+                                                                .flow_takes();
                                                             ::flow::__private::edge::<
                                                                 _,
                                                                 __flow_steps::deliver,
                                                                 __flow_steps::map,
                                                                 _,
-                                                            >(
-                                                                &__flow_v,
-                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                    .flow_takes(),
-                                                            );
-                                                        }
+                                                            >(__flow_v, __flow_check)
+                                                        };
                                                         {
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]

@@ -320,20 +320,21 @@ fn __expansion() {
                                                 async move {
                                                     let __flow_v = {
                                                         let __flow_step_fn = enrich;
-                                                        {
+                                                        let __flow_v = {
                                                             #[allow(unused_imports)]
                                                             use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            let __flow_check = (&::flow::__private::probe_edge(
+                                                                &__flow_step_fn,
+                                                                &__flow_v,
+                                                            ))
+                                                                .flow_takes();
                                                             ::flow::__private::edge::<
                                                                 _,
                                                                 __flow_steps::enrich,
                                                                 __flow_steps::parse,
                                                                 _,
-                                                            >(
-                                                                &__flow_v,
-                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                    .flow_takes(),
-                                                            );
-                                                        }
+                                                            >(__flow_v, __flow_check)
+                                                        };
                                                         {
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
@@ -384,20 +385,21 @@ fn __expansion() {
                                                 async move {
                                                     let __flow_v = {
                                                         let __flow_step_fn = score;
-                                                        {
+                                                        let __flow_v = {
                                                             #[allow(unused_imports)]
                                                             use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            let __flow_check = (&::flow::__private::probe_edge(
+                                                                &__flow_step_fn,
+                                                                &__flow_v,
+                                                            ))
+                                                                .flow_takes();
                                                             ::flow::__private::edge::<
                                                                 _,
                                                                 __flow_steps::score,
                                                                 __flow_steps::parse,
                                                                 _,
-                                                            >(
-                                                                &__flow_v,
-                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                    .flow_takes(),
-                                                            );
-                                                        }
+                                                            >(__flow_v, __flow_check)
+                                                        };
                                                         {
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
@@ -473,20 +475,21 @@ fn __expansion() {
                                                 async move {
                                                     let __flow_v = {
                                                         let __flow_step_fn = charge;
-                                                        {
+                                                        let __flow_v = {
                                                             #[allow(unused_imports)]
                                                             use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                                            let __flow_check = (&::flow::__private::probe_edge(
+                                                                &__flow_step_fn,
+                                                                &__flow_v,
+                                                            ))
+                                                                .flow_takes();
                                                             ::flow::__private::edge::<
                                                                 _,
                                                                 __flow_steps::charge,
                                                                 __flow_steps::map,
                                                                 _,
-                                                            >(
-                                                                &__flow_v,
-                                                                (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                                    .flow_takes(),
-                                                            );
-                                                        }
+                                                            >(__flow_v, __flow_check)
+                                                        };
                                                         {
                                                             let __flow_f = {
                                                                 #[allow(unused_imports)]
@@ -549,20 +552,21 @@ fn __expansion() {
                             __FlowState::Archive(__flow_v) => {
                                 __FlowState::Completed({
                                     let __flow_step_fn = archive;
-                                    {
+                                    let __flow_v = {
                                         #[allow(unused_imports)]
                                         use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        let __flow_check = (&::flow::__private::probe_edge(
+                                            &__flow_step_fn,
+                                            &__flow_v,
+                                        ))
+                                            .flow_takes();
                                         ::flow::__private::edge::<
                                             _,
                                             __flow_steps::archive,
                                             __flow_steps::map,
                                             _,
-                                        >(
-                                            &__flow_v,
-                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                .flow_takes(),
-                                        );
-                                    }
+                                        >(__flow_v, __flow_check)
+                                    };
                                     {
                                         let __flow_f = {
                                             #[allow(unused_imports)]
@@ -605,20 +609,21 @@ fn __expansion() {
                             __FlowState::Review(__flow_v) => {
                                 __FlowState::Archive2({
                                     let __flow_step_fn = review;
-                                    {
+                                    let __flow_v = {
                                         #[allow(unused_imports)]
                                         use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        let __flow_check = (&::flow::__private::probe_edge(
+                                            &__flow_step_fn,
+                                            &__flow_v,
+                                        ))
+                                            .flow_takes();
                                         ::flow::__private::edge::<
                                             _,
                                             __flow_steps::review,
                                             __flow_steps::map,
                                             _,
-                                        >(
-                                            &__flow_v,
-                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                .flow_takes(),
-                                        );
-                                    }
+                                        >(__flow_v, __flow_check)
+                                    };
                                     {
                                         let __flow_f = {
                                             #[allow(unused_imports)]
@@ -661,20 +666,21 @@ fn __expansion() {
                             __FlowState::Archive2(__flow_v) => {
                                 __FlowState::Completed({
                                     let __flow_step_fn = archive;
-                                    {
+                                    let __flow_v = {
                                         #[allow(unused_imports)]
                                         use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                        let __flow_check = (&::flow::__private::probe_edge(
+                                            &__flow_step_fn,
+                                            &__flow_v,
+                                        ))
+                                            .flow_takes();
                                         ::flow::__private::edge::<
                                             _,
                                             __flow_steps::archive,
                                             __flow_steps::review,
                                             _,
-                                        >(
-                                            &__flow_v,
-                                            (&::flow::__private::probe_edge(&__flow_step_fn, &__flow_v))
-                                                .flow_takes(),
-                                        );
-                                    }
+                                        >(__flow_v, __flow_check)
+                                    };
                                     {
                                         let __flow_f = {
                                             #[allow(unused_imports)]

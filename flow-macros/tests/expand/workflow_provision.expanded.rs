@@ -20,6 +20,8 @@ mod __flow_steps_provision {
     #[doc(hidden)]
     pub struct seed {}
     #[doc(hidden)]
+    pub struct teardown {}
+    #[doc(hidden)]
     pub struct verify {}
     #[doc(hidden)]
     pub struct wait_healthy {}
@@ -351,7 +353,28 @@ impl ::flow::Workflow for Provision {
                     let __flow_m = ::flow::__private::output_of(&__flow_f);
                     let __flow_r = __flow_ctx.step(::flow::NodeId(2u32), __flow_f).await;
                     let __flow_r = __flow_ctx
-                        .compensate(::flow::NodeId(2u32), __flow_r, teardown);
+                        .compensate(
+                            ::flow::NodeId(2u32),
+                            __flow_r,
+                            move |__flow_o| {
+                                let __flow_o = {
+                                    #[allow(unused_imports)]
+                                    use ::flow::__private::{TakesNo as _, TakesYes as _};
+                                    let __flow_check = (&::flow::__private::probe_edge(
+                                        &teardown,
+                                        &__flow_o,
+                                    ))
+                                        .flow_takes();
+                                    ::flow::__private::undo_input::<
+                                        _,
+                                        __flow_steps_provision::teardown,
+                                        __flow_steps_provision::launch,
+                                        _,
+                                    >(__flow_o, __flow_check)
+                                };
+                                (teardown)(__flow_o)
+                            },
+                        );
                     (__flow_r, __flow_m)
                 };
                 match __flow_sr {
@@ -374,7 +397,7 @@ impl ::flow::Workflow for Provision {
                     let __flow_mk = || wait_healthy({
                         #[allow(unused_imports)]
                         use ::flow::__private::{CloneNo as _, CloneYes as _};
-                        ::flow::__private::retry_arg::<
+                        let __flow_copy = ::flow::__private::retry_arg::<
                             __flow_steps_provision::wait_healthy,
                             _,
                             _,
@@ -385,7 +408,8 @@ impl ::flow::Workflow for Provision {
                                 ::core::marker::PhantomData::<()>,
                             ))
                                 .flow_clone(),
-                        )
+                        );
+                        __flow_copy
                     });
                     let __flow_mk = {
                         #[allow(unused_imports)]
