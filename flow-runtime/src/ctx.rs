@@ -656,9 +656,12 @@ impl<E> Ctx<E> {
 }
 
 /// Runs one attempt: the future, under the timeout if any, with panics caught; the step's
-/// output is turned into `Result<_, E>` by [`StepOutput`].
+/// output is turned into `Result<_, E>` by [`StepOutput`]. `observed`: the attempt is polled
+/// inside the span the tracing observer made for it (an unobserved run has none, and its
+/// future is polled as it is).
 async fn attempt<E, Fut>(
     fut: Fut,
+    observed: bool,
     timeout: Option<Duration>,
     frame: Frame,
     deadline: Option<Instant>,
@@ -667,10 +670,17 @@ where
     Fut: Future,
     Fut::Output: StepOutput<E>,
 {
-    let fut = core::pin::pin!(fut);
     let outcome = match deadline {
-        None => AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await,
+        None if !observed => {
+            let fut = core::pin::pin!(fut);
+            AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await
+        }
+        None => {
+            let fut = core::pin::pin!(crate::trace::traced(fut, true));
+            AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await
+        }
         Some(deadline) => {
+            let fut = core::pin::pin!(crate::trace::traced(fut, observed));
             let guarded = AssertUnwindSafe(FramedUntil {
                 fut,
                 frame,
@@ -783,8 +793,15 @@ impl<E> Ctx<E> {
         }
         // Polled with the step's context at hand (`StepContext::current`).
         let frame = Frame::plain(node, iteration);
-        let fut = core::pin::pin!(crate::trace::traced(fut, self.observed()));
-        let outcome = AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await;
+        // An unobserved run (`start` is `None`) polls the step's future as it is: no tracing
+        // span to enter around each poll, none to drop after.
+        let outcome = if start.is_none() {
+            let fut = core::pin::pin!(fut);
+            AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await
+        } else {
+            let fut = core::pin::pin!(crate::trace::traced(fut, true));
+            AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await
+        };
         let failure = match outcome {
             Ok(out) => match out.into_result() {
                 Ok(v) => {
@@ -890,7 +907,8 @@ impl<E> Ctx<E> {
                 Some(failure) => Err(failure),
                 None => {
                     attempt(
-                        crate::trace::traced(make(), self.observed()),
+                        make(),
+                        self.observed(),
                         policy.timeout,
                         frame,
                         deadline,
