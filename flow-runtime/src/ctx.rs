@@ -1517,6 +1517,7 @@ impl RetryCounters {
 
 /// Keeps the first attempt and the last [`KEPT_LAST_ATTEMPTS`](crate::error::KEPT_LAST_ATTEMPTS)
 /// of a step that retries many times (the ones between are counted by their numbers only).
+#[inline]
 fn keep_attempt<E>(attempts: &mut Vec<Attempt<E>>, attempt: Attempt<E>) {
     if attempts.capacity() == 0 {
         // Most steps that retry fail once or twice: room for two, allocated once.
