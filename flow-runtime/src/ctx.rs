@@ -1132,12 +1132,21 @@ impl<E> Ctx<E> {
         }
     }
 
-    /// `flow::testing`: what is scripted for this attempt of `node`, if anything.
+    /// `flow::testing`: what is scripted for this attempt of `node`, if anything. Inlined as
+    /// far as the check that the run has its rarely used parts (a scripted run has them: they
+    /// hold the script), which an observed run without a script mostly does not.
+    #[cfg(feature = "testing")]
+    #[inline]
+    fn scripted_now(&self, node: NodeId) -> Option<crate::testing::Scripted<E>> {
+        let cold = self.inner.cold_if()?;
+        self.scripted_in(cold, node)
+    }
+
     #[cfg(feature = "testing")]
     #[cold]
     #[inline(never)]
-    fn scripted_now(&self, node: NodeId) -> Option<crate::testing::Scripted<E>> {
-        let script = self.inner.cold_if()?.script.get()?;
+    fn scripted_in(&self, cold: &Cold<E>, node: NodeId) -> Option<crate::testing::Scripted<E>> {
+        let script = cold.script.get()?;
         script.next(self.inner.graph.key_of(node))?.scripted()
     }
 
