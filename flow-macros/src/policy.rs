@@ -288,8 +288,14 @@ impl Policy {
     }
 
     /// `flow::StepPolicy { .. }` tokens.
-    pub(crate) fn to_step_policy(&self, krate: &TokenStream) -> TokenStream {
+    /// The retry rules alone, as a slice (`&[Retry::new(3), ..]`).
+    pub(crate) fn to_retry_rules(&self, krate: &TokenStream) -> TokenStream {
         let rules = self.retry.iter().map(|r| r.to_tokens(krate));
+        quote!(&[#(#rules),*])
+    }
+
+    pub(crate) fn to_step_policy(&self, krate: &TokenStream) -> TokenStream {
+        let rules = self.to_retry_rules(krate);
         let timeout = match self.timeout {
             Some(d) => {
                 let d = duration::to_tokens(d);
@@ -298,7 +304,7 @@ impl Policy {
             None => quote!(::core::option::Option::None),
         };
         quote! {
-            #krate::__private::StepPolicy { retry: &[#(#rules),*], timeout: #timeout }
+            #krate::__private::StepPolicy { retry: #rules, timeout: #timeout }
         }
     }
 }

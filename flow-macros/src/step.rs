@@ -12,7 +12,9 @@
 //!
 //! #[retry(max_attempts = 3)]          { let __a0 = url;
 //! fetch(url).await                      let __mk = || fetch(check_clone::<fetch>(&__a0));
-//!                                       let __r = __ctx.step_with(NodeId(k), POLICY, __mk).await; .. }
+//!                                       let __r = __ctx.step_retry(NodeId(k), &[RULES], __mk).await; .. }
+//!
+//! + #[timeout("2s")], or durable:       let __r = __ctx.step_with(NodeId(k), POLICY, __mk).await;
 //!
 //! #[timeout("2s")] fetch(url).await   { .. let __r = __ctx.step_timeout(NodeId(k), 2s, __f).await; .. }
 //!
@@ -365,7 +367,15 @@ impl Gen<'_> {
                 _ => cloned,
             };
             let fut = self.child(cloned);
-            let pol = policy.to_step_policy(krate);
+            // Retry rules without a per-attempt timeout, outside durable workflows: the
+            // engine's leaner loop (`step_retry`), whose future is about half the size.
+            let run = if policy.timeout.is_none() && !self.durable {
+                let rules = policy.to_retry_rules(krate);
+                quote_spanned!(span=> #ctx.step_retry(#id, #rules, #mk))
+            } else {
+                let pol = policy.to_step_policy(krate);
+                quote_spanned!(span=> #ctx.#step_with(#id, #pol, #mk))
+            };
             out.extend(quote_spanned! {span=>
                 #(#hoisted)*
                 let #mk = || #fut;
@@ -386,7 +396,7 @@ impl Gen<'_> {
             ));
             out.extend(quote_spanned! {span=>
                 let #m = #krate::__private::output_of_make(&#mk);
-                let #r = #ctx.#step_with(#id, #pol, #mk).await;
+                let #r = #run.await;
             });
         } else if let Some(t) = policy.timeout {
             let fut = self.child(self.call_with(call, |_, a| quote!(#a)));

@@ -656,9 +656,12 @@ impl<E> Ctx<E> {
 }
 
 /// Runs one attempt: the future, under the timeout if any, with panics caught; the step's
-/// output is turned into `Result<_, E>` by [`StepOutput`].
+/// output is turned into `Result<_, E>` by [`StepOutput`]. `observed`: the attempt is polled
+/// inside the span the tracing observer made for it (an unobserved run has none, and its
+/// future is polled as it is).
 async fn attempt<E, Fut>(
     fut: Fut,
+    observed: bool,
     timeout: Option<Duration>,
     frame: Frame,
     deadline: Option<Instant>,
@@ -667,10 +670,17 @@ where
     Fut: Future,
     Fut::Output: StepOutput<E>,
 {
-    let fut = core::pin::pin!(fut);
     let outcome = match deadline {
-        None => AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await,
+        None if !observed => {
+            let fut = core::pin::pin!(fut);
+            AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await
+        }
+        None => {
+            let fut = core::pin::pin!(crate::trace::traced(fut, true));
+            AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await
+        }
         Some(deadline) => {
+            let fut = core::pin::pin!(crate::trace::traced(fut, observed));
             let guarded = AssertUnwindSafe(FramedUntil {
                 fut,
                 frame,
@@ -783,8 +793,15 @@ impl<E> Ctx<E> {
         }
         // Polled with the step's context at hand (`StepContext::current`).
         let frame = Frame::plain(node, iteration);
-        let fut = core::pin::pin!(crate::trace::traced(fut, self.observed()));
-        let outcome = AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await;
+        // An unobserved run (`start` is `None`) polls the step's future as it is: no tracing
+        // span to enter around each poll, none to drop after.
+        let outcome = if start.is_none() {
+            let fut = core::pin::pin!(fut);
+            AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await
+        } else {
+            let fut = core::pin::pin!(crate::trace::traced(fut, true));
+            AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await
+        };
         let failure = match outcome {
             Ok(out) => match out.into_result() {
                 Ok(v) => {
@@ -822,6 +839,161 @@ impl<E> Ctx<E> {
         Fut::Output: StepOutput<E>,
     {
         self.step_with_resume(node, policy, make, None).await
+    }
+
+    /// [`step_with`](Self::step_with) for a step whose policies are retry rules only (no
+    /// per-attempt timeout), outside durable workflows: the same attempts, events, retries and
+    /// errors. What it leaves out (a timer per attempt, a resumed step's state) keeps its
+    /// future, which every run of the workflow holds and moves, about half the size.
+    pub async fn step_retry<Fut, M>(
+        &self,
+        node: NodeId,
+        rules: &[crate::policy::Retry<E>],
+        mut make: M,
+    ) -> Result<<Fut::Output as StepOutput<E>>::Ok, StepError<E>>
+    where
+        M: FnMut() -> Fut,
+        Fut: Future,
+        Fut::Output: StepOutput<E>,
+    {
+        // One counter per rule, set up only once a retry is considered.
+        let mut counters: Option<RetryCounters> = None;
+        let mut attempts: Vec<Attempt<E>> = Vec::new();
+        let mut number: u32 = 0;
+        let mut first_start = None;
+        let mut iteration = 0;
+        loop {
+            number = number.saturating_add(1);
+            // As in `step_with_resume`: every attempt is timed and records the current state.
+            if number > 1 {
+                self.record_current(node);
+            }
+            let start = self
+                .start_attempt(node, number, number == 1, true, &mut iteration)
+                .unwrap_or_else(Instant::now);
+            let first_start = *first_start.get_or_insert(start);
+            let frame = Frame::attempt(node, iteration, number, false);
+            let observed = self.observed();
+            // `flow::testing` (observed runs only): a scripted attempt never polls the step; a
+            // scripted timeout of a step without one never ends.
+            #[cfg(feature = "testing")]
+            let scripted = match observed.then(|| self.scripted_now(node)).flatten() {
+                Some(crate::testing::Scripted::Fail(failure)) => Some(failure),
+                Some(crate::testing::Scripted::Hang) => core::future::pending().await,
+                None => None,
+            };
+            #[cfg(not(feature = "testing"))]
+            let scripted: Option<Failure<E>> = None;
+            let outcome = match scripted {
+                Some(failure) => Err(failure),
+                None => {
+                    // Polled here rather than through `attempt` (no timeout to apply): one
+                    // future layer fewer.
+                    let caught = if observed {
+                        let fut = core::pin::pin!(crate::trace::traced(make(), true));
+                        AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await
+                    } else {
+                        let fut = core::pin::pin!(make());
+                        AssertUnwindSafe(Framed { fut, frame }).catch_unwind().await
+                    };
+                    match caught {
+                        Ok(out) => out.into_result(),
+                        Err(payload) => Err(Failure::Panicked(panic_message(&*payload))),
+                    }
+                }
+            };
+            let failure = match outcome {
+                Ok(v) => {
+                    self.emit_success(node, number, Some(start), iteration);
+                    return Ok(v);
+                }
+                Err(f) => f,
+            };
+            // The failed attempt's child runs are undone before the next attempt (see
+            // `step_with_resume`).
+            self.abandon_children(node);
+            if self.has_orphans() {
+                self.undo_abandoned().await;
+            }
+            let delay = match self.retry_after(rules, &mut counters, &failure, first_start) {
+                Ok(delay) => delay,
+                Err(gave_up) => {
+                    return Err(self.fail(
+                        node,
+                        gave_up,
+                        attempts,
+                        number,
+                        Some(start),
+                        failure,
+                        iteration,
+                    ));
+                }
+            };
+            if self.observed() {
+                self.emit_at(
+                    node,
+                    EventKind::AttemptFailed {
+                        attempt: number,
+                        error: (self.inner.describe)(&failure),
+                        retry_in: Some(delay),
+                    },
+                    Instant::now(),
+                    iteration,
+                );
+            }
+            keep_attempt(
+                &mut attempts,
+                Attempt {
+                    number,
+                    elapsed: Some(start.elapsed()),
+                    failure,
+                },
+            );
+            if delay.is_zero() {
+                // No timer, but a yield once the task's budget is spent (see
+                // `step_with_resume`).
+                tokio::task::coop::consume_budget().await;
+            } else {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// After a failed attempt of a step with retry `rules`: the delay before the next attempt,
+    /// or why the step gives up. Counts the attempt against the first rule that matches
+    /// `failure` (`counters`, one per rule, made at the first retry considered).
+    #[inline]
+    fn retry_after(
+        &self,
+        rules: &[crate::policy::Retry<E>],
+        counters: &mut Option<RetryCounters>,
+        failure: &Failure<E>,
+        first_start: Instant,
+    ) -> Result<Duration, GaveUp> {
+        let Some(rule_ix) = rules.iter().position(|r| r.matches(failure)) else {
+            return Err(GaveUp::NotRetried);
+        };
+        let rule = &rules[rule_ix];
+        let counts = counters
+            .get_or_insert_with(|| RetryCounters::new(rules.len()))
+            .as_mut_slice();
+        counts[rule_ix] = counts[rule_ix].saturating_add(1);
+        let n = counts[rule_ix];
+        if n >= rule.max_attempts() {
+            return Err(GaveUp::RetriesExhausted);
+        }
+        let delay = rule
+            .jitter()
+            .apply(rule.backoff().delay(n), &self.inner.rng);
+        if let Some(budget) = rule.max_elapsed() {
+            let resume_at = Instant::now()
+                .saturating_duration_since(first_start)
+                .saturating_add(delay);
+            if resume_at > budget {
+                return Err(GaveUp::BudgetExhausted);
+            }
+        }
+        Ok(delay)
     }
 
     /// [`step_with`](Self::step_with), for a durable step: `resume` records each failed
@@ -888,15 +1060,7 @@ impl<E> Ctx<E> {
             let scripted: Option<Failure<E>> = None;
             let outcome = match scripted {
                 Some(failure) => Err(failure),
-                None => {
-                    attempt(
-                        crate::trace::traced(make(), self.observed()),
-                        policy.timeout,
-                        frame,
-                        deadline,
-                    )
-                    .await
-                }
+                None => attempt(make(), self.observed(), policy.timeout, frame, deadline).await,
             };
             let failure = match outcome {
                 Ok(v) => {
@@ -912,45 +1076,12 @@ impl<E> Ctx<E> {
             if self.has_orphans() {
                 self.undo_abandoned().await;
             }
-            let Some(rule_ix) = policy.retry.iter().position(|r| r.matches(&failure)) else {
-                return Err(self.fail(
-                    node,
-                    GaveUp::NotRetried,
-                    attempts,
-                    number,
-                    Some(start),
-                    failure,
-                    iteration,
-                ));
-            };
-            let rule = &policy.retry[rule_ix];
-            let counts = counters
-                .get_or_insert_with(|| RetryCounters::new(policy.retry.len()))
-                .as_mut_slice();
-            counts[rule_ix] = counts[rule_ix].saturating_add(1);
-            let n = counts[rule_ix];
-            if n >= rule.max_attempts() {
-                return Err(self.fail(
-                    node,
-                    GaveUp::RetriesExhausted,
-                    attempts,
-                    number,
-                    Some(start),
-                    failure,
-                    iteration,
-                ));
-            }
-            let delay = rule
-                .jitter()
-                .apply(rule.backoff().delay(n), &self.inner.rng);
-            if let Some(budget) = rule.max_elapsed() {
-                let resume_at = Instant::now()
-                    .saturating_duration_since(first_start)
-                    .saturating_add(delay);
-                if resume_at > budget {
+            let delay = match self.retry_after(policy.retry, &mut counters, &failure, first_start) {
+                Ok(delay) => delay,
+                Err(gave_up) => {
                     return Err(self.fail(
                         node,
-                        GaveUp::BudgetExhausted,
+                        gave_up,
                         attempts,
                         number,
                         Some(start),
@@ -958,7 +1089,7 @@ impl<E> Ctx<E> {
                         iteration,
                     ));
                 }
-            }
+            };
             if self.observed() {
                 self.emit_at(
                     node,
@@ -1001,12 +1132,21 @@ impl<E> Ctx<E> {
         }
     }
 
-    /// `flow::testing`: what is scripted for this attempt of `node`, if anything.
+    /// `flow::testing`: what is scripted for this attempt of `node`, if anything. Inlined as
+    /// far as the check that the run has its rarely used parts (a scripted run has them: they
+    /// hold the script), which an observed run without a script mostly does not.
+    #[cfg(feature = "testing")]
+    #[inline]
+    fn scripted_now(&self, node: NodeId) -> Option<crate::testing::Scripted<E>> {
+        let cold = self.inner.cold_if()?;
+        self.scripted_in(cold, node)
+    }
+
     #[cfg(feature = "testing")]
     #[cold]
     #[inline(never)]
-    fn scripted_now(&self, node: NodeId) -> Option<crate::testing::Scripted<E>> {
-        let script = self.inner.cold_if()?.script.get()?;
+    fn scripted_in(&self, cold: &Cold<E>, node: NodeId) -> Option<crate::testing::Scripted<E>> {
+        let script = cold.script.get()?;
         script.next(self.inner.graph.key_of(node))?.scripted()
     }
 
@@ -1386,6 +1526,7 @@ impl RetryCounters {
 
 /// Keeps the first attempt and the last [`KEPT_LAST_ATTEMPTS`](crate::error::KEPT_LAST_ATTEMPTS)
 /// of a step that retries many times (the ones between are counted by their numbers only).
+#[inline]
 fn keep_attempt<E>(attempts: &mut Vec<Attempt<E>>, attempt: Attempt<E>) {
     if attempts.capacity() == 0 {
         // Most steps that retry fail once or twice: room for two, allocated once.

@@ -567,7 +567,9 @@ pub(crate) async fn drive<W: Workflow>(
     };
     // The body is over (and dropped): from here on this run undoes itself.
     guard.armed = false;
-    let in_flight = match ctx.state().node {
+    // The step the run was at, named only when the run ends in a way that reports it (read
+    // before anything below moves the run's state).
+    let in_flight = || match ctx.state().node {
         NodeId::START => None,
         node => Some(ctx.graph().name_of(node)),
     };
@@ -630,25 +632,26 @@ pub(crate) async fn drive<W: Workflow>(
             }
             match ctx.take_abort() {
                 Some(step_error) => Error::new(name, ErrorKind::Step(step_error)),
-                None => Error::new(name, ErrorKind::Cancelled { step: in_flight }),
+                None => Error::new(name, ErrorKind::Cancelled { step: in_flight() }),
             }
         }
-        Outcome::Cancelled => Error::new(name, ErrorKind::Cancelled { step: in_flight }),
+        Outcome::Cancelled => Error::new(name, ErrorKind::Cancelled { step: in_flight() }),
         Outcome::TimedOut(limit) => Error::new(
             name,
             ErrorKind::TimedOut {
                 limit,
-                step: in_flight,
+                step: in_flight(),
             },
         ),
         Outcome::Panicked(message) => Error::new(
             name,
             ErrorKind::Panicked {
-                step: in_flight,
+                step: in_flight(),
                 message,
             },
         ),
     };
+    let step = in_flight();
     error.set_workflow(name);
     ctx.set_status(Status::Compensating);
     // Compensating is a future of its own ('static): dropped before it ends (this run's parent
@@ -695,7 +698,7 @@ pub(crate) async fn drive<W: Workflow>(
     match finished {
         Some(error) => Err(error),
         // Not reached: a finisher yields its future's output the first time it is ready.
-        None => Err(Error::new(name, ErrorKind::Cancelled { step: in_flight })),
+        None => Err(Error::new(name, ErrorKind::Cancelled { step })),
     }
 }
 

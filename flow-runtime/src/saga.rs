@@ -457,11 +457,19 @@ impl<E> Ctx<E> {
     /// The step at `node` (in the current `map` item) failed: the child runs it completed are
     /// abandoned work, to be undone before the run goes on (their entries leave the stack for
     /// the orphans). Only on a failure path; a plain load when no child ever completed.
+    #[inline]
     pub(crate) fn abandon_children(&self, node: NodeId) {
-        // A plain load first: a run that never adopted a completed child takes no lock.
-        if !self.inner.has_children.load(Ordering::Acquire) {
-            return;
+        // A plain load first (inlined where a step fails): a run that never adopted a
+        // completed child takes no lock, nor a call.
+        if self.inner.has_children.load(Ordering::Acquire) {
+            self.claim_abandoned(node);
         }
+    }
+
+    /// [`abandon_children`](Self::abandon_children) in a run that adopted a completed child.
+    #[cold]
+    #[inline(never)]
+    fn claim_abandoned(&self, node: NodeId) {
         let claimed = {
             let mut stack = lock(&self.inner.stack);
             if stack.is_empty() {

@@ -42,6 +42,7 @@ pub(crate) fn take_handoff() -> Option<tracing::Span> {
 /// Polls `fut` inside the span the tracing observer created for the event just emitted (a
 /// disabled span, which costs a branch per poll, when there is none).
 #[cfg(feature = "tracing")]
+#[inline]
 pub(crate) fn traced<F>(fut: F, observed: bool) -> tracing::instrument::Instrumented<F> {
     let span = if observed { take_handoff() } else { None };
     tracing::Instrument::instrument(fut, span.unwrap_or_else(tracing::Span::none))

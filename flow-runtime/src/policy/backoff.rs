@@ -89,6 +89,7 @@ impl Backoff {
     /// The delay before retry `n` (1-based), before jitter.
     ///
     /// `n = 0` is treated as `1`. The result saturates instead of overflowing.
+    #[inline]
     pub fn delay(&self, n: u32) -> Duration {
         let exp = n.saturating_sub(1);
         let cap = self.max_delay.unwrap_or(Duration::MAX);

@@ -33,6 +33,7 @@ pub enum Jitter {
 
 impl Jitter {
     /// Applies this jitter to `d`, drawing randomness from `rng`.
+    #[inline]
     pub fn apply(&self, d: Duration, rng: &SplitMix64) -> Duration {
         match *self {
             Jitter::None => d,
