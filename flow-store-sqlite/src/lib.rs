@@ -77,6 +77,17 @@
 //! possible with `synchronous=FULL`. A write's answer comes after its commit. A request is
 //! run or queued when the method is called: dropping the future does not cancel it.
 //!
+//! # What a run writes
+//!
+//! A run started in place is one transaction ([`Store::create_running`]: the run, already
+//! running, and its nodes' fingerprints), then one a step, then one for its end: 12 for a
+//! 10-step run. A step's commit is a single `INSERT` of its row, with nothing read back (its
+//! record is what was written); only a step that has a row already (a retried step's
+//! progress, or a commit made before) takes a second statement. With `NORMAL`, a step costs
+//! about three bare SQLite transactions of one row each (BENCHMARKS.md); most of the rest is
+//! SQLite's own work: the WAL frames of the pages a commit changes (a run's creation changes
+//! six b-trees: the run, its nodes and four indexes), and the locks it takes and releases.
+//!
 //! # Schema
 //!
 //! The `flow_schema` table holds the schema version ([`SCHEMA_VERSION`]); migrations run in
