@@ -106,6 +106,22 @@ async fn patient(tag: String) -> Result<u32, Fail> {
     Ok(attempt)
 }
 
+/// A child's failure, as the parent's step error.
+impl From<flow::Error<Fail>> for Fail {
+    fn from(e: flow::Error<Fail>) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+/// A step, then the durable child `patient` (whose step retries after a long backoff) in a
+/// step: the child's backoff is what a worker parks.
+#[workflow(durable)]
+async fn guardian(tag: String) -> Result<u32, Fail> {
+    let a = first(tag.clone(), 1).await?;
+    let attempt = patient(tag).await?;
+    Ok(a * 100 + attempt)
+}
+
 /// A step, a long durable sleep, a step.
 #[workflow(durable)]
 async fn napper(tag: String, n: u32) -> Result<(u32, String), Fail> {
@@ -119,6 +135,7 @@ fn registry() -> Registry {
     registry.register_durable(Job).unwrap();
     registry.register_durable(Patient).unwrap();
     registry.register_durable(Napper).unwrap();
+    registry.register_durable(Guardian).unwrap();
     registry
 }
 
@@ -511,6 +528,59 @@ async fn a_long_backoff_parks_the_run_and_a_live_worker_wakes_it_when_due() {
         enqueued.elapsed()
     );
     assert_eq!(runs_of(tag, "once_failing"), ["park-a", "park-b"]);
+    let rb = b.stop();
+    assert_eq!((rb.claimed, rb.finished), (1, 1), "{rb:?}");
+}
+
+/// The backoff of a step inside a durable child workflow parks the parent's run like its own
+/// would: the worker gives the run back, another wakes it when due, and the child's retry
+/// goes on (attempt 2) without running the parent's first step or the child's first attempt
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backoff_inside_a_durable_child_parks_the_run() {
+    let store = MemoryStore::new();
+    let tag = "childpark#1";
+    let parking = |name: &str| options("q-cpark", name).park_after(Duration::from_millis(300));
+    let a = spawn_worker(&store, parking("cpark-a"));
+    let runtime = Runtime::new().with_queue(Arc::new(store.clone()));
+    let enqueued = std::time::Instant::now();
+    let run = runtime
+        .enqueue(
+            Guardian,
+            tag,
+            (tag.to_owned(),),
+            EnqueueOptions::queue("q-cpark"),
+        )
+        .await
+        .unwrap();
+    wait_for("the child's first attempt", || {
+        !runs_of(tag, "once_failing").is_empty()
+    })
+    .await;
+    for _ in 0..400 {
+        let r = store.get_run(tag).await.unwrap().unwrap();
+        if r.status == RunStatus::Running && r.lease.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let parked = store.get_run(tag).await.unwrap().unwrap();
+    assert_eq!(parked.lease, None, "parked: no worker holds it");
+    let ra = a.stop();
+    assert_eq!((ra.parked, ra.finished, ra.lost), (1, 0, 0), "{ra:?}");
+    let b = spawn_worker(&store, parking("cpark-b"));
+    assert_eq!(run.wait().await.unwrap(), 2 * 100 + 2);
+    assert!(
+        enqueued.elapsed() >= Duration::from_millis(1500),
+        "woken when due, not before: {:?}",
+        enqueued.elapsed()
+    );
+    assert_eq!(
+        runs_of(tag, "first"),
+        ["cpark-a"],
+        "the parent's step ran once"
+    );
+    assert_eq!(runs_of(tag, "once_failing"), ["cpark-a", "cpark-b"]);
     let rb = b.stop();
     assert_eq!((rb.claimed, rb.finished), (1, 1), "{rb:?}");
 }

@@ -179,7 +179,11 @@ pub(crate) struct Journal {
     /// How many times each (node, item) was reached in this run.
     occurrences: Mutex<HashMap<(u32, Option<u32>), u32>>,
     /// Steps executing now (not answered from the store).
-    in_flight: core::sync::atomic::AtomicU32,
+    in_flight: Arc<core::sync::atomic::AtomicU32>,
+    /// The `in_flight` counters of the journals this child journal runs inside (outermost
+    /// first; empty for a run's own): a child's backoff parks the run only if each of them
+    /// has nothing in flight but the step running the child.
+    enclosing: Vec<Arc<core::sync::atomic::AtomicU32>>,
     /// Why the run must stop (the store failed, the code diverged from the record): shared
     /// with the journals of its child workflows, whose faults stop the whole run.
     fault: Arc<Mutex<Option<DurableError>>>,
@@ -191,7 +195,7 @@ pub(crate) struct Journal {
     /// Called with the wake-up time (ms since the Unix epoch) when the run's only step in
     /// flight starts waiting for a backoff whose retry state is committed: a worker parks the
     /// run (stops it and gives it back to the queue, due then).
-    pub(crate) park: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    pub(crate) park: Arc<std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>>,
 }
 
 impl Journal {
@@ -212,11 +216,12 @@ impl Journal {
             recorded: Mutex::new(steps.into_iter().map(|s| (s.key.clone(), s)).collect()),
             unreached: Mutex::new(unreached),
             occurrences: Mutex::new(HashMap::new()),
-            in_flight: core::sync::atomic::AtomicU32::new(0),
+            in_flight: Arc::new(core::sync::atomic::AtomicU32::new(0)),
+            enclosing: Vec::new(),
             fault: Arc::new(Mutex::new(None)),
             cancel: Arc::new(core::sync::atomic::AtomicBool::new(false)),
             anchor: (crate::store::now_ms(), Instant::now()),
-            park: std::sync::OnceLock::new(),
+            park: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -257,11 +262,17 @@ impl Journal {
             prefix,
             unreached: Mutex::new(unreached),
             occurrences: Mutex::new(HashMap::new()),
-            in_flight: core::sync::atomic::AtomicU32::new(0),
+            in_flight: Arc::new(core::sync::atomic::AtomicU32::new(0)),
+            enclosing: {
+                let mut enclosing = self.enclosing.clone();
+                enclosing.push(Arc::clone(&self.in_flight));
+                enclosing
+            },
             fault: Arc::clone(&self.fault),
             cancel: Arc::clone(&self.cancel),
             anchor: self.anchor,
-            park: std::sync::OnceLock::new(),
+            // The run's: a child's backoff parks the whole run.
+            park: Arc::clone(&self.park),
         }
     }
 
@@ -392,9 +403,14 @@ impl Journal {
     }
 
     /// The run waits until `wake_at_ms` in a backoff whose state is committed: if nothing
-    /// else of it is in flight, its worker may park it.
+    /// else of it is in flight, its worker may park it. In a durable child workflow, "nothing
+    /// else" holds in every enclosing journal too (each has only the step running the
+    /// child in flight).
     pub(crate) fn waiting(&self, wake_at_ms: u64) {
-        if self.in_flight.load(core::sync::atomic::Ordering::Acquire) <= 1
+        let alone =
+            |n: &core::sync::atomic::AtomicU32| n.load(core::sync::atomic::Ordering::Acquire) <= 1;
+        if alone(&self.in_flight)
+            && self.enclosing.iter().all(|n| alone(n))
             && !self.has_fault()
             && let Some(park) = self.park.get()
         {
