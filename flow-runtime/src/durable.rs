@@ -195,8 +195,11 @@ pub(crate) struct Journal {
     /// Called with the wake-up time (ms since the Unix epoch) when the run's only step in
     /// flight starts waiting for a backoff whose retry state is committed: a worker parks the
     /// run (stops it and gives it back to the queue, due then).
-    pub(crate) park: Arc<std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>>,
+    pub(crate) park: Arc<std::sync::OnceLock<JournalPark>>,
 }
+
+/// A journal's park hook: told the wake-up time (ms since the Unix epoch).
+pub(crate) type JournalPark = Box<dyn Fn(u64) + Send + Sync>;
 
 impl Journal {
     pub(crate) fn new(
