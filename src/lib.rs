@@ -92,32 +92,33 @@ pub mod __private {
         }
     }
 
-    #[cfg(feature = "durable")]
-    impl<In, Out, E, S, F> FnWorkflow<In, Out, E, S, F> {
-        /// `#[workflow(durable)]` on a method that owns its receiver: the same workflow,
-        /// whose runs can be durable (its steps were generated to commit their outcomes).
-        pub fn durable(self) -> FnWorkflow<In, Out, E, S, F, flow_runtime::__private::Durable>
-        where
-            In: flow_runtime::durable::Stored,
-            Out: flow_runtime::durable::Stored,
-            E: flow_runtime::durable::Stored,
-        {
-            FnWorkflow {
-                graph: self.graph,
-                timeout: self.timeout,
-                compensation_timeout: self.compensation_timeout,
-                compensate_on_drop: self.compensate_on_drop,
-                body: self.body,
-                _types: core::marker::PhantomData,
-                _kind: core::marker::PhantomData,
+    // Durable methods follow the runtime's `durable` feature (see `__if_durable`).
+    flow_runtime::__if_durable! {
+        impl<In, Out, E, S, F> FnWorkflow<In, Out, E, S, F> {
+            /// `#[workflow(durable)]` on a method that owns its receiver: the same workflow,
+            /// whose runs can be durable (its steps were generated to commit their outcomes).
+            pub fn durable(self) -> FnWorkflow<In, Out, E, S, F, flow_runtime::__private::Durable>
+            where
+                In: flow_runtime::durable::Stored,
+                Out: flow_runtime::durable::Stored,
+                E: flow_runtime::durable::Stored,
+            {
+                FnWorkflow {
+                    graph: self.graph,
+                    timeout: self.timeout,
+                    compensation_timeout: self.compensation_timeout,
+                    compensate_on_drop: self.compensate_on_drop,
+                    body: self.body,
+                    _types: core::marker::PhantomData,
+                    _kind: core::marker::PhantomData,
+                }
             }
         }
-    }
 
-    #[cfg(feature = "durable")]
-    impl<In, Out, E, S, F> flow_runtime::durable::DeclaredDurable
-        for FnWorkflow<In, Out, E, S, F, flow_runtime::__private::Durable>
-    {
+        impl<In, Out, E, S, F> flow_runtime::durable::DeclaredDurable
+            for FnWorkflow<In, Out, E, S, F, flow_runtime::__private::Durable>
+        {
+        }
     }
 
     impl<In, Out, E, S, F> FnWorkflow<In, Out, E, S, F> {

@@ -61,3 +61,23 @@ pub fn output_of<F: Future>(_: &F) -> core::marker::PhantomData<F::Output> {
 pub fn output_of_make<M: FnMut() -> F, F: Future>(_: &M) -> core::marker::PhantomData<F::Output> {
     core::marker::PhantomData
 }
+
+/// Expands its input when this crate is built with durable runs (its `durable` feature), to
+/// nothing otherwise. The facade wraps its items that need durable runs in it, so that they
+/// follow this crate's features (which any dependent may turn on, the facade's own tests
+/// included) rather than the facade's own `durable` feature.
+#[cfg(feature = "durable")]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __if_durable {
+    ($($item:tt)*) => { $($item)* };
+}
+
+/// Expands its input when this crate is built with durable runs (its `durable` feature), to
+/// nothing otherwise (here: it is not).
+#[cfg(not(feature = "durable"))]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __if_durable {
+    ($($item:tt)*) => {};
+}
