@@ -912,6 +912,41 @@ pub(crate) fn reset_steps(conn: &Connection, run: &str, nodes: &[String]) -> Res
 mod tests {
     use super::*;
 
+    /// A step commit that does not fit (the database full: `max_page_count` reached) gets the
+    /// disk's error, and nothing is stored: only the primary key's refusal of the `INSERT`
+    /// means that the step has a row already (taken for one, the commit would report the
+    /// step missing instead).
+    #[test]
+    fn a_commit_into_a_full_database_reports_it_full() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        let new = NewRun {
+            id: "run-full".into(),
+            workflow: "w".into(),
+            fingerprint: 1,
+            node_fingerprints: BTreeMap::new(),
+            input: Vec::new(),
+        };
+        create_run(&conn, &new, RunStatus::Running).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let step = StepCommit {
+            key: StepKey::new("run-full", "launch"),
+            outcome: StepOutcome::Completed(vec![7; 64 * 1024]),
+            attempts: Vec::new(),
+            compensations: Vec::new(),
+        };
+        let error = commit_step(&conn, &step).unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Io { message } if message.contains("full")),
+            "{error:?}"
+        );
+        assert_eq!(get_step(&conn, &step.key).unwrap(), None);
+    }
+
     /// SQLite's plan of `list_runs` for `filter`, one line per step.
     fn plan(conn: &Connection, filter: &RunFilter) -> String {
         let (clause, args) = list_clause(filter).unwrap();

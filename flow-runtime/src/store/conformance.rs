@@ -320,6 +320,28 @@ pub async fn commit_step_is_idempotent(store: Arc<dyn Store>) {
         .await;
     assert!(matches!(r, Err(StoreError::Conflict { .. })), "{r:?}");
 
+    // Several attempts in one commit, two with one number: the last of a number replaces the
+    // earlier, and the record returned is the one stored, in the order of the numbers.
+    let key = StepKey::new(&id, "ping_nodes");
+    let mut many = completed(key.clone(), b"1");
+    let attempt = |number, started_ms, failure: Option<&str>| AttemptRecord {
+        number,
+        started_ms,
+        ended_ms: Some(started_ms + 1),
+        failure: failure.map(str::to_owned),
+    };
+    many.attempts = vec![
+        attempt(2, 20, None),
+        attempt(1, 10, Some("refused")),
+        attempt(1, 11, Some("timed out")),
+    ];
+    let c = store.commit_step(many).await.unwrap();
+    assert_eq!(
+        c.step.attempts,
+        vec![attempt(1, 11, Some("timed out")), attempt(2, 20, None)]
+    );
+    assert_eq!(store.get_step(&key).await.unwrap(), Some(c.step));
+
     // A failed step is committed the same way.
     let key = StepKey::new(&id, "wait_healthy");
     let mut failed = completed(key.clone(), b"");
