@@ -365,6 +365,111 @@ fn tracing_shows_a_steps_progress_inside_its_span() {
     assert_eq!(progress.fields["flow.attempt"], "1");
 }
 
+static STORED_FLAKY: AtomicU32 = AtomicU32::new(0);
+/// Says where it runs (a `user` event with its attempt), and fails its first call.
+async fn stored_flaky(n: u32) -> Result<u32, String> {
+    let call = STORED_FLAKY.fetch_add(1, Ordering::SeqCst) + 1;
+    tracing::info!(target: "user", call, "inside stored_flaky");
+    if call == 1 {
+        Err("busy".into())
+    } else {
+        Ok(n + 1)
+    }
+}
+
+/// A durable workflow's retried step without a timeout: its attempts run through the
+/// general loop (`step_with`) with no deadline, the path an observed run polls inside the
+/// step's span and an unobserved one polls as it is.
+#[workflow(durable)]
+async fn stored_traced(n: u32) -> Result<u32, String> {
+    #[retry(max_attempts = 2, backoff = constant("10ms"))]
+    let a = stored_flaky(n).await?;
+    Ok(a)
+}
+
+#[test]
+fn tracing_puts_a_durable_retried_steps_own_events_in_its_span() {
+    let _serial = reset();
+    STORED_FLAKY.store(0, Ordering::SeqCst);
+    let rec = Rec::default();
+    let out = tracing::subscriber::with_default(rec.clone(), || {
+        paused_runtime().block_on(async {
+            let runtime = Runtime::default()
+                .with_observer(TracingObserver::new())
+                .with_store(flow::store::MemoryStore::new());
+            runtime
+                .start(StoredTraced, "traced-1", (1,))
+                .await
+                .expect("started")
+                .wait()
+                .await
+        })
+    });
+    assert_eq!(out.unwrap(), 2);
+    let spans = rec.0.spans.lock().unwrap().clone();
+    let events = rec.0.events.lock().unwrap().clone();
+    let (&step_id, step) = spans
+        .iter()
+        .find(|(_, s)| s.name == "step" && s.fields["flow.step"] == "stored_flaky")
+        .unwrap();
+    assert_eq!(step.fields["otel.status_code"], "OK");
+    let user: Vec<(&str, Option<u64>)> = events
+        .iter()
+        .filter(|e| e.target == "user")
+        .map(|e| (e.fields["call"].as_str(), e.parent))
+        .collect();
+    // Both attempts are polled inside the step's span.
+    assert_eq!(user, [("1", Some(step_id)), ("2", Some(step_id))]);
+}
+
+async fn scripted_away(n: u32) -> Result<u32, String> {
+    Ok(n)
+}
+
+#[workflow]
+async fn scripted_first(n: u32) -> Result<u32, String> {
+    scripted_away(n).await
+}
+
+/// The observer hands the span of a starting step to the runtime through a per-thread slot,
+/// which only an observed run reads. A scripted attempt (`flow::testing`) is never polled, so
+/// its step's span stays in the slot; an unobserved run on the same thread must not enter it.
+#[test]
+fn an_unobserved_run_does_not_enter_a_span_another_run_left() {
+    let _serial = reset();
+    STORED_FLAKY.store(0, Ordering::SeqCst);
+    let rec = Rec::default();
+    let out = tracing::subscriber::with_default(rec.clone(), || {
+        paused_runtime().block_on(async {
+            let scripted = flow::testing::Harness::new()
+                .with_runtime(Runtime::default().with_observer(TracingObserver::new()))
+                .script(
+                    "scripted_away",
+                    [flow::testing::Outcome::Fail("no".to_string())],
+                )
+                .run(&ScriptedFirst, (1,))
+                .await;
+            assert!(scripted.result.is_err());
+            // No observer: the run makes no spans and enters none.
+            Runtime::default()
+                .with_store(flow::store::MemoryStore::new())
+                .start(StoredTraced, "plain-1", (1,))
+                .await
+                .expect("started")
+                .wait()
+                .await
+        })
+    });
+    assert_eq!(out.unwrap(), 2);
+    let events = rec.0.events.lock().unwrap().clone();
+    let user: Vec<(&str, Option<u64>)> = events
+        .iter()
+        .filter(|e| e.target == "user")
+        .map(|e| (e.fields["call"].as_str(), e.parent))
+        .collect();
+    assert_eq!(user, [("1", None), ("2", None)]);
+}
+
 // ---------------------------------------------------------------- timeline
 
 /// Checks `json` against the trace-event format: the required fields, a matching `E` for
