@@ -25,9 +25,4 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/mutants}"
 # No debug info in the mutants' builds: linking the dozen test binaries again after every
 # mutant is most of a mutant's time, and a failing test's backtrace is not needed here.
 export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-false}"
-# `--baseline skip`: cargo-mutants builds its baseline (the unmutated tree) with
-# `--package flow-runtime` alone, where `--features flow/durable` (.cargo/mutants.toml: the
-# facade's tests need it) is an error; the mutants' builds select both packages and take it.
-# So the tests are checked to pass unmutated by hand (MUTANTS.md), and with no baseline to
-# measure, a mutant's tests are stopped after MUTANTS_TIMEOUT seconds (default 180).
-exec cargo mutants --package flow-runtime --baseline skip --timeout "${MUTANTS_TIMEOUT:-180}" "$@"
+exec cargo mutants --package flow-runtime "$@"
