@@ -80,20 +80,21 @@
 //! # What a run writes
 //!
 //! A run started in place is one transaction ([`Store::create_running`]: the run, already
-//! running, and its nodes' fingerprints), then one a step, then one for its end: 12 for a
+//! running, with its nodes' fingerprints in its row), then one a step, then one for its end: 12 for a
 //! 10-step run. A step's commit is a single `INSERT` of its row, with nothing read back (its
 //! record is what was written); only a step that has a row already (a retried step's
 //! progress, or a commit made before) takes a second statement. With `NORMAL`, a step costs
 //! about three bare SQLite transactions of one row each (BENCHMARKS.md); most of the rest is
 //! SQLite's own work: the WAL frames of the pages a commit changes (a run's creation changes
-//! six b-trees: the run, its nodes and four indexes), and the locks it takes and releases.
+//! five b-trees: the run and four indexes), and the locks it takes and releases.
 //!
 //! # Schema
 //!
 //! The `flow_schema` table holds the schema version ([`SCHEMA_VERSION`]); migrations run in
 //! order, one transaction each. A file written by a newer version of flow is refused with
 //! [`StoreError::NewerSchema`] before anything is written to it. The tables: `flow_runs`
-//! (key: `id`), `flow_run_nodes` (`run_id, node`: each node's fingerprint), `flow_steps`
+//! (key: `id`; since schema version 5 its `nodes` column holds each node's fingerprint, one
+//! JSON object, where version 1 had a table `flow_run_nodes`), `flow_steps`
 //! (`run_id, node, occurrence, item`), `flow_step_attempts` (the step's key and `number`),
 //! `flow_compensations` (`run_id, seq`), `flow_signals` (`run_id, seq`), `flow_graphs`
 //! (`workflow, fingerprint`: the graphs that tools without the workflow's code draw runs

@@ -45,9 +45,13 @@ fn not_found(what: impl Into<String>) -> StoreError {
 }
 
 const RUN_COLUMNS: &str =
-    "id, workflow, fingerprint, input, status, output, error, created_ms, updated_ms";
+    "id, workflow, fingerprint, input, status, output, error, created_ms, updated_ms, nodes";
 
-fn run_from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
+/// A run's row, with its status and its nodes' fingerprints as stored (text, checked by
+/// [`finish_run`]).
+type RunRow = (RunRecord, String, String);
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
     let status: String = row.get(4)?;
     Ok((
         RunRecord {
@@ -66,25 +70,27 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
             lease: None,
         },
         status,
+        row.get(9)?,
     ))
 }
 
-fn finish_run(conn: &Connection, (mut run, status): (RunRecord, String)) -> Result<RunRecord> {
+fn finish_run((mut run, status, nodes): RunRow) -> Result<RunRecord> {
     run.status = RunStatus::parse(&status)
         .ok_or_else(|| corrupt(format!("run {} has an unknown status {status:?}", run.id)))?;
-    let mut stmt = conn
-        .prepare_cached("SELECT node, fingerprint FROM flow_run_nodes WHERE run_id = ?1")
-        .map_err(sql_error)?;
-    let nodes = stmt
-        .query_map([&run.id], |r| {
-            Ok((r.get::<_, String>(0)?, unbits(r.get(1)?)))
-        })
-        .map_err(sql_error)?;
-    for node in nodes {
-        let (key, fp) = node.map_err(sql_error)?;
-        run.node_fingerprints.insert(key, fp);
-    }
+    let nodes: BTreeMap<String, i64> = serde_json::from_str(&nodes).map_err(|e| {
+        corrupt(format!(
+            "run {} has unreadable node fingerprints {nodes:?}: {e}",
+            run.id
+        ))
+    })?;
+    run.node_fingerprints = nodes.into_iter().map(|(k, v)| (k, unbits(v))).collect();
     Ok(run)
+}
+
+/// A run's nodes' fingerprints as stored: one JSON object, node key -> the i64 of the same bits.
+fn nodes_text(nodes: &BTreeMap<String, u64>) -> String {
+    let bits: BTreeMap<&str, i64> = nodes.iter().map(|(k, v)| (k.as_str(), bits(*v))).collect();
+    serde_json::to_string(&bits).unwrap_or_else(|_| "{}".to_owned())
 }
 
 pub(crate) fn get_run(conn: &Connection, id: &str) -> Result<Option<RunRecord>> {
@@ -96,7 +102,7 @@ pub(crate) fn get_run(conn: &Connection, id: &str) -> Result<Option<RunRecord>> 
         .query_row([id], run_from_row)
         .optional()
         .map_err(sql_error)?;
-    row.map(|r| finish_run(conn, r)).transpose()
+    row.map(finish_run).transpose()
 }
 
 fn existing_run(conn: &Connection, id: &str) -> Result<RunRecord> {
@@ -122,8 +128,9 @@ pub(crate) fn create_run(conn: &Connection, new: &NewRun, status: RunStatus) -> 
     // do nothing and read the winner's run.
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO flow_runs (id, workflow, fingerprint, input, status, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+            "INSERT INTO flow_runs
+                 (id, workflow, fingerprint, input, status, created_ms, updated_ms, nodes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)
              ON CONFLICT (id) DO NOTHING",
         )
         .map_err(sql_error)?
@@ -133,7 +140,8 @@ pub(crate) fn create_run(conn: &Connection, new: &NewRun, status: RunStatus) -> 
             bits(new.fingerprint),
             new.input,
             status.as_str(),
-            ms(now)
+            ms(now),
+            nodes_text(&new.node_fingerprints)
         ])
         .map_err(sql_error)?;
     if inserted == 0 {
@@ -141,15 +149,6 @@ pub(crate) fn create_run(conn: &Connection, new: &NewRun, status: RunStatus) -> 
             run: existing_run(conn, &new.id)?,
             created: false,
         });
-    }
-    let mut stmt = conn
-        .prepare_cached(
-            "INSERT INTO flow_run_nodes (run_id, node, fingerprint) VALUES (?1, ?2, ?3)",
-        )
-        .map_err(sql_error)?;
-    for (node, fp) in &new.node_fingerprints {
-        stmt.execute(params![new.id, node, bits(*fp)])
-            .map_err(sql_error)?;
     }
     // Created: the record is what was just written, with nothing to read back.
     Ok(Created {
@@ -220,7 +219,7 @@ fn runs_where(conn: &Connection, clause: &str, args: &[&dyn ToSql]) -> Result<Ve
         .map_err(sql_error)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(sql_error)?;
-    rows.into_iter().map(|r| finish_run(conn, r)).collect()
+    rows.into_iter().map(finish_run).collect()
 }
 
 pub(crate) fn unfinished_runs(conn: &Connection) -> Result<Vec<RunRecord>> {
@@ -911,6 +910,33 @@ pub(crate) fn reset_steps(conn: &Connection, run: &str, nodes: &[String]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run's node fingerprints that are not the JSON object the store writes are a clear
+    /// error naming the run, not an empty map.
+    #[test]
+    fn unreadable_node_fingerprints_are_reported() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        let new = NewRun {
+            id: "run-n".into(),
+            workflow: "w".into(),
+            fingerprint: 1,
+            node_fingerprints: [("a".to_owned(), u64::MAX)].into(),
+            input: Vec::new(),
+        };
+        let created = create_run(&conn, &new, RunStatus::Running).unwrap();
+        assert_eq!(get_run(&conn, "run-n").unwrap(), Some(created.run));
+        conn.execute(
+            "UPDATE flow_runs SET nodes = '[1, 2' WHERE id = 'run-n'",
+            [],
+        )
+        .unwrap();
+        let error = get_run(&conn, "run-n").unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Corrupt { what } if what.contains("run-n")),
+            "{error:?}"
+        );
+    }
 
     /// A step commit that does not fit (the database full: `max_page_count` reached) gets the
     /// disk's error, and nothing is stored: only the primary key's refusal of the `INSERT`

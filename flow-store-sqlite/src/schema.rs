@@ -9,7 +9,7 @@ use flow_runtime::store::StoreError;
 use crate::sql_error;
 
 /// The schema version this build writes, and the newest it can read.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The migrations, in order: `MIGRATIONS[n]` takes version `n` to `n + 1`.
 ///
@@ -24,6 +24,9 @@ pub const SCHEMA_VERSION: u32 = 4;
 /// `flow_history`, what was done to each run from outside (by (run, seq)). 4: an index that
 /// lists one workflow's runs of one status in order: with both filters, a page reads its own
 /// runs only, not every run of the workflow (or of the status) until it has found them.
+/// 5: a run's nodes' fingerprints move from `flow_run_nodes` (a row a node) into the run's
+/// row (`flow_runs.nodes`, one JSON object: node key -> the fingerprint's i64): creating a run
+/// writes one row instead of one a node, and reading one (a page of runs too) is one lookup.
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     r#"
 CREATE TABLE flow_runs (
@@ -124,6 +127,13 @@ CREATE TABLE flow_history (
     r#"
 CREATE INDEX flow_runs_by_workflow_status ON flow_runs (workflow, status, created_ms, id);
 "#,
+    r#"
+ALTER TABLE flow_runs ADD COLUMN nodes TEXT NOT NULL DEFAULT '{}';
+UPDATE flow_runs SET nodes = coalesce(
+    (SELECT json_group_object(n.node, n.fingerprint) FROM flow_run_nodes n WHERE n.run_id = flow_runs.id),
+    '{}');
+DROP TABLE flow_run_nodes;
+"#,
 ];
 
 /// The store's schema version without writing anything: 0 for a new, empty database. Refuses
@@ -221,7 +231,7 @@ fn migrate_to(conn: &mut Connection, target: u32) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use flow_runtime::store::{NewRun, StepCommit, StepKey, StepOutcome};
+    use flow_runtime::store::{RunStatus, StepCommit, StepKey, StepOutcome};
 
     use super::*;
     use crate::ops;
@@ -252,14 +262,16 @@ mod tests {
                 == 1
         };
         assert!(!has_graphs(&conn));
-        let new = NewRun {
-            id: "old-run".into(),
-            workflow: "w".into(),
-            fingerprint: u64::MAX,
-            node_fingerprints: [("a".to_owned(), 3)].into(),
-            input: b"in".to_vec(),
-        };
-        ops::create_run(&conn, &new, flow_runtime::store::RunStatus::Pending).unwrap();
+        // A run as version 1 wrote it: its nodes' fingerprints in `flow_run_nodes` (u64s as
+        // the i64 of the same bits); and one with no nodes.
+        conn.execute_batch(
+            "INSERT INTO flow_runs (id, workflow, fingerprint, input, status, created_ms, updated_ms)
+             VALUES ('old-run', 'w', -1, x'696e', 'pending', 5, 6),
+                    ('bare-run', 'w', 1, x'', 'running', 7, 7);
+             INSERT INTO flow_run_nodes (run_id, node, fingerprint)
+             VALUES ('old-run', 'a', 3), ('old-run', 'b', -1);",
+        )
+        .unwrap();
         let step = StepCommit {
             key: StepKey::new("old-run", "a"),
             outcome: StepOutcome::Completed(b"out".to_vec()),
@@ -267,12 +279,27 @@ mod tests {
             compensations: Vec::new(),
         };
         ops::commit_step(&conn, &step).unwrap();
-        let run = ops::get_run(&conn, "old-run").unwrap().unwrap();
 
         migrate(&mut conn).unwrap();
         assert_eq!(check_version(&conn).unwrap(), SCHEMA_VERSION);
         assert!(has_graphs(&conn));
-        assert_eq!(ops::get_run(&conn, "old-run").unwrap(), Some(run));
+        let run = ops::get_run(&conn, "old-run").unwrap().unwrap();
+        assert_eq!(
+            (
+                run.fingerprint,
+                run.input.as_slice(),
+                run.status,
+                run.created_ms,
+                run.updated_ms
+            ),
+            (u64::MAX, &b"in"[..], RunStatus::Pending, 5, 6)
+        );
+        assert_eq!(
+            run.node_fingerprints,
+            [("a".to_owned(), 3), ("b".to_owned(), u64::MAX)].into()
+        );
+        let bare = ops::get_run(&conn, "bare-run").unwrap().unwrap();
+        assert!(bare.node_fingerprints.is_empty());
         assert_eq!(ops::steps_of(&conn, "old-run").unwrap().len(), 1);
         ops::save_graph(&conn, "w", u64::MAX, b"graph").unwrap();
         assert_eq!(

@@ -165,12 +165,21 @@ async fn a_version_1_file_upgrades_to_the_current_schema_and_keeps_its_runs_and_
         store.commit_step(commit(&id, "a")).await.unwrap();
     }
     // Back to what the build before schema version 2 wrote: no `flow_graphs` (nor the
-    // later `flow_history` and `flow_runs_by_workflow_status`), version 1.
+    // later `flow_history` and `flow_runs_by_workflow_status`), the nodes' fingerprints in
+    // `flow_run_nodes` (not in the run's row), version 1.
     {
         let conn = rusqlite::Connection::open(db.path()).unwrap();
         conn.execute_batch(
             "DROP TABLE flow_graphs; DROP TABLE flow_history; \
-             DROP INDEX flow_runs_by_workflow_status; UPDATE flow_schema SET version = 1",
+             DROP INDEX flow_runs_by_workflow_status; \
+             CREATE TABLE flow_run_nodes ( \
+                 run_id TEXT NOT NULL REFERENCES flow_runs (id) ON DELETE CASCADE, \
+                 node TEXT NOT NULL, fingerprint INTEGER NOT NULL, \
+                 PRIMARY KEY (run_id, node)) WITHOUT ROWID; \
+             INSERT INTO flow_run_nodes (run_id, node, fingerprint) \
+                 SELECT r.id, j.key, j.value FROM flow_runs r, json_each(r.nodes) j; \
+             ALTER TABLE flow_runs DROP COLUMN nodes; \
+             UPDATE flow_schema SET version = 1",
         )
         .unwrap();
     }
