@@ -139,6 +139,22 @@ fn registry() -> Registry {
     registry
 }
 
+/// Waits (2 s at most) for run `tag` to be parked: running, and no worker holding its lease.
+async fn assert_parked(store: &MemoryStore, tag: &str) {
+    for _ in 0..400 {
+        let r = store.get_run(tag).await.unwrap().unwrap();
+        if r.status == RunStatus::Running && r.lease.is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let run = store.get_run(tag).await.unwrap().unwrap();
+    panic!(
+        "run {tag} is not parked: {:?}, lease {:?}",
+        run.status, run.lease
+    );
+}
+
 fn options(queue: &str, name: &str) -> WorkerOptions {
     WorkerOptions::new(queue)
         .name(name)
@@ -506,15 +522,7 @@ async fn a_long_backoff_parks_the_run_and_a_live_worker_wakes_it_when_due() {
         .await
         .unwrap();
     // The first attempt fails; its worker parks the run for the 1.5 s backoff.
-    for _ in 0..400 {
-        let r = store.get_run(tag).await.unwrap().unwrap();
-        if r.status == RunStatus::Running && r.lease.is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let parked = store.get_run(tag).await.unwrap().unwrap();
-    assert_eq!(parked.lease, None, "parked: no worker holds it");
+    assert_parked(&store, tag).await;
     assert_eq!(runs_of(tag, "once_failing"), ["park-a"]);
     // Worker a goes away; worker b, alive when the backoff ends, wakes the run.
     let ra = a.stop();
@@ -557,15 +565,7 @@ async fn a_backoff_inside_a_durable_child_parks_the_run() {
         !runs_of(tag, "once_failing").is_empty()
     })
     .await;
-    for _ in 0..400 {
-        let r = store.get_run(tag).await.unwrap().unwrap();
-        if r.status == RunStatus::Running && r.lease.is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let parked = store.get_run(tag).await.unwrap().unwrap();
-    assert_eq!(parked.lease, None, "parked: no worker holds it");
+    assert_parked(&store, tag).await;
     let ra = a.stop();
     assert_eq!((ra.parked, ra.finished, ra.lost), (1, 0, 0), "{ra:?}");
     let b = spawn_worker(&store, parking("cpark-b"));

@@ -406,6 +406,18 @@ pub(crate) fn commit_step(conn: &Connection, c: &StepCommit) -> Result<Committed
     // `RETURNING` through a temporary table, and reading the attempts back re-prepared its
     // statement at every commit: together about half of a step's commit.)
     let key = &c.key;
+    let (item, updated_ms) = (item_col(key.item), ms(now));
+    // The same parameters, numbered alike, for the `INSERT` and the `UPDATE`.
+    let args: [&dyn ToSql; 8] = [
+        &key.run,
+        &key.node,
+        &key.occurrence,
+        &item,
+        &state,
+        &output,
+        &failure,
+        &updated_ms,
+    ];
     let inserted = conn
         .prepare_cached(
             "INSERT INTO flow_steps
@@ -413,16 +425,7 @@ pub(crate) fn commit_step(conn: &Connection, c: &StepCommit) -> Result<Committed
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(sql_error)?
-        .execute(params![
-            key.run,
-            key.node,
-            key.occurrence,
-            item_col(key.item),
-            state,
-            output,
-            failure,
-            ms(now)
-        ]);
+        .execute(&args[..]);
     let fresh = match inserted {
         Ok(_) => true,
         Err(e) if is_foreign_key(&e) => return Err(not_found(format!("run {}", key.run))),
@@ -439,16 +442,7 @@ pub(crate) fn commit_step(conn: &Connection, c: &StepCommit) -> Result<Committed
                    AND state = 'running'",
             )
             .map_err(sql_error)?
-            .execute(params![
-                key.run,
-                key.node,
-                key.occurrence,
-                item_col(key.item),
-                state,
-                output,
-                failure,
-                ms(now)
-            ])
+            .execute(&args[..])
             .map_err(sql_error)?;
         if updated == 0 {
             // Committed before: keep the first commit, apply nothing.
