@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo run --release --example durable_bench -- --dir target/durable-bench --runs 300
 //! cargo run --release --example durable_bench -- --modes normal --runs 3000   # one mode alone
+//! cargo run --release --example durable_bench -- --modes normal --runs 2000 --breakdown
 //! ```
 //!
 //! - **sequential**: `--runs` runs one after another, each `runtime.start(..).await?.await`
@@ -20,6 +21,13 @@
 //!   file of its own in `--dir`, WAL and the mode's `synchronous`; p50 of `12 x --runs` (at
 //!   most 20,000), measured right before the mode's runs. `step/bare` is a step's p50 in
 //!   these: the least a durable step can cost is about 1.2 (a run's 12 commits / 10 steps).
+//! - **breakdown** (`--breakdown`): a run's 12 writes made by hand through the `Store` trait
+//!   (no runtime, no workflow) on a fresh file, each timed beside one bare transaction made
+//!   right before it: p50 of the run's creation, of a step's commit and of the run's finish,
+//!   in microseconds and in bare transactions; the store's share of a step (a run's writes
+//!   / 10) and the rest of a step's p50 (the runtime's share: thread hand-offs included).
+//! - `--current-thread`: everything on tokio's current-thread runtime instead of the
+//!   multi-thread one (no hand-off between threads).
 //! - **fsync**: 4 KiB written at offset 0 of a file in `--dir`, then `fsync` (`File::sync_all`),
 //!   200 times; p50 and p99. `scripts/bench-durable.py` measures it the same way in Python.
 //!
@@ -77,6 +85,11 @@ struct Args {
     rounds: usize,
     /// Modes to measure (`--modes memory,full,normal`, all by default): one alone for a profile.
     modes: Vec<String>,
+    /// `--breakdown`: also time a run's store writes alone, by kind (see [`breakdown`]).
+    breakdown: bool,
+    /// `--current-thread`: run on tokio's current-thread runtime (no hand-off between threads)
+    /// instead of the multi-thread one.
+    current_thread: bool,
 }
 
 fn args() -> Args {
@@ -85,9 +98,19 @@ fn args() -> Args {
         runs: 300,
         rounds: 10,
         modes: vec!["memory".into(), "full".into(), "normal".into()],
+        breakdown: false,
+        current_thread: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--breakdown" {
+            a.breakdown = true;
+            continue;
+        }
+        if flag == "--current-thread" {
+            a.current_thread = true;
+            continue;
+        }
         let value = it.next().unwrap_or_else(|| usage(&flag));
         match flag.as_str() {
             "--dir" => a.dir = PathBuf::from(value),
@@ -112,7 +135,7 @@ fn args() -> Args {
 
 fn usage(flag: &str) -> ! {
     eprintln!(
-        "bad argument `{flag}`; usage: durable_bench [--dir PATH] [--runs N] [--rounds R] [--modes memory,full,normal]"
+        "bad argument `{flag}`; usage: durable_bench [--dir PATH] [--runs N] [--rounds R] [--modes memory,full,normal] [--breakdown] [--current-thread]"
     );
     std::process::exit(2)
 }
@@ -142,6 +165,8 @@ struct Figures {
     /// an `INSERT` of one row, `COMMIT`) on a file of its own in `--dir`, with the same
     /// journal mode and `synchronous`, measured right before the mode's runs.
     bare_txn_p50_us: Option<f64>,
+    /// `--breakdown`: a run's store writes timed alone.
+    breakdown: Option<Breakdown>,
 }
 
 fn remove_db(path: &Path) {
@@ -182,50 +207,71 @@ fn figures(mode: &str, times: &[Duration], total: Duration, conc: (usize, Durati
         concurrent_steps_per_s: (conc_runs as u64 * STEPS) as f64 / conc_elapsed.as_secs_f64(),
         concurrent_transactions: None,
         bare_txn_p50_us: None,
+        breakdown: None,
     }
 }
 
-/// p50 of `n` bare SQLite transactions, one row each, with `synchronous` (WAL, prepared
-/// statements): the least a durable commit can cost on this disk with this setting.
-fn bare_transactions(dir: &Path, synchronous: Synchronous, n: usize) -> Duration {
-    let path = dir.join("flow-durable-bench-bare.db");
-    remove_db(&path);
-    let conn = rusqlite::Connection::open(&path).expect("bare database opens");
-    let sync = match synchronous {
-        Synchronous::Full => "FULL",
-        _ => "NORMAL",
-    };
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};
-         CREATE TABLE t (run TEXT NOT NULL, node TEXT NOT NULL, v BLOB,
-                         PRIMARY KEY (run, node)) WITHOUT ROWID;"
-    ))
-    .expect("bare database set up");
-    let mut times = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
+/// A database of one table, on a file of its own, for bare transactions: one row inserted
+/// and committed (`BEGIN IMMEDIATE`, `INSERT`, `COMMIT`; WAL, prepared statements), with a
+/// durable mode's `synchronous`: the least a durable commit can cost on this disk with it.
+struct Bare {
+    conn: rusqlite::Connection,
+    path: PathBuf,
+}
+
+impl Bare {
+    fn open(dir: &Path, synchronous: Synchronous) -> Bare {
+        let path = dir.join("flow-durable-bench-bare.db");
+        remove_db(&path);
+        let conn = rusqlite::Connection::open(&path).expect("bare database opens");
+        let sync = match synchronous {
+            Synchronous::Full => "FULL",
+            _ => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};
+             CREATE TABLE t (run TEXT NOT NULL, node TEXT NOT NULL, v BLOB,
+                             PRIMARY KEY (run, node)) WITHOUT ROWID;"
+        ))
+        .expect("bare database set up");
+        Bare { conn, path }
+    }
+
+    /// One transaction (row `i`), timed.
+    fn transaction(&self, i: usize) -> Duration {
         let t = Instant::now();
         for sql in [
             "BEGIN IMMEDIATE",
             "INSERT INTO t VALUES (?1, ?2, ?3)",
             "COMMIT",
         ] {
-            let mut stmt = conn.prepare_cached(sql).expect("prepared");
+            let mut stmt = self.conn.prepare_cached(sql).expect("prepared");
             if sql.starts_with("INSERT") {
-                let run = format!("run-{}", i / 10);
-                let node = format!("s{}", i % 10);
+                let run = format!("run-{}", i / 12);
+                let node = format!("s{}", i % 12);
                 stmt.execute(rusqlite::params![run, node, b"1".as_slice()])
             } else {
                 stmt.execute([])
             }
             .expect("bare transaction");
         }
-        // The first tenth warms the cache and the WAL up.
-        if i >= n / 10 {
-            times.push(t.elapsed());
-        }
+        t.elapsed()
     }
-    drop(conn);
-    remove_db(&path);
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        remove_db(&self.path);
+    }
+}
+
+/// p50 of `n` bare transactions ([`Bare`]), after a tenth more to warm the cache and the WAL.
+fn bare_transactions(dir: &Path, synchronous: Synchronous, n: usize) -> Duration {
+    let bare = Bare::open(dir, synchronous);
+    let mut times: Vec<Duration> = (0..n + n / 10)
+        .map(|i| bare.transaction(i))
+        .skip(n / 10)
+        .collect();
     times.sort();
     percentile(&times, 0.5)
 }
@@ -297,7 +343,126 @@ async fn durable(mode: &str, synchronous: Synchronous, a: &Args) -> Figures {
     drop(runtime);
     drop(store);
     remove_db(&path);
+    if a.breakdown {
+        f.breakdown = Some(breakdown(&a.dir, synchronous, a.runs).await);
+    }
     f
+}
+
+/// A run's store writes, timed alone (`--breakdown`).
+#[derive(Serialize)]
+struct Breakdown {
+    /// p50 of the bare transaction, measured interleaved with the writes below.
+    bare_us: f64,
+    /// p50 of `Store::create_running` (the run's row, created running).
+    create_us: f64,
+    /// p50 of `Store::commit_step` (a step's output, no attempt rows).
+    commit_us: f64,
+    /// p50 of `Store::set_status` to completed, with the output.
+    finish_us: f64,
+}
+
+impl Breakdown {
+    /// The store's share of a step: a run's writes over its 10 steps.
+    fn per_step_us(&self) -> f64 {
+        (self.create_us + STEPS as f64 * self.commit_us + self.finish_us) / STEPS as f64
+    }
+}
+
+/// The writes a 10-step run makes, made by hand through the `Store` trait (no runtime, no
+/// workflow), each timed, with one bare transaction on another file before each (the same
+/// 12 a run), `runs` times: what a durable step costs in the store alone, by kind of write.
+/// A step's p50 in the runs above minus the store's share (`per_step_us`) is the runtime's.
+async fn breakdown(dir: &Path, synchronous: Synchronous, runs: usize) -> Breakdown {
+    use flow::store::{NewRun, RunStatus, StepCommit, StepKey, StepOutcome, Store};
+
+    let path = dir.join("flow-durable-bench-breakdown.db");
+    remove_db(&path);
+    let options = Options {
+        synchronous,
+        ..Options::default()
+    };
+    let store = SqliteStore::open_with(&path, options).expect("store opens");
+    let bare = Bare::open(dir, synchronous);
+    let graph = Chain10.graph();
+    // The run's row holds every node's fingerprint, as the runtime writes it.
+    let nodes: std::collections::BTreeMap<String, u64> = graph
+        .nodes
+        .iter()
+        .map(|n| (n.key.to_owned(), n.fingerprint))
+        .collect();
+    let steps: Vec<String> = (1..=STEPS).map(|i| format!("s{i}")).collect();
+    assert!(
+        steps.iter().all(|s| nodes.contains_key(s)),
+        "chain10's steps are its nodes"
+    );
+    let (mut bares, mut creates, mut commits, mut finishes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let warm = runs / 10;
+    for r in 0..runs + warm {
+        let keep = r >= warm;
+        let id = format!("breakdown-{r}");
+        let b = bare.transaction(r * 12);
+        let t = Instant::now();
+        store
+            .create_running(NewRun {
+                id: id.clone(),
+                workflow: graph.name.to_owned(),
+                fingerprint: graph.fingerprint,
+                node_fingerprints: nodes.clone(),
+                input: b"0".to_vec(),
+            })
+            .await
+            .expect("run created");
+        if keep {
+            creates.push(t.elapsed());
+            bares.push(b);
+        }
+        for (i, node) in steps.iter().enumerate() {
+            let b = bare.transaction(r * 12 + 1 + i);
+            let t = Instant::now();
+            store
+                .commit_step(StepCommit {
+                    key: StepKey {
+                        run: id.clone(),
+                        node: node.clone(),
+                        occurrence: 0,
+                        item: None,
+                    },
+                    outcome: StepOutcome::Completed((i + 1).to_string().into_bytes()),
+                    attempts: Vec::new(),
+                    compensations: Vec::new(),
+                })
+                .await
+                .expect("step committed");
+            if keep {
+                commits.push(t.elapsed());
+                bares.push(b);
+            }
+        }
+        let b = bare.transaction(r * 12 + 11);
+        let t = Instant::now();
+        store
+            .set_status(&id, RunStatus::Completed, Some(b"10".to_vec()))
+            .await
+            .expect("run finished");
+        if keep {
+            finishes.push(t.elapsed());
+            bares.push(b);
+        }
+    }
+    drop(store);
+    remove_db(&path);
+    let p50 = |mut v: Vec<Duration>| {
+        v.sort();
+        us(percentile(&v, 0.5))
+    };
+    Breakdown {
+        bare_us: p50(bares),
+        create_us: p50(creates),
+        commit_us: p50(commits),
+        finish_us: p50(finishes),
+    }
 }
 
 async fn in_memory(a: &Args) -> Figures {
@@ -366,9 +531,20 @@ struct Report {
     modes: Vec<Figures>,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let a = args();
+    let runtime = if a.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
+    runtime.block_on(measure(a));
+}
+
+async fn measure(a: Args) {
     std::fs::create_dir_all(&a.dir).expect("--dir is created");
     let fs_before = fsyncs(&a.dir, 200);
     let mut modes = Vec::new();
@@ -424,6 +600,30 @@ async fn main() {
             f.bare_txn_p50_us
                 .map_or_else(|| "-".to_owned(), |b| format!("{:.2}", f.step_p50_us / b)),
         );
+    }
+    if report.modes.iter().any(|f| f.breakdown.is_some()) {
+        println!(
+            "\na run's store writes alone (Store trait, no runtime), p50, in bare transactions:"
+        );
+        println!(
+            "{:<8} {:>8} {:>14} {:>14} {:>14} {:>16} {:>16}",
+            "mode", "bare us", "create", "step commit", "finish", "store / step", "runtime / step"
+        );
+        for f in &report.modes {
+            let Some(b) = &f.breakdown else { continue };
+            let r = |x: f64| format!("{:.2} us {:.2}", x, x / b.bare_us);
+            let store = b.per_step_us();
+            println!(
+                "{:<8} {:>8.2} {:>14} {:>14} {:>14} {:>16} {:>16}",
+                f.mode,
+                b.bare_us,
+                r(b.create_us),
+                r(b.commit_us),
+                r(b.finish_us),
+                r(store),
+                r(f.step_p50_us - store),
+            );
+        }
     }
     println!(
         "{{\"flow_durable_bench\":{}}}",
