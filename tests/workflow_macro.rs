@@ -742,3 +742,76 @@ async fn a_step_with_five_retry_rules_counts_each_rules_failures_apart() {
     assert_eq!(step.error(), Some(&TestError::Broken("c".into())));
     assert!(script.lock().unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------- steps named like modules
+
+/// A module and a step of the same name, side by side (a function lives in the value
+/// namespace, a module in the type namespace). The body names both.
+mod health {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Status {
+        Up,
+        Down,
+    }
+}
+
+async fn health(node: u32) -> Result<health::Status, TestError> {
+    Ok(if node.is_multiple_of(2) {
+        health::Status::Up
+    } else {
+        health::Status::Down
+    })
+}
+
+async fn count_up(up: bool) -> Result<u32, TestError> {
+    Ok(u32::from(up))
+}
+
+/// The step `health` is retried (so its name reaches a compile-time check) in a body that
+/// uses the module `health`, in a path and inside a macro: the step's marker must not shadow
+/// the module (the body would not compile).
+#[workflow]
+async fn probe(node: u32) -> Result<u32, TestError> {
+    #[retry(max_attempts = 2)]
+    let status = health(node).await?;
+    assert!(matches!(status, health::Status::Up | health::Status::Down));
+    count_up(status == health::Status::Up).await
+}
+
+/// The module shows in the signature only: the body's function has the same parameters.
+#[workflow]
+async fn recheck(node: u32, last: health::Status) -> Result<u32, TestError> {
+    #[retry(max_attempts = 2)]
+    let now = health(node).await?;
+    count_up(now == last).await
+}
+
+/// A workflow generic over a const parameter: the body is called with it (and the steps'
+/// markers) explicitly.
+#[workflow]
+async fn sum_first<const N: usize>(values: Vec<u32>) -> Result<u32, TestError> {
+    let values = check(values).await?;
+    Ok(values.iter().take(N).sum())
+}
+
+#[tokio::test]
+async fn a_step_named_like_a_module_and_a_const_generic_workflow_run() {
+    let runtime = Runtime::new();
+    assert_eq!(runtime.run(&Probe, (4,)).await.unwrap(), 1);
+    assert_eq!(runtime.run(&Probe, (3,)).await.unwrap(), 0);
+    assert_eq!(
+        runtime
+            .run(&Recheck, (2, health::Status::Up))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        runtime
+            .run(&SumFirst::<2>::new(), (vec![5, 6, 7],))
+            .await
+            .unwrap(),
+        11
+    );
+    assert_eq!(sum_first::<3>(vec![1, 2, 3, 4]).await.unwrap(), 6);
+}

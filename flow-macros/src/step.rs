@@ -73,18 +73,47 @@ pub(crate) struct Gen<'a> {
 }
 
 /// Types named after the steps, so that our diagnostics can name them (`step `wait_healthy`
-/// ..`). Each is defined once per expansion, in a small module the front end emits (see
-/// [`Markers::definitions`]); defined once, its name is unique and rustc prints it short.
+/// ..`).
+///
+/// rustc prints a type by its bare name only while no other item of the crate (and no public
+/// item of its direct dependencies) has that name, so a marker *struct* prints short only when
+/// one macro of the crate names the step. `#[workflow]` therefore names its steps with *type
+/// parameters* of the body's function ([`Markers::for_workflow`]): a type parameter is
+/// printed by its name, always, and the body is called with `()` for each. A name the body
+/// also uses in the type namespace (a module `health` beside a step `health`), which a
+/// parameter would shadow, keeps a marker struct. `flow!` (an expression: its steps run in a
+/// closure, which cannot be generic) uses marker structs, defined once per expansion in a
+/// small module the front end emits ([`Markers::definitions`]).
 pub(crate) struct Markers {
     module: Ident,
+    /// Names defined as marker structs in `module`.
     names: RefCell<BTreeSet<String>>,
+    /// `#[workflow]`: the names given as type parameters of the body's function.
+    params: Option<RefCell<BTreeSet<String>>>,
+    /// Names a parameter must not take (the body uses them in the type namespace, or the
+    /// function's own generics do).
+    taken: BTreeSet<String>,
 }
 
 impl Markers {
+    /// Marker structs in `module` (`flow!`).
     pub(crate) fn new(module: Ident) -> Self {
         Markers {
             module,
             names: RefCell::new(BTreeSet::new()),
+            params: None,
+            taken: BTreeSet::new(),
+        }
+    }
+
+    /// Type parameters where they shadow nothing of `taken`, marker structs in `module`
+    /// otherwise (`#[workflow]`).
+    pub(crate) fn for_workflow(module: Ident, taken: BTreeSet<String>) -> Self {
+        Markers {
+            module,
+            names: RefCell::new(BTreeSet::new()),
+            params: Some(RefCell::new(BTreeSet::new())),
+            taken,
         }
     }
 
@@ -94,14 +123,31 @@ impl Markers {
             Ok(i) if !i.to_string().starts_with("r#") => i,
             _ => Ident::new("step", Span::call_site()),
         };
-        self.names.borrow_mut().insert(ident.to_string());
-        let module = &self.module;
+        let text = ident.to_string();
         let mut ident = ident;
         ident.set_span(span);
+        if let Some(params) = &self.params
+            && !self.taken.contains(&text)
+        {
+            params.borrow_mut().insert(text);
+            return quote_spanned!(span=> #ident);
+        }
+        self.names.borrow_mut().insert(text);
+        let module = &self.module;
         quote_spanned!(span=> #module::#ident)
     }
 
-    /// `mod __flow_steps { pub struct launch {} .. }`.
+    /// The type parameters (`#[workflow]`), in order: `launch, wait_healthy`.
+    pub(crate) fn params(&self) -> Vec<Ident> {
+        self.params.as_ref().map_or_else(Vec::new, |p| {
+            p.borrow()
+                .iter()
+                .map(|n| Ident::new(n, Span::call_site()))
+                .collect()
+        })
+    }
+
+    /// `mod __flow_steps { pub struct launch {} .. }`, or nothing without marker structs.
     pub(crate) fn definitions(&self) -> TokenStream {
         let module = &self.module;
         let names = self
@@ -110,6 +156,9 @@ impl Markers {
             .iter()
             .map(|n| Ident::new(n, Span::call_site()))
             .collect::<Vec<_>>();
+        if names.is_empty() && self.params.is_some() {
+            return TokenStream::new();
+        }
         quote! {
             #[doc(hidden)]
             #[allow(non_camel_case_types, non_snake_case, dead_code, unreachable_pub)]
@@ -121,6 +170,79 @@ impl Markers {
             }
         }
     }
+}
+
+/// The names a `#[workflow]` function (its signature and body) and the generated code's crate
+/// path use in the type namespace, where a type parameter of the same name would shadow them:
+/// every identifier followed by `::` (a module, a type, an enum: also inside macro calls,
+/// which are only tokens here), every identifier of `krate`, and the first segment of every
+/// path in a type, a struct expression or a struct pattern.
+pub(crate) fn type_namespace_names(func: &syn::ItemFn, krate: &TokenStream) -> BTreeSet<String> {
+    use quote::ToTokens as _;
+    use syn::visit::Visit;
+
+    struct Names(BTreeSet<String>);
+    impl Names {
+        fn first(&mut self, path: &syn::Path) {
+            if let Some(s) = path.segments.first() {
+                self.0.insert(s.ident.to_string());
+            }
+        }
+        fn tokens(&mut self, tokens: TokenStream) {
+            let mut prev: Option<String> = None;
+            let mut colons = 0;
+            for t in tokens {
+                match t {
+                    proc_macro2::TokenTree::Ident(i) => {
+                        prev = Some(i.to_string());
+                        colons = 0;
+                    }
+                    proc_macro2::TokenTree::Punct(p) if p.as_char() == ':' => {
+                        colons += 1;
+                        if colons == 2
+                            && let Some(name) = prev.take()
+                        {
+                            self.0.insert(name);
+                        }
+                    }
+                    proc_macro2::TokenTree::Group(g) => {
+                        self.tokens(g.stream());
+                        prev = None;
+                        colons = 0;
+                    }
+                    _ => {
+                        prev = None;
+                        colons = 0;
+                    }
+                }
+            }
+        }
+    }
+    impl<'ast> Visit<'ast> for Names {
+        fn visit_type_path(&mut self, t: &'ast syn::TypePath) {
+            self.first(&t.path);
+            syn::visit::visit_type_path(self, t);
+        }
+        fn visit_expr_struct(&mut self, e: &'ast syn::ExprStruct) {
+            self.first(&e.path);
+            syn::visit::visit_expr_struct(self, e);
+        }
+        fn visit_pat_struct(&mut self, p: &'ast syn::PatStruct) {
+            self.first(&p.path);
+            syn::visit::visit_pat_struct(self, p);
+        }
+    }
+    let mut names = Names(BTreeSet::new());
+    names.tokens(func.sig.to_token_stream());
+    names.tokens(func.block.to_token_stream());
+    names.visit_signature(&func.sig);
+    names.visit_block(&func.block);
+    for t in krate.clone() {
+        if let proc_macro2::TokenTree::Ident(i) = t {
+            names.0.insert(i.to_string());
+        }
+    }
+    names.0
 }
 
 impl Gen<'_> {

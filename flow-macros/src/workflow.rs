@@ -1684,6 +1684,14 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         (sig.ok.clone(), sig.err.clone())
     };
 
+    // The steps' marker types are type parameters of the body's function, except where one
+    // would shadow a name the body (or the function's own generics) use in the type namespace.
+    let mut taken = crate::step::type_namespace_names(&func, &krate);
+    taken.extend(func.sig.generics.params.iter().map(|p| match p {
+        syn::GenericParam::Type(t) => t.ident.to_string(),
+        syn::GenericParam::Const(c) => c.ident.to_string(),
+        syn::GenericParam::Lifetime(l) => l.lifetime.ident.to_string(),
+    }));
     let mut rw = Rewriter {
         model: Model::new(type_name.to_string()),
         errors,
@@ -1696,7 +1704,7 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         next_label: None,
         labels: Vec::new(),
         error_ty: err.clone(),
-        markers: Markers::new(format_ident!("__flow_steps_{}", fn_name)),
+        markers: Markers::for_workflow(format_ident!("__flow_steps_{}", fn_name), taken),
         durable: options.durable.is_some(),
     };
     rw.visit_block_mut(&mut func.block);
@@ -1707,9 +1715,39 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
     }
     let mut model = rw.model;
     let markers = rw.markers.definitions();
+    let marker_params = rw.markers.params();
     if !errors.is_empty() {
         return None;
     }
+    // The body's function: the workflow's generics, then the steps' marker parameters; it is
+    // called with the workflow's type and const parameters (lifetimes inferred) and `()` for
+    // each marker.
+    let (body_generics, body_turbofish) = {
+        let mut g = func.sig.generics.clone();
+        g.where_clause = None;
+        for m in &marker_params {
+            g.params
+                .push(syn::GenericParam::Type(syn::TypeParam::from(m.clone())));
+        }
+        let args = func
+            .sig
+            .generics
+            .params
+            .iter()
+            .filter_map(|p| match p {
+                syn::GenericParam::Type(t) => Some(t.ident.to_token_stream()),
+                syn::GenericParam::Const(c) => Some(c.ident.to_token_stream()),
+                syn::GenericParam::Lifetime(_) => None,
+            })
+            .chain(marker_params.iter().map(|_| quote!(())))
+            .collect::<Vec<_>>();
+        let turbofish = if args.is_empty() {
+            TokenStream::new()
+        } else {
+            quote!(::<#(#args),*>)
+        };
+        (g, turbofish)
+    };
     model.name_variants();
 
     let vis = &func.vis;
@@ -1832,10 +1870,7 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         }
     });
     // The `Workflow` impl of the generated type, generic or not.
-    let workflow_impl_for = |impl_g: TokenStream,
-                             ty_g: TokenStream,
-                             where_send: TokenStream,
-                             turbofish: TokenStream| {
+    let workflow_impl_for = |impl_g: TokenStream, ty_g: TokenStream, where_send: TokenStream| {
         quote! {
             #[automatically_derived]
             impl #impl_g #krate::Workflow for #type_name #ty_g #where_send {
@@ -1860,11 +1895,11 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
                     #ctx: #ctx_ty,
                     __flow_input: Self::Input,
                 ) -> impl ::core::future::Future<Output = ::core::result::Result<#ok, #krate::Error<#err>>> + ::core::marker::Send {
-                    #[allow(clippy::needless_question_mark, clippy::unused_async, clippy::multiple_bound_locations)]
-                    async fn __flow_body #impl_g (#ctx: #ctx_ty, #(#param_pats: #param_tys),*) -> #ret #where_send #body
+                    #[allow(clippy::needless_question_mark, clippy::unused_async, clippy::multiple_bound_locations, non_camel_case_types)]
+                    async fn __flow_body #body_generics (#ctx: #ctx_ty, #(#param_pats: #param_tys),*) -> #ret #where_send #body
                     let (#(#arg_names,)*) = __flow_input;
                     async move {
-                        let __flow_r = __flow_body #turbofish (::core::clone::Clone::clone(&#ctx), #(#arg_names),*).await;
+                        let __flow_r = __flow_body #body_turbofish (::core::clone::Clone::clone(&#ctx), #(#arg_names),*).await;
                         #ctx.finish(__flow_r)
                     }
                 }
@@ -1940,21 +1975,21 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
                 quote!(&self),
                 quote!(&self,),
                 quote!(self.#wf_fn()),
-                quote!(move |#ctx: #ctx_ty, (#(#arg_names,)*): #tuple_tys| self.#body_fn(#ctx, #(#arg_names),*)),
+                quote!(move |#ctx: #ctx_ty, (#(#arg_names,)*): #tuple_tys| self.#body_fn #body_turbofish (#ctx, #(#arg_names),*)),
                 quote!(+ '_),
             ),
             Receiver::Arc => (
                 quote!(self: ::std::sync::Arc<Self>),
                 quote!(self: ::std::sync::Arc<Self>,),
                 quote!(self.#wf_fn()),
-                quote!(move |#ctx: #ctx_ty, (#(#arg_names,)*): #tuple_tys| ::std::sync::Arc::clone(&self).#body_fn(#ctx, #(#arg_names),*)),
+                quote!(move |#ctx: #ctx_ty, (#(#arg_names,)*): #tuple_tys| ::std::sync::Arc::clone(&self).#body_fn #body_turbofish (#ctx, #(#arg_names),*)),
                 TokenStream::new(),
             ),
             Receiver::None => (
                 TokenStream::new(),
                 TokenStream::new(),
                 quote!(Self::#wf_fn()),
-                quote!(|#ctx: #ctx_ty, (#(#arg_names,)*): #tuple_tys| Self::#body_fn(#ctx, #(#arg_names),*)),
+                quote!(|#ctx: #ctx_ty, (#(#arg_names,)*): #tuple_tys| Self::#body_fn #body_turbofish (#ctx, #(#arg_names),*)),
                 TokenStream::new(),
             ),
         };
@@ -1995,8 +2030,8 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
             }
 
             #[doc(hidden)]
-            #[allow(clippy::needless_question_mark, clippy::unused_async, non_snake_case)]
-            async fn #body_fn #generics (#recv_body #ctx: #ctx_ty, #(#param_pats: #param_tys),*) -> #ret #where_clause {
+            #[allow(clippy::needless_question_mark, clippy::unused_async, non_snake_case, non_camel_case_types)]
+            async fn #body_fn #body_generics (#recv_body #ctx: #ctx_ty, #(#param_pats: #param_tys),*) -> #ret #where_clause {
                 #markers
                 #body
             }
@@ -2014,7 +2049,6 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         // A generic function: the workflow type is generic over the same parameters.
         let generics = &func.sig.generics;
         let (impl_g, ty_g, where_clause) = generics.split_for_impl();
-        let turbofish = ty_g.as_turbofish();
         let phantom: Vec<TokenStream> = generics
             .params
             .iter()
@@ -2040,7 +2074,6 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
             impl_g.to_token_stream(),
             ty_g.to_token_stream(),
             where_send.clone(),
-            turbofish.to_token_stream(),
         );
         workflow_impl.extend(durable_impl(
             &impl_g.to_token_stream(),
@@ -2097,12 +2130,8 @@ fn expand_fn(mut func: ItemFn, options: Options, errors: &mut Errors) -> Option<
         });
     }
 
-    let mut workflow_impl = workflow_impl_for(
-        TokenStream::new(),
-        TokenStream::new(),
-        TokenStream::new(),
-        TokenStream::new(),
-    );
+    let mut workflow_impl =
+        workflow_impl_for(TokenStream::new(), TokenStream::new(), TokenStream::new());
     workflow_impl.extend(durable_impl(
         &TokenStream::new(),
         &TokenStream::new(),

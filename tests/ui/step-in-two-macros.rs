@@ -1,13 +1,15 @@
-// One step, `wait_healthy`, named by four macros of one file, two of them retrying it with an
-// input that is not `Clone`.
+// One step, `wait_healthy`, named by four macros of one file: two `#[workflow]`s and two
+// `flow!`s, one of each retrying it with an input that is not `Clone`.
 //
-// KNOWN LIMITATION, recorded here so that a fix shows up as a diff: the messages name the step
-// through a marker type each macro defines (`__flow_steps::wait_healthy`,
-// `__flow_steps_provision::wait_healthy`), and rustc prints a type by its bare name only when
-// no other item of the crate has that name. With four markers named `wait_healthy`, it prints
-// their paths: "step `retried::__flow_steps::wait_healthy`", "step
-// `__flow_steps_provision::wait_healthy`". With the step in one macro only, the message reads
-// "step `wait_healthy`" (flow-retry-input-not-clone, retry-moved-arg-not-clone).
+// `#[workflow]` names its steps with type parameters of the body's function, which rustc
+// prints by their names whatever else the crate defines: "step `wait_healthy`".
+//
+// KNOWN LIMITATION, recorded here so that a fix shows up as a diff: a `flow!` names its steps
+// through marker structs of its own (a `flow!` is an expression whose steps run in a
+// closure, which cannot be generic), and rustc prints a type by its bare name only when no
+// other item of the crate has that name. With two `flow!`s naming `wait_healthy`, it prints
+// the path of the marker: "step `retried::__flow_steps::wait_healthy`". With the step in one
+// `flow!` only, the message reads "step `wait_healthy`" (flow-retry-input-not-clone).
 use flow::prelude::*;
 
 #[derive(Debug)]

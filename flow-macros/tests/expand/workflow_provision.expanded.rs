@@ -12,20 +12,6 @@ const _: fn() = || {
     fn __flow_assert_result<T: ::flow::__private::IsResult>() {}
     __flow_assert_result::<Result<Cluster, ProvisionError>>();
 };
-#[doc(hidden)]
-#[allow(non_camel_case_types, non_snake_case, dead_code, unreachable_pub)]
-mod __flow_steps_provision {
-    #[doc(hidden)]
-    pub struct launch {}
-    #[doc(hidden)]
-    pub struct seed {}
-    #[doc(hidden)]
-    pub struct teardown {}
-    #[doc(hidden)]
-    pub struct verify {}
-    #[doc(hidden)]
-    pub struct wait_healthy {}
-}
 /** The workflow of [`provision`]: implements `flow::Workflow`; run it with `flow::Runtime`.
 
 # Graph
@@ -326,9 +312,10 @@ impl ::flow::Workflow for Provision {
         #[allow(
             clippy::needless_question_mark,
             clippy::unused_async,
-            clippy::multiple_bound_locations
+            clippy::multiple_bound_locations,
+            non_camel_case_types
         )]
-        async fn __flow_body(
+        async fn __flow_body<launch, seed, teardown, verify, wait_healthy>(
             __flow_ctx: ::flow::__private::Ctx<ProvisionError>,
             spec: Spec,
         ) -> Result<Cluster, ProvisionError> {
@@ -345,7 +332,7 @@ impl ::flow::Workflow for Provision {
                             .flow_converts();
                         ::flow::__private::converts::<
                             ProvisionError,
-                            __flow_steps_provision::launch,
+                            launch,
                             _,
                             _,
                         >(__flow_f, __flow_check)
@@ -367,8 +354,8 @@ impl ::flow::Workflow for Provision {
                                         .flow_takes();
                                     ::flow::__private::undo_input::<
                                         _,
-                                        __flow_steps_provision::teardown,
-                                        __flow_steps_provision::launch,
+                                        teardown,
+                                        launch,
                                         _,
                                     >(__flow_o, __flow_check)
                                 };
@@ -398,7 +385,7 @@ impl ::flow::Workflow for Provision {
                         #[allow(unused_imports)]
                         use ::flow::__private::{CloneNo as _, CloneYes as _};
                         let __flow_copy = ::flow::__private::retry_arg::<
-                            __flow_steps_provision::wait_healthy,
+                            wait_healthy,
                             _,
                             _,
                         >(
@@ -421,7 +408,7 @@ impl ::flow::Workflow for Provision {
                             .flow_converts();
                         ::flow::__private::converts::<
                             ProvisionError,
-                            __flow_steps_provision::wait_healthy,
+                            wait_healthy,
                             _,
                             _,
                         >(__flow_mk, __flow_check)
@@ -496,7 +483,7 @@ impl ::flow::Workflow for Provision {
                                                 .flow_converts();
                                             ::flow::__private::converts::<
                                                 ProvisionError,
-                                                __flow_steps_provision::seed,
+                                                seed,
                                                 _,
                                                 _,
                                             >(__flow_f, __flow_check)
@@ -536,7 +523,7 @@ impl ::flow::Workflow for Provision {
                                                 .flow_converts();
                                             ::flow::__private::converts::<
                                                 ProvisionError,
-                                                __flow_steps_provision::seed,
+                                                seed,
                                                 _,
                                                 _,
                                             >(__flow_f, __flow_check)
@@ -567,7 +554,7 @@ impl ::flow::Workflow for Provision {
                             .flow_converts();
                         ::flow::__private::converts::<
                             ProvisionError,
-                            __flow_steps_provision::verify,
+                            verify,
                             _,
                             _,
                         >(__flow_f, __flow_check)
@@ -593,7 +580,13 @@ impl ::flow::Workflow for Provision {
         }
         let (spec,) = __flow_input;
         async move {
-            let __flow_r = __flow_body(::core::clone::Clone::clone(&__flow_ctx), spec)
+            let __flow_r = __flow_body::<
+                (),
+                (),
+                (),
+                (),
+                (),
+            >(::core::clone::Clone::clone(&__flow_ctx), spec)
                 .await;
             __flow_ctx.finish(__flow_r)
         }
