@@ -324,6 +324,116 @@ fn tracing_reports_failure_and_compensation() {
     assert!(messages.contains(&"run failed"), "{messages:?}");
 }
 
+async fn pair(n: u32) -> Result<Vec<u32>, String> {
+    Ok(vec![n, n + 1])
+}
+
+/// Item 1 ends first, with success; item 0 ends 10 ms later, with an error.
+async fn settle_item(i: u32) -> Result<u32, String> {
+    if i == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Err(format!("item {i} is down"))
+    } else {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(i)
+    }
+}
+
+#[workflow]
+async fn item_child(i: u32) -> Result<u32, String> {
+    settle_item(i).await
+}
+
+/// Fails 10 ms after `right` succeeds.
+async fn late_fail(_: u32) -> Result<u32, String> {
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    Err("late".into())
+}
+
+#[workflow]
+async fn split(n: u32) -> Result<u32, String> {
+    let (x, y) = flow::join!(late_fail(n), right(n)).await?;
+    Ok(x + y)
+}
+
+/// Two items of one `map` in flight at once, each running a child workflow, ending out of
+/// order: each item's step span is closed by its own item's end (item 1's success does not
+/// close item 0's span), and each child's workflow span is a child of its own item's step
+/// span (not of the run's, nor of the other item's). The same for two branches of a
+/// `join!` (two nodes, outside any map item).
+#[test]
+fn tracing_keeps_the_spans_of_concurrent_steps_apart() {
+    let _serial = reset();
+    let rec = Rec::default();
+    let out = tracing::subscriber::with_default(rec.clone(), || {
+        paused_runtime().block_on(async {
+            let f = flow! { pair -> map(item_child, concurrency = 2) };
+            Runtime::default()
+                .with_observer(TracingObserver::new())
+                .run(&f, 0)
+                .await
+        })
+    });
+    assert!(out.is_err(), "item 0 fails the run");
+    let spans = rec.0.spans.lock().unwrap().clone();
+    let item_span = |i: &str| {
+        let found: Vec<(u64, &SpanRec)> = spans
+            .iter()
+            .filter(|(_, s)| {
+                s.name == "step" && s.fields.get("flow.item").map(String::as_str) == Some(i)
+            })
+            .map(|(id, s)| (*id, s))
+            .collect();
+        assert_eq!(found.len(), 1, "one step span for item {i}: {spans:?}");
+        found[0]
+    };
+    let (item0, s0) = item_span("0");
+    let (item1, s1) = item_span("1");
+    assert_eq!(s0.fields["otel.status_code"], "ERROR", "{s0:?}");
+    assert!(
+        s0.fields["error.message"].contains("item 0 is down"),
+        "{s0:?}"
+    );
+    assert_eq!(s1.fields["otel.status_code"], "OK", "{s1:?}");
+    assert!(!s1.fields.contains_key("error.message"), "{s1:?}");
+
+    let child = |status: &str| {
+        spans
+            .values()
+            .find(|s| {
+                s.name == "workflow"
+                    && s.fields.contains_key("flow.parent_run_id")
+                    && s.fields.get("flow.status").map(String::as_str) == Some(status)
+            })
+            .unwrap_or_else(|| panic!("a {status} child run: {spans:?}"))
+    };
+    assert_eq!(child("failed").parent, Some(item0), "item 0's child");
+    assert_eq!(child("completed").parent, Some(item1), "item 1's child");
+
+    let rec = Rec::default();
+    let out = tracing::subscriber::with_default(rec.clone(), || {
+        paused_runtime().block_on(async {
+            Runtime::default()
+                .with_observer(TracingObserver::new())
+                .run(&Split, (1,))
+                .await
+        })
+    });
+    assert!(out.is_err(), "late_fail fails the run");
+    let spans = rec.0.spans.lock().unwrap().clone();
+    let step = |name: &str| {
+        spans
+            .values()
+            .find(|s| s.name == "step" && s.fields["flow.step"] == name)
+            .unwrap_or_else(|| panic!("a span for {name}: {spans:?}"))
+    };
+    let (late, right) = (step("late_fail"), step("right"));
+    assert_eq!(late.fields["otel.status_code"], "ERROR", "{late:?}");
+    assert_eq!(late.fields["error.message"], "late", "{late:?}");
+    assert_eq!(right.fields["otel.status_code"], "OK", "{right:?}");
+    assert!(late.closed && right.closed);
+}
+
 async fn reporting(n: u32) -> Result<u32, String> {
     let c = flow::step_context().expect("inside a step");
     c.report_progress((0.5, "halfway"));
