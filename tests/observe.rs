@@ -434,6 +434,82 @@ fn tracing_keeps_the_spans_of_concurrent_steps_apart() {
     assert!(late.closed && right.closed);
 }
 
+static SLOW_RETRY: AtomicU32 = AtomicU32::new(0);
+static FAST_RETRY: AtomicU32 = AtomicU32::new(0);
+
+/// Fails its first attempt at once (its retry waits 50 ms), then succeeds.
+async fn slow_retry(n: u32) -> Result<u32, String> {
+    if SLOW_RETRY.fetch_add(1, Ordering::SeqCst) == 0 {
+        return Err("slow busy".into());
+    }
+    Ok(n)
+}
+
+/// Fails its first attempt after 10 ms (its retry waits 10 ms, while `slow_retry` still
+/// waits for its own), then succeeds.
+async fn fast_retry(n: u32) -> Result<u32, String> {
+    if FAST_RETRY.fetch_add(1, Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        return Err("fast busy".into());
+    }
+    Ok(n)
+}
+
+#[workflow]
+async fn retry_together(n: u32) -> Result<u32, String> {
+    let (x, y) = flow::join!(
+        #[retry(max_attempts = 2, backoff = constant("50ms"))]
+        slow_retry(n),
+        #[retry(max_attempts = 2, backoff = constant("10ms"))]
+        fast_retry(n),
+    )
+    .await?;
+    Ok(x + y)
+}
+
+/// Two steps waiting to retry at once: each retry's start is recorded in its own step's span
+/// (not in the first waiting span found), and each span is closed by its own success.
+#[test]
+fn tracing_puts_each_retry_in_its_own_steps_span() {
+    let _serial = reset();
+    SLOW_RETRY.store(0, Ordering::SeqCst);
+    FAST_RETRY.store(0, Ordering::SeqCst);
+    let rec = Rec::default();
+    let out = tracing::subscriber::with_default(rec.clone(), || {
+        paused_runtime().block_on(async {
+            Runtime::default()
+                .with_observer(TracingObserver::new())
+                .run(&RetryTogether, (1,))
+                .await
+        })
+    });
+    assert_eq!(out.unwrap(), 2);
+    let spans = rec.0.spans.lock().unwrap().clone();
+    let events = rec.0.events.lock().unwrap().clone();
+    for name in ["slow_retry", "fast_retry"] {
+        let (&id, span) = spans
+            .iter()
+            .find(|(_, s)| s.name == "step" && s.fields["flow.step"] == name)
+            .unwrap_or_else(|| panic!("a span for {name}: {spans:?}"));
+        assert_eq!(span.fields["flow.attempt"], "2", "{span:?}");
+        assert_eq!(span.fields["otel.status_code"], "OK", "{span:?}");
+        assert!(span.closed, "{span:?}");
+        let started: Vec<&EventRec> = events
+            .iter()
+            .filter(|e| {
+                e.fields.get("message").map(String::as_str) == Some("retry: attempt 2 started")
+                    && e.fields.get("flow.step").map(String::as_str) == Some(name)
+            })
+            .collect();
+        assert_eq!(started.len(), 1, "{name}: {events:?}");
+        assert_eq!(
+            started[0].parent,
+            Some(id),
+            "{name}'s retry in its own span"
+        );
+    }
+}
+
 async fn reporting(n: u32) -> Result<u32, String> {
     let c = flow::step_context().expect("inside a step");
     c.report_progress((0.5, "halfway"));
