@@ -510,6 +510,97 @@ fn tracing_puts_each_retry_in_its_own_steps_span() {
     }
 }
 
+static QUICK_RETRY: AtomicU32 = AtomicU32::new(0);
+
+/// Succeeds on its first attempt, after 50 ms.
+async fn long_ok(n: u32) -> Result<u32, String> {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(n)
+}
+
+/// Fails its first attempt after 10 ms, while `long_ok` is in flight; succeeds on the second.
+async fn quick_retry(n: u32) -> Result<u32, String> {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    if QUICK_RETRY.fetch_add(1, Ordering::SeqCst) == 0 {
+        return Err("quick busy".into());
+    }
+    Ok(n)
+}
+
+/// Fails for good after 10 ms, while `long_ok` is in flight.
+async fn quick_fail(_: u32) -> Result<u32, String> {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Err("quick down".into())
+}
+
+#[workflow]
+async fn retry_beside(n: u32) -> Result<u32, String> {
+    let (x, y) = flow::join!(
+        long_ok(n),
+        #[retry(max_attempts = 2, backoff = constant("5ms"))]
+        quick_retry(n),
+    )
+    .await?;
+    Ok(x + y)
+}
+
+#[workflow]
+async fn fail_beside(n: u32) -> Result<u32, String> {
+    let (x, y) = flow::settle!(long_ok(n), quick_fail(n)).await;
+    Ok(x.unwrap_or(0) + y.unwrap_or(0))
+}
+
+/// A step that fails (and retries, or gives up) while another of its group, started before
+/// it, is still on its first attempt: the failure is recorded in the failing step's span, and
+/// the other step's span is left alone until its own success.
+#[test]
+fn tracing_records_a_failure_in_the_span_of_the_step_that_failed() {
+    let _serial = reset();
+    QUICK_RETRY.store(0, Ordering::SeqCst);
+    let trace = |run: &dyn Fn(Runtime) -> Result<u32, flow::Error<String>>| {
+        let rec = Rec::default();
+        let out = tracing::subscriber::with_default(rec.clone(), || {
+            run(Runtime::default().with_observer(TracingObserver::new()))
+        });
+        let spans = rec.0.spans.lock().unwrap().clone();
+        let events = rec.0.events.lock().unwrap().clone();
+        (out, spans, events)
+    };
+    let span_of = |spans: &HashMap<u64, SpanRec>, name: &str| {
+        let (&id, s) = spans
+            .iter()
+            .find(|(_, s)| s.name == "step" && s.fields["flow.step"] == name)
+            .unwrap_or_else(|| panic!("a span for {name}: {spans:?}"));
+        (id, s.clone())
+    };
+
+    let (out, spans, events) =
+        trace(&|rt| paused_runtime().block_on(async { rt.run(&RetryBeside, (1,)).await }));
+    assert_eq!(out.unwrap(), 2);
+    let (_, long) = span_of(&spans, "long_ok");
+    assert_eq!(long.fields["flow.attempt"], "1", "{long:?}");
+    assert_eq!(long.fields["otel.status_code"], "OK", "{long:?}");
+    let (quick_id, quick) = span_of(&spans, "quick_retry");
+    assert_eq!(quick.fields["flow.attempt"], "2", "{quick:?}");
+    assert_eq!(quick.fields["otel.status_code"], "OK", "{quick:?}");
+    let retry = events
+        .iter()
+        .find(|e| e.level == tracing::Level::WARN)
+        .expect("the retry's warning");
+    assert_eq!(retry.parent, Some(quick_id), "{retry:?}");
+    assert_eq!(retry.fields["error.message"], "quick busy");
+
+    let (out, spans, _) =
+        trace(&|rt| paused_runtime().block_on(async { rt.run(&FailBeside, (1,)).await }));
+    assert_eq!(out.unwrap(), 1);
+    let (_, long) = span_of(&spans, "long_ok");
+    assert_eq!(long.fields["otel.status_code"], "OK", "{long:?}");
+    assert!(!long.fields.contains_key("error.message"), "{long:?}");
+    let (_, quick) = span_of(&spans, "quick_fail");
+    assert_eq!(quick.fields["otel.status_code"], "ERROR", "{quick:?}");
+    assert_eq!(quick.fields["error.message"], "quick down", "{quick:?}");
+}
+
 async fn reporting(n: u32) -> Result<u32, String> {
     let c = flow::step_context().expect("inside a step");
     c.report_progress((0.5, "halfway"));
