@@ -1879,3 +1879,58 @@ fn a_durable_method_resumes_where_it_stopped() {
     assert_eq!(count(&log, "check30"), 2, "{log:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A durable child with an undo, giving its directory back.
+#[workflow(durable)]
+async fn pass_child(dir: String) -> Result<String, Fail> {
+    #[compensate(undo_a)]
+    reserve_a(dir.clone()).await?;
+    Ok(dir)
+}
+
+async fn undo_pass(dir: String) -> Result<(), Fail> {
+    effect(&dir, "undo_pass", 0).await;
+    Ok(())
+}
+
+/// The same step, with an undo of its own, runs the child in two passes of a loop; then a
+/// charge fails.
+#[workflow(durable)]
+async fn two_passes(dir: String) -> Result<u32, Fail> {
+    for _ in 0..2 {
+        #[compensate(undo_pass)]
+        pass_child(dir.clone()).await?;
+    }
+    fail_charge(dir).await
+}
+
+/// A step's undo takes over the undos of the child it ran, in every pass of a loop (the
+/// second execution of the node too, whose record is occurrence 1): the failure undoes each
+/// pass once, with the step's undo, and never the child's own.
+#[test]
+fn a_durable_steps_undo_takes_over_its_childs_in_every_pass_of_a_loop() {
+    let dir = temp_dir("passes");
+    let d = dir.display().to_string();
+    let end = in_process(&dir, |runtime| async move {
+        runtime
+            .start(TwoPasses, "p1", (d,))
+            .await
+            .unwrap()
+            .await
+            .map_err(|e| e.to_string())
+    });
+    assert!(
+        matches!(&end, Err(e) if e.contains("card declined")),
+        "{end:?}"
+    );
+    let log = read_log(&dir);
+    for (name, n) in [
+        ("reserve_a", 2),
+        ("charge", 1),
+        ("undo_pass", 2),
+        ("undo_a", 0),
+    ] {
+        assert_eq!(count(&log, name), n, "{name}: {log:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

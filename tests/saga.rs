@@ -820,3 +820,62 @@ async fn the_event_stream_is_a_stream_that_ends_with_its_run_also_read_without_w
     assert!(matches!(read.last(), Some(EventKind::RunFailed { .. })));
     assert!(handle.events().try_next().is_none());
 }
+
+// ---------------------------------------------------------------- a step in a loop
+
+#[workflow]
+async fn node_child(log: Log, pass: u32) -> Result<(), String> {
+    #[compensate(delete)]
+    create(log.clone(), if pass == 1 { "node a" } else { "node b" }).await?;
+    Ok(())
+}
+
+/// Runs a child workflow (which completes), then fails the first attempt of pass 2.
+async fn join_node(log: Log, pass: u32, attempt: Arc<Mutex<u32>>) -> Result<(), String> {
+    node_child(log.clone(), pass)
+        .await
+        .map_err(|e| e.to_string())?;
+    let n = {
+        let mut a = attempt.lock().unwrap();
+        *a += 1;
+        *a
+    };
+    if pass == 2 && n == 2 {
+        log.push("join fails");
+        return Err("join failed".into());
+    }
+    Ok(())
+}
+
+#[workflow]
+async fn join_nodes(log: Log) -> Result<(), String> {
+    let attempt = Arc::new(Mutex::new(0));
+    for pass in 1..=2 {
+        #[retry(max_attempts = 2)]
+        join_node(log.clone(), pass, attempt.clone()).await?;
+    }
+    log.push("joined");
+    Ok(())
+}
+
+/// The same step, in two passes of a loop, runs a child workflow each time; its attempt in
+/// pass 2 fails after its child completed. That child is abandoned work, undone before the
+/// retry; the child of pass 1, whose step succeeded, is not: the run succeeds with node a.
+#[tokio::test(start_paused = true)]
+async fn a_failed_attempt_in_a_loop_abandons_only_its_own_children() {
+    let log = Log::default();
+    let report: RunReport<(), String> = Runtime::new().run_report(&JoinNodes, (log.clone(),)).await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    assert_eq!(
+        log.take(),
+        [
+            "create node a",
+            "create node b",
+            "join fails",
+            "delete node b",
+            "create node b",
+            "joined"
+        ]
+    );
+    assert_eq!(report.compensations.len(), 1, "{:?}", report.compensations);
+}

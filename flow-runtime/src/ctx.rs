@@ -352,6 +352,36 @@ impl<E> Inner<E> {
         self.cold.get().map(|cold| &**cold)
     }
 
+    /// How many times `node` was entered so far (0 for the start and end).
+    pub(crate) fn iteration_of(&self, node: NodeId) -> u32 {
+        let i = node.0 as usize;
+        match self.iter_small.get(i) {
+            Some(c) => c.load(Ordering::Relaxed),
+            None => self
+                .cold_if()
+                .and_then(|cold| cold.iterations.get())
+                .and_then(|c| c.get(i - SMALL_GRAPH))
+                .map_or(0, |c| c.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Which execution of `node` (in `map` item `item`) is the current one, as the saga tags
+    /// what it registers there: a durable run's occurrence (the record's), else the node's
+    /// entry count outside a `map` item (passes of a loop differ), else 0 (the item tells the
+    /// executions of one `map` apart; the body's entry count is shared by its items, which run
+    /// concurrently).
+    pub(crate) fn execution(&self, node: NodeId, item: Option<u32>) -> u32 {
+        #[cfg(feature = "durable")]
+        if let Some(j) = self.cold_if().and_then(|c| c.journal.get()) {
+            return j.last_occurrence(node, item);
+        }
+        if item.is_none() {
+            self.iteration_of(node)
+        } else {
+            0
+        }
+    }
+
     /// See [`Ctx::emit_at`].
     #[cold]
     #[inline(never)]
@@ -512,16 +542,7 @@ impl<E> Ctx<E> {
 
     /// How many times `node` was entered so far (0 for the start and end).
     pub(crate) fn iteration_of(&self, node: NodeId) -> u32 {
-        let i = node.0 as usize;
-        match self.inner.iter_small.get(i) {
-            Some(c) => c.load(Ordering::Relaxed),
-            None => self
-                .inner
-                .cold_if()
-                .and_then(|cold| cold.iterations.get())
-                .and_then(|c| c.get(i - SMALL_GRAPH))
-                .map_or(0, |c| c.load(Ordering::Relaxed)),
-        }
+        self.inner.iteration_of(node)
     }
 
     /// Counts one more entry into `node` and returns its number (steps in every run, groups

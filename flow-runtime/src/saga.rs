@@ -61,7 +61,10 @@ pub(crate) type Package = Box<dyn FnOnce(Instant) -> BoxFuture<Vec<CompensationR
 pub(crate) struct Tag {
     pub(crate) node: NodeId,
     pub(crate) item: Option<u32>,
-    /// Which execution of the node (durable runs: names the undo's record; 0 otherwise).
+    /// Which execution of the node ([`Inner::execution`](crate::ctx::Inner::execution)): a
+    /// step's undo takes over, and its failure abandons, only the children of its own
+    /// execution, not those of an earlier pass of a loop. In durable runs it also names the
+    /// undo's record.
     pub(crate) occurrence: u32,
 }
 
@@ -261,10 +264,11 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
     }
 
     fn tag(&self) -> Tag {
+        let (node, item) = (NodeId(self.current.load(Ordering::Relaxed)), current_item());
         Tag {
-            node: NodeId(self.current.load(Ordering::Relaxed)),
-            item: current_item(),
-            occurrence: 0,
+            node,
+            item,
+            occurrence: self.execution(node, item),
         }
     }
 
@@ -475,12 +479,13 @@ impl<E> Ctx<E> {
             if stack.is_empty() {
                 return;
             }
+            let item = current_item();
             claim_children(
                 &mut stack,
                 Tag {
                     node,
-                    item: current_item(),
-                    occurrence: 0,
+                    item,
+                    occurrence: self.inner.execution(node, item),
                 },
             )
         };
@@ -619,14 +624,10 @@ impl<E: Send + 'static> Ctx<E> {
         job: impl FnOnce(&T) -> Job<E>,
     ) -> Result<T, StepError<E>> {
         let item = current_item();
-        #[cfg(feature = "durable")]
-        let occurrence = self.journal().map_or(0, |j| j.last_occurrence(node, item));
-        #[cfg(not(feature = "durable"))]
-        let occurrence = 0;
         let tag = Tag {
             node,
             item,
-            occurrence,
+            occurrence: self.inner.execution(node, item),
         };
         let mut stack = lock(&self.inner.stack);
         let claimed = claim_children(&mut stack, tag);
