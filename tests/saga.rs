@@ -879,3 +879,45 @@ async fn a_failed_attempt_in_a_loop_abandons_only_its_own_children() {
     );
     assert_eq!(report.compensations.len(), 1, "{:?}", report.compensations);
 }
+
+/// Runs a child workflow (which completes), then fails the first attempt of pass 2.
+async fn join_item(log: Log, pass: u32, attempt: Arc<Mutex<u32>>) -> Result<(), String> {
+    join_node(log, pass, attempt).await
+}
+
+#[workflow]
+async fn join_items(log: Log) -> Result<(), String> {
+    let attempt = Arc::new(Mutex::new(0));
+    for pass in 1..=2 {
+        flow::map!(
+            [pass],
+            |p| #[retry(max_attempts = 2)]
+            join_item(log.clone(), p, attempt.clone()),
+            concurrency = 1
+        )
+        .await?;
+    }
+    log.push("joined");
+    Ok(())
+}
+
+/// The same, with the step as the body of a `map` in the loop: item 0 of pass 2 abandons its
+/// own child only, not item 0 of pass 1's.
+#[tokio::test(start_paused = true)]
+async fn a_failed_map_item_in_a_loop_abandons_only_its_own_children() {
+    let log = Log::default();
+    let report: RunReport<(), String> = Runtime::new().run_report(&JoinItems, (log.clone(),)).await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    assert_eq!(
+        log.take(),
+        [
+            "create node a",
+            "create node b",
+            "join fails",
+            "delete node b",
+            "create node b",
+            "joined"
+        ]
+    );
+    assert_eq!(report.compensations.len(), 1, "{:?}", report.compensations);
+}

@@ -1309,6 +1309,7 @@ impl<E> Ctx<E> {
         Fut: Future<Output = Result<T, StepError<E>>>,
     {
         self.enter(node);
+        self.seal_map_items();
         let limit = if concurrency == 0 {
             usize::MAX
         } else {
@@ -1360,6 +1361,7 @@ impl<E> Ctx<E> {
         Fut: Future<Output = Result<T, StepError<E>>>,
     {
         self.enter(node);
+        self.seal_map_items();
         let limit = if concurrency == 0 {
             usize::MAX
         } else {

@@ -68,6 +68,10 @@ pub(crate) struct Tag {
     pub(crate) occurrence: u32,
 }
 
+/// The execution of a completed child's entry that no step claims any more (see
+/// [`Ctx::seal_map_items`]).
+const SEALED: u32 = u32::MAX;
+
 /// One entry of a run's compensation stack.
 pub(crate) enum Entry<E> {
     /// An undo of one of this run's steps.
@@ -491,6 +495,34 @@ impl<E> Ctx<E> {
         };
         for package in claimed {
             adopt_into(&self.inner.cold().orphans, &self.inner.has_orphans, package);
+        }
+    }
+
+    /// A `map` starts at `node`: the completed children of earlier `map` items (an earlier
+    /// pass of a loop around this `map`, or another `map`) can no longer be claimed by a step
+    /// of the items to come, which reuse the same item indices (a `map` item's execution is
+    /// 0, see [`Inner::execution`](crate::ctx::Inner::execution)). Durable runs number each
+    /// (node, item) execution already. A plain load when no child ever completed.
+    #[inline]
+    pub(crate) fn seal_map_items(&self) {
+        if self.inner.has_children.load(Ordering::Acquire) {
+            self.seal_items();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn seal_items(&self) {
+        #[cfg(feature = "durable")]
+        if self.journal().is_some() {
+            return;
+        }
+        for entry in lock(&self.inner.stack).iter_mut() {
+            if let Entry::Child { tag, .. } = entry
+                && tag.item.is_some()
+            {
+                tag.occurrence = SEALED;
+            }
         }
     }
 
