@@ -1934,3 +1934,43 @@ fn a_durable_steps_undo_takes_over_its_childs_in_every_pass_of_a_loop() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A workflow without `durable`.
+#[workflow]
+async fn plain_child(dir: String) -> Result<u32, Fail> {
+    fetch_part(dir, 9).await
+}
+
+#[workflow(durable)]
+async fn durable_parent_of_plain(dir: String) -> Result<u32, Fail> {
+    Ok(plain_child(dir).await? + 1)
+}
+
+/// A workflow that is not durable, run by a durable run's step, is not recorded: it runs in
+/// memory, and its steps' idempotency keys are an in-memory run's (this process, this run),
+/// not keys of the durable run's record.
+#[test]
+fn a_plain_child_of_a_durable_run_is_not_recorded() {
+    let dir = temp_dir("plain-child");
+    let d = dir.display().to_string();
+    let out = in_process(&dir, |runtime| async move {
+        runtime
+            .start(DurableParentOfPlain, "pc1", (d,))
+            .await
+            .unwrap()
+            .await
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(out.unwrap(), 10);
+    let log = read_log(&dir);
+    let line = log
+        .iter()
+        .find(|l| l.starts_with("fetch9 "))
+        .unwrap_or_else(|| panic!("the child's step ran: {log:?}"));
+    let key = line.rsplit(' ').next().unwrap_or_default();
+    assert!(
+        key.starts_with("flow:") && key.ends_with(":fetch_part#1") && !key.contains("pc1"),
+        "an in-memory run's key, not one of run pc1's record: {key}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -474,3 +474,43 @@ async fn run_ids_are_distinct() {
     within(a).await.unwrap();
     within(b).await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// A workflow implemented by hand, with only the items `Workflow` requires.
+
+/// `load` once: its graph is `PIPELINE`'s (only node 2 is used), its state type carries data.
+struct Bare;
+
+impl Workflow for Bare {
+    type Input = u32;
+    type Output = u32;
+    type Error = E;
+    type State = Pipeline;
+
+    fn graph(&self) -> &'static Graph {
+        &PIPELINE
+    }
+
+    async fn execute(&self, ctx: Ctx<E>, x: u32) -> Result<u32, flow_runtime::Error<E>> {
+        Ok(ctx.step(NodeId(2), load(x)).await?)
+    }
+}
+
+/// The defaults of a workflow that says nothing: no time limit (a run that waits 10 ms is not
+/// cut short), the five-minute compensation budget, undone when dropped, not durable, and no
+/// typed state for a snapshot (its state type carries data).
+#[tokio::test(start_paused = true)]
+async fn a_workflow_that_says_nothing_gets_the_defaults() {
+    assert_eq!(Bare.timeout(), None);
+    assert_eq!(
+        Bare.compensation_timeout(),
+        flow_runtime::policy::DEFAULT_COMPENSATION_TIMEOUT
+    );
+    assert!(Bare.compensate_on_drop());
+    let t0 = Instant::now();
+    assert_eq!(Runtime::new().run(&Bare, 4).await.unwrap(), 5);
+    assert_eq!(t0.elapsed(), ms(10));
+    let handle = Runtime::new().spawn(Bare, 1);
+    assert!(handle.typed_state().is_none());
+    assert_eq!(handle.await.unwrap(), 2);
+}
