@@ -921,3 +921,45 @@ async fn a_failed_map_item_in_a_loop_abandons_only_its_own_children() {
     );
     assert_eq!(report.compensations.len(), 1, "{:?}", report.compensations);
 }
+
+/// Waits, so that its sibling is entered first; then runs a child workflow (which completes),
+/// then fails.
+async fn late_child_then_fail(log: Log) -> Result<(), String> {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    node_child(log.clone(), 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    log.push("branch fails");
+    Err("branch failed".into())
+}
+
+async fn slow_sibling(log: Log) -> Result<(), String> {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    log.push("sibling done");
+    Ok(())
+}
+
+#[workflow]
+async fn settle_branches(log: Log) -> Result<(), String> {
+    let (a, b) = flow::settle!(late_child_then_fail(log.clone()), slow_sibling(log.clone())).await;
+    log.push(format!("settled: {} {}", a.is_ok(), b.is_ok()));
+    Ok(())
+}
+
+/// A branch of a `settle!` runs a child workflow after its sibling was entered (so the
+/// sibling is the run's current node when the child starts), then fails: the child is that
+/// branch's abandoned work, undone although the run succeeds.
+#[tokio::test(start_paused = true)]
+async fn a_failed_branchs_child_is_undone_even_when_a_sibling_was_entered_after_it() {
+    let log = Log::default();
+    let report: RunReport<(), String> = Runtime::new()
+        .run_report(&SettleBranches, (log.clone(),))
+        .await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    let log = log.take();
+    assert!(
+        log.contains(&"delete node a".to_owned()),
+        "the failed branch's child is undone: {log:?}"
+    );
+    assert_eq!(report.compensations.len(), 1, "{:?}", report.compensations);
+}

@@ -73,6 +73,14 @@ thread_local! {
 
 /// Sets the current frame for the scope of a poll, restoring the previous one after (also on
 /// unwind).
+/// The step being polled on this thread, if any: its node. A child run started inside it
+/// belongs to it (the run's current node may be a sibling's, entered after it).
+#[inline]
+pub(crate) fn polled_step() -> Option<NodeId> {
+    let frame = FRAME.with(Cell::get);
+    (frame.attempt != 0).then_some(NodeId(frame.node))
+}
+
 pub(crate) struct FrameScope(Frame);
 
 impl FrameScope {

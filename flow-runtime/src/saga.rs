@@ -268,7 +268,11 @@ impl<E: Send + 'static> OrphanSink for Inner<E> {
     }
 
     fn tag(&self) -> Tag {
-        let (node, item) = (NodeId(self.current.load(Ordering::Relaxed)), current_item());
+        // The step polling the child (a sibling in a group may have been entered since it
+        // started, and be the run's current node).
+        let node = crate::context::polled_step()
+            .unwrap_or_else(|| NodeId(self.current.load(Ordering::Relaxed)));
+        let item = current_item();
         Tag {
             node,
             item,
