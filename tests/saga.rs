@@ -177,6 +177,40 @@ async fn dropping_an_awaited_workflow_undoes_it_unless_told_not_to() {
     assert_eq!(log.take(), ["create session", "waiting"]);
 }
 
+async fn open_session(log: Log) -> Result<(Log, &'static str), String> {
+    create(log, "session").await
+}
+
+async fn hang_session((log, _): (Log, &'static str)) -> Result<(), String> {
+    wait_forever(log).await
+}
+
+/// The same with `flow!`: its run's future dropped mid-run undoes its steps, unless the flow
+/// says `compensate_on_drop = false`.
+#[tokio::test(start_paused = true)]
+async fn dropping_a_flows_run_undoes_it_unless_told_not_to() {
+    let log = Log::default();
+    let undoes = flow! { open_session [compensate = delete] -> hang_session };
+    let keeps = flow! {
+        compensate_on_drop = false;
+        open_session [compensate = delete] -> hang_session
+    };
+    let runtime = Runtime::new();
+    let r = tokio::time::timeout(Duration::from_secs(1), runtime.run(&undoes, log.clone())).await;
+    assert!(r.is_err());
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(log.take(), ["create session", "waiting", "delete session"]);
+
+    let r = tokio::time::timeout(Duration::from_secs(1), runtime.run(&keeps, log.clone())).await;
+    assert!(r.is_err());
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(log.take(), ["create session", "waiting"]);
+}
+
 // ---------------------------------------------------------------- child workflows
 
 #[workflow]
