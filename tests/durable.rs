@@ -1974,3 +1974,49 @@ fn a_plain_child_of_a_durable_run_is_not_recorded() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `flow!` that is not durable, and one that is, each run by a durable run's step
+/// (`DynWorkflow::call`: a child of the step, as awaiting a `#[workflow]` function is).
+#[workflow(durable)]
+async fn durable_parent_of_flows(dir: String) -> Result<u32, Fail> {
+    let plain: flow::BoxWorkflow<String, u32, Fail> =
+        Box::new(flow! { |d: String| fetch_part(d, 8) });
+    let stored: flow::BoxWorkflow<String, u32, Fail> =
+        Box::new(flow! { name = "stored_fetch", durable; |d: String| fetch_part(d, 7) });
+    let a = plain.call(dir.clone()).await?;
+    let b = stored.call(dir).await?;
+    Ok(a + b)
+}
+
+/// The plain `flow!`'s step gets an in-memory run's idempotency key; the durable one's is
+/// recorded under the parent's step, in the parent run's record.
+#[test]
+fn a_durable_runs_step_records_a_durable_flow_it_runs_and_not_a_plain_one() {
+    let dir = temp_dir("flow-children");
+    let d = dir.display().to_string();
+    let out = in_process(&dir, |runtime| async move {
+        runtime
+            .start(DurableParentOfFlows, "fc1", (d,))
+            .await
+            .unwrap()
+            .await
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(out.unwrap(), 15);
+    let log = read_log(&dir);
+    let key_of = |step: &str| {
+        let line = log
+            .iter()
+            .find(|l| l.starts_with(&format!("{step} ")))
+            .unwrap_or_else(|| panic!("{step} ran: {log:?}"));
+        line.rsplit(' ').next().unwrap_or_default().to_owned()
+    };
+    let plain = key_of("fetch8");
+    assert!(!plain.contains("fc1"), "an in-memory run's key: {plain}");
+    let stored = key_of("fetch7");
+    assert!(
+        stored.starts_with("flow:fc1:"),
+        "the parent run's record: {stored}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
