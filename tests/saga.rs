@@ -141,6 +141,58 @@ async fn a_hung_undo_is_bounded_by_the_compensation_budget_and_the_others_still_
     );
 }
 
+async fn delete_never((log, what): (Log, &'static str)) -> Result<(), String> {
+    log.push(format!("try delete {what}"));
+    Err(format!("delete {what}: refused"))
+}
+
+#[workflow]
+async fn undo_within_budget(log: Log) -> Result<(), String> {
+    #[compensate(delete_never, retry(max_attempts = 10, backoff = constant("100ms"), max_elapsed = "300ms"))]
+    create(log.clone(), "bucket").await?;
+    fail(log).await
+}
+
+#[workflow(compensation_timeout = "100ms")]
+async fn undo_longer_than_the_budget(log: Log) -> Result<(), String> {
+    #[compensate(delete_hangs, timeout = "1s")]
+    create(log.clone(), "volume").await?;
+    fail(log).await
+}
+
+/// An undo's `max_elapsed` is exact: retries 100 ms apart within 300 ms are made at 0, 100,
+/// 200 and 300 ms (the last ends exactly at the budget), and no more.
+#[tokio::test(start_paused = true)]
+async fn an_undos_retries_stop_at_its_max_elapsed() {
+    let log = Log::default();
+    let started = tokio::time::Instant::now();
+    let err = undo_within_budget(log.clone()).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    let rec = &err.compensations()[0];
+    assert_eq!(rec.attempts, 4, "{rec:?}");
+    assert!(!rec.succeeded());
+    let tries = log
+        .take()
+        .iter()
+        .filter(|l| l.starts_with("try delete"))
+        .count();
+    assert_eq!(tries, 4);
+}
+
+/// An undo's own timeout longer than what is left of the compensation budget: the budget
+/// cuts it, and the record says the budget's time.
+#[tokio::test(start_paused = true)]
+async fn an_undos_own_timeout_does_not_outlast_the_compensation_budget() {
+    let log = Log::default();
+    let started = tokio::time::Instant::now();
+    let err = undo_longer_than_the_budget(log.clone()).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+    assert_eq!(
+        err.compensations()[0].outcome,
+        CompensationOutcome::TimedOut(Duration::from_millis(100))
+    );
+}
+
 // ---------------------------------------------------------------- dropped runs
 
 #[workflow]
