@@ -160,6 +160,21 @@ async fn undo_longer_than_the_budget(log: Log) -> Result<(), String> {
     fail(log).await
 }
 
+async fn delete_in_40ms((log, what): (Log, &'static str)) -> Result<(), String> {
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    log.push(format!("delete {what}"));
+    Ok(())
+}
+
+#[workflow(compensation_timeout = "100ms")]
+async fn undo_ending_with_the_budget(log: Log) -> Result<(), String> {
+    #[compensate(delete_hangs, timeout = "60ms")]
+    create(log.clone(), "volume").await?;
+    #[compensate(delete_in_40ms)]
+    create(log.clone(), "disk").await?;
+    fail(log).await
+}
+
 /// An undo's `max_elapsed` is exact: retries 100 ms apart within 300 ms are made at 0, 100,
 /// 200 and 300 ms (the last ends exactly at the budget), and no more.
 #[tokio::test(start_paused = true)]
@@ -190,6 +205,21 @@ async fn an_undos_own_timeout_does_not_outlast_the_compensation_budget() {
     assert_eq!(
         err.compensations()[0].outcome,
         CompensationOutcome::TimedOut(Duration::from_millis(100))
+    );
+
+    // The second undo starts 40 ms in: its own 60 ms end exactly with the budget, which is
+    // what cuts it (and what its record says).
+    let started = tokio::time::Instant::now();
+    let err = undo_ending_with_the_budget(log.clone()).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+    let outcomes: Vec<&CompensationOutcome> =
+        err.compensations().iter().map(|r| &r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            &CompensationOutcome::Succeeded,
+            &CompensationOutcome::TimedOut(Duration::from_millis(100))
+        ]
     );
 }
 
