@@ -470,6 +470,7 @@ async fn tracing_spans_are_keyed_by_item_and_freed_with_the_run() {
     });
     let run = tokio::spawn(async move { runtime.run(&wf, ()).await });
     tokio::time::sleep(ms(10)).await;
+    assert_eq!(tracer.open_runs(), 1, "the run in flight has its spans");
     assert_eq!(tracer.open_steps(), [(4, 1, Some(0)), (4, 2, Some(1))]);
     tokio::time::sleep(ms(50)).await;
     assert_eq!(tracer.open_steps(), [(4, 1, Some(0))]);
