@@ -1880,6 +1880,33 @@ fn a_durable_method_resumes_where_it_stopped() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Starts run `id` of `workflow` (input: `dir`) in a process of its own on `dir`'s store and
+/// waits for its end.
+fn run_to_end<W>(dir: &Path, workflow: W, id: &str) -> Result<W::Output, String>
+where
+    W: flow::durable::DurableWorkflow<Input = (String,)>,
+{
+    let (d, id) = (dir.display().to_string(), id.to_owned());
+    in_process(dir, |runtime| async move {
+        runtime
+            .start(workflow, id, (d,))
+            .await
+            .unwrap()
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The idempotency key the step that logged `name` saw (the last word of its line).
+fn key_logged_by(log: &[String], name: &str) -> String {
+    let prefix = format!("{name} ");
+    let line = log
+        .iter()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("{name} ran: {log:?}"));
+    line.rsplit(' ').next().unwrap_or_default().to_owned()
+}
+
 /// A durable child with an undo, giving its directory back.
 #[workflow(durable)]
 async fn pass_child(dir: String) -> Result<String, Fail> {
@@ -1910,15 +1937,7 @@ async fn two_passes(dir: String) -> Result<u32, Fail> {
 #[test]
 fn a_durable_steps_undo_takes_over_its_childs_in_every_pass_of_a_loop() {
     let dir = temp_dir("passes");
-    let d = dir.display().to_string();
-    let end = in_process(&dir, |runtime| async move {
-        runtime
-            .start(TwoPasses, "p1", (d,))
-            .await
-            .unwrap()
-            .await
-            .map_err(|e| e.to_string())
-    });
+    let end = run_to_end(&dir, TwoPasses, "p1");
     assert!(
         matches!(&end, Err(e) if e.contains("card declined")),
         "{end:?}"
@@ -1952,22 +1971,8 @@ async fn durable_parent_of_plain(dir: String) -> Result<u32, Fail> {
 #[test]
 fn a_plain_child_of_a_durable_run_is_not_recorded() {
     let dir = temp_dir("plain-child");
-    let d = dir.display().to_string();
-    let out = in_process(&dir, |runtime| async move {
-        runtime
-            .start(DurableParentOfPlain, "pc1", (d,))
-            .await
-            .unwrap()
-            .await
-            .map_err(|e| e.to_string())
-    });
-    assert_eq!(out.unwrap(), 10);
-    let log = read_log(&dir);
-    let line = log
-        .iter()
-        .find(|l| l.starts_with("fetch9 "))
-        .unwrap_or_else(|| panic!("the child's step ran: {log:?}"));
-    let key = line.rsplit(' ').next().unwrap_or_default();
+    assert_eq!(run_to_end(&dir, DurableParentOfPlain, "pc1").unwrap(), 10);
+    let key = key_logged_by(&read_log(&dir), "fetch9");
     assert!(
         key.starts_with("flow:") && key.ends_with(":fetch_part#1") && !key.contains("pc1"),
         "an in-memory run's key, not one of run pc1's record: {key}"
@@ -1993,27 +1998,11 @@ async fn durable_parent_of_flows(dir: String) -> Result<u32, Fail> {
 #[test]
 fn a_durable_runs_step_records_a_durable_flow_it_runs_and_not_a_plain_one() {
     let dir = temp_dir("flow-children");
-    let d = dir.display().to_string();
-    let out = in_process(&dir, |runtime| async move {
-        runtime
-            .start(DurableParentOfFlows, "fc1", (d,))
-            .await
-            .unwrap()
-            .await
-            .map_err(|e| e.to_string())
-    });
-    assert_eq!(out.unwrap(), 15);
+    assert_eq!(run_to_end(&dir, DurableParentOfFlows, "fc1").unwrap(), 15);
     let log = read_log(&dir);
-    let key_of = |step: &str| {
-        let line = log
-            .iter()
-            .find(|l| l.starts_with(&format!("{step} ")))
-            .unwrap_or_else(|| panic!("{step} ran: {log:?}"));
-        line.rsplit(' ').next().unwrap_or_default().to_owned()
-    };
-    let plain = key_of("fetch8");
+    let plain = key_logged_by(&log, "fetch8");
     assert!(!plain.contains("fc1"), "an in-memory run's key: {plain}");
-    let stored = key_of("fetch7");
+    let stored = key_logged_by(&log, "fetch7");
     assert!(
         stored.starts_with("flow:fc1:"),
         "the parent run's record: {stored}"

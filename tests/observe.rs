@@ -196,6 +196,39 @@ impl Subscriber for Rec {
 
 // ---------------------------------------------------------------- tracing
 
+/// What a run of `workflow` recorded: its result, and the spans and events a fresh recording
+/// subscriber saw, the run made on a paused clock by a runtime with only a `TracingObserver`
+/// (`default()`: no built-in observers; `new()` may add a `TracingObserver` itself).
+type RunTrace<T, E> = (
+    Result<T, flow::Error<E>>,
+    HashMap<u64, SpanRec>,
+    Vec<EventRec>,
+);
+
+fn traced_run<W: Workflow>(workflow: &W, input: W::Input) -> RunTrace<W::Output, W::Error> {
+    let rec = Rec::default();
+    let out = tracing::subscriber::with_default(rec.clone(), || {
+        paused_runtime().block_on(async {
+            Runtime::default()
+                .with_observer(TracingObserver::new())
+                .run(workflow, input)
+                .await
+        })
+    });
+    let spans = rec.0.spans.lock().unwrap().clone();
+    let events = rec.0.events.lock().unwrap().clone();
+    (out, spans, events)
+}
+
+/// The span of step `name` (the only one: the tests' steps run once) and its id.
+fn step_span<'a>(spans: &'a HashMap<u64, SpanRec>, name: &str) -> (u64, &'a SpanRec) {
+    spans
+        .iter()
+        .find(|(_, s)| s.name == "step" && s.fields["flow.step"] == name)
+        .map(|(id, s)| (*id, s))
+        .unwrap_or_else(|| panic!("a span for {name}: {spans:?}"))
+}
+
 #[test]
 fn tracing_spans_nest_workflow_step_with_otel_fields() {
     let _serial = reset();
@@ -291,19 +324,8 @@ fn tracing_spans_nest_workflow_step_with_otel_fields() {
 #[test]
 fn tracing_reports_failure_and_compensation() {
     let _serial = reset();
-    let rec = Rec::default();
-    let out = tracing::subscriber::with_default(rec.clone(), || {
-        paused_runtime().block_on(async {
-            // `default()`: no built-in observers (`new()` may add a `TracingObserver` itself).
-            Runtime::default()
-                .with_observer(TracingObserver::new())
-                .run(&Undone, (1,))
-                .await
-        })
-    });
+    let (out, spans, events) = traced_run(&Undone, (1,));
     assert!(out.is_err());
-    let spans = rec.0.spans.lock().unwrap().clone();
-    let events = rec.0.events.lock().unwrap().clone();
     let (&wf_id, wf) = spans.iter().find(|(_, s)| s.name == "workflow").unwrap();
     assert_eq!(wf.fields["flow.status"], "failed");
     assert_eq!(wf.fields["otel.status_code"], "ERROR");
@@ -364,18 +386,8 @@ async fn split(n: u32) -> Result<u32, String> {
 #[test]
 fn tracing_keeps_the_spans_of_concurrent_steps_apart() {
     let _serial = reset();
-    let rec = Rec::default();
-    let out = tracing::subscriber::with_default(rec.clone(), || {
-        paused_runtime().block_on(async {
-            let f = flow! { pair -> map(item_child, concurrency = 2) };
-            Runtime::default()
-                .with_observer(TracingObserver::new())
-                .run(&f, 0)
-                .await
-        })
-    });
+    let (out, spans, _) = traced_run(&flow! { pair -> map(item_child, concurrency = 2) }, 0);
     assert!(out.is_err(), "item 0 fails the run");
-    let spans = rec.0.spans.lock().unwrap().clone();
     let item_span = |i: &str| {
         let found: Vec<(u64, &SpanRec)> = spans
             .iter()
@@ -410,24 +422,12 @@ fn tracing_keeps_the_spans_of_concurrent_steps_apart() {
     assert_eq!(child("failed").parent, Some(item0), "item 0's child");
     assert_eq!(child("completed").parent, Some(item1), "item 1's child");
 
-    let rec = Rec::default();
-    let out = tracing::subscriber::with_default(rec.clone(), || {
-        paused_runtime().block_on(async {
-            Runtime::default()
-                .with_observer(TracingObserver::new())
-                .run(&Split, (1,))
-                .await
-        })
-    });
+    let (out, spans, _) = traced_run(&Split, (1,));
     assert!(out.is_err(), "late_fail fails the run");
-    let spans = rec.0.spans.lock().unwrap().clone();
-    let step = |name: &str| {
-        spans
-            .values()
-            .find(|s| s.name == "step" && s.fields["flow.step"] == name)
-            .unwrap_or_else(|| panic!("a span for {name}: {spans:?}"))
-    };
-    let (late, right) = (step("late_fail"), step("right"));
+    let (late, right) = (
+        step_span(&spans, "late_fail").1,
+        step_span(&spans, "right").1,
+    );
     assert_eq!(late.fields["otel.status_code"], "ERROR", "{late:?}");
     assert_eq!(late.fields["error.message"], "late", "{late:?}");
     assert_eq!(right.fields["otel.status_code"], "OK", "{right:?}");
@@ -474,23 +474,10 @@ fn tracing_puts_each_retry_in_its_own_steps_span() {
     let _serial = reset();
     SLOW_RETRY.store(0, Ordering::SeqCst);
     FAST_RETRY.store(0, Ordering::SeqCst);
-    let rec = Rec::default();
-    let out = tracing::subscriber::with_default(rec.clone(), || {
-        paused_runtime().block_on(async {
-            Runtime::default()
-                .with_observer(TracingObserver::new())
-                .run(&RetryTogether, (1,))
-                .await
-        })
-    });
+    let (out, spans, events) = traced_run(&RetryTogether, (1,));
     assert_eq!(out.unwrap(), 2);
-    let spans = rec.0.spans.lock().unwrap().clone();
-    let events = rec.0.events.lock().unwrap().clone();
     for name in ["slow_retry", "fast_retry"] {
-        let (&id, span) = spans
-            .iter()
-            .find(|(_, s)| s.name == "step" && s.fields["flow.step"] == name)
-            .unwrap_or_else(|| panic!("a span for {name}: {spans:?}"));
+        let (id, span) = step_span(&spans, name);
         assert_eq!(span.fields["flow.attempt"], "2", "{span:?}");
         assert_eq!(span.fields["otel.status_code"], "OK", "{span:?}");
         assert!(span.closed, "{span:?}");
@@ -557,30 +544,12 @@ async fn fail_beside(n: u32) -> Result<u32, String> {
 fn tracing_records_a_failure_in_the_span_of_the_step_that_failed() {
     let _serial = reset();
     QUICK_RETRY.store(0, Ordering::SeqCst);
-    let trace = |run: &dyn Fn(Runtime) -> Result<u32, flow::Error<String>>| {
-        let rec = Rec::default();
-        let out = tracing::subscriber::with_default(rec.clone(), || {
-            run(Runtime::default().with_observer(TracingObserver::new()))
-        });
-        let spans = rec.0.spans.lock().unwrap().clone();
-        let events = rec.0.events.lock().unwrap().clone();
-        (out, spans, events)
-    };
-    let span_of = |spans: &HashMap<u64, SpanRec>, name: &str| {
-        let (&id, s) = spans
-            .iter()
-            .find(|(_, s)| s.name == "step" && s.fields["flow.step"] == name)
-            .unwrap_or_else(|| panic!("a span for {name}: {spans:?}"));
-        (id, s.clone())
-    };
-
-    let (out, spans, events) =
-        trace(&|rt| paused_runtime().block_on(async { rt.run(&RetryBeside, (1,)).await }));
+    let (out, spans, events) = traced_run(&RetryBeside, (1,));
     assert_eq!(out.unwrap(), 2);
-    let (_, long) = span_of(&spans, "long_ok");
+    let (_, long) = step_span(&spans, "long_ok");
     assert_eq!(long.fields["flow.attempt"], "1", "{long:?}");
     assert_eq!(long.fields["otel.status_code"], "OK", "{long:?}");
-    let (quick_id, quick) = span_of(&spans, "quick_retry");
+    let (quick_id, quick) = step_span(&spans, "quick_retry");
     assert_eq!(quick.fields["flow.attempt"], "2", "{quick:?}");
     assert_eq!(quick.fields["otel.status_code"], "OK", "{quick:?}");
     let retry = events
@@ -590,13 +559,12 @@ fn tracing_records_a_failure_in_the_span_of_the_step_that_failed() {
     assert_eq!(retry.parent, Some(quick_id), "{retry:?}");
     assert_eq!(retry.fields["error.message"], "quick busy");
 
-    let (out, spans, _) =
-        trace(&|rt| paused_runtime().block_on(async { rt.run(&FailBeside, (1,)).await }));
+    let (out, spans, _) = traced_run(&FailBeside, (1,));
     assert_eq!(out.unwrap(), 1);
-    let (_, long) = span_of(&spans, "long_ok");
+    let (_, long) = step_span(&spans, "long_ok");
     assert_eq!(long.fields["otel.status_code"], "OK", "{long:?}");
     assert!(!long.fields.contains_key("error.message"), "{long:?}");
-    let (_, quick) = span_of(&spans, "quick_fail");
+    let (_, quick) = step_span(&spans, "quick_fail");
     assert_eq!(quick.fields["otel.status_code"], "ERROR", "{quick:?}");
     assert_eq!(quick.fields["error.message"], "quick down", "{quick:?}");
 }
@@ -615,18 +583,8 @@ async fn reports(n: u32) -> Result<u32, String> {
 #[test]
 fn tracing_shows_a_steps_progress_inside_its_span() {
     let _serial = reset();
-    let rec = Rec::default();
-    let out = tracing::subscriber::with_default(rec.clone(), || {
-        paused_runtime().block_on(async {
-            Runtime::default()
-                .with_observer(TracingObserver::new())
-                .run(&Reports, (1,))
-                .await
-        })
-    });
+    let (out, spans, events) = traced_run(&Reports, (1,));
     assert_eq!(out.unwrap(), 1);
-    let spans = rec.0.spans.lock().unwrap().clone();
-    let events = rec.0.events.lock().unwrap().clone();
     let (&step_id, _) = spans
         .iter()
         .find(|(_, s)| s.name == "step" && s.fields["flow.step"] == "reporting")
